@@ -1,0 +1,5 @@
+"""Allow ``python -m selftune``."""
+
+from selftune.cli import main
+
+main()

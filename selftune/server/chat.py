@@ -1,0 +1,196 @@
+"""``/v1/chat/completions``: JSON responses, or Server-Sent Events when ``stream=true``.
+
+The stream follows OpenAI's wire format exactly: ``data: {chunk}`` events only (no ``event:``
+lines, which break 1.x SDKs), a role chunk, content chunks, a finish chunk per choice, the usage
+chunk when ``stream_options.include_usage`` is set, then ``data: [DONE]``.
+
+Generation runs on the engine's thread; this module only bridges its events onto the event loop.
+We wait for the first event before answering, so that errors found before any output (an unknown
+adapter, a prompt longer than the context) still get a proper HTTP status instead of a broken
+stream. A client that disconnects cancels its generation at the next token.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from concurrent.futures import Future
+from contextlib import suppress
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import StreamingResponse
+
+from selftune.errors import SelftuneError, Unavailable
+from selftune.ids import now, random_id
+from selftune.inference.engine import Engine, Event, Generation, SamplingParams
+from selftune.schemas.chat import (
+    ChatCompletion,
+    ChatCompletionChunk,
+    ChatCompletionMessage,
+    ChatCompletionRequest,
+    Choice,
+    ChoiceDelta,
+    ChunkChoice,
+    CompletionUsage,
+)
+from selftune.server.deps import OwnerDep, ServicesDep
+
+router = APIRouter(tags=["chat"])
+
+DISCONNECT_POLL_S = 0.5
+
+
+class _Bridge:
+    """Runs one ``Generation`` on the engine and carries its events (or its exception) onto the loop."""
+
+    def __init__(self, engine: Engine, **generation: Any) -> None:
+        self.loop = asyncio.get_running_loop()
+        self.queue: asyncio.Queue[Event | BaseException] = asyncio.Queue()
+        self.gen = Generation(emit=self._emit, **generation)
+        engine.submit(self.gen).add_done_callback(self._done)
+
+    def _emit(self, item: Event | BaseException) -> None:
+        try:
+            self.loop.call_soon_threadsafe(self.queue.put_nowait, item)
+        except RuntimeError:  # the loop is gone (server shutting down): stop generating
+            self.gen.cancel.set()
+
+    def _done(self, future: Future[None]) -> None:
+        if future.cancelled():
+            self._emit(Unavailable("the server is shutting down; try again"))
+        elif (exc := future.exception()) is not None:
+            self._emit(exc)
+
+    async def next(self) -> Event:
+        item = await self.queue.get()
+        if isinstance(item, BaseException):
+            raise item
+        return item
+
+
+@router.post("/chat/completions", response_model=None)
+async def create_chat_completion(
+    body: ChatCompletionRequest, request: Request, services: ServicesDep, owner: OwnerDep
+) -> ChatCompletion | StreamingResponse:
+    resolved = services.catalog.resolve(body.model, owner)
+    params = SamplingParams(
+        max_tokens=body.max_completion_tokens or body.max_tokens or services.settings.default_max_tokens,
+        temperature=1.0 if body.temperature is None else body.temperature,
+        top_p=1.0 if body.top_p is None else body.top_p,
+        stop=body.stop_list,
+        seed=body.seed,
+    )
+    n = body.n or 1
+    messages = [m.model_dump() for m in body.messages]
+    bridge = _Bridge(services.engine, model=resolved, messages=messages, params=params, n=n)
+    try:
+        first = await bridge.next()
+    except BaseException:
+        bridge.gen.cancel.set()
+        raise
+    meta = {"id": random_id("chatcmpl-"), "created": now(), "model": resolved.id}
+    if body.stream:
+        include_usage = bool(body.stream_options and body.stream_options.include_usage)
+        return StreamingResponse(
+            _sse(bridge, first, n, meta, include_usage),
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        )
+    return await _collect(bridge, first, n, meta, request)
+
+
+@router.post("/engines/{engine}/chat/completions", response_model=None, include_in_schema=False)
+async def create_chat_completion_engine(
+    engine: str, body: ChatCompletionRequest, request: Request, services: ServicesDep, owner: OwnerDep
+) -> ChatCompletion | StreamingResponse:
+    """Legacy 0.28 ``ChatCompletion.create(engine=...)`` puts the model in the path."""
+    body.model = engine
+    return await create_chat_completion(body, request, services, owner)
+
+
+async def _collect(bridge: _Bridge, first: Event, n: int, meta: dict[str, object], request: Request) -> ChatCompletion:
+    texts, finish, done, tokens = [""] * n, ["stop"] * n, 0, 0
+    event = first
+    try:
+        while True:
+            texts[event.index] += event.text
+            if event.finish_reason:
+                finish[event.index] = event.finish_reason
+                tokens += event.completion_tokens
+                done += 1
+                if done == n:
+                    break
+            event = await _next_or_disconnect(bridge, request)
+    finally:
+        bridge.gen.cancel.set()
+    choices = [
+        Choice(index=i, message=ChatCompletionMessage(content=texts[i]), finish_reason=finish[i]) for i in range(n)
+    ]
+    usage = CompletionUsage(
+        prompt_tokens=bridge.gen.prompt_tokens,
+        completion_tokens=tokens,
+        total_tokens=bridge.gen.prompt_tokens + tokens,
+    )
+    return ChatCompletion(choices=choices, usage=usage, **meta)
+
+
+async def _next_or_disconnect(bridge: _Bridge, request: Request) -> Event:
+    """Wait for the next event, but give up (and cancel) if the client has gone away."""
+    while True:
+        with suppress(TimeoutError):
+            return await asyncio.wait_for(bridge.next(), DISCONNECT_POLL_S)
+        if await request.is_disconnected():
+            bridge.gen.cancel.set()
+            raise asyncio.CancelledError
+
+
+def _data(obj: ChatCompletionChunk) -> str:
+    return f"data: {obj.model_dump_json(exclude_unset=True)}\n\n"
+
+
+async def _sse(
+    bridge: _Bridge, first: Event, n: int, meta: dict[str, object], include_usage: bool
+) -> AsyncIterator[str]:
+    extra = {"usage": None} if include_usage else {}
+
+    def chunk(index: int, delta: ChoiceDelta, finish: str | None = None) -> str:
+        choice = ChunkChoice(index=index, delta=delta, logprobs=None, finish_reason=finish)
+        return _data(ChatCompletionChunk(choices=[choice], **meta, **extra))
+
+    try:
+        for i in range(n):
+            yield chunk(i, ChoiceDelta(role="assistant", content=""))
+        done, tokens, event = 0, 0, first
+        while True:
+            if event.text:
+                yield chunk(event.index, ChoiceDelta(content=event.text))
+            if event.finish_reason:
+                yield chunk(event.index, ChoiceDelta(), event.finish_reason)
+                tokens += event.completion_tokens
+                done += 1
+                if done == n:
+                    break
+            try:
+                event = await bridge.next()
+            except SelftuneError as e:
+                yield f"data: {json.dumps({'error': e.to_dict()})}\n\n"
+                return
+            except Exception as e:
+                err = {
+                    "message": f"generation failed: {e}",
+                    "type": "server_error",
+                    "param": None,
+                    "code": None,
+                }
+                yield f"data: {json.dumps({'error': err})}\n\n"
+                return
+        if include_usage:
+            prompt = bridge.gen.prompt_tokens
+            usage = CompletionUsage(prompt_tokens=prompt, completion_tokens=tokens, total_tokens=prompt + tokens)
+            yield _data(ChatCompletionChunk(choices=[], usage=usage, **meta))
+        yield "data: [DONE]\n\n"
+    finally:
+        # Runs on normal end, on error, and when Starlette cancels us because the client left.
+        bridge.gen.cancel.set()

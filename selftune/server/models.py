@@ -1,0 +1,48 @@
+"""``/v1/models``: list, retrieve and delete (fine-tuned models only).
+
+Model ids contain ``:`` and may contain ``/`` (``ft:org/base:owner:suffix:id``); SDKs encode those
+differently (§1.5 of the API notes), and ASGI decodes ``%2F`` before routing, so the id routes use
+a ``{model:path}`` converter.
+"""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+from selftune.errors import PermissionDenied
+from selftune.schemas.models import Model, ModelDeleted, ModelList
+from selftune.server.deps import OwnerDep, ServicesDep
+
+router = APIRouter(tags=["models"])
+BASE_OWNER = "selftune"
+
+
+@router.get("/models")
+def list_models(services: ServicesDep, owner: OwnerDep) -> ModelList:
+    base = [Model(id=s.name, created=s.created, owned_by=BASE_OWNER) for s in services.catalog.base_models()]
+    tuned = [Model(id=m.id, created=m.created, owned_by=m.owner) for m in services.store.list_models(owner)]
+    return ModelList(data=base + tuned)
+
+
+@router.get("/models/{model:path}")
+def retrieve_model(model: str, services: ServicesDep, owner: OwnerDep) -> Model:
+    resolved = services.catalog.resolve(model, owner)
+    if resolved.adapter is None:
+        return Model(id=resolved.id, created=resolved.base.created, owned_by=BASE_OWNER)
+    rec = services.store.find_model(owner, resolved.id)
+    assert rec is not None
+    return Model(id=rec.id, created=rec.created, owned_by=rec.owner)
+
+
+@router.delete("/models/{model:path}")
+def delete_model(model: str, services: ServicesDep, owner: OwnerDep) -> ModelDeleted:
+    resolved = services.catalog.resolve(model, owner)
+    if resolved.adapter is None:
+        raise PermissionDenied(
+            f"`{model}` is a base model and cannot be deleted through the API; only fine-tuned models can. "
+            "To unregister a base model you added, run `selftune models rm NAME` on the server.",
+            param="model",
+            code="model_not_deletable",
+        )
+    services.store.delete_model(owner, resolved.id)
+    return ModelDeleted(id=resolved.id)
