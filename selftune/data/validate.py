@@ -176,7 +176,8 @@ def _json_hint(text: str, e: json.JSONDecodeError, lineno: int) -> str:
 
 def _check_example(obj: Any, line: int, report: Report) -> None:
     if not isinstance(obj, dict):
-        report.add(line, "error", "data_type", f"each line must be a JSON object, not {type(obj).__name__}")
+        hint = "; the file looks like one JSON array, but JSONL needs one object per line" if line == 1 else ""
+        report.add(line, "error", "data_type", f"each line must be a JSON object, not {type(obj).__name__}{hint}")
         return
     if "messages" in obj:
         fmt: Format = "chat"

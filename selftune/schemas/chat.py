@@ -119,3 +119,6 @@ class ChatCompletionChunk(Response):
     model: str
     choices: list[ChunkChoice]
     usage: CompletionUsage | None = None
+
+    def model_post_init(self, context: Any, /) -> None:
+        self.__pydantic_fields_set__.add("object")  # a constant, but it must be on the wire

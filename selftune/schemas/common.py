@@ -5,6 +5,11 @@ from __future__ import annotations
 from pydantic import BaseModel, ConfigDict
 
 
+def is_none(value: object) -> bool:
+    """For optional fields that the official schema types as non-nullable: omit them, don't send null."""
+    return value is None
+
+
 class Response(BaseModel):
     """Base of every response body: exactly the declared fields, serialised as-is."""
 

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from typing import Literal
 
-from selftune.schemas.common import Response
+from pydantic import Field
+
+from selftune.schemas.common import Response, is_none
 
 Purpose = Literal[
     "assistants",
@@ -26,12 +28,13 @@ class FileObject(Response):
     bytes: int
     """Size of the file in bytes."""
     created_at: int
-    expires_at: int | None = None
+    expires_at: int | None = Field(default=None, exclude_if=is_none)
+    """Omitted when the file never expires (the official schema types it as a plain integer)."""
     filename: str
     purpose: Purpose
     status: Literal["uploaded", "processed", "error"]
     """Deprecated by OpenAI but required by ``wait_for_processing`` and the legacy SDK."""
-    status_details: str | None = None
+    status_details: str | None = Field(default=None, exclude_if=is_none)
 
 
 class FileList(Response):

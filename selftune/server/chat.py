@@ -17,10 +17,12 @@ import json
 from collections.abc import AsyncIterator
 from concurrent.futures import Future
 from contextlib import suppress
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Body, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import StreamingResponse
+from pydantic import ValidationError
 
 from selftune.errors import SelftuneError, Unavailable
 from selftune.ids import now, random_id
@@ -103,10 +105,13 @@ async def create_chat_completion(
 
 @router.post("/engines/{engine}/chat/completions", response_model=None, include_in_schema=False)
 async def create_chat_completion_engine(
-    engine: str, body: ChatCompletionRequest, request: Request, services: ServicesDep, owner: OwnerDep
+    engine: str, raw: Annotated[dict[str, Any], Body()], request: Request, services: ServicesDep, owner: OwnerDep
 ) -> ChatCompletion | StreamingResponse:
-    """Legacy 0.28 ``ChatCompletion.create(engine=...)`` puts the model in the path."""
-    body.model = engine
+    """Legacy 0.28 ``ChatCompletion.create(engine=...)`` puts the model in the path, not the body."""
+    try:
+        body = ChatCompletionRequest.model_validate({**raw, "model": engine})
+    except ValidationError as e:
+        raise RequestValidationError(e.errors()) from e
     return await create_chat_completion(body, request, services, owner)
 
 

@@ -1,0 +1,290 @@
+"""Shared fixtures: a tiny random-init model built here, live servers on loopback, SDK clients.
+
+Servers run as real subprocesses (``python -m selftune serve``) on 127.0.0.1 and free ports, and
+are called with the real ``openai`` SDK (``max_retries=0``). Nothing of ours is mocked.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import openai
+import pytest
+import yaml
+from jsonschema import Draft202012Validator
+from referencing import Registry
+from referencing.jsonschema import DRAFT202012
+
+REPO = Path(__file__).resolve().parent.parent
+SPEC_PATH = REPO.parent / "shared" / "conformance" / "openai-openapi.yaml"
+LEGACY_SDK = Path(os.environ.get("SELFTUNE_LEGACY_OPENAI", REPO / ".venv" / "legacy-openai"))
+
+CHATML = (
+    "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+
+# --- a tiny model, built in the test --------------------------------------------------------------
+
+
+def build_tiny_model(out: Path, *, context: int = 4096, seed: int = 0) -> Path:
+    """A random-init Llama (2 layers, width 32) with a byte-level BPE tokenizer trained right here."""
+    import torch
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    corpus = [
+        "The quick brown fox jumps over the lazy dog.",
+        "What is the capital of France? Paris is the capital of France.",
+        "system user assistant hello world question answer",
+    ] * 20
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=400,
+        special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
+    bpe.train_from_iterator(corpus, trainer)
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=bpe,
+        bos_token="<|im_start|>",
+        eos_token="<|im_end|>",
+        unk_token="<|endoftext|>",
+        pad_token="<|im_end|>",
+    )
+    tok.chat_template = CHATML
+    config = LlamaConfig(
+        vocab_size=len(tok),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=context,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+        tie_word_embeddings=True,
+    )
+    torch.manual_seed(seed)
+    LlamaForCausalLM(config).save_pretrained(out)
+    tok.save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_tiny_model(tmp_path_factory.mktemp("tiny-model"))
+
+
+# --- live servers ---------------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run(
+        [sys.executable, "-m", "selftune", *args],
+        env={**os.environ, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    if check and proc.returncode != 0:
+        raise AssertionError(f"selftune {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+@dataclass
+class LiveServer:
+    home: Path
+    env: dict[str, str] = field(default_factory=dict)
+    port: int = 0
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def base_url(self) -> str:
+        return self.url + "/v1"
+
+    @property
+    def log(self) -> str:
+        path = self.home / "server.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    def start(self, timeout: float = 300) -> LiveServer:
+        self.port = free_port()
+        self.home.mkdir(parents=True, exist_ok=True)
+        env = {**os.environ, "SELFTUNE_HOME": str(self.home), "PYTHONUNBUFFERED": "1", **self.env}
+        with (self.home / "server.log").open("ab") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "selftune", "serve", "--host", "127.0.0.1", "--port", str(self.port)],
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"server exited with {self.proc.returncode}:\n{self.log[-4000:]}")
+            try:
+                if httpx.get(self.url + "/health", timeout=2).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        self.stop()
+        raise AssertionError(f"server did not become healthy in {timeout}s:\n{self.log[-4000:]}")
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+    def client(self, api_key: str = "sk-test") -> openai.OpenAI:
+        return openai.OpenAI(base_url=self.base_url, api_key=api_key, max_retries=0, timeout=120)
+
+    def health(self) -> dict[str, Any]:
+        return httpx.get(self.url + "/health", timeout=5).json()  # type: ignore[no-any-return]
+
+
+def start_server(home: Path, tiny_model_dir: Path, **env: str) -> LiveServer:
+    run_cli("models", "add", "tiny", str(tiny_model_dir), env={"SELFTUNE_HOME": str(home), **env})
+    return LiveServer(home, {"SELFTUNE_DEFAULT_MODEL": "tiny", **env}).start()
+
+
+@pytest.fixture(scope="session")
+def server(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> Iterator[LiveServer]:
+    """Local mode (no keys), default model = the tiny model, a 2 GiB upload limit."""
+    srv = start_server(tmp_path_factory.mktemp("home-local"), tiny_model_dir, SELFTUNE_MAX_UPLOAD_BYTES=str(2**31))
+    yield srv
+    srv.stop()
+
+
+ALICE, BOB = "sk-alice-0123456789", "sk-bob-9876543210"
+
+
+@pytest.fixture(scope="session")
+def keyed_server(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> Iterator[LiveServer]:
+    """Two owners, a 1 MiB upload limit."""
+    srv = start_server(
+        tmp_path_factory.mktemp("home-keyed"),
+        tiny_model_dir,
+        SELFTUNE_API_KEYS=f"{ALICE}:alice,{BOB}:bob",
+        SELFTUNE_MAX_UPLOAD_BYTES=str(1024 * 1024),
+    )
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture
+def client(server: LiveServer) -> openai.OpenAI:
+    return server.client()
+
+
+# --- the legacy 0.28 SDK, run in its own interpreter path ------------------------------------------
+
+
+def run_legacy(code: str, base_url: str, api_key: str = "sk-test", timeout: float = 300) -> Any:
+    """Run ``code`` with ``import openai`` resolving to openai==0.28.1; it must print one JSON value."""
+    if not (LEGACY_SDK / "openai" / "__init__.py").is_file():
+        pytest.skip(f"legacy openai==0.28.1 not installed at {LEGACY_SDK} (run `make install`)")
+    prelude = f"import json, openai\nopenai.api_base = {base_url!r}\nopenai.api_key = {api_key!r}\n"
+    proc = subprocess.run(
+        [sys.executable, "-c", prelude + code],
+        env={**os.environ, "PYTHONPATH": str(LEGACY_SDK)},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    assert proc.returncode == 0, f"legacy snippet failed:\n{proc.stdout}\n{proc.stderr}"
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+# --- the official OpenAPI schemas -----------------------------------------------------------------
+
+
+def _openapi_nullable(node: Any) -> Any:
+    """OpenAPI's ``nullable: true`` (kept in this 3.1 spec 111 times) as JSON Schema: also allow null."""
+    if isinstance(node, list):
+        return [_openapi_nullable(n) for n in node]
+    if not isinstance(node, dict):
+        return node
+    out = {k: _openapi_nullable(v) for k, v in node.items()}
+    if out.pop("nullable", False) is True:
+        return {"anyOf": [out, {"type": "null"}]}
+    return out
+
+
+# Where the official schema contradicts OpenAI's own documented wire format, we follow the wire
+# format (which the SDKs parse). Each entry: (schema, path pattern, why).
+DEVIATIONS = [
+    (
+        "CreateChatCompletionStreamResponse",
+        ("choices", "*", "finish_reason"),
+        "null until the last chunk: the spec's own streaming example sends finish_reason null",
+    ),
+]
+
+
+class Conformance:
+    def __init__(self, spec: dict[str, Any]) -> None:
+        resource = DRAFT202012.create_resource(_openapi_nullable(spec))
+        self.registry: Registry[Any] = Registry().with_resource("urn:openai", resource)
+
+    def check(self, schema: str, body: Any) -> None:
+        validator = Draft202012Validator({"$ref": f"urn:openai#/components/schemas/{schema}"}, registry=self.registry)
+        errors = [e for e in validator.iter_errors(body) if not _deviation(schema, tuple(e.path), e.instance)]
+        errors.sort(key=lambda e: list(e.path))
+        assert not errors, f"{schema}: " + "; ".join(f"{list(e.path)}: {e.message}" for e in errors[:5])
+
+
+def _deviation(schema: str, path: tuple[Any, ...], value: Any) -> bool:
+    for name, pattern, _why in DEVIATIONS:
+        same_shape = name == schema and value is None and len(path) == len(pattern)
+        if same_shape and all(p == "*" or p == q for p, q in zip(pattern, path, strict=True)):
+            return True
+    return False
+
+
+@pytest.fixture(scope="session")
+def conformance() -> Conformance:
+    if not SPEC_PATH.is_file():
+        pytest.skip(f"OpenAPI spec not found at {SPEC_PATH}")
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+    with SPEC_PATH.open() as f:
+        spec = yaml.load(f, Loader=loader)
+    return Conformance(spec)
+
+
+def chat_lines(n: int, *, offset: int = 0) -> str:
+    """``n`` small, valid chat examples in JSONL."""
+    rows = [
+        {"messages": [{"role": "user", "content": f"question {i}"}, {"role": "assistant", "content": f"answer {i}"}]}
+        for i in range(offset, offset + n)
+    ]
+    return "".join(json.dumps(r) + "\n" for r in rows)

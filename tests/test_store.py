@@ -1,0 +1,99 @@
+"""The store on SQLite and on PostgreSQL (127.0.0.1:5432), through the same code path."""
+
+from __future__ import annotations
+
+import io
+import secrets
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from selftune.errors import InvalidRequest, NotFound
+from selftune.store import BaseModelRecord, FileRecord, ModelRecord, Store
+from tests.conftest import LiveServer, chat_lines, start_server
+
+PG_ADMIN = "host=127.0.0.1 port=5432 dbname=test connect_timeout=3"
+
+
+@pytest.fixture(scope="session")
+def pg_url() -> Iterator[str]:
+    """A fresh PostgreSQL database for this run, dropped afterwards."""
+    psycopg = pytest.importorskip("psycopg")
+    try:
+        admin = psycopg.connect(PG_ADMIN, autocommit=True)
+    except psycopg.OperationalError as e:
+        pytest.skip(
+            f"PostgreSQL is not reachable on 127.0.0.1:5432 ({e.__class__.__name__}); start it to test that path"
+        )
+    name = "selftune_test_" + secrets.token_hex(4)
+    admin.execute(f"CREATE DATABASE {name}")
+    try:
+        yield f"postgresql+psycopg://127.0.0.1:5432/{name}"
+    finally:
+        admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        admin.close()
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
+    url = f"sqlite:///{tmp_path / 'db.sqlite'}" if request.param == "sqlite" else request.getfixturevalue("pg_url")
+    s = Store(url)
+    yield s
+    if request.param == "postgresql":
+        from selftune.store import metadata
+
+        metadata.drop_all(s.engine)
+    s.close()
+
+
+def rec(i: int, owner: str = "alice", purpose: str = "fine-tune") -> FileRecord:
+    return FileRecord(
+        f"file-{owner}-{i:03d}", owner, f"f{i}.jsonl", purpose, 10 + i, 1_700_000_000, None, "processed", None
+    )
+
+
+def test_files_pagination_and_isolation(store: Store) -> None:
+    for i in range(5):
+        store.insert_file(rec(i))
+    store.insert_file(rec(0, owner="bob"))
+    page, more = store.list_files("alice", limit=2)
+    assert [r.id for r in page] == ["file-alice-004", "file-alice-003"] and more
+    page, more = store.list_files("alice", limit=2, after="file-alice-003")
+    assert [r.id for r in page] == ["file-alice-002", "file-alice-001"] and more
+    page, more = store.list_files("alice", order="asc", after="file-alice-002")
+    assert [r.id for r in page] == ["file-alice-003", "file-alice-004"] and not more
+    assert [r.id for r in store.list_files("bob")[0]] == ["file-bob-000"]
+    with pytest.raises(NotFound):
+        store.get_file("bob", "file-alice-001")
+    with pytest.raises(InvalidRequest):
+        store.list_files("bob", after="file-alice-001")
+    store.delete_file("alice", "file-alice-004")
+    with pytest.raises(NotFound):
+        store.delete_file("alice", "file-alice-004")
+    # A deleted file still works as a cursor, so pagination survives deletes mid-way.
+    assert [r.id for r in store.list_files("alice", after="file-alice-004", limit=1)[0]] == ["file-alice-003"]
+
+
+def test_models_and_base_models(store: Store) -> None:
+    store.insert_model(ModelRecord("ft:tiny:alice::abcd1234", "alice", 1, "tiny", "/a", "ftjob-1"))
+    assert store.find_model("bob", "ft:tiny:alice::abcd1234") is None
+    assert [m.id for m in store.list_models("alice")] == ["ft:tiny:alice::abcd1234"]
+    assert store.delete_model("alice", "ft:tiny:alice::abcd1234") and not store.list_models("alice")
+    store.upsert_base_model(BaseModelRecord("m", "hf", "/x", None, 5))
+    store.upsert_base_model(BaseModelRecord("m", "hf", "/y", None, 6))
+    assert [(b.name, b.path) for b in store.list_base_models()] == [("m", "/y")]
+    assert store.remove_base_model("m") and not store.remove_base_model("m")
+
+
+@pytest.mark.postgres
+def test_server_runs_on_postgresql(pg_url: str, tmp_path: Path, tiny_model_dir: Path) -> None:
+    srv: LiveServer = start_server(tmp_path / "home", tiny_model_dir, SELFTUNE_DATABASE_URL=pg_url)
+    try:
+        client = srv.client()
+        f = client.files.create(file=("t.jsonl", io.BytesIO(chat_lines(10).encode())), purpose="fine-tune")
+        assert client.files.retrieve(f.id).bytes == len(chat_lines(10))
+        assert "tiny" in [m.id for m in client.models.list()]
+        assert not (tmp_path / "home" / "selftune.db").exists()  # nothing went to SQLite
+    finally:
+        srv.stop()
