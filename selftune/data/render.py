@@ -47,3 +47,47 @@ def stop_token_ids(tokenizer: Any, generation_config: Any = None) -> set[int]:
         elif isinstance(source, list | tuple):
             ids.update(int(i) for i in source)
     return ids
+
+
+IGNORE = -100
+"""Label for tokens that are not trained (the convention of ``torch.nn.CrossEntropyLoss``)."""
+
+
+def render_training(
+    tokenizer: Any, messages: Sequence[dict[str, Any]], max_tokens: int | None = None
+) -> tuple[list[int], list[int]]:
+    """Token ids of a whole conversation and its labels: the token id where the model is trained,
+    ``IGNORE`` everywhere else.
+
+    Trained: every assistant message (unless it has ``weight: 0``), from the first token after the
+    template's assistant header up to and including the end-of-turn token, so the model learns to
+    stop. The spans come from rendering growing prefixes of the conversation with the model's own
+    chat template, so this works for any template without ``{% generation %}`` markers.
+
+    Raises ``ValueError`` if the template does not render prefixes as prefixes (then spans cannot
+    be located), naming the message at fault.
+    """
+    msgs = normalize_messages(messages)
+
+    def ids(part: Sequence[dict[str, str]], gen_prompt: bool) -> list[int]:
+        out = tokenizer.apply_chat_template(part, add_generation_prompt=gen_prompt, tokenize=True, return_dict=False)
+        return [int(i) for i in out]
+
+    full = ids(msgs, False)
+    labels = [IGNORE] * len(full)
+    stops = stop_token_ids(tokenizer)
+    for i, m in enumerate(messages):
+        if m.get("role") != "assistant" or m.get("weight", 1) == 0:
+            continue
+        start = len(ids(msgs[:i], True))
+        upto = ids(msgs[: i + 1], False)
+        if full[: len(upto)] != upto:
+            raise ValueError(f"the chat template renders message {i + 1} differently in context; cannot mask it")
+        end = len(upto)
+        # Train through the end-of-turn token, but not the separator the template puts after it.
+        last_stop = max((j for j in range(start, end) if full[j] in stops), default=end - 1)
+        for j in range(start, last_stop + 1):
+            labels[j] = full[j]
+    if max_tokens is not None and len(full) > max_tokens:
+        full, labels = full[:max_tokens], labels[:max_tokens]
+    return full, labels

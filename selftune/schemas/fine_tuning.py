@@ -1,0 +1,131 @@
+"""Fine-tuning jobs, their events and checkpoints (openai ``types/fine_tuning``)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Generic, Literal, TypeVar
+
+from pydantic import Field, field_validator
+
+from selftune.schemas.common import Request, Response, is_none
+
+Auto = Literal["auto"]
+JobStatus = Literal["validating_files", "queued", "running", "succeeded", "failed", "cancelled", "pausing", "paused"]
+"""OpenAI's six statuses plus ``pausing`` and ``paused`` (its pause endpoint returns ``paused`` too)."""
+
+
+BatchSize = Annotated[int, Field(ge=1, le=256)]
+Epochs = Annotated[int, Field(ge=1, le=50)]
+Multiplier = Annotated[float, Field(gt=0)]
+
+
+class Hyperparameters(Request):
+    """Each value is ``"auto"`` or a number; ``"auto"`` is resolved when the job starts (train.config)."""
+
+    batch_size: Auto | BatchSize | None = Field(default=None, union_mode="left_to_right")
+    learning_rate_multiplier: Auto | Multiplier | None = Field(default=None, union_mode="left_to_right")
+    n_epochs: Auto | Epochs | None = Field(default=None, union_mode="left_to_right")
+
+
+class SupervisedMethod(Request):
+    hyperparameters: Hyperparameters | None = None
+
+
+class Method(Request):
+    type: Literal["supervised", "dpo", "reinforcement"]
+    supervised: SupervisedMethod | None = None
+
+
+class CreateJobRequest(Request):
+    model: str
+    training_file: str
+    validation_file: str | None = None
+    hyperparameters: Hyperparameters | None = None
+    """Deprecated by OpenAI in favour of ``method.supervised.hyperparameters``; both are accepted."""
+    method: Method | None = None
+    suffix: str | None = Field(default=None, min_length=1, max_length=64)
+    seed: int | None = Field(default=None, ge=0, le=2147483647)
+    metadata: dict[str, str] | None = None
+    integrations: list[dict[str, Any]] | None = None
+
+    @field_validator("suffix")
+    @classmethod
+    def _suffix(cls, v: str | None) -> str | None:
+        if v is not None and not all(c.isalnum() or c in "._-" for c in v):
+            raise ValueError("suffix may use only letters, digits, '.', '_' and '-' (no ':' or '/')")
+        return v
+
+    @field_validator("metadata")
+    @classmethod
+    def _metadata(cls, v: dict[str, str] | None) -> dict[str, str] | None:
+        if v is not None and (len(v) > 16 or any(len(k) > 64 or len(x) > 512 for k, x in v.items())):
+            raise ValueError("metadata holds at most 16 pairs, keys up to 64 and values up to 512 characters")
+        return v
+
+
+class JobError(Response):
+    code: str | None = None
+    message: str | None = None
+    param: str | None = None
+
+
+class ResolvedHyperparameters(Response):
+    batch_size: Auto | int
+    learning_rate_multiplier: Auto | float
+    n_epochs: Auto | int
+
+
+class FineTuningJob(Response):
+    id: str
+    object: Literal["fine_tuning.job"] = "fine_tuning.job"
+    created_at: int
+    error: JobError | None
+    fine_tuned_model: str | None
+    finished_at: int | None
+    hyperparameters: ResolvedHyperparameters
+    model: str
+    organization_id: str
+    result_files: list[str]
+    seed: int
+    status: JobStatus
+    trained_tokens: int | None
+    training_file: str
+    validation_file: str | None
+    estimated_finish: int | None = None
+    integrations: list[dict[str, Any]] | None = None
+    metadata: dict[str, str] | None = None
+    method: dict[str, Any]
+    user_provided_suffix: str | None = None
+
+
+class JobEvent(Response):
+    id: str
+    object: Literal["fine_tuning.job.event"] = "fine_tuning.job.event"
+    created_at: int
+    level: Literal["info", "warn", "error"]
+    message: str
+    type: Literal["message", "metrics"]
+    data: dict[str, Any] | None = None
+
+
+class Checkpoint(Response):
+    id: str
+    object: Literal["fine_tuning.job.checkpoint"] = "fine_tuning.job.checkpoint"
+    created_at: int
+    fine_tuned_model_checkpoint: str
+    fine_tuning_job_id: str
+    metrics: dict[str, float]
+    step_number: int
+
+
+T = TypeVar("T", FineTuningJob, JobEvent, Checkpoint)
+
+
+class CursorPage(Response, Generic[T]):
+    """A page of jobs, events or checkpoints, newest first. ``has_more`` is always sent: without it
+    the SDK's auto-pagination never stops."""
+
+    object: Literal["list"] = "list"
+    data: list[T]
+    has_more: bool
+    first_id: str | None = Field(default=None, exclude_if=is_none)
+    last_id: str | None = Field(default=None, exclude_if=is_none)

@@ -1,0 +1,1 @@
+"""Training: the hyperparameter config and the LoRA recipe (runnable on its own)."""
