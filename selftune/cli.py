@@ -28,7 +28,7 @@ from selftune.config import Settings
 from selftune.errors import SelftuneError
 
 F = TypeVar("F", bound=Callable[..., Any])
-console = Console(stderr=True)
+console = Console(stderr=True, soft_wrap=True)  # log lines, not a layout: never wrap them
 
 
 def _settings(**overrides: Any) -> Settings:
