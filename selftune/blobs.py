@@ -17,6 +17,15 @@ from selftune.errors import InvalidRequest
 CHUNK = 1024 * 1024
 
 
+def too_large(limit: int) -> InvalidRequest:
+    return InvalidRequest(
+        f"File is larger than this server's upload limit of {limit:,} bytes. "
+        "Split it, or raise SELFTUNE_MAX_UPLOAD_BYTES.",
+        param="file",
+        code="file_too_large",
+    )
+
+
 class Blobs:
     def __init__(self, root: Path) -> None:
         self.root = root
@@ -40,12 +49,7 @@ class Blobs:
                 while chunk := src.read(CHUNK):
                     size += len(chunk)
                     if size > limit:
-                        raise InvalidRequest(
-                            f"File is larger than this server's upload limit of {limit:,} bytes. "
-                            "Split it, or raise SELFTUNE_MAX_UPLOAD_BYTES.",
-                            param="file",
-                            code="file_too_large",
-                        )
+                        raise too_large(limit)
                     out.write(chunk)
                 out.flush()
                 os.fsync(out.fileno())

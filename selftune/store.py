@@ -11,6 +11,7 @@ Rows are returned as frozen dataclasses; nothing above this module sees SQL.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -25,9 +26,11 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    and_,
     create_engine,
     event,
     insert,
+    or_,
     select,
     update,
 )
@@ -115,6 +118,11 @@ class BaseModelRecord:
     created: int
 
 
+def _live_files() -> Any:
+    """Files that are neither deleted nor past their ``expires_after``."""
+    return and_(~files.c.deleted, or_(files.c.expires_at.is_(None), files.c.expires_at > int(time.time())))
+
+
 def _row(cls: type[Any], row: Any) -> Any:
     fields = cls.__dataclass_fields__
     return cls(**{k: v for k, v in row._mapping.items() if k in fields})
@@ -150,9 +158,7 @@ class Store:
 
     def get_file(self, owner: str, file_id: str) -> FileRecord:
         with self._tx() as c:
-            row = c.execute(
-                select(files).where(files.c.id == file_id, files.c.owner == owner, ~files.c.deleted)
-            ).first()
+            row = c.execute(select(files).where(files.c.id == file_id, files.c.owner == owner, _live_files())).first()
         if row is None:
             raise NotFound(f"No such File object: {file_id}", param="id", code="file_not_found")
         return _row(FileRecord, row)  # type: ignore[no-any-return]
@@ -168,7 +174,7 @@ class Store:
     ) -> tuple[list[FileRecord], bool]:
         """One page of an owner's files and whether more follow. ``after`` is a file id cursor."""
         with self._tx() as c:
-            q = select(files).where(files.c.owner == owner, ~files.c.deleted)
+            q = select(files).where(files.c.owner == owner, _live_files())
             if purpose:
                 q = q.where(files.c.purpose == purpose)
             if after:

@@ -71,6 +71,11 @@ def test_files_pagination_and_isolation(store: Store) -> None:
     store.delete_file("alice", "file-alice-004")
     with pytest.raises(NotFound):
         store.delete_file("alice", "file-alice-004")
+    expired = FileRecord("file-old", "alice", "o.txt", "user_data", 1, 1, 2, "processed", None)
+    store.insert_file(expired)  # expired in 1970
+    with pytest.raises(NotFound):
+        store.get_file("alice", "file-old")
+    assert "file-old" not in [r.id for r in store.list_files("alice")[0]]
     # A deleted file still works as a cursor, so pagination survives deletes mid-way.
     assert [r.id for r in store.list_files("alice", after="file-alice-004", limit=1)[0]] == ["file-alice-003"]
 

@@ -16,6 +16,7 @@ from fastapi.responses import FileResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
+from selftune.blobs import too_large
 from selftune.data.validate import validate_file
 from selftune.errors import InvalidFile, InvalidRequest
 from selftune.ids import now, random_id
@@ -46,7 +47,7 @@ async def create_file(request: Request, services: ServicesDep, owner: OwnerDep) 
     limit = services.settings.max_upload_bytes
     declared = int(request.headers.get("content-length") or 0)
     if declared > limit + MULTIPART_SLACK:
-        raise _too_large(limit)
+        raise too_large(limit)
     if not request.headers.get("content-type", "").startswith("multipart/form-data"):
         raise InvalidRequest("Upload files as multipart/form-data with fields 'file' and 'purpose'.", param="file")
     async with request.form(max_files=1, max_fields=16) as form:
@@ -108,15 +109,6 @@ def _expires_after(anchor: Any, seconds: Any) -> int | None:
             param="expires_after.seconds",
         )
     return value
-
-
-def _too_large(limit: int) -> InvalidRequest:
-    return InvalidRequest(
-        f"File is larger than this server's upload limit of {limit:,} bytes. "
-        "Split it, or raise SELFTUNE_MAX_UPLOAD_BYTES.",
-        param="file",
-        code="file_too_large",
-    )
 
 
 @router.get("/files")
