@@ -63,11 +63,5 @@ class Blobs:
         os.replace(tmp, dest)
         return dest
 
-    def write_bytes(self, file_id: str, data: bytes) -> Path:
-        """Atomically store small server-made content (e.g. a results CSV)."""
-        tmp = self.new_temp()
-        tmp.write_bytes(data)
-        return self.commit(tmp, file_id)
-
     def delete(self, file_id: str) -> None:
         self.path(file_id).unlink(missing_ok=True)

@@ -1,4 +1,4 @@
-"""Shared wire pieces: the base classes and the error envelope."""
+"""Shared wire pieces: the base classes. (The error envelope is ``errors.SelftuneError.to_dict``.)"""
 
 from __future__ import annotations
 
@@ -21,14 +21,3 @@ class Request(BaseModel):
     parameters faster than servers learn them, and OpenAI ignores what it does not know."""
 
     model_config = ConfigDict(extra="allow")
-
-
-class ErrorBody(Response):
-    message: str
-    type: str
-    param: str | None = None
-    code: str | None = None
-
-
-class ErrorResponse(Response):
-    error: ErrorBody

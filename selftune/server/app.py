@@ -25,7 +25,7 @@ from selftune import __version__
 from selftune.blobs import Blobs
 from selftune.catalog import Catalog
 from selftune.config import Settings
-from selftune.errors import SelftuneError
+from selftune.errors import InvalidRequest, NotFound, SelftuneError
 from selftune.ids import random_id
 from selftune.inference.engine import Engine
 from selftune.server import chat, files, models
@@ -82,16 +82,18 @@ def create_app(settings: Settings) -> FastAPI:
     return app
 
 
-def _error_response(status: int, error: dict[str, Any]) -> JSONResponse:
+def _error_response(exc: SelftuneError, status: int | None = None) -> JSONResponse:
+    """The one place an error becomes HTTP: OpenAI's envelope, built by ``SelftuneError.to_dict``."""
+    status = status or exc.status_code
     headers = {}
     if status >= 500 and status != 503:
         headers["x-should-retry"] = "false"  # our own bugs do not get better by retrying
-    return JSONResponse({"error": error}, status_code=status, headers=headers)
+    return JSONResponse({"error": exc.to_dict()}, status_code=status, headers=headers)
 
 
 async def _selftune_error(_: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, SelftuneError)
-    return _error_response(exc.status_code, exc.to_dict())
+    return _error_response(exc)
 
 
 async def _validation_error(_: Request, exc: Exception) -> JSONResponse:
@@ -108,30 +110,20 @@ async def _validation_error(_: Request, exc: Exception) -> JSONResponse:
         message = f"Invalid value for '{param}': {first.get('msg', 'invalid')}."
     if len(errors) > 1:
         message += f" ({len(errors) - 1} more problem(s) in the request.)"
-    error = {"message": message, "type": "invalid_request_error", "param": param, "code": None}
-    return _error_response(400, error)
+    return _error_response(InvalidRequest(message, param=param))
 
 
 async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
     if exc.status_code in (404, 405):
         message = f"Unknown request URL: {request.method} {request.url.path}."
-        return _error_response(
-            404, {"message": message, "type": "invalid_request_error", "param": None, "code": "unknown_url"}
-        )
-    error = {"message": str(exc.detail), "type": "invalid_request_error", "param": None, "code": None}
-    return _error_response(exc.status_code, error)
+        return _error_response(NotFound(message, code="unknown_url"))
+    return _error_response(InvalidRequest(str(exc.detail)), exc.status_code)
 
 
 async def _unexpected_error(_: Request, exc: Exception) -> JSONResponse:
     log.exception("unexpected error", exc_info=exc)
-    error = {
-        "message": f"The server had an error: {exc.__class__.__name__}: {exc}",
-        "type": "server_error",
-        "param": None,
-        "code": None,
-    }
-    return _error_response(500, error)
+    return _error_response(SelftuneError(f"The server had an error: {exc.__class__.__name__}: {exc}"))
 
 
 _SLASHES = re.compile(r"/{2,}")

@@ -179,17 +179,10 @@ async def _sse(
                     break
             try:
                 event = await bridge.next()
-            except SelftuneError as e:
-                yield f"data: {json.dumps({'error': e.to_dict()})}\n\n"
-                return
             except Exception as e:
-                err = {
-                    "message": f"generation failed: {e}",
-                    "type": "server_error",
-                    "param": None,
-                    "code": None,
-                }
-                yield f"data: {json.dumps({'error': err})}\n\n"
+                # Mid-stream the status line is gone; the SDKs raise on a data event holding "error".
+                err = e if isinstance(e, SelftuneError) else SelftuneError(f"generation failed: {e}")
+                yield f"data: {json.dumps({'error': err.to_dict()})}\n\n"
                 return
         if include_usage:
             prompt = bridge.gen.prompt_tokens
