@@ -1,6 +1,7 @@
 """The ``selftune`` command: run the server, and manage base models.
 
-    selftune serve [--host 127.0.0.1] [--port 8000]     run the API (and, later, the training worker)
+    selftune serve [--host 127.0.0.1] [--port 8000]     run the API and the training worker
+    selftune worker [--slots 1]                         run only the training worker
     selftune models add NAME PATH                       register a HF folder, a GGUF file or a Hub id
     selftune models list                                list base models and aliases
     selftune models rm NAME                             unregister a base model you added
@@ -58,7 +59,7 @@ def cli() -> None:
     """selftune: OpenAI-compatible fine-tuning on your own machine.
 
     \b
-    Server:   serve
+    Server:   serve | worker
     Models:   models add | list | rm
     """
 
@@ -69,6 +70,9 @@ def cli() -> None:
 @click.option("--api-keys", default=None, help="'KEY[:OWNER],...' [env SELFTUNE_API_KEYS]; none = local mode.")
 @click.option("--default-model", default=None, help="Base model to preload and alias [env SELFTUNE_DEFAULT_MODEL].")
 @click.option("--no-preload", is_flag=True, help="Do not load the default model at startup.")
+@click.option(
+    "--no-worker", is_flag=True, help="Do not train here; run `selftune worker` elsewhere [env SELFTUNE_WORKER]."
+)
 @click.option("--log-level", default="info", type=click.Choice(["debug", "info", "warning", "error"]))
 @home_option
 @db_option
@@ -79,6 +83,7 @@ def serve(
     api_keys: str | None,
     default_model: str | None,
     no_preload: bool,
+    no_worker: bool,
     log_level: str,
     home: Path | None,
     database_url: str | None,
@@ -96,6 +101,7 @@ def serve(
         home=home,
         database_url=database_url,
         preload=False if no_preload else None,
+        worker=False if no_worker else None,
     )
     settings.check_bind()
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -110,6 +116,33 @@ def serve(
     console.print(f"data: {settings.home}   API: {url}/v1   default model: {settings.default_model}")
     console.print(f'use it:  OpenAI(base_url="{url}/v1", api_key="...")')
     uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=log_level)
+
+
+@cli.command()
+@click.option("--slots", type=int, default=None, help="Jobs trained at once [env SELFTUNE_WORKER_SLOTS, default 1].")
+@click.option("--log-level", default="info", type=click.Choice(["debug", "info", "warning", "error"]))
+@home_option
+@db_option
+@_friendly_errors
+def worker(slots: int | None, log_level: str, home: Path | None, database_url: str | None) -> None:
+    """Run only the training worker.
+
+    It takes jobs from the same database as the server (SELFTUNE_DATABASE_URL) and reads and
+    writes the same SELFTUNE_HOME, so on another machine that folder must be shared storage.
+    Stop it with Ctrl-C: running jobs save their state and go back to the queue.
+    """
+    from selftune.server.app import build_services
+    from selftune.worker import Worker, run_forever
+
+    settings = _settings(home=home, database_url=database_url, worker_slots=slots)
+    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    services = build_services(settings)
+    console.print(f"[bold]selftune worker[/]: data {settings.home}, {settings.worker_slots} slot(s)")
+    try:
+        run_forever(Worker(settings, services.store, services.blobs, services.catalog))
+    finally:
+        services.engine.close()
+        services.store.close()
 
 
 @cli.group()

@@ -79,6 +79,15 @@ class Settings(BaseSettings):
     default_max_tokens: int = 1024
     """Completion length when a request sets neither ``max_tokens`` nor ``max_completion_tokens``."""
 
+    worker: bool = True
+    """Run the training worker inside ``selftune serve``. Turn off when ``selftune worker`` runs elsewhere."""
+
+    worker_slots: int = 1
+    """Jobs one worker trains at once. One per device is fastest: two jobs on one CPU share its cores."""
+
+    max_loaded_adapters: int = 8
+    """Fine-tuned adapters kept loaded on their base model (least recently used is dropped)."""
+
     inference_dtype: str = "auto"
     """``auto``, ``float32`` or ``bfloat16`` for serving. ``auto`` is float32 on CPU, bfloat16 on CUDA."""
 

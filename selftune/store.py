@@ -1,4 +1,4 @@
-"""Metadata in SQL: files, fine-tuned models and registered base models.
+"""Metadata in SQL: files, fine-tuning jobs (with events and checkpoints), models.
 
 SQLAlchemy 2 Core on SQLite (default, under ``SELFTUNE_HOME``) or PostgreSQL
 (``SELFTUNE_DATABASE_URL``), through the same code path. Each public method is one transaction.
@@ -14,13 +14,15 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from sqlalchemy import (
+    JSON,
     Boolean,
     Column,
     Connection,
+    Float,
     Integer,
     MetaData,
     String,
@@ -37,6 +39,7 @@ from sqlalchemy import (
 from sqlalchemy.engine import Engine
 
 from selftune.errors import InvalidRequest, NotFound
+from selftune.ids import now, random_id
 
 metadata = MetaData()
 
@@ -58,7 +61,7 @@ files = Table(
     Column("deleted", Boolean, nullable=False, default=False),
 )
 
-models = Table(
+models_table = Table(
     "models",
     metadata,
     Column("seq", Integer, primary_key=True, autoincrement=True),
@@ -80,6 +83,116 @@ base_models = Table(
     Column("gguf_file", Text, nullable=True),
     Column("created", Integer, nullable=False),
 )
+
+
+jobs = Table(
+    "jobs",
+    metadata,
+    Column("seq", Integer, primary_key=True, autoincrement=True),
+    Column("id", String(64), nullable=False, unique=True),
+    Column("owner", String(128), nullable=False, index=True),
+    Column("created_at", Integer, nullable=False),
+    Column("status", String(32), nullable=False, index=True),
+    Column("model", String(512), nullable=False),
+    Column("base_model", String(512), nullable=False),
+    Column("init_adapter", Text, nullable=True),
+    Column("training_file", String(64), nullable=False),
+    Column("validation_file", String(64), nullable=True),
+    Column("hyperparameters", JSON, nullable=False),
+    Column("method", JSON, nullable=False),
+    Column("suffix", String(64), nullable=True),
+    Column("seed", Integer, nullable=False),
+    Column("metadata", JSON, nullable=True),
+    Column("integrations", JSON, nullable=True),
+    Column("model_name", String(512), nullable=False),
+    Column("fine_tuned_model", String(512), nullable=True),
+    Column("error", JSON, nullable=True),
+    Column("finished_at", Integer, nullable=True),
+    Column("trained_tokens", Integer, nullable=True),
+    Column("estimated_finish", Integer, nullable=True),
+    Column("result_files", JSON, nullable=False),
+    # Which worker runs the job and when it last said so; a silent worker's jobs are recovered.
+    Column("worker_id", String(256), nullable=True),
+    Column("heartbeat_at", Float, nullable=True),
+)
+
+job_events = Table(
+    "job_events",
+    metadata,
+    Column("seq", Integer, primary_key=True, autoincrement=True),
+    Column("id", String(64), nullable=False, unique=True),
+    Column("job_id", String(64), nullable=False, index=True),
+    Column("created_at", Integer, nullable=False),
+    Column("level", String(8), nullable=False),
+    Column("type", String(16), nullable=False),
+    Column("message", Text, nullable=False),
+    Column("data", JSON, nullable=True),
+)
+
+checkpoints = Table(
+    "checkpoints",
+    metadata,
+    Column("seq", Integer, primary_key=True, autoincrement=True),
+    Column("id", String(64), nullable=False, unique=True),
+    Column("job_id", String(64), nullable=False, index=True),
+    Column("created_at", Integer, nullable=False),
+    Column("step_number", Integer, nullable=False),
+    Column("metrics", JSON, nullable=False),
+    Column("adapter_path", Text, nullable=False),
+)
+
+TERMINAL = ("succeeded", "failed", "cancelled")
+
+
+@dataclass(frozen=True)
+class JobRecord:
+    id: str
+    owner: str
+    created_at: int
+    status: str
+    model: str
+    """What the job reports as its model: the base model's real name, or the ``ft:`` model continued."""
+    base_model: str
+    init_adapter: str | None
+    training_file: str
+    validation_file: str | None
+    hyperparameters: dict[str, Any]
+    method: dict[str, Any]
+    suffix: str | None
+    seed: int
+    metadata: dict[str, str] | None
+    integrations: list[dict[str, Any]] | None
+    model_name: str
+    """The ``ft:`` name the model gets on success (decided at creation; hidden until then)."""
+    fine_tuned_model: str | None = None
+    error: dict[str, Any] | None = None
+    finished_at: int | None = None
+    trained_tokens: int | None = None
+    estimated_finish: int | None = None
+    result_files: list[str] = field(default_factory=list)
+    worker_id: str | None = None
+    heartbeat_at: float | None = None
+
+
+@dataclass(frozen=True)
+class EventRecord:
+    id: str
+    job_id: str
+    created_at: int
+    level: str
+    type: str
+    message: str
+    data: dict[str, Any] | None
+
+
+@dataclass(frozen=True)
+class CheckpointRecord:
+    id: str
+    job_id: str
+    created_at: int
+    step_number: int
+    metrics: dict[str, float]
+    adapter_path: str
 
 
 @dataclass(frozen=True)
@@ -200,30 +313,169 @@ class Store:
 
     def insert_model(self, rec: ModelRecord) -> None:
         with self._tx() as c:
-            c.execute(insert(models).values(**rec.__dict__, deleted=False))
+            c.execute(insert(models_table).values(**rec.__dict__, deleted=False))
 
     def find_model(self, owner: str, model_id: str) -> ModelRecord | None:
         with self._tx() as c:
             row = c.execute(
-                select(models).where(models.c.id == model_id, models.c.owner == owner, ~models.c.deleted)
+                select(models_table).where(
+                    models_table.c.id == model_id, models_table.c.owner == owner, ~models_table.c.deleted
+                )
             ).first()
         return None if row is None else _row(ModelRecord, row)
 
     def list_models(self, owner: str) -> list[ModelRecord]:
         with self._tx() as c:
             rows = c.execute(
-                select(models).where(models.c.owner == owner, ~models.c.deleted).order_by(models.c.seq)
+                select(models_table)
+                .where(models_table.c.owner == owner, ~models_table.c.deleted)
+                .order_by(models_table.c.seq)
             ).all()
         return [_row(ModelRecord, r) for r in rows]
 
     def delete_model(self, owner: str, model_id: str) -> bool:
         with self._tx() as c:
             n = c.execute(
-                update(models)
-                .where(models.c.id == model_id, models.c.owner == owner, ~models.c.deleted)
+                update(models_table)
+                .where(models_table.c.id == model_id, models_table.c.owner == owner, ~models_table.c.deleted)
                 .values(deleted=True)
             ).rowcount
         return bool(n)
+
+    # --- fine-tuning jobs ------------------------------------------------------------------------
+
+    def insert_job(self, rec: JobRecord, first_events: Sequence[tuple[str, str]] = ()) -> None:
+        """Insert a job and its first (level, message) events in one transaction."""
+        with self._tx() as c:
+            c.execute(insert(jobs).values(**rec.__dict__))
+            for level, message in first_events:
+                c.execute(insert(job_events).values(**_event(rec.id, level, "message", message, {}).__dict__))
+
+    def get_job(self, owner: str | None, job_id: str) -> JobRecord:
+        """A job by id; ``owner=None`` is the worker, which sees every owner's jobs."""
+        with self._tx() as c:
+            q = select(jobs).where(jobs.c.id == job_id)
+            if owner is not None:
+                q = q.where(jobs.c.owner == owner)
+            row = c.execute(q).first()
+        if row is None:
+            raise NotFound(f"No such fine-tuning job: {job_id}", param="fine_tuning_job_id", code="job_not_found")
+        return _row(JobRecord, row)  # type: ignore[no-any-return]
+
+    def list_jobs(
+        self, owner: str, *, limit: int = 20, after: str | None = None, metadata: dict[str, str] | None = None
+    ) -> tuple[list[JobRecord], bool]:
+        """One page of an owner's jobs, newest first, matching every ``metadata`` pair given."""
+        with self._tx() as c:
+            q = select(jobs).where(jobs.c.owner == owner)
+            if after:
+                seq = c.execute(select(jobs.c.seq).where(jobs.c.id == after, jobs.c.owner == owner)).scalar()
+                if seq is None:
+                    raise InvalidRequest(f"Unknown cursor: no fine-tuning job {after!r} to list after", param="after")
+                q = q.where(jobs.c.seq < seq)
+            out: list[JobRecord] = []
+            # Metadata is JSON, which SQLite and PostgreSQL query differently; filtering while
+            # streaming rows in order keeps one code path and still stops after one page.
+            for row in c.execute(q.order_by(jobs.c.seq.desc()).execution_options(yield_per=100)):
+                rec: JobRecord = _row(JobRecord, row)
+                if metadata and any((rec.metadata or {}).get(k) != v for k, v in metadata.items()):
+                    continue
+                out.append(rec)
+                if len(out) > limit:
+                    break
+        return out[:limit], len(out) > limit
+
+    def jobs_in(self, *statuses: str) -> list[JobRecord]:
+        """Every owner's jobs in these statuses, oldest first (the worker's queue)."""
+        with self._tx() as c:
+            rows = c.execute(select(jobs).where(jobs.c.status.in_(statuses)).order_by(jobs.c.seq)).all()
+        return [_row(JobRecord, r) for r in rows]
+
+    def transition(
+        self,
+        job_id: str,
+        from_statuses: Sequence[str],
+        values: dict[str, Any],
+        events: Sequence[tuple[str, str]] = (),
+        new_models: Sequence[ModelRecord] = (),
+    ) -> bool:
+        """Compare-and-set: update the job only if its status is one of ``from_statuses``; then add
+        the (level, message) events and register the models, all in one transaction. False if the job
+        had moved on (a cancel racing a finish, two workers claiming one job)."""
+        with self._tx() as c:
+            n = c.execute(
+                update(jobs).where(jobs.c.id == job_id, jobs.c.status.in_(from_statuses)).values(**values)
+            ).rowcount
+            if not n:
+                return False
+            for level, message in events:
+                c.execute(insert(job_events).values(**_event(job_id, level, "message", message, {}).__dict__))
+            for m in new_models:
+                c.execute(insert(models_table).values(**m.__dict__, deleted=False))
+        return True
+
+    def update_job(self, job_id: str, values: dict[str, Any]) -> None:
+        with self._tx() as c:
+            c.execute(update(jobs).where(jobs.c.id == job_id).values(**values))
+
+    def heartbeat(self, worker_id: str, job_ids: Sequence[str]) -> None:
+        if job_ids:
+            with self._tx() as c:
+                c.execute(
+                    update(jobs)
+                    .where(jobs.c.id.in_(job_ids), jobs.c.worker_id == worker_id)
+                    .values(heartbeat_at=time.time())
+                )
+
+    def add_events(self, job_id: str, items: Sequence[tuple[str, str, str, dict[str, Any] | None]]) -> None:
+        """Append (level, type, message, data) events in order."""
+        if items:
+            with self._tx() as c:
+                c.execute(insert(job_events), [_event(job_id, *item).__dict__ for item in items])
+
+    def list_events(self, job_id: str, *, limit: int = 20, after: str | None = None) -> tuple[list[EventRecord], bool]:
+        """Newest first; ``after`` is an event id, and the page holds events older than it."""
+        with self._tx() as c:
+            q = select(job_events).where(job_events.c.job_id == job_id)
+            if after:
+                seq = c.execute(
+                    select(job_events.c.seq).where(job_events.c.id == after, job_events.c.job_id == job_id)
+                ).scalar()
+                if seq is None:
+                    raise InvalidRequest(f"Unknown cursor: no event {after!r} in job {job_id}", param="after")
+                q = q.where(job_events.c.seq < seq)
+            rows = c.execute(q.order_by(job_events.c.seq.desc()).limit(limit + 1)).all()
+        return [_row(EventRecord, r) for r in rows[:limit]], len(rows) > limit
+
+    def put_checkpoint(self, rec: CheckpointRecord, keep: Sequence[str]) -> None:
+        """Record a checkpoint and forget this job's checkpoints whose adapter is no longer kept."""
+        with self._tx() as c:
+            c.execute(
+                checkpoints.delete().where(
+                    checkpoints.c.job_id == rec.job_id, checkpoints.c.step_number == rec.step_number
+                )
+            )
+            c.execute(insert(checkpoints).values(**rec.__dict__))
+            c.execute(
+                checkpoints.delete().where(
+                    checkpoints.c.job_id == rec.job_id, checkpoints.c.adapter_path.not_in(list(keep))
+                )
+            )
+
+    def list_checkpoints(
+        self, job_id: str, *, limit: int = 10, after: str | None = None
+    ) -> tuple[list[CheckpointRecord], bool]:
+        with self._tx() as c:
+            q = select(checkpoints).where(checkpoints.c.job_id == job_id)
+            if after:
+                step = c.execute(
+                    select(checkpoints.c.step_number).where(checkpoints.c.id == after, checkpoints.c.job_id == job_id)
+                ).scalar()
+                if step is None:
+                    raise InvalidRequest(f"Unknown cursor: no checkpoint {after!r} in job {job_id}", param="after")
+                q = q.where(checkpoints.c.step_number < step)
+            rows = c.execute(q.order_by(checkpoints.c.step_number.desc()).limit(limit + 1)).all()
+        return [_row(CheckpointRecord, r) for r in rows[:limit]], len(rows) > limit
 
     # --- base models ------------------------------------------------------------------------------
 
@@ -240,6 +492,10 @@ class Store:
     def remove_base_model(self, name: str) -> bool:
         with self._tx() as c:
             return bool(c.execute(base_models.delete().where(base_models.c.name == name)).rowcount)
+
+
+def _event(job_id: str, level: str, type: str, message: str, data: dict[str, Any] | None) -> EventRecord:
+    return EventRecord(random_id("ftevent-"), job_id, now(), level, type, message, data)
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:

@@ -6,6 +6,10 @@ simple. Callers ``submit`` a ``Generation`` and receive ``Event``s through its `
 so the HTTP layer (or anything else) decides how to deliver them. A generation whose ``cancel``
 event is set stops at the next token; one cancelled while still queued never starts.
 
+Fine-tuned models are LoRA adapters on a shared base: the first one wraps the loaded base in a
+``PeftModel``, later ones are added beside it (at most ``max_adapters``, least recently used
+dropped), and each request switches on its own adapter, or none for the base model.
+
 The decode loop is written out rather than delegated to ``generate()``: it needs per-token
 cancellation, OpenAI-style stop strings that are cut from the output, and a per-request seeded
 ``torch.Generator`` that leaves global RNG state alone.
@@ -13,12 +17,14 @@ cancellation, OpenAI-style stop strings that are cut from the output, and a per-
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,7 +33,7 @@ import torch
 
 from selftune.catalog import BaseModelSpec, Catalog, Resolved
 from selftune.data.render import render_prompt, stop_token_ids
-from selftune.errors import InvalidRequest
+from selftune.errors import InvalidRequest, NotFound
 
 log = logging.getLogger("selftune.engine")
 
@@ -70,12 +76,18 @@ class _Loaded:
     tokenizer: Any
     stop_ids: set[int]
     context: int
+    peft: Any = None
+    """The ``PeftModel`` wrapping ``model`` once a first adapter is loaded (its LoRA layers are
+    injected into ``model`` itself, which keeps serving the base with the adapters switched off)."""
+    adapters: OrderedDict[str, str] = field(default_factory=OrderedDict)
+    """Adapter folder -> peft adapter name, least recently used first."""
 
 
 class Engine:
-    def __init__(self, catalog: Catalog, *, max_loaded: int = 2, dtype: str = "auto") -> None:
+    def __init__(self, catalog: Catalog, *, max_loaded: int = 2, max_adapters: int = 8, dtype: str = "auto") -> None:
         self.catalog = catalog
         self.max_loaded = max(1, max_loaded)
+        self.max_adapters = max(1, max_adapters)
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         if dtype == "auto":
             dtype = "bfloat16" if self.device.type == "cuda" else "float32"
@@ -105,6 +117,7 @@ class Engine:
             "device": str(self.device),
             "dtype": str(self.dtype).removeprefix("torch."),
             "loaded_models": list(self._models),
+            "loaded_adapters": sum(len(m.adapters) for m in self._models.values()),
             "queued_generations": self.queued,
             "active_generations": self.active,
         }
@@ -145,29 +158,71 @@ class Engine:
         try:
             if gen.cancel.is_set():
                 return
-            if gen.model.adapter is not None:
-                raise InvalidRequest("fine-tuned model serving is not available yet", param="model")
             lm = self._load(gen.model.base)
-            prompt = render_prompt(lm.tokenizer, gen.messages)
-            gen.prompt_tokens = len(prompt)
-            room = lm.context - len(prompt)
-            if room <= 0:
-                raise InvalidRequest(
-                    f"the prompt is {len(prompt)} tokens, but {gen.model.id} has a context of {lm.context}; "
-                    "shorten the messages",
-                    param="messages",
-                    code="context_length_exceeded",
-                )
-            params = gen.params
-            max_tokens = min(params.max_tokens, room)
-            for index in range(gen.n):
-                seed = None if params.seed is None else params.seed + index
-                self._decode(lm, prompt, params, max_tokens, seed, index, gen)
-                if gen.cancel.is_set():
-                    return
+            with self._adapter(lm, gen.model):
+                self._generate(lm, gen)
         finally:
             with self._lock:
                 self.active -= 1
+
+    @contextmanager
+    def _adapter(self, lm: _Loaded, model: Resolved) -> Iterator[None]:
+        """Serve ``model``: its adapter switched on, or, for a base model, every adapter switched off."""
+        if model.adapter is None:
+            with lm.peft.disable_adapter() if lm.peft is not None else nullcontext():
+                yield
+            return
+        name = self._load_adapter(lm, model)  # first, since the first adapter creates lm.peft
+        lm.peft.set_adapter(name)
+        yield
+
+    def _load_adapter(self, lm: _Loaded, model: Resolved) -> str:
+        """Load (or reuse) the adapter of a fine-tuned model onto its shared base; evict the LRU one."""
+        assert model.adapter is not None
+        key = str(model.adapter)
+        if key in lm.adapters:
+            lm.adapters.move_to_end(key)
+            return lm.adapters[key]
+        if not (model.adapter / "adapter_config.json").is_file():
+            raise NotFound(
+                f"the weights of `{model.id}` are missing ({model.adapter}); delete the model and train it again",
+                param="model",
+                code="model_not_found",
+            )
+        from peft import PeftModel
+
+        t0 = time.perf_counter()
+        name = "a" + hashlib.sha1(key.encode()).hexdigest()[:16]
+        if lm.peft is None:
+            lm.peft = PeftModel.from_pretrained(lm.model, model.adapter, adapter_name=name)
+        else:
+            lm.peft.load_adapter(model.adapter, adapter_name=name)
+        lm.peft.eval()
+        lm.adapters[key] = name
+        while len(lm.adapters) > self.max_adapters:
+            _, evicted = lm.adapters.popitem(last=False)
+            lm.peft.delete_adapter(evicted)
+        log.info("loaded adapter of %s in %.2fs", model.id, time.perf_counter() - t0)
+        return name
+
+    def _generate(self, lm: _Loaded, gen: Generation) -> None:
+        prompt = render_prompt(lm.tokenizer, gen.messages)
+        gen.prompt_tokens = len(prompt)
+        room = lm.context - len(prompt)
+        if room <= 0:
+            raise InvalidRequest(
+                f"the prompt is {len(prompt)} tokens, but {gen.model.id} has a context of {lm.context}; "
+                "shorten the messages",
+                param="messages",
+                code="context_length_exceeded",
+            )
+        params = gen.params
+        max_tokens = min(params.max_tokens, room)
+        for index in range(gen.n):
+            seed = None if params.seed is None else params.seed + index
+            self._decode(lm, prompt, params, max_tokens, seed, index, gen)
+            if gen.cancel.is_set():
+                return
 
     @torch.inference_mode()
     def _decode(

@@ -1,7 +1,8 @@
 """``create_app(settings)``: builds the FastAPI app, its services, and the one error handler.
 
 Services (store, blobs, catalog, engine) are created in the lifespan and kept on ``app.state``;
-there is no module-level state. Every error, ours or the framework's, leaves through
+there is no module-level state. The training worker runs on a thread of the same process unless
+``SELFTUNE_WORKER=false``. Every error, ours or the framework's, leaves through
 ``_error_response`` in OpenAI's envelope ``{"error": {"message", "type", "param", "code"}}``.
 Validation failures are 400 (never FastAPI's 422), unknown URLs 404.
 """
@@ -28,9 +29,10 @@ from selftune.config import Settings
 from selftune.errors import InvalidRequest, NotFound, SelftuneError
 from selftune.ids import random_id
 from selftune.inference.engine import Engine
-from selftune.server import chat, files, models
+from selftune.server import chat, files, fine_tuning, models
 from selftune.server.deps import Services, get_owner, get_services
 from selftune.store import Store
+from selftune.worker import Worker
 
 log = logging.getLogger("selftune.server")
 
@@ -39,7 +41,12 @@ def build_services(settings: Settings) -> Services:
     settings.home.mkdir(parents=True, exist_ok=True)
     store = Store(settings.db_url)
     catalog = Catalog(settings, store)
-    engine = Engine(catalog, max_loaded=settings.max_loaded_models, dtype=settings.inference_dtype)
+    engine = Engine(
+        catalog,
+        max_loaded=settings.max_loaded_models,
+        max_adapters=settings.max_loaded_adapters,
+        dtype=settings.inference_dtype,
+    )
     return Services(settings, settings.keys, store, Blobs(settings.home / "files"), catalog, engine)
 
 
@@ -48,13 +55,19 @@ def create_app(settings: Settings) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         services = build_services(settings)
         app.state.services = services
+        worker = Worker(settings, services.store, services.blobs, services.catalog) if settings.worker else None
         try:
             if settings.preload:
                 spec = services.catalog.get_base(settings.default_model)
                 log.info("loading the default model %s ...", spec.name)
                 await asyncio.wrap_future(services.engine.preload(spec))
+            if worker is not None:
+                worker.start()
             yield
         finally:
+            if worker is not None:
+                # Lets running jobs save their state (up to SHUTDOWN_GRACE_SECONDS) and requeues them.
+                await asyncio.to_thread(worker.stop)
             services.engine.close()
             services.store.close()
 
@@ -62,7 +75,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.add_middleware(_PathAndRequestId)
 
     api = APIRouter(prefix="/v1", dependencies=[Depends(get_owner)])
-    for module in (files, models, chat):
+    for module in (files, models, chat, fine_tuning):
         api.include_router(module.router)
     app.include_router(api)
 
@@ -99,9 +112,12 @@ async def _selftune_error(_: Request, exc: Exception) -> JSONResponse:
 async def _validation_error(_: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
     errors = exc.errors()
-    first = errors[0] if errors else {}
-    loc = [str(p) for p in first.get("loc", ()) if p not in ("body", "query", "path")]
+    # For "auto" | number fields pydantic reports one error per union member; the number's
+    # constraint ("greater than or equal to 1") says more than "should be 'auto'".
+    first: dict[str, Any] = min(errors, key=lambda e: e.get("type") == "literal_error", default={})
+    loc = [str(p) for p in first.get("loc", ()) if p not in ("body", "query", "path") and not _union_tag(p)]
     param = ".".join(loc) or None
+    errors = [e for e in errors if e.get("type") != "literal_error" or e is first]
     if first.get("type") == "json_invalid":
         message = "We could not parse the JSON body of your request. Send valid JSON."
     elif first.get("type") == "missing":
@@ -111,6 +127,11 @@ async def _validation_error(_: Request, exc: Exception) -> JSONResponse:
     if len(errors) > 1:
         message += f" ({len(errors) - 1} more problem(s) in the request.)"
     return _error_response(InvalidRequest(message, param=param))
+
+
+def _union_tag(part: object) -> bool:
+    """Pydantic's names for union members in an error location (``literal['auto']``, ``int``)."""
+    return isinstance(part, str) and ("[" in part or part in ("int", "float", "str", "bool", "constrained-int"))
 
 
 async def _http_error(request: Request, exc: Exception) -> JSONResponse:

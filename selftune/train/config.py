@@ -74,6 +74,8 @@ class TrainConfig:
     """``auto`` (bf16 autocast where the CPU or GPU supports it), ``bf16`` or ``fp32``."""
     init_adapter: str | None = None
     """Continue training from this adapter (an ``ft:`` model as the job's base)."""
+    resume: bool = True
+    """Continue from ``output_dir/state.pt`` when it exists (after a pause or a crash)."""
 
     @property
     def learning_rate(self) -> float:
