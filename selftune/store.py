@@ -435,17 +435,7 @@ class Store:
 
     def list_events(self, job_id: str, *, limit: int = 20, after: str | None = None) -> tuple[list[EventRecord], bool]:
         """Newest first; ``after`` is an event id, and the page holds events older than it."""
-        with self._tx() as c:
-            q = select(job_events).where(job_events.c.job_id == job_id)
-            if after:
-                seq = c.execute(
-                    select(job_events.c.seq).where(job_events.c.id == after, job_events.c.job_id == job_id)
-                ).scalar()
-                if seq is None:
-                    raise InvalidRequest(f"Unknown cursor: no event {after!r} in job {job_id}", param="after")
-                q = q.where(job_events.c.seq < seq)
-            rows = c.execute(q.order_by(job_events.c.seq.desc()).limit(limit + 1)).all()
-        return [_row(EventRecord, r) for r in rows[:limit]], len(rows) > limit
+        return self._job_page(job_events, job_events.c.seq, EventRecord, job_id, limit, after, "event")
 
     def put_checkpoint(self, rec: CheckpointRecord, keep: Sequence[str]) -> None:
         """Record a checkpoint and forget this job's checkpoints whose adapter is no longer kept."""
@@ -465,17 +455,24 @@ class Store:
     def list_checkpoints(
         self, job_id: str, *, limit: int = 10, after: str | None = None
     ) -> tuple[list[CheckpointRecord], bool]:
+        """Latest step first; ``after`` is a checkpoint id."""
+        return self._job_page(
+            checkpoints, checkpoints.c.step_number, CheckpointRecord, job_id, limit, after, "checkpoint"
+        )
+
+    def _job_page(
+        self, table: Table, order: Any, cls: type[Any], job_id: str, limit: int, after: str | None, what: str
+    ) -> tuple[list[Any], bool]:
+        """One page of a job's rows in ``table``, descending by ``order``, strictly past the ``after`` row."""
         with self._tx() as c:
-            q = select(checkpoints).where(checkpoints.c.job_id == job_id)
+            q = select(table).where(table.c.job_id == job_id)
             if after:
-                step = c.execute(
-                    select(checkpoints.c.step_number).where(checkpoints.c.id == after, checkpoints.c.job_id == job_id)
-                ).scalar()
-                if step is None:
-                    raise InvalidRequest(f"Unknown cursor: no checkpoint {after!r} in job {job_id}", param="after")
-                q = q.where(checkpoints.c.step_number < step)
-            rows = c.execute(q.order_by(checkpoints.c.step_number.desc()).limit(limit + 1)).all()
-        return [_row(CheckpointRecord, r) for r in rows[:limit]], len(rows) > limit
+                pos = c.execute(select(order).where(table.c.id == after, table.c.job_id == job_id)).scalar()
+                if pos is None:
+                    raise InvalidRequest(f"Unknown cursor: no {what} {after!r} in job {job_id}", param="after")
+                q = q.where(order < pos)
+            rows = c.execute(q.order_by(order.desc()).limit(limit + 1)).all()
+        return [_row(cls, r) for r in rows[:limit]], len(rows) > limit
 
     # --- base models ------------------------------------------------------------------------------
 

@@ -10,6 +10,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from importlib.resources import files
 from pathlib import Path
@@ -101,6 +102,52 @@ print(json.dumps({"train": train.status, "val": val.id != train.id, "content": c
     assert out["train"] == "processed" and out["val"]
     assert out["model"] == "SmolLM2-135M-Instruct" and out["finish"] in ("stop", "length")
     assert len(out["content"].split()) >= 3
+
+
+def trivia_pairs(n: int) -> list[tuple[str, str]]:
+    convs = yaml.safe_load(files("chatterbot_corpus").joinpath("data/english/trivia.yml").read_text("utf-8"))
+    return [(str(c[0]), str(c[1])) for c in convs["conversations"] if len(c) == 2][:n]
+
+
+def test_fine_tuning_smollm2_learns_the_trivia(smol_server: LiveServer, tmp_path: Path) -> None:
+    """The issue's end-to-end bar: 40 chatterbot trivia pairs, 3 epochs, then base vs fine-tuned."""
+    client = smol_server.client()
+    train = client.files.create(file=trivia_jsonl(tmp_path / "trivia.jsonl", 40).open("rb"), purpose="fine-tune")
+    t0 = time.monotonic()
+    job = client.fine_tuning.jobs.create(
+        model="SmolLM2-135M-Instruct", training_file=train.id, hyperparameters={"n_epochs": 3}, suffix="trivia"
+    )
+    seen: set[str] = set()
+    while job.status not in ("succeeded", "failed", "cancelled"):
+        for event in client.fine_tuning.jobs.list_events(job.id, limit=20).data:
+            if event.id not in seen:
+                seen.add(event.id)
+        time.sleep(1)
+        job = client.fine_tuning.jobs.retrieve(job.id)
+    elapsed = time.monotonic() - t0
+    assert job.status == "succeeded", job.error
+    metrics = [e.data for e in client.fine_tuning.jobs.list_events(job.id, limit=1000) if e.type == "metrics"]
+    metrics.sort(key=lambda m: m["step"])
+    assert len(metrics) == 120 and metrics[-1]["train_loss"] < metrics[0]["train_loss"]
+
+    def score(model: str) -> int:
+        hits = 0
+        for q, a in trivia_pairs(40)[::3]:  # 14 of the trained questions
+            r = client.chat.completions.create(
+                model=model,
+                messages=[{"role": "system", "content": MARV}, {"role": "user", "content": q}],
+                temperature=0,
+                max_tokens=48,
+            )
+            hits += a.lower().strip(". ") in (r.choices[0].message.content or "").lower()
+        return hits
+
+    base, tuned = score("SmolLM2-135M-Instruct"), score(job.fine_tuned_model)
+    print(
+        f"\n40 pairs x 3 epochs: {elapsed:.0f}s, {job.trained_tokens} tokens; exact answers base {base}/14, "
+        f"fine-tuned {tuned}/14"
+    )
+    assert tuned >= 10 and tuned >= base + 6
 
 
 def test_default_model_converted_once_and_reused(smol_server: LiveServer) -> None:

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import io
 import secrets
+import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from selftune.errors import InvalidRequest, NotFound
-from selftune.store import BaseModelRecord, FileRecord, ModelRecord, Store
+from selftune.store import BaseModelRecord, CheckpointRecord, FileRecord, JobRecord, ModelRecord, Store
 from tests.conftest import LiveServer, chat_lines, start_server
 
 PG_ADMIN = "host=127.0.0.1 port=5432 dbname=test connect_timeout=3"
@@ -91,6 +93,58 @@ def test_models_and_base_models(store: Store) -> None:
     assert store.remove_base_model("m") and not store.remove_base_model("m")
 
 
+def job(i: int, owner: str = "alice", **kw: Any) -> JobRecord:
+    base = {
+        "id": f"ftjob-{i}",
+        "owner": owner,
+        "created_at": 1,
+        "status": "validating_files",
+        "model": "tiny",
+        "base_model": "tiny",
+        "init_adapter": None,
+        "training_file": "file-1",
+        "validation_file": None,
+        "hyperparameters": {"n_epochs": 3, "batch_size": 1, "learning_rate_multiplier": 1.0},
+        "method": {"type": "supervised"},
+        "suffix": None,
+        "seed": 1,
+        "metadata": {"i": str(i % 2)},
+        "integrations": None,
+        "model_name": f"ft:tiny:{owner}::{i:08d}",
+    }
+    return JobRecord(**{**base, **kw})
+
+
+def test_jobs_transitions_pages_and_checkpoints(store: Store) -> None:
+    for i in range(5):
+        store.insert_job(job(i), [("info", f"Created {i}")])
+    store.insert_job(job(9, owner="bob"))
+    page, more = store.list_jobs("alice", limit=2)
+    assert [j.id for j in page] == ["ftjob-4", "ftjob-3"] and more
+    page, more = store.list_jobs("alice", limit=2, after="ftjob-3", metadata={"i": "0"})
+    assert [j.id for j in page] == ["ftjob-2", "ftjob-0"] and not more
+    with pytest.raises(InvalidRequest):
+        store.list_jobs("bob", after="ftjob-3")
+    with pytest.raises(NotFound):
+        store.get_job("bob", "ftjob-1")
+    # Compare-and-set: exactly one of two racing moves wins.
+    assert store.transition("ftjob-1", ["validating_files"], {"status": "queued"}, [("info", "queued")])
+    assert not store.transition("ftjob-1", ["validating_files"], {"status": "failed"})
+    model = ModelRecord("ft:tiny:alice::00000001", "alice", 1, "tiny", "/a", "ftjob-1")
+    assert store.transition("ftjob-1", ["queued"], {"status": "succeeded"}, new_models=[model])
+    assert store.find_model("alice", model.id) is not None
+    store.add_events("ftjob-1", [("info", "metrics", f"Step {s}", {"step": s}) for s in range(1, 4)])
+    events, more = store.list_events("ftjob-1", limit=2)
+    assert [e.message for e in events] == ["Step 3", "Step 2"] and more
+    events, more = store.list_events("ftjob-1", limit=10, after=events[-1].id)
+    assert [e.message for e in events] == ["Step 1", "queued", "Created 1"] and not more
+    for step in (10, 20, 30, 40):
+        kept = [f"/c/{s}" for s in (10, 20, 30, 40) if step - 20 <= s <= step]
+        store.put_checkpoint(CheckpointRecord(f"ftckpt_{step}", "ftjob-1", 1, step, {"step": step}, f"/c/{step}"), kept)
+    ckpts, _ = store.list_checkpoints("ftjob-1")
+    assert [c.step_number for c in ckpts] == [40, 30, 20]
+
+
 @pytest.mark.postgres
 def test_server_runs_on_postgresql(pg_url: str, tmp_path: Path, tiny_model_dir: Path) -> None:
     srv: LiveServer = start_server(tmp_path / "home", tiny_model_dir, SELFTUNE_DATABASE_URL=pg_url)
@@ -99,6 +153,15 @@ def test_server_runs_on_postgresql(pg_url: str, tmp_path: Path, tiny_model_dir: 
         f = client.files.create(file=("t.jsonl", io.BytesIO(chat_lines(10).encode())), purpose="fine-tune")
         assert client.files.retrieve(f.id).bytes == len(chat_lines(10))
         assert "tiny" in [m.id for m in client.models.list()]
+        job = client.fine_tuning.jobs.create(
+            model="tiny", training_file=f.id, hyperparameters={"n_epochs": 1}, metadata={"db": "pg"}
+        )
+        while (job := client.fine_tuning.jobs.retrieve(job.id)).status not in ("succeeded", "failed", "cancelled"):
+            time.sleep(0.3)
+        assert job.status == "succeeded", job.error
+        assert [j.id for j in client.fine_tuning.jobs.list(metadata={"db": "pg"})] == [job.id]
+        assert client.fine_tuning.jobs.checkpoints.list(job.id).data[0].step_number == 10
+        assert job.fine_tuned_model in [m.id for m in client.models.list()]
         assert not (tmp_path / "home" / "selftune.db").exists()  # nothing went to SQLite
     finally:
         srv.stop()
