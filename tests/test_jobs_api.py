@@ -11,6 +11,8 @@ import csv
 import io
 import os
 import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -111,6 +113,8 @@ def test_job_lifecycle_events_checkpoints_results_and_serving(
         f"New fine-tuned model created: {done.fine_tuned_model}",
         "The job has successfully completed",
     ]
+    # A random-init model trained for 32 steps has not learned to end its turn: the smoke test says so.
+    assert any(e.level == "warn" and e.message.startswith("Smoke test:") for e in events)
     metrics = [e for e in events if e.type == "metrics"]
     assert [m.data["step"] for m in metrics] == list(range(1, 33))
     assert metrics[0].message.startswith("Step 1/32: training loss=")
@@ -393,3 +397,42 @@ print(json.dumps({{
     assert out["model"].startswith("ft:tiny:local:my-tune:") and out["chat_model"] == out["model"]
     assert out["first"].startswith("Step ") and out["last"] == "The job has successfully completed"  # the newest 50
     assert out["listed"] and out["role"] == "assistant"
+
+
+def test_standalone_worker_and_clean_shutdown(tmp_path: Path, tiny_model_dir: Path) -> None:
+    """`selftune worker` trains for a server started without one; stopping it (SIGTERM) saves the
+    job's state and requeues it, and the next worker finishes it."""
+    srv = start_server(tmp_path / "home", tiny_model_dir, SELFTUNE_WORKER="false")
+    env = {**os.environ, "SELFTUNE_HOME": str(srv.home)}
+
+    def worker() -> subprocess.Popen[bytes]:
+        log = (srv.home / "worker.log").open("ab")
+        return subprocess.Popen([sys.executable, "-m", "selftune", "worker"], env=env, stdout=log, stderr=log)
+
+    try:
+        client = srv.client()
+        job = client.fine_tuning.jobs.create(
+            model="tiny", training_file=upload(client, chat_lines(40)), hyperparameters={"n_epochs": 6}
+        )
+        time.sleep(1.5)
+        assert client.fine_tuning.jobs.retrieve(job.id).status == "validating_files"  # no worker yet
+        first = worker()
+        wait_for_step(client, job.id, 10)
+        first.send_signal(signal.SIGTERM)
+        assert first.wait(timeout=60) == 0
+        stopped = client.fine_tuning.jobs.retrieve(job.id)
+        assert stopped.status == "queued", stopped.status
+        assert not trainer_pids(job.id)
+        second = worker()
+        try:
+            done = wait(client, job.id)
+        finally:
+            second.terminate()
+            second.wait(timeout=60)
+        assert done.status == "succeeded", done.error
+        messages = [e.message for e in all_events(client, job.id)]
+        assert any(m.startswith("The worker stopped; the job continues from its saved state") for m in messages)
+        resumed = [m for m in messages if m.startswith("Training resumed at step")]
+        assert resumed and int(resumed[0].split("step ")[1].split("/")[0]) >= 10
+    finally:
+        srv.stop()
