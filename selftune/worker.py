@@ -29,7 +29,7 @@ import subprocess
 import sys
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
@@ -67,8 +67,6 @@ class _Active:
     """(time, step) of the first step of this run, for the finish estimate."""
     done: dict[str, Any] | None = None
     error: dict[str, Any] | None = None
-    last_step: int = 0
-    events: list[tuple[str, str, str, dict[str, Any] | None]] = field(default_factory=list)
 
 
 class Worker:
@@ -253,6 +251,7 @@ class Worker:
         end = chunk.rfind(b"\n") + 1  # only whole lines; the rest is still being written
         a.offset += end
         values: dict[str, Any] = {}
+        events: list[tuple[str, str, str, dict[str, Any] | None]] = []
         for raw in chunk[:end].splitlines():
             try:
                 e = json.loads(raw)
@@ -264,22 +263,20 @@ class Worker:
                 step, total = int(data["step"]), int(data["total_steps"])
                 values["trained_tokens"] = int(data.pop("trained_tokens", 0))
                 values["estimated_finish"] = self._estimate(a, float(e.get("time", time.time())), step, total)
-                a.last_step = step
-                a.events.append((level, "metrics", e["message"], data))
+                events.append((level, "metrics", e["message"], data))
             elif kind == "checkpoint":
                 ckpt = CheckpointRecord(
                     random_id("ftckpt_"), a.job.id, now(), int(data["step"]), data["metrics"], data["path"]
                 )
                 self.store.put_checkpoint(ckpt, keep=data.get("kept", [data["path"]]))
-                a.events.append((level, "message", e["message"], {}))
+                events.append((level, "message", e["message"], {}))
             elif kind == "done":
                 a.done = data
             elif kind == "error":
                 a.error = {"code": data.get("code", "training_failed"), "message": e["message"]}
             else:  # message, paused
-                a.events.append((level, "message", e["message"], {}))
-        self.store.add_events(a.job.id, a.events)
-        a.events.clear()
+                events.append((level, "message", e["message"], {}))
+        self.store.add_events(a.job.id, events)
         if values:
             self.store.update_job(a.job.id, values)
 
