@@ -49,6 +49,7 @@ PAUSE_FILE = "pause"
 """The worker creates this file to ask for a pause; the recipe saves its state and exits ``PAUSED``."""
 PAUSED = 3
 DATA_ERROR = 2
+EAGER_ATTENTION_MAX_TOKENS = 256
 
 
 class Events:
@@ -256,7 +257,14 @@ def main(cfg: TrainConfig) -> int:
     # The frozen base weights are stored in bf16 when autocast computes in bf16 anyway: the matmuls
     # see the same values, without re-casting 135M+ weights every step. LoRA weights stay fp32.
     base_dtype = torch.bfloat16 if use_bf16 else torch.float32
-    model: Any = AutoModelForCausalLM.from_pretrained(cfg.base_model_dir, dtype=base_dtype)
+    # Short examples train faster with plain (eager) attention than with the SDPA kernels: 22% more
+    # tokens/s on 64 chat examples of ~50 tokens on a 2-core CPU. Eager attention keeps T x T scores
+    # per head for the backward pass, so longer data uses SDPA.
+    longest = max(len(ids) for ids, _ in train + valid)
+    attention = "eager" if longest <= EAGER_ATTENTION_MAX_TOKENS else "sdpa"
+    model: Any = AutoModelForCausalLM.from_pretrained(
+        cfg.base_model_dir, dtype=base_dtype, attn_implementation=attention
+    )
     model = model.to(device)
     if cfg.init_adapter:
         model = PeftModel.from_pretrained(model, cfg.init_adapter, is_trainable=True)
