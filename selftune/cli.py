@@ -12,6 +12,7 @@ one-line messages here, at the edge.
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
 import time
@@ -60,6 +61,7 @@ def cli() -> None:
 
     \b
     Server:   serve | worker
+    Data:     validate | estimate | render
     Models:   models add | list | rm
     """
 
@@ -143,6 +145,247 @@ def worker(slots: int | None, log_level: str, home: Path | None, database_url: s
     finally:
         services.engine.close()
         services.store.close()
+
+
+# --- data: validate, estimate, render ----------------------------------------------------------------
+
+model_option = click.option(
+    "--model", default=None, help="Base model (or alias) whose chat template to use [default: the default model]."
+)
+max_len_option = click.option(
+    "--max-seq-len", type=int, default=1024, show_default=True, help="Longer examples are truncated, as in training."
+)
+file_argument = click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+
+
+def _tokenizer(model: str | None, home: Path | None) -> tuple[str, Any]:
+    """The base model's name and tokenizer (converting a GGUF model once, if needed)."""
+    from transformers import AutoTokenizer
+
+    from selftune.config import LOCAL_OWNER
+
+    catalog = _catalog(home, None)
+    spec = catalog.resolve(model or catalog.settings.default_model, LOCAL_OWNER).base
+    with console.status(f"loading the {spec.name} tokenizer ..."):
+        return spec.name, AutoTokenizer.from_pretrained(catalog.materialize(spec))
+
+
+def _checked(file: Path) -> Any:
+    """Validate ``file``; print its problems and exit 1 if it has errors."""
+    from selftune.data.validate import validate_file
+
+    report = validate_file(file, filename=str(file))
+    if not report.ok:
+        click.echo(report.summary(), err=True)
+        sys.exit(1)
+    return report
+
+
+@cli.command()
+@file_argument
+@click.option("--model", default=None, help="Also count tokens under this base model's chat template.")
+@max_len_option
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@home_option
+@_friendly_errors
+def validate(file: Path, model: str | None, max_seq_len: int, as_json: bool, home: Path | None) -> None:
+    """Check a training file: every problem, as FILE:LINE, before any job starts.
+
+    The same checks the server runs at upload (the OpenAI cookbook's, with its error keys, plus
+    ours). With --model, also token statistics under that model's chat template, and the examples
+    that would be truncated or have nothing to train. Exits 1 if there are errors.
+    """
+    from selftune.data.render import render_file
+    from selftune.data.stats import token_stats
+    from selftune.data.validate import validate_file
+
+    report = validate_file(file, filename=str(file))
+    out: dict[str, Any] = {
+        "file": str(file),
+        "ok": report.ok,
+        "format": report.format,
+        "examples": report.n_examples,
+        "duplicates": report.n_duplicates,
+        "errors": [p.to_dict() for p in report.errors],
+        "warnings": [p.to_dict() for p in report.warnings],
+    }
+    if model is not None and report.ok and report.format == "chat":
+        out["model"], tok = _tokenizer(model, home)
+        rendered = render_file(tok, file, max_seq_len)
+        out["tokens"] = token_stats(rendered.lengths)
+        out["truncated_lines"] = rendered.truncated
+        out["no_trainable_tokens_lines"] = rendered.empty
+    if as_json:
+        click.echo(json.dumps(out, indent=2))
+    else:
+        click.echo(report.summary())
+        if "tokens" in out:
+            _print_token_stats(out, max_seq_len)
+    if not report.ok:
+        sys.exit(1)
+
+
+def _print_token_stats(out: dict[str, Any], max_seq_len: int) -> None:
+    t = out["tokens"]
+    click.echo(f"tokens per example under {out['model']}: min {t['min']}, mean {t['mean']}, max {t['max']}")
+    widest = max((b["count"] for b in t["histogram"]), default=1)
+    for b in t["histogram"]:
+        bar = "#" * max(1, round(40 * b["count"] / widest))
+        click.echo(f"  {b['from']:>6}-{b['to']:<6} {b['count']:>6}  {bar}")
+    if out["truncated_lines"]:
+        click.echo(
+            f"{len(out['truncated_lines'])} example(s) exceed {max_seq_len} tokens and will be truncated "
+            f"(lines {_lines(out['truncated_lines'])})"
+        )
+    if out["no_trainable_tokens_lines"]:
+        click.echo(
+            f"{len(out['no_trainable_tokens_lines'])} example(s) have no trainable tokens after truncation "
+            f"and will be skipped (lines {_lines(out['no_trainable_tokens_lines'])})"
+        )
+
+
+def _lines(lines: list[int]) -> str:
+    return ", ".join(map(str, lines[:10])) + (" ..." if len(lines) > 10 else "")
+
+
+@cli.command()
+@file_argument
+@model_option
+@click.option("--epochs", default="auto", show_default=True, help="n_epochs: a number or 'auto' (OpenAI's rule).")
+@click.option("--batch-size", default="auto", show_default=True, help="batch_size: a number or 'auto'.")
+@click.option("--price-per-1k", type=float, default=0.008, show_default=True, help="Price per 1,000 billed tokens.")
+@click.option("--probe", is_flag=True, help="Measure this machine's training speed first (about a minute).")
+@max_len_option
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@home_option
+@_friendly_errors
+def estimate(
+    file: Path,
+    model: str | None,
+    epochs: str,
+    batch_size: str,
+    price_per_1k: float,
+    probe: bool,
+    max_seq_len: int,
+    as_json: bool,
+    home: Path | None,
+) -> None:
+    """Epochs, steps, billed tokens, cost and wall time of a job on FILE, before running it.
+
+    Billed tokens are tokens x epochs (the tutorials' formula) with the trainer's own count, so they
+    equal the job's trained_tokens. The wall time uses this machine's measured speed: from the last
+    job that finished here, or from --probe.
+    """
+    from selftune.data.render import render_file
+    from selftune.data.stats import estimate as estimate_job
+    from selftune.data.stats import load_throughput
+
+    _checked(file)
+    name, tok = _tokenizer(model, home)
+    rendered = render_file(tok, file, max_seq_len)
+    settings = _settings(home=home)
+    if probe:
+        _probe(name, file, home, _auto_or_int(batch_size, "--batch-size"))
+    hp = {"n_epochs": _auto_or_int(epochs, "--epochs"), "batch_size": _auto_or_int(batch_size, "--batch-size")}
+    est = estimate_job(rendered, hp, price_per_1k, load_throughput(settings.home, name))
+    if as_json:
+        click.echo(json.dumps({"model": name, **est.to_dict()}, indent=2))
+        return
+    click.echo(f"{file}: {est.examples} example(s), {est.tokens_per_epoch:,} tokens per epoch under {name}")
+    click.echo(f"n_epochs {est.n_epochs}, batch_size {est.batch_size}: {est.steps:,} steps")
+    click.echo(f"billed tokens: {est.tokens_per_epoch:,} x {est.n_epochs} = {est.billed_tokens:,}")
+    click.echo(f"cost at {price_per_1k:g} per 1K tokens: {est.cost:.4f}")
+    if est.seconds is None:
+        click.echo("wall time: not measured on this machine yet; run with --probe, or finish one job first")
+    else:
+        click.echo(
+            f"wall time: about {_duration(est.seconds)} at {est.tokens_per_second:g} tokens/s "
+            f"(measured by {est.throughput_source})"
+        )
+
+
+def _auto_or_int(value: str, flag: str) -> str | int:
+    if value == "auto":
+        return value
+    try:
+        return int(value)
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is neither 'auto' nor a whole number", param_hint=flag) from None
+
+
+def _duration(seconds: float) -> str:
+    minutes, secs = divmod(int(seconds + 0.5), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h {minutes:02d}m" if hours else f"{minutes}m {secs:02d}s" if minutes else f"{secs}s"
+
+
+def _probe(model: str, file: Path, home: Path | None, batch_size: str | int) -> None:
+    """Train briefly on the first examples of FILE and record the measured tokens/s."""
+    import tempfile
+
+    from selftune.data.stats import record_throughput
+    from selftune.train import lora
+    from selftune.train.config import TrainConfig, auto_batch_size
+
+    settings = _settings(home=home)
+    catalog = _catalog(home, None)
+    base_dir = catalog.materialize(catalog.get_base(model))
+    with tempfile.TemporaryDirectory() as tmp:
+        lines = [line for line in file.read_text("utf-8").splitlines() if line.strip()]
+        bs = batch_size if isinstance(batch_size, int) else auto_batch_size(len(lines))
+        sample = Path(tmp) / "probe.jsonl"
+        sample.write_text("\n".join(lines[: bs * 6]) + "\n")
+        cfg = TrainConfig(str(base_dir), str(sample), str(Path(tmp) / "out"), n_epochs=1, batch_size=bs)
+        with console.status(f"measuring training speed on {model} (batch size {bs}) ..."):
+            lora.main(cfg)
+        events = [json.loads(e) for e in (Path(tmp) / "out" / "events.jsonl").read_text().splitlines()]
+    metrics = [e for e in events if e["type"] == "metrics"]
+    if len(metrics) >= 2:  # from the end of step 1: model loading and warm-up are not training speed
+        tokens = metrics[-1]["data"]["trained_tokens"] - metrics[0]["data"]["trained_tokens"]
+        record_throughput(settings.home, model, tokens, metrics[-1]["time"] - metrics[0]["time"], bs, "a probe")
+
+
+@cli.command()
+@file_argument
+@model_option
+@click.option("-n", "count", type=int, default=3, show_default=True, help="How many examples to show.")
+@max_len_option
+@home_option
+@_friendly_errors
+def render(file: Path, model: str | None, count: int, max_seq_len: int, home: Path | None) -> None:
+    """Show examples exactly as the trainer sees them, with the trained tokens highlighted.
+
+    The text is the model's own chat template; trained tokens (assistant replies, through the
+    end-of-turn token) are green, context is dim. When the output is not a terminal, trained spans
+    are marked [[like this]] instead.
+    """
+    from rich.text import Text
+
+    from selftune.data.render import IGNORE, render_file
+
+    _checked(file)
+    name, tok = _tokenizer(model, home)
+    rendered = render_file(tok, file, max_seq_len)
+    out = Console(soft_wrap=True)
+    for (ids, labels), line in list(zip(rendered.rows, rendered.lines, strict=True))[:count]:
+        trained = sum(label != IGNORE for label in labels)
+        out.rule(f"{file}:{line}  {len(ids)} tokens, {trained} trained  ({name})")
+        text = Text()
+        start = 0
+        for end in range(1, len(ids) + 1):  # decode runs of same-kind tokens, so characters stay whole
+            if end == len(ids) or (labels[end] != IGNORE) != (labels[start] != IGNORE):
+                piece = tok.decode(ids[start:end])
+                if labels[start] == IGNORE:
+                    text.append(piece, style="dim")
+                elif out.is_terminal:
+                    text.append(piece, style="bold green")
+                else:
+                    text.append(f"[[{piece}]]")
+                start = end
+        out.print(text)
+    skipped = len(rendered.empty)
+    if skipped:
+        out.print(f"{skipped} example(s) have nothing to train and are not shown (lines {_lines(rendered.empty)})")
 
 
 @cli.group()

@@ -36,6 +36,7 @@ from typing import IO, Any
 from selftune.blobs import Blobs
 from selftune.catalog import Catalog
 from selftune.config import Settings
+from selftune.data.stats import record_throughput
 from selftune.data.validate import validate_file
 from selftune.errors import SelftuneError
 from selftune.ids import now, random_id
@@ -343,6 +344,15 @@ class Worker:
             self.store.delete_file(job.owner, results.id)
             self.blobs.delete(results.id)
         (a.dir / STATE_FILE).unlink(missing_ok=True)  # only needed to continue; the adapters stay
+        done = a.done or {}
+        record_throughput(
+            self.settings.home,
+            job.base_model,
+            int(done.get("trained_tokens", 0)),
+            float(done.get("seconds", 0)),
+            int(job.hyperparameters["batch_size"]),
+            f"job {job.id}",
+        )
 
     def _upload_results(self, a: _Active) -> FileRecord:
         with (a.dir / "metrics.csv").open("rb") as src:

@@ -6,7 +6,10 @@ trainer and ``selftune render`` so that what the model sees is the same everywhe
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from selftune.data.validate import content_text
@@ -91,3 +94,48 @@ def render_training(
     if max_tokens is not None and len(full) > max_tokens:
         full, labels = full[:max_tokens], labels[:max_tokens]
     return full, labels
+
+
+@dataclass
+class RenderedFile:
+    """A JSONL file as the trainer sees it: what it trains on, and what it had to cut or skip."""
+
+    rows: list[tuple[list[int], list[int]]] = field(default_factory=list)
+    """(ids, labels) of every example that has something to train, truncated to the limit."""
+    lines: list[int] = field(default_factory=list)
+    """The line number of each row."""
+    lengths: list[int] = field(default_factory=list)
+    """Tokens of every example before truncation, in file order."""
+    truncated: list[int] = field(default_factory=list)
+    """Lines of examples longer than the limit (cut from the end)."""
+    empty: list[int] = field(default_factory=list)
+    """Lines of examples with no trained token left after truncation (skipped)."""
+
+    @property
+    def tokens(self) -> int:
+        """Tokens the trainer processes in one epoch (``trained_tokens`` counts these)."""
+        return sum(len(ids) for ids, _ in self.rows)
+
+
+def render_file(tokenizer: Any, path: str | Path, max_tokens: int) -> RenderedFile:
+    """Render every example of a (valid) chat JSONL file for training, truncating to ``max_tokens``.
+
+    The one implementation behind the trainer, ``selftune validate``, ``estimate`` and ``render``,
+    so that what they count and show is what is trained.
+    """
+    out = RenderedFile()
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            ids, labels = render_training(tokenizer, json.loads(line)["messages"])
+            out.lengths.append(len(ids))
+            if len(ids) > max_tokens:
+                out.truncated.append(lineno)
+                ids, labels = ids[:max_tokens], labels[:max_tokens]
+            if all(label == IGNORE for label in labels[1:]):
+                out.empty.append(lineno)
+                continue
+            out.rows.append((ids, labels))
+            out.lines.append(lineno)
+    return out

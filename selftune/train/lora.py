@@ -39,7 +39,7 @@ from typing import Any
 
 import torch
 
-from selftune.data.render import IGNORE, render_prompt, render_training, stop_token_ids
+from selftune.data.render import IGNORE, render_file, render_prompt, stop_token_ids
 from selftune.data.validate import validate_file
 from selftune.train.config import TrainConfig
 
@@ -79,33 +79,22 @@ def load_examples(
     report = validate_file(path)
     if not report.ok:
         raise DataError("invalid_file_format", report.summary(max_lines=20))
-    rows = []
-    truncated, empty = 0, []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            ids, labels = render_training(tokenizer, json.loads(line)["messages"])
-            if len(ids) > max_len:
-                truncated += 1
-                ids, labels = ids[:max_len], labels[:max_len]
-            if all(label == IGNORE for label in labels[1:]):
-                empty.append(lineno)
-                continue
-            rows.append((ids, labels))
-    if truncated:
-        events.emit(
-            "message", f"{truncated} {what} example(s) longer than {max_len} tokens were truncated", level="warn"
-        )
-    if empty:
-        shown = ", ".join(map(str, empty[:10])) + (" ..." if len(empty) > 10 else "")
+    rendered = render_file(tokenizer, path, max_len)
+    if rendered.truncated:
         events.emit(
             "message",
-            f"{len(empty)} {what} example(s) have no trainable tokens after truncation and are skipped "
+            f"{len(rendered.truncated)} {what} example(s) longer than {max_len} tokens were truncated",
+            level="warn",
+        )
+    if rendered.empty:
+        shown = ", ".join(map(str, rendered.empty[:10])) + (" ..." if len(rendered.empty) > 10 else "")
+        events.emit(
+            "message",
+            f"{len(rendered.empty)} {what} example(s) have no trainable tokens after truncation and are skipped "
             f"(lines {shown}); shorten them or raise the sequence limit",
             level="warn",
         )
-    return rows
+    return rendered.rows
 
 
 def batches(examples: list[tuple[list[int], list[int]]], batch_size: int, rng: random.Random) -> list[list[int]]:

@@ -1,0 +1,100 @@
+"""The data commands (validate, estimate, render) on real files, through the installed CLI."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from selftune.train import lora
+from selftune.train.config import TrainConfig
+from tests.conftest import chat_lines, run_cli
+
+
+@pytest.fixture(scope="module")
+def home(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> dict[str, str]:
+    env = {"SELFTUNE_HOME": str(tmp_path_factory.mktemp("cli-home"))}
+    run_cli("models", "add", "tiny", str(tiny_model_dir), env=env)
+    return env
+
+
+def test_validate_reports_token_statistics(home: dict[str, str], tmp_path: Path) -> None:
+    data = tmp_path / "train.jsonl"
+    data.write_text(
+        chat_lines(12)
+        + json.dumps({"messages": [{"role": "user", "content": "x " * 300}, {"role": "assistant", "content": "y"}]})
+        + "\n"
+    )
+    out = json.loads(
+        run_cli("validate", str(data), "--model", "tiny", "--max-seq-len", "64", "--json", env=home).stdout
+    )
+    assert out["ok"] and out["examples"] == 13 and out["model"] == "tiny"
+    assert (
+        out["tokens"]["min"] >= 10
+        and out["tokens"]["max"] > 300
+        and sum(b["count"] for b in out["tokens"]["histogram"]) == 13
+    )
+    assert out["truncated_lines"] == [13] and out["no_trainable_tokens_lines"] == [13]  # the answer was cut off
+    text = run_cli("validate", str(data), "--model", "tiny", "--max-seq-len", "64", env=home).stdout
+    assert "tokens per example under tiny" in text and "(lines 13)" in text
+
+
+def test_validate_names_file_and_line_and_exits_1(home: dict[str, str], tmp_path: Path) -> None:
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(chat_lines(3) + '{"messages": [{"role": "assitant", "content": "x"}]}\n' + "{not json\n")
+    proc = run_cli("validate", str(bad), env=home, check=False)
+    assert proc.returncode == 1
+    assert f"{bad}:4: error:" in proc.stdout and "[unrecognized_role]" in proc.stdout
+    assert f"{bad}:5: error: not valid JSON" in proc.stdout
+    out = json.loads(run_cli("validate", str(bad), "--json", env=home, check=False).stdout)
+    assert not out["ok"] and {e["line"] for e in out["errors"]} == {4, 5}
+    # estimate and render refuse it the same way, before loading any model.
+    for cmd in ("estimate", "render"):
+        proc = run_cli(cmd, str(bad), "--model", "tiny", env=home, check=False)
+        assert proc.returncode == 1 and f"{bad}:4:" in proc.stderr
+
+
+def test_estimate_counts_what_the_trainer_counts(home: dict[str, str], tmp_path: Path, tiny_model_dir: Path) -> None:
+    data = tmp_path / "train.jsonl"
+    data.write_text(chat_lines(20))
+    est = json.loads(run_cli("estimate", str(data), "--model", "tiny", "--epochs", "2", "--json", env=home).stdout)
+    assert est["n_epochs"] == 2 and est["batch_size"] == 1 and est["steps"] == 40
+    assert est["cost"] == pytest.approx(est["billed_tokens"] / 1000 * 0.008)
+    cfg = TrainConfig(str(tiny_model_dir), str(data), str(tmp_path / "run"), n_epochs=2, batch_size=1)
+    (tmp_path / "job.json").write_text(json.dumps(cfg.to_dict()))
+    assert lora.run(str(tmp_path / "job.json")) == 0
+    done = json.loads((tmp_path / "run" / "events.jsonl").read_text().splitlines()[-1])
+    assert est["billed_tokens"] == done["data"]["trained_tokens"]
+    auto = json.loads(run_cli("estimate", str(data), "--model", "tiny", "--json", env=home).stdout)
+    assert auto["n_epochs"] == 5  # the cookbook: 100 // 20
+
+
+def test_estimate_probe_measures_wall_time(home: dict[str, str], tmp_path: Path) -> None:
+    data = tmp_path / "train.jsonl"
+    data.write_text(chat_lines(20))
+    out = run_cli("estimate", str(data), "--model", "tiny", "--probe", env=home).stdout
+    assert "wall time: about" in out and "measured by a probe" in out
+    stored = json.loads((Path(home["SELFTUNE_HOME"]) / "throughput.json").read_text())
+    assert stored["tiny"]["tokens_per_second"] > 0
+    proc = run_cli("estimate", str(data), "--model", "tiny", "--epochs", "many", env=home, check=False)
+    assert proc.returncode == 2 and "--epochs" in proc.stderr
+
+
+def test_render_marks_the_trained_tokens(home: dict[str, str], tmp_path: Path) -> None:
+    data = tmp_path / "train.jsonl"
+    rows = [
+        {
+            "messages": [
+                {"role": "user", "content": "hi"},
+                {"role": "assistant", "content": "skip", "weight": 0},
+                {"role": "user", "content": "again"},
+                {"role": "assistant", "content": "learn this"},
+            ]
+        }
+    ]
+    data.write_text(json.dumps(rows[0]) + "\n" + chat_lines(2))
+    out = run_cli("render", str(data), "--model", "tiny", "-n", "2", env=home).stdout
+    assert f"{data}:1" in out and f"{data}:2" in out and f"{data}:3" not in out
+    assert "[[learn this<|im_end|>]]" in out and "[[skip" not in out and "skip<|im_end|>" in out
+    assert "<|im_start|>user\nhi<|im_end|>" in out
