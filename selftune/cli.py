@@ -62,7 +62,9 @@ def cli() -> None:
     \b
     Server:   serve | worker
     Data:     validate | estimate | render
-    Models:   models add | list | rm
+    Client:   files upload | list | rm    jobs create | list | get | follow | cancel | pause | resume
+              chat MODEL
+    Models:   models add | list | rm (base models on this machine)
     """
 
 
@@ -444,6 +446,297 @@ def models_rm(name: str, home: Path | None, database_url: str | None) -> None:
     """Unregister base model NAME (one added with `models add`)."""
     _catalog(home, database_url).remove(name)
     click.echo(f"removed {name}")
+
+
+# --- client commands: any OpenAI-compatible server, through the openai SDK ---------------------------
+
+DEFAULT_BASE_URL = "http://127.0.0.1:8000/v1"
+FINAL = ("succeeded", "failed", "cancelled")
+
+
+def client_options(fn: F) -> F:
+    fn = click.option(
+        "--api-key",
+        envvar="OPENAI_API_KEY",
+        default="local",
+        show_default=False,
+        help="API key [env OPENAI_API_KEY; any value in local mode].",
+    )(fn)
+    fn = click.option(
+        "--base-url",
+        envvar="OPENAI_BASE_URL",
+        default=DEFAULT_BASE_URL,
+        show_default=True,
+        help="Server [env OPENAI_BASE_URL]; https://api.openai.com/v1 works too.",
+    )(fn)
+    return fn
+
+
+def _client(ctx: click.Context) -> Any:
+    import openai
+
+    return openai.OpenAI(base_url=ctx.obj["base_url"], api_key=ctx.obj["api_key"], max_retries=2)
+
+
+def _api_errors(fn: F) -> F:
+    """SDK errors as one clean line: what the server said, or that it cannot be reached."""
+
+    @wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        import openai
+
+        try:
+            return fn(*args, **kwargs)
+        except openai.APIConnectionError as e:
+            ctx = click.get_current_context()
+            raise click.ClickException(
+                f"cannot reach {ctx.obj['base_url']}: is `selftune serve` running? ({e.__cause__ or e})"
+            ) from e
+        except openai.APIStatusError as e:
+            body = e.body if isinstance(e.body, dict) else {}
+            raise click.ClickException(f"{e.status_code}: {body.get('message') or e.message}") from e
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _group_with_client(name: str, help: str) -> click.Group:
+    @cli.group(name, help=help)
+    @client_options
+    @click.pass_context
+    def group(ctx: click.Context, base_url: str, api_key: str) -> None:
+        ctx.obj = {"base_url": base_url, "api_key": api_key}
+
+    return group
+
+
+files = _group_with_client("files", "Training files on a server: upload, list, rm.")
+jobs = _group_with_client("jobs", "Fine-tuning jobs on a server: create, list, get, follow, cancel, pause, resume.")
+
+
+def _table(*columns: str) -> Table:
+    """Ids and model names are copied from here into other commands: never cut or wrap them."""
+    table = Table()
+    for name in columns:
+        table.add_column(name, no_wrap=True)
+    return table
+
+
+def _print(table: Table) -> None:
+    Console(width=None if sys.stdout.isatty() else 250).print(table)
+
+
+def _upload(client: Any, path: Path) -> str:
+    """Validate locally (refusing a broken file before sending anything), then upload."""
+    _checked(path)
+    with path.open("rb") as f:
+        return str(client.files.create(file=(path.name, f), purpose="fine-tune").id)
+
+
+@files.command("upload")
+@click.argument("path", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.pass_context
+@_api_errors
+def files_upload(ctx: click.Context, path: Path) -> None:
+    """Validate and upload a training file; prints its id."""
+    click.echo(_upload(_client(ctx), path))
+
+
+@files.command("list")
+@click.pass_context
+@_api_errors
+def files_list(ctx: click.Context) -> None:
+    """List uploaded files, newest first."""
+    table = _table("id", "filename", "purpose", "bytes", "created")
+    for f in _client(ctx).files.list():
+        table.add_row(
+            f.id, f.filename, f.purpose, f"{f.bytes:,}", time.strftime("%Y-%m-%d %H:%M", time.localtime(f.created_at))
+        )
+    _print(table)
+
+
+@files.command("rm")
+@click.argument("file_id")
+@click.pass_context
+@_api_errors
+def files_rm(ctx: click.Context, file_id: str) -> None:
+    """Delete a file."""
+    _client(ctx).files.delete(file_id)
+    click.echo(f"deleted {file_id}")
+
+
+@jobs.command("create")
+@click.option("--model", required=True, help="Base model, alias (gpt-3.5-turbo) or ft: model to continue.")
+@click.option(
+    "--training-file", "training", required=True, help="A local JSONL path (validated, uploaded) or a file id."
+)
+@click.option("--validation-file", "validation", default=None, help="A local JSONL path or a file id.")
+@click.option("--epochs", default=None, help="n_epochs: a number or 'auto'.")
+@click.option("--batch-size", default=None, help="batch_size: a number or 'auto'.")
+@click.option("--lr-multiplier", type=float, default=None, help="learning_rate_multiplier.")
+@click.option("--suffix", default=None, help="Up to 64 characters in the model name.")
+@click.option("--seed", type=int, default=None)
+@click.option("--follow", is_flag=True, help="Then follow it to the end (as `jobs follow`).")
+@click.pass_context
+@_api_errors
+def jobs_create(
+    ctx: click.Context,
+    model: str,
+    training: str,
+    validation: str | None,
+    epochs: str | None,
+    batch_size: str | None,
+    lr_multiplier: float | None,
+    suffix: str | None,
+    seed: int | None,
+    follow: bool,
+) -> None:
+    """Create a fine-tuning job; prints its id. Local files are validated first and uploaded."""
+    client = _client(ctx)
+
+    def file_id(value: str) -> str:
+        return _upload(client, Path(value)) if Path(value).is_file() else value
+
+    hp: dict[str, Any] = {}
+    if epochs is not None:
+        hp["n_epochs"] = _auto_or_int(epochs, "--epochs")
+    if batch_size is not None:
+        hp["batch_size"] = _auto_or_int(batch_size, "--batch-size")
+    if lr_multiplier is not None:
+        hp["learning_rate_multiplier"] = lr_multiplier
+    kwargs: dict[str, Any] = {"model": model, "training_file": file_id(training)}
+    if validation:
+        kwargs["validation_file"] = file_id(validation)
+    if hp:
+        kwargs["method"] = {"type": "supervised", "supervised": {"hyperparameters": hp}}
+    if suffix:
+        kwargs["suffix"] = suffix
+    if seed is not None:
+        kwargs["seed"] = seed
+    job = client.fine_tuning.jobs.create(**kwargs)
+    click.echo(job.id)
+    if follow:
+        _follow(client, job.id)
+
+
+@jobs.command("list")
+@click.option("--limit", type=int, default=20, show_default=True)
+@click.pass_context
+@_api_errors
+def jobs_list(ctx: click.Context, limit: int) -> None:
+    """List jobs, newest first."""
+    table = _table("id", "status", "model", "fine_tuned_model", "created")
+    for job in _client(ctx).fine_tuning.jobs.list(limit=limit).data:
+        created = time.strftime("%Y-%m-%d %H:%M", time.localtime(job.created_at))
+        table.add_row(job.id, job.status, job.model, job.fine_tuned_model or "", created)
+    _print(table)
+
+
+@jobs.command("get")
+@click.argument("job_id")
+@click.pass_context
+@_api_errors
+def jobs_get(ctx: click.Context, job_id: str) -> None:
+    """Print a job as JSON."""
+    click.echo(_client(ctx).fine_tuning.jobs.retrieve(job_id).model_dump_json(indent=2))
+
+
+def _action(verb: str) -> None:
+    @jobs.command(verb, help=f"{verb.capitalize()} a job; prints its new status.")
+    @click.argument("job_id")
+    @click.pass_context
+    @_api_errors
+    def command(ctx: click.Context, job_id: str) -> None:
+        job = getattr(_client(ctx).fine_tuning.jobs, verb)(job_id)
+        click.echo(f"{job.id}: {job.status}")
+
+
+for _verb in ("cancel", "pause", "resume"):
+    _action(_verb)
+
+
+@jobs.command("follow")
+@click.argument("job_id")
+@click.pass_context
+@_api_errors
+def jobs_follow(ctx: click.Context, job_id: str) -> None:
+    """Follow a job: its messages, a progress bar with losses and ETA, then the model id.
+
+    Exits 1 if the job fails or is cancelled.
+    """
+    _follow(_client(ctx), job_id)
+
+
+def _follow(client: Any, job_id: str) -> None:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    seen: set[str] = set()
+    progress = Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[loss]}"),
+        TimeRemainingColumn(),
+        console=console,
+        transient=False,
+    )
+    task = progress.add_task("training", total=None, loss="")
+    with progress:
+        while True:
+            job = client.fine_tuning.jobs.retrieve(job_id)
+            fresh = [e for e in client.fine_tuning.jobs.list_events(job_id, limit=100).data if e.id not in seen]
+            for event in reversed(fresh):
+                seen.add(event.id)
+                if event.type == "metrics" and event.data:
+                    d = dict(event.data)
+                    loss = f"loss {d['train_loss']:.3f}"
+                    if "valid_loss" in d:
+                        loss += f"  valid {d['valid_loss']:.3f}"
+                    progress.update(task, completed=d["step"], total=d.get("total_steps"), loss=loss)
+                else:
+                    progress.console.print(f"[dim]{event.level}[/] {event.message}")
+            if job.status in FINAL:
+                break
+            time.sleep(1)
+    if job.status != "succeeded":
+        reason = f": {job.error.message}" if job.error and job.error.message else ""
+        raise click.ClickException(f"job {job_id} {job.status}{reason}")
+    click.echo(job.fine_tuned_model)
+
+
+@cli.command()
+@click.argument("model")
+@click.option("--system", default=None, help="A system message for the conversation.")
+@click.option("--max-tokens", type=int, default=512, show_default=True)
+@click.option("--temperature", type=float, default=0.7, show_default=True)
+@client_options
+@click.pass_context
+@_api_errors
+def chat(
+    ctx: click.Context, model: str, system: str | None, max_tokens: int, temperature: float, base_url: str, api_key: str
+) -> None:
+    """Chat with MODEL, streaming; one line is one turn (Ctrl-D to end). Reads stdin when piped."""
+    ctx.obj = {"base_url": base_url, "api_key": api_key}
+    client = _client(ctx)
+    messages: list[dict[str, str]] = [{"role": "system", "content": system}] if system else []
+    interactive = sys.stdin.isatty()
+    while True:
+        try:
+            line = input("you> " if interactive else "")
+        except EOFError:
+            break
+        if not line.strip():
+            continue
+        messages.append({"role": "user", "content": line})
+        reply = []
+        stream = client.chat.completions.create(
+            model=model, messages=messages, stream=True, max_tokens=max_tokens, temperature=temperature
+        )
+        for chunk in stream:
+            if chunk.choices and chunk.choices[0].delta.content:
+                reply.append(chunk.choices[0].delta.content)
+                click.echo(chunk.choices[0].delta.content, nl=False)
+        click.echo()
+        messages.append({"role": "assistant", "content": "".join(reply)})
 
 
 def main() -> None:

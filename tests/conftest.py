@@ -99,13 +99,16 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def run_cli(*args: str, env: dict[str, str] | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
+def run_cli(
+    *args: str, env: dict[str, str] | None = None, check: bool = True, input: str | None = None
+) -> subprocess.CompletedProcess[str]:
     proc = subprocess.run(
         [sys.executable, "-m", "selftune", *args],
         env={**os.environ, **(env or {})},
         capture_output=True,
         text=True,
         timeout=600,
+        input=input,
     )
     if check and proc.returncode != 0:
         raise AssertionError(f"selftune {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")

@@ -1,4 +1,5 @@
-"""The data commands (validate, estimate, render) on real files, through the installed CLI."""
+"""The CLI on real files and a live server: the data commands (validate, estimate, render) and the
+client commands (files, jobs, chat), run as a user runs them."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import pytest
 
 from selftune.train import lora
 from selftune.train.config import TrainConfig
-from tests.conftest import chat_lines, run_cli
+from tests.conftest import LiveServer, chat_lines, run_cli
 
 
 @pytest.fixture(scope="module")
@@ -98,3 +99,67 @@ def test_render_marks_the_trained_tokens(home: dict[str, str], tmp_path: Path) -
     assert f"{data}:1" in out and f"{data}:2" in out and f"{data}:3" not in out
     assert "[[learn this<|im_end|>]]" in out and "[[skip" not in out and "skip<|im_end|>" in out
     assert "<|im_start|>user\nhi<|im_end|>" in out
+
+
+def api(server: LiveServer) -> dict[str, str]:
+    return {"OPENAI_BASE_URL": server.base_url, "OPENAI_API_KEY": "sk-test"}
+
+
+def test_from_a_local_file_to_a_chatting_model(server: LiveServer, tmp_path: Path) -> None:
+    data = tmp_path / "train.jsonl"
+    data.write_text(chat_lines(12))
+    proc = run_cli(
+        "jobs",
+        "create",
+        "--model",
+        "tiny",
+        "--training-file",
+        str(data),
+        "--epochs",
+        "1",
+        "--suffix",
+        "cli",
+        "--follow",
+        env=api(server),
+    )
+    job_id, model = proc.stdout.split()[0], proc.stdout.split()[-1]
+    assert job_id.startswith("ftjob-") and model.startswith("ft:tiny:local:cli:")
+    assert "12/12" in proc.stderr and "The job has successfully completed" in proc.stderr
+    got = json.loads(run_cli("jobs", "get", job_id, env=api(server)).stdout)
+    assert got["status"] == "succeeded" and got["hyperparameters"]["n_epochs"] == 1
+    listed = run_cli("jobs", "list", env=api(server)).stdout
+    assert job_id in listed and model in listed
+    reply = run_cli("chat", model, "--max-tokens", "4", env=api(server), input="question 1\n\nquestion 2\n")
+    assert len(reply.stdout.splitlines()) == 2  # one streamed answer per turn
+
+
+def test_broken_files_are_refused_before_upload(server: LiveServer, tmp_path: Path) -> None:
+    bad = tmp_path / "broken-upload.jsonl"
+    bad.write_text(chat_lines(10) + '{"messages": [{"role": "user", "content": "no answer"}]}\n')
+    for args in (("files", "upload", str(bad)), ("jobs", "create", "--model", "tiny", "--training-file", str(bad))):
+        proc = run_cli(*args, env=api(server), check=False)
+        assert proc.returncode == 1 and f"{bad}:11: error:" in proc.stderr
+    assert "broken-upload.jsonl" not in run_cli("files", "list", env=api(server)).stdout
+
+
+def test_files_and_job_actions(server: LiveServer, tmp_path: Path) -> None:
+    data = tmp_path / "few.jsonl"
+    data.write_text(chat_lines(3))
+    file_id = run_cli("files", "upload", str(data), env=api(server)).stdout.strip()
+    assert file_id in run_cli("files", "list", env=api(server)).stdout
+    # Too few examples: the job fails, and follow says so with exit status 1.
+    proc = run_cli(
+        "jobs", "create", "--model", "tiny", "--training-file", file_id, "--follow", env=api(server), check=False
+    )
+    assert proc.returncode == 1 and "failed: Training file has 3 example(s)" in proc.stderr
+    big = tmp_path / "big.jsonl"
+    big.write_text(chat_lines(200))
+    job_id = run_cli(
+        "jobs", "create", "--model", "tiny", "--training-file", str(big), "--epochs", "20", env=api(server)
+    ).stdout.strip()
+    assert run_cli("jobs", "cancel", job_id, env=api(server)).stdout.strip() == f"{job_id}: cancelled"
+    proc = run_cli("jobs", "resume", job_id, env=api(server), check=False)
+    assert proc.returncode == 1 and "cannot be resumed" in proc.stderr
+    assert run_cli("files", "rm", file_id, env=api(server)).stdout.strip() == f"deleted {file_id}"
+    proc = run_cli("files", "list", env={"OPENAI_BASE_URL": "http://127.0.0.1:9/v1"}, check=False)
+    assert proc.returncode == 1 and "cannot reach http://127.0.0.1:9/v1" in proc.stderr
