@@ -61,7 +61,7 @@ def cli() -> None:
 
     \b
     Server:   serve | worker
-    Data:     validate | estimate | render
+    Data:     prepare | validate | estimate | render
     Client:   files upload | list | rm    jobs create | list | get | follow | cancel | pause | resume
               chat MODEL
     Models:   models add | list | rm (base models on this machine)
@@ -181,6 +181,85 @@ def _checked(file: Path) -> Any:
         click.echo(report.summary(), err=True)
         sys.exit(1)
     return report
+
+
+@cli.command()
+@click.argument("input", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option(
+    "-o", "--output", type=click.Path(dir_okay=False, path_type=Path), required=True, help="Chat JSONL to write."
+)
+@click.option(
+    "--val-split", type=click.FloatRange(0, 0.9), default=0.0, show_default=True, help="Share held out for validation."
+)
+@click.option(
+    "--val-output",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Validation JSONL [default: OUTPUT with _val before the extension].",
+)
+@click.option("--seed", type=int, default=0, show_default=True, help="Shuffle seed for the split.")
+@click.option("--user-col", default=None, help="Column with the user's message (guessed when absent).")
+@click.option("--assistant-col", default=None, help="Column with the answer (guessed when absent).")
+@click.option("--system", default=None, help="A system message to put first in every example.")
+@click.option("--system-col", default=None, help="Column with a per-example system message.")
+@click.option(
+    "--skip-bad", is_flag=True, help="Skip records that do not convert (each is reported) instead of stopping."
+)
+def prepare(
+    input: Path,
+    output: Path,
+    val_split: float,
+    val_output: Path | None,
+    seed: int,
+    user_col: str | None,
+    assistant_col: str | None,
+    system: str | None,
+    system_col: str | None,
+    skip_bad: bool,
+) -> None:
+    """Convert INPUT (CSV, TSV, JSON, JSONL, Parquet, YAML; Alpaca, ShareGPT or columns) to chat JSONL.
+
+    Removes exact duplicates, optionally splits off a validation set, and checks the result with
+    `selftune validate`. Nothing is written unless every record converts.
+    """
+    from selftune.data.prepare import Mapping, PrepareError, write_jsonl
+    from selftune.data.prepare import prepare as convert
+    from selftune.data.validate import validate_file
+
+    try:
+        result = convert(input, Mapping(user_col, assistant_col, system, system_col), val_split=val_split, seed=seed)
+    except PrepareError as e:
+        raise click.ClickException(str(e)) from e
+    for problem in result.problems[:50]:
+        click.echo(("skipped " if skip_bad else "") + problem, err=True)
+    if len(result.problems) > 50:
+        click.echo(f"... and {len(result.problems) - 50} more", err=True)
+    if result.problems and not skip_bad:
+        raise click.ClickException(
+            f"{len(result.problems)} record(s) of {result.read} could not be converted; nothing written. "
+            "Fix them, or pass --skip-bad to leave them out."
+        )
+    if not result.train:
+        raise click.ClickException(f"{input}: no examples found")
+    outputs = [(output, result.train)]
+    if result.valid:
+        outputs.append((val_output or output.with_name(f"{output.stem}_val{output.suffix}"), result.valid))
+    for path, examples in outputs:
+        write_jsonl(path, examples)
+    click.echo(
+        f"{input}: {result.read} record(s) ({', '.join(sorted(result.formats))}), "
+        f"{result.duplicates} exact duplicate(s) removed"
+    )
+    for path, examples in outputs:
+        click.echo(f"wrote {len(examples)} example(s) to {path}")
+        report = validate_file(path)
+        click.echo("  " + report.summary(max_lines=5).replace("\n", "\n  "))
+    if result.overlap:
+        click.echo(
+            f"warning: {result.overlap} validation example(s) have a prompt that is also in the training set; "
+            "their validation loss will look better than it should",
+            err=True,
+        )
 
 
 @cli.command()

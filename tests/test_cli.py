@@ -4,6 +4,7 @@ client commands (files, jobs, chat), run as a user runs them."""
 from __future__ import annotations
 
 import json
+from importlib.resources import files
 from pathlib import Path
 
 import pytest
@@ -163,3 +164,99 @@ def test_files_and_job_actions(server: LiveServer, tmp_path: Path) -> None:
     assert run_cli("files", "rm", file_id, env=api(server)).stdout.strip() == f"deleted {file_id}"
     proc = run_cli("files", "list", env={"OPENAI_BASE_URL": "http://127.0.0.1:9/v1"}, check=False)
     assert proc.returncode == 1 and "cannot reach http://127.0.0.1:9/v1" in proc.stderr
+
+
+ZARAGOZA = Path(str(files("zaragoza_construction_faq"))) / "data"
+CHATTERBOT = Path(str(files("chatterbot_corpus"))) / "data" / "english"
+
+
+@pytest.mark.parametrize(
+    ("name", "kind"),
+    [
+        ("faq-en-alpaca.jsonl", "alpaca"),
+        ("faq-en-sharegpt.jsonl", "sharegpt"),
+        ("faq-en.csv", "columns"),
+        ("faq-en.json", "columns"),
+    ],
+)
+def test_prepare_converts_real_datasets(tmp_path: Path, name: str, kind: str) -> None:
+    out = tmp_path / "train.jsonl"
+    proc = run_cli(
+        "prepare", str(ZARAGOZA / name), "-o", str(out), "--val-split", "0.1", "--seed", "1", "--system", "Be brief."
+    )
+    assert f"503 record(s) ({kind})" in proc.stdout and "no errors" in proc.stdout
+    train = [json.loads(line) for line in out.read_text().splitlines()]
+    valid = [json.loads(line) for line in (tmp_path / "train_val.jsonl").read_text().splitlines()]
+    assert len(train) + len(valid) == 503 and len(valid) == 50
+    first = train[0]["messages"]
+    assert [m["role"] for m in first] == ["system", "user", "assistant"] and first[0]["content"] == "Be brief."
+    assert run_cli("validate", str(out)).returncode == 0
+    again = tmp_path / "again.jsonl"
+    run_cli(
+        "prepare", str(ZARAGOZA / name), "-o", str(again), "--val-split", "0.1", "--seed", "1", "--system", "Be brief."
+    )
+    assert again.read_text() == out.read_text()  # the split is reproducible
+
+
+def test_prepare_chatterbot_yaml_duplicates_and_overlap(tmp_path: Path) -> None:
+    out = tmp_path / "trivia.jsonl"
+    proc = run_cli("prepare", str(CHATTERBOT / "trivia.yml"), "-o", str(out), check=False)
+    # The corpus has one malformed entry: named by position, nothing written unless asked to skip it.
+    assert proc.returncode == 1 and "trivia.yml:conversation 14: expected an object" in proc.stderr and not out.exists()
+    proc = run_cli("prepare", str(CHATTERBOT / "trivia.yml"), "-o", str(out), "--skip-bad")
+    assert "skipped" in proc.stderr and len(out.read_text().splitlines()) == 260
+    rows = [{"q": "same question", "a": "answer one"}, {"q": "same question", "a": "answer two"}] + [
+        {"q": f"q{i}", "a": f"a{i}"} for i in range(8)
+    ]
+    data = tmp_path / "pairs.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in [*rows, rows[2], rows[3]]))
+    proc = run_cli("prepare", str(data), "-o", str(tmp_path / "p.jsonl"), "--val-split", "0.5", "--seed", "3")
+    assert "2 exact duplicate(s) removed" in proc.stdout
+    assert ("prompt that is also in the training set" in proc.stderr) == (
+        _split_has_overlap(tmp_path / "p.jsonl", tmp_path / "p_val.jsonl")
+    )
+
+
+def _split_has_overlap(train: Path, valid: Path) -> bool:
+    def prompts(p: Path) -> set[str]:
+        return {json.loads(line)["messages"][0]["content"] for line in p.read_text().splitlines()}
+
+    return bool(prompts(train) & prompts(valid))
+
+
+def test_prepare_columns_parquet_and_errors(tmp_path: Path) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pa.table(
+        {"ticket": [f"problem {i}" for i in range(10)], "fix": [f"fix {i}" for i in range(10)], "tone": ["calm"] * 10}
+    )
+    pq.write_table(table, tmp_path / "t.parquet")
+    proc = run_cli("prepare", str(tmp_path / "t.parquet"), "-o", str(tmp_path / "x.jsonl"), check=False)
+    assert (
+        proc.returncode == 1
+        and "pass --user-col and --assistant-col" in proc.stderr
+        and "t.parquet:row 1" in proc.stderr
+    )
+    run_cli(
+        "prepare",
+        str(tmp_path / "t.parquet"),
+        "-o",
+        str(tmp_path / "x.jsonl"),
+        "--user-col",
+        "ticket",
+        "--assistant-col",
+        "fix",
+        "--system-col",
+        "tone",
+    )
+    first = json.loads((tmp_path / "x.jsonl").read_text().splitlines()[0])["messages"]
+    assert first[0] == {"role": "system", "content": "calm"} and first[2]["content"].startswith("fix ")
+    tsv = tmp_path / "d.tsv"
+    tsv.write_text("prompt\tcompletion\nhello\tworld\nempty\t\n")
+    proc = run_cli("prepare", str(tsv), "-o", str(tmp_path / "d.jsonl"), check=False)
+    assert proc.returncode == 1 and f"{tsv}:3: no assistant answer" in proc.stderr
+    proc = run_cli(
+        "prepare", str(tmp_path / "t.parquet"), "-o", str(tmp_path / "y.txt"), "--user-col", "nope", check=False
+    )
+    assert proc.returncode == 1 and not (tmp_path / "y.txt").exists()
