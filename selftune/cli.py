@@ -1,13 +1,17 @@
-"""The ``selftune`` command: run the server, and manage base models.
+"""The ``selftune`` command: the server, the data tools, and a client for any OpenAI-compatible API.
 
     selftune serve [--host 127.0.0.1] [--port 8000]     run the API and the training worker
     selftune worker [--slots 1]                         run only the training worker
+    selftune prepare INPUT -o train.jsonl               CSV/JSON/Parquet/Alpaca/ShareGPT -> chat JSONL
+    selftune validate | estimate | render FILE          check, cost and show a training file
+    selftune files ... | jobs ... | chat MODEL          drive a server through the openai SDK
     selftune models add NAME PATH                       register a HF folder, a GGUF file or a Hub id
-    selftune models list                                list base models and aliases
-    selftune models rm NAME                             unregister a base model you added
+    selftune models list [--local]                      the server's models (--local: base models here)
+    selftune models rm ID [--local]                     delete a fine-tuned model (--local: unregister a base)
 
-Every flag also reads its ``SELFTUNE_*`` environment variable. Library errors become clean
-one-line messages here, at the edge.
+Server flags also read their ``SELFTUNE_*`` environment variables; client commands read
+``OPENAI_BASE_URL`` and ``OPENAI_API_KEY``. Library and API errors become clean one-line messages
+here, at the edge.
 """
 
 from __future__ import annotations
@@ -64,7 +68,7 @@ def cli() -> None:
     Data:     prepare | validate | estimate | render
     Client:   files upload | list | rm    jobs create | list | get | follow | cancel | pause | resume
               chat MODEL
-    Models:   models add | list | rm (base models on this machine)
+    Models:   models list | rm (on the server; --local: base models here) | add (a base model here)
     """
 
 
@@ -147,6 +151,15 @@ def worker(slots: int | None, log_level: str, home: Path | None, database_url: s
     finally:
         services.engine.close()
         services.store.close()
+
+
+def _catalog(home: Path | None, database_url: str | None) -> Any:
+    from selftune.catalog import Catalog
+    from selftune.store import Store
+
+    settings = _settings(home=home, database_url=database_url)
+    settings.home.mkdir(parents=True, exist_ok=True)
+    return Catalog(settings, Store(settings.db_url))
 
 
 # --- data: validate, estimate, render ----------------------------------------------------------------
@@ -469,64 +482,6 @@ def render(file: Path, model: str | None, count: int, max_seq_len: int, home: Pa
         out.print(f"{skipped} example(s) have nothing to train and are not shown (lines {_lines(rendered.empty)})")
 
 
-@cli.group()
-def models() -> None:
-    """Base models: add, list, remove."""
-
-
-def _catalog(home: Path | None, database_url: str | None) -> Any:
-    from selftune.catalog import Catalog
-    from selftune.store import Store
-
-    settings = _settings(home=home, database_url=database_url)
-    settings.home.mkdir(parents=True, exist_ok=True)
-    return Catalog(settings, Store(settings.db_url))
-
-
-@models.command("add")
-@click.argument("name")
-@click.argument("path")
-@home_option
-@db_option
-@_friendly_errors
-def models_add(name: str, path: str, home: Path | None, database_url: str | None) -> None:
-    """Register base model NAME from PATH: a Hugging Face folder, a .gguf file, or a Hub id.
-
-    GGUF files are converted once to safetensors (later loads take under a second).
-    """
-    t0 = time.perf_counter()
-    with console.status(f"preparing {name} ..."):
-        spec, folder = _catalog(home, database_url).add(name, path)
-    click.echo(f"added {spec.name} ({spec.source}) -> {folder} in {time.perf_counter() - t0:.1f}s")
-
-
-@models.command("list")
-@home_option
-@db_option
-@_friendly_errors
-def models_list(home: Path | None, database_url: str | None) -> None:
-    """List base models and the aliases that point at them."""
-    catalog = _catalog(home, database_url)
-    aliases = catalog.aliases()
-    table = Table("model", "source", "ready", "aliases")
-    for spec in catalog.base_models():
-        ready = (catalog.weights_dir(spec) / "config.json").is_file()
-        names = ", ".join(sorted(a for a, t in aliases.items() if t == spec.name))
-        table.add_row(spec.name, spec.source, "yes" if ready else "on first use", names)
-    Console().print(table)
-
-
-@models.command("rm")
-@click.argument("name")
-@home_option
-@db_option
-@_friendly_errors
-def models_rm(name: str, home: Path | None, database_url: str | None) -> None:
-    """Unregister base model NAME (one added with `models add`)."""
-    _catalog(home, database_url).remove(name)
-    click.echo(f"removed {name}")
-
-
 # --- client commands: any OpenAI-compatible server, through the openai SDK ---------------------------
 
 DEFAULT_BASE_URL = "http://127.0.0.1:8000/v1"
@@ -596,7 +551,7 @@ def _table(*columns: str) -> Table:
     """Ids and model names are copied from here into other commands: never cut or wrap them."""
     table = Table()
     for name in columns:
-        table.add_column(name, no_wrap=True)
+        table.add_column(name, no_wrap=name in ("id", "model", "fine_tuned_model"))
     return table
 
 
@@ -816,6 +771,73 @@ def chat(
                 click.echo(chunk.choices[0].delta.content, nl=False)
         click.echo()
         messages.append({"role": "assistant", "content": "".join(reply)})
+
+
+@cli.group()
+@client_options
+@click.pass_context
+def models(ctx: click.Context, base_url: str, api_key: str) -> None:
+    """Models: list and rm on a server (--local: base models on this machine); add a base model here."""
+    ctx.obj = {"base_url": base_url, "api_key": api_key}
+
+
+@models.command("add")
+@click.argument("name")
+@click.argument("path")
+@home_option
+@db_option
+@_friendly_errors
+def models_add(name: str, path: str, home: Path | None, database_url: str | None) -> None:
+    """Register base model NAME from PATH: a Hugging Face folder, a .gguf file, or a Hub id.
+
+    GGUF files are converted once to safetensors (later loads take under a second).
+    """
+    t0 = time.perf_counter()
+    with console.status(f"preparing {name} ..."):
+        spec, folder = _catalog(home, database_url).add(name, path)
+    click.echo(f"added {spec.name} ({spec.source}) -> {folder} in {time.perf_counter() - t0:.1f}s")
+
+
+@models.command("list")
+@click.option("--local", is_flag=True, help="Base models registered on this machine, with their sources and aliases.")
+@home_option
+@db_option
+@click.pass_context
+@_api_errors
+@_friendly_errors
+def models_list(ctx: click.Context, local: bool, home: Path | None, database_url: str | None) -> None:
+    """List the server's models (base and fine-tuned), or with --local the base models here."""
+    if not local:
+        table = _table("id", "owned_by", "created")
+        for m in _client(ctx).models.list():
+            table.add_row(m.id, m.owned_by, time.strftime("%Y-%m-%d %H:%M", time.localtime(m.created)))
+        _print(table)
+        return
+    catalog = _catalog(home, database_url)
+    aliases = catalog.aliases()
+    table = _table("model", "source", "ready", "aliases")
+    for spec in catalog.base_models():
+        ready = (catalog.weights_dir(spec) / "config.json").is_file()
+        names = ", ".join(sorted(a for a, t in aliases.items() if t == spec.name))
+        table.add_row(spec.name, spec.source, "yes" if ready else "on first use", names)
+    _print(table)
+
+
+@models.command("rm")
+@click.argument("name")
+@click.option("--local", is_flag=True, help="Unregister a base model added here with `models add`.")
+@home_option
+@db_option
+@click.pass_context
+@_api_errors
+@_friendly_errors
+def models_rm(ctx: click.Context, name: str, local: bool, home: Path | None, database_url: str | None) -> None:
+    """Delete a fine-tuned model on the server, or with --local unregister base model NAME here."""
+    if local:
+        _catalog(home, database_url).remove(name)
+    else:
+        _client(ctx).models.delete(name)
+    click.echo(f"removed {name}")
 
 
 def main() -> None:

@@ -59,10 +59,10 @@ def test_models_cli(tmp_path: Path, tiny_model_dir: Path) -> None:
     env = {"SELFTUNE_HOME": str(tmp_path)}
     out = run_cli("models", "add", "mine", str(tiny_model_dir), env=env).stdout
     assert "added mine (hf)" in out
-    listing = run_cli("models", "list", env=env).stdout
+    listing = run_cli("models", "list", "--local", env=env).stdout
     assert "mine" in listing and "SmolLM2-135M-Instruct" in listing and "gpt-3.5-turbo" in listing
     bad = run_cli("models", "add", "x", str(tmp_path / "nothing"), env=env, check=False)
     assert bad.returncode == 1 and "no such file or folder" in bad.stderr
-    assert run_cli("models", "rm", "mine", env=env).returncode == 0
-    gone = run_cli("models", "rm", "mine", env=env, check=False)
+    assert run_cli("models", "rm", "mine", "--local", env=env).returncode == 0
+    gone = run_cli("models", "rm", "mine", "--local", env=env, check=False)
     assert gone.returncode == 1 and "no base model 'mine'" in gone.stderr

@@ -40,7 +40,7 @@ def delete_model(model: str, services: ServicesDep, owner: OwnerDep) -> ModelDel
     if resolved.adapter is None:
         raise PermissionDenied(
             f"`{model}` is a base model and cannot be deleted through the API; only fine-tuned models can. "
-            "To unregister a base model you added, run `selftune models rm NAME` on the server.",
+            "To unregister a base model you added, run `selftune models rm NAME --local` on the server.",
             param="model",
             code="model_not_deletable",
         )
