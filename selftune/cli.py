@@ -20,7 +20,8 @@ import json
 import logging
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from functools import wraps
 from pathlib import Path
 from typing import Any, TypeVar
@@ -413,6 +414,25 @@ def _duration(seconds: float) -> str:
     return f"{hours}h {minutes:02d}m" if hours else f"{minutes}m {secs:02d}s" if minutes else f"{secs}s"
 
 
+@contextmanager
+def _quiet_transformers() -> Iterator[None]:
+    """No weight-loading progress bars or deprecation notices in the middle of our output."""
+    import warnings
+
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
+    level = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # type: ignore[no-untyped-call]
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            yield
+    finally:
+        hf_logging.set_verbosity(level)
+        hf_logging.enable_progress_bar()  # type: ignore[no-untyped-call]
+
+
 def _probe(model: str, file: Path, home: Path | None, batch_size: str | int) -> None:
     """Train briefly on the first examples of FILE and record the measured tokens/s."""
     import tempfile
@@ -430,7 +450,7 @@ def _probe(model: str, file: Path, home: Path | None, batch_size: str | int) -> 
         sample = Path(tmp) / "probe.jsonl"
         sample.write_text("\n".join(lines[: bs * 6]) + "\n")
         cfg = TrainConfig(str(base_dir), str(sample), str(Path(tmp) / "out"), n_epochs=1, batch_size=bs)
-        with console.status(f"measuring training speed on {model} (batch size {bs}) ..."):
+        with console.status(f"measuring training speed on {model} (batch size {bs}) ..."), _quiet_transformers():
             lora.main(cfg)
         events = [json.loads(e) for e in (Path(tmp) / "out" / "events.jsonl").read_text().splitlines()]
     metrics = [e for e in events if e["type"] == "metrics"]
