@@ -174,8 +174,8 @@ max_len_option = click.option(
 file_argument = click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 
 
-def _tokenizer(model: str | None, home: Path | None) -> tuple[str, Any]:
-    """The base model's name and tokenizer (converting a GGUF model once, if needed)."""
+def _tokenizer(model: str | None, home: Path | None) -> tuple[str, Path, Any]:
+    """The base model's name, weights folder and tokenizer (converting a GGUF model once, if needed)."""
     from transformers import AutoTokenizer
 
     from selftune.config import LOCAL_OWNER
@@ -183,7 +183,8 @@ def _tokenizer(model: str | None, home: Path | None) -> tuple[str, Any]:
     catalog = _catalog(home, None)
     spec = catalog.resolve(model or catalog.settings.default_model, LOCAL_OWNER).base
     with console.status(f"loading the {spec.name} tokenizer ..."):
-        return spec.name, AutoTokenizer.from_pretrained(catalog.materialize(spec))
+        folder = catalog.materialize(spec)
+        return spec.name, folder, AutoTokenizer.from_pretrained(folder)
 
 
 def _checked(file: Path) -> Any:
@@ -305,7 +306,7 @@ def validate(file: Path, model: str | None, max_seq_len: int, as_json: bool, hom
         "warnings": [p.to_dict() for p in report.warnings],
     }
     if model is not None and report.ok and report.format == "chat":
-        out["model"], tok = _tokenizer(model, home)
+        out["model"], _, tok = _tokenizer(model, home)
         rendered = render_file(tok, file, max_seq_len)
         out["tokens"] = token_stats(rendered.lengths)
         out["truncated_lines"] = rendered.truncated
@@ -376,11 +377,11 @@ def estimate(
     from selftune.data.stats import load_throughput
 
     _checked(file)
-    name, tok = _tokenizer(model, home)
+    name, folder, tok = _tokenizer(model, home)
     rendered = render_file(tok, file, max_seq_len)
     settings = _settings(home=home)
     if probe:
-        _probe(name, file, home, _auto_or_int(batch_size, "--batch-size"))
+        _probe(name, folder, file, settings.home, _auto_or_int(batch_size, "--batch-size"))
     hp = {"n_epochs": _auto_or_int(epochs, "--epochs"), "batch_size": _auto_or_int(batch_size, "--batch-size")}
     est = estimate_job(rendered, hp, price_per_1k, load_throughput(settings.home, name))
     if as_json:
@@ -433,17 +434,14 @@ def _quiet_transformers() -> Iterator[None]:
         hf_logging.enable_progress_bar()  # type: ignore[no-untyped-call]
 
 
-def _probe(model: str, file: Path, home: Path | None, batch_size: str | int) -> None:
-    """Train briefly on the first examples of FILE and record the measured tokens/s."""
+def _probe(model: str, base_dir: Path, file: Path, home: Path, batch_size: str | int) -> None:
+    """Train briefly on the first examples of FILE and record the recipe's measured tokens/s."""
     import tempfile
 
     from selftune.data.stats import record_throughput
     from selftune.train import lora
     from selftune.train.config import TrainConfig, auto_batch_size
 
-    settings = _settings(home=home)
-    catalog = _catalog(home, None)
-    base_dir = catalog.materialize(catalog.get_base(model))
     with tempfile.TemporaryDirectory() as tmp:
         lines = [line for line in file.read_text("utf-8").splitlines() if line.strip()]
         bs = batch_size if isinstance(batch_size, int) else auto_batch_size(len(lines))
@@ -452,11 +450,8 @@ def _probe(model: str, file: Path, home: Path | None, batch_size: str | int) -> 
         cfg = TrainConfig(str(base_dir), str(sample), str(Path(tmp) / "out"), n_epochs=1, batch_size=bs)
         with console.status(f"measuring training speed on {model} (batch size {bs}) ..."), _quiet_transformers():
             lora.main(cfg)
-        events = [json.loads(e) for e in (Path(tmp) / "out" / "events.jsonl").read_text().splitlines()]
-    metrics = [e for e in events if e["type"] == "metrics"]
-    if len(metrics) >= 2:  # from the end of step 1: model loading and warm-up are not training speed
-        tokens = metrics[-1]["data"]["trained_tokens"] - metrics[0]["data"]["trained_tokens"]
-        record_throughput(settings.home, model, tokens, metrics[-1]["time"] - metrics[0]["time"], bs, "a probe")
+        done = json.loads((Path(tmp) / "out" / "events.jsonl").read_text().splitlines()[-1])
+    record_throughput(home, model, done["data"].get("tokens_per_second"), bs, "a probe")
 
 
 @cli.command()
@@ -478,7 +473,7 @@ def render(file: Path, model: str | None, count: int, max_seq_len: int, home: Pa
     from selftune.data.render import IGNORE, render_file
 
     _checked(file)
-    name, tok = _tokenizer(model, home)
+    name, _, tok = _tokenizer(model, home)
     rendered = render_file(tok, file, max_seq_len)
     out = Console(soft_wrap=True)
     for (ids, labels), line in list(zip(rendered.rows, rendered.lines, strict=True))[:count]:

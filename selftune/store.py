@@ -348,8 +348,7 @@ class Store:
         """Insert a job and its first (level, message) events in one transaction."""
         with self._tx() as c:
             c.execute(insert(jobs).values(**rec.__dict__))
-            for level, message in first_events:
-                c.execute(insert(job_events).values(**_event(rec.id, level, "message", message, {}).__dict__))
+            _insert_messages(c, rec.id, first_events)
 
     def get_job(self, owner: str | None, job_id: str) -> JobRecord:
         """A job by id; ``owner=None`` is the worker, which sees every owner's jobs."""
@@ -408,8 +407,7 @@ class Store:
             ).rowcount
             if not n:
                 return False
-            for level, message in events:
-                c.execute(insert(job_events).values(**_event(job_id, level, "message", message, {}).__dict__))
+            _insert_messages(c, job_id, events)
             for m in new_models:
                 c.execute(insert(models_table).values(**m.__dict__, deleted=False))
         return True
@@ -489,6 +487,12 @@ class Store:
     def remove_base_model(self, name: str) -> bool:
         with self._tx() as c:
             return bool(c.execute(base_models.delete().where(base_models.c.name == name)).rowcount)
+
+
+def _insert_messages(c: Connection, job_id: str, messages: Sequence[tuple[str, str]]) -> None:
+    """(level, message) pairs as message events, inside the caller's transaction."""
+    if messages:
+        c.execute(insert(job_events), [_event(job_id, level, "message", text, {}).__dict__ for level, text in messages])
 
 
 def _event(job_id: str, level: str, type: str, message: str, data: dict[str, Any] | None) -> EventRecord:

@@ -345,13 +345,9 @@ class Worker:
             self.blobs.delete(results.id)
         (a.dir / STATE_FILE).unlink(missing_ok=True)  # only needed to continue; the adapters stay
         done = a.done or {}
+        batch_size = int(job.hyperparameters["batch_size"])
         record_throughput(
-            self.settings.home,
-            job.base_model,
-            int(done.get("trained_tokens", 0)),
-            float(done.get("seconds", 0)),
-            int(job.hyperparameters["batch_size"]),
-            f"job {job.id}",
+            self.settings.home, job.base_model, done.get("tokens_per_second"), batch_size, f"job {job.id}"
         )
 
     def _upload_results(self, a: _Active) -> FileRecord:

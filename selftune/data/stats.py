@@ -2,7 +2,8 @@
 
 ``estimate`` counts tokens with ``render_file``, the trainer's own renderer, so the billed tokens it
 prints are the ``trained_tokens`` the job will report. Wall time comes from a measured throughput
-(``selftune estimate --probe``, or the last job that finished on this machine), stored per base
+(the recipe's own ``tokens_per_second``, from ``selftune estimate --probe`` or the last job that
+finished on this machine), stored per base
 model in ``SELFTUNE_HOME/throughput.json``.
 """
 
@@ -92,9 +93,9 @@ def load_throughput(home: Path, model: str) -> dict[str, Any] | None:
     return entry if isinstance(entry, dict) else None
 
 
-def record_throughput(home: Path, model: str, tokens: int, seconds: float, batch_size: int, source: str) -> None:
-    """Remember tokens/s for ``model`` (written to a temporary file, then renamed)."""
-    if tokens <= 0 or seconds <= 0:
+def record_throughput(home: Path, model: str, tokens_per_second: float | None, batch_size: int, source: str) -> None:
+    """Remember the training speed of ``model`` (written to a temporary file, then renamed)."""
+    if not tokens_per_second:
         return
     path = home / "throughput.json"
     try:
@@ -102,7 +103,7 @@ def record_throughput(home: Path, model: str, tokens: int, seconds: float, batch
     except (OSError, ValueError):
         data = {}
     data[model] = {
-        "tokens_per_second": round(tokens / seconds, 1),
+        "tokens_per_second": round(tokens_per_second, 1),
         "batch_size": batch_size,
         "source": source,
         "measured_at": int(time.time()),

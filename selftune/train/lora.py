@@ -317,6 +317,7 @@ def main(cfg: TrainConfig) -> int:
         os.replace(tmp, state_path)
 
     # --- the loop ---------------------------------------------------------------------------------
+    speed_from: tuple[float, int] | None = None  # (time, tokens) after this run's first step
     while step < total_steps:
         if pause_flag.exists():
             save_state()
@@ -343,6 +344,8 @@ def main(cfg: TrainConfig) -> int:
             row.update(valid_loss=v_loss, valid_mean_token_accuracy=v_acc)
             message += f", validation loss={v_loss:.2f}"
         metrics_rows.append(row)
+        if speed_from is None:  # model loading and the first step's warm-up are not training speed
+            speed_from = (time.perf_counter(), trained_tokens)
         events.emit("metrics", message, {**row, "total_steps": total_steps, "trained_tokens": trained_tokens})
 
         if step % steps_per_epoch == 0:
@@ -407,10 +410,13 @@ def main(cfg: TrainConfig) -> int:
                 ]
             )
     elapsed = time.perf_counter() - t_start
+    speed = None
+    if speed_from is not None and trained_tokens > speed_from[1]:
+        speed = (trained_tokens - speed_from[1]) / (time.perf_counter() - speed_from[0])
     events.emit(
         "done",
         f"Training finished in {elapsed:.1f}s",
-        {"trained_tokens": trained_tokens, "steps": step, "seconds": elapsed},
+        {"trained_tokens": trained_tokens, "steps": step, "seconds": elapsed, "tokens_per_second": speed},
     )
     return 0
 
