@@ -131,7 +131,9 @@ def test_from_a_local_file_to_a_chatting_model(server: LiveServer, tmp_path: Pat
     listed = run_cli("jobs", "list", env=api(server)).stdout
     assert job_id in listed and model in listed
     reply = run_cli("chat", model, "--max-tokens", "4", env=api(server), input="question 1\n\nquestion 2\n")
-    assert len(reply.stdout.splitlines()) == 2  # one streamed answer per turn
+    # One streamed answer per turn, each ending in a newline. (The random tiny model may emit newlines
+    # and control characters of its own, so count "at least", and not with splitlines.)
+    assert reply.returncode == 0 and reply.stdout.count("\n") >= 2
     assert model in run_cli("models", "list", env=api(server)).stdout
     assert run_cli("models", "rm", model, env=api(server)).stdout.strip() == f"removed {model}"
     assert model not in run_cli("models", "list", env=api(server)).stdout.split()  # its checkpoints stay
