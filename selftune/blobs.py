@@ -1,4 +1,4 @@
-"""File bytes on disk under ``SELFTUNE_HOME/files``; metadata lives in ``store``.
+"""File bytes on disk under ``SELFTUNE_HOME/files`` (metadata lives in ``store``), and atomic writes.
 
 Writes go to a temporary file in the same directory tree and are renamed into place only when
 complete, so a crash or a client that disconnects mid-upload never leaves a half-written file
@@ -24,6 +24,16 @@ def too_large(limit: int) -> InvalidRequest:
         param="file",
         code="file_too_large",
     )
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to a temporary file beside ``path``, then rename: never a half-written file."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 class Blobs:

@@ -85,6 +85,10 @@ class Settings(BaseSettings):
     worker_slots: int = 1
     """Jobs one worker trains at once. One per device is fastest: two jobs on one CPU share its cores."""
 
+    eval_examples: int = Field(default=32, ge=0)
+    """At the end of a job with a validation file, base and fine-tuned model answer up to this many
+    validation examples and the report is attached to the job (0 turns it off)."""
+
     max_loaded_adapters: int = 8
     """Fine-tuned adapters kept loaded on their base model (least recently used is dropped)."""
 

@@ -10,7 +10,8 @@
 
 Every change of status is a compare-and-set in the store (``Store.transition``), so the API and
 any number of workers can race (a cancel against a finish, two workers claiming one job) and
-exactly one wins. The API calls ``create``, ``cancel``, ``pause`` and ``resume``; the worker
+exactly one wins. The API calls ``create``, ``cancel``, ``pause`` and ``resume`` (and ``estimate``,
+which only reads); the worker
 (``selftune.worker``) does everything else.
 """
 
@@ -18,15 +19,19 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from selftune.blobs import Blobs
 from selftune.catalog import Catalog
+from selftune.data.render import render_file
+from selftune.data.stats import estimate as estimate_job
+from selftune.data.stats import load_throughput
 from selftune.errors import InvalidRequest, NotFound
 from selftune.ids import now, random_id
 from selftune.schemas.fine_tuning import CreateJobRequest
 from selftune.store import FileRecord, JobRecord, Store
-from selftune.train.config import resolve_hyperparameters
+from selftune.train.config import TrainConfig, resolve_hyperparameters
 
 MIN_EXAMPLES = 10
 """OpenAI's minimum; fewer fails the job with ``invalid_n_examples``."""
@@ -77,6 +82,22 @@ def create(store: Store, blobs: Blobs, catalog: Catalog, owner: str, req: Create
         validating += f" and validation file: {validation.id}"
     store.insert_job(job, [("info", f"Created fine-tuning job: {job.id}"), ("info", validating)])
     return job
+
+
+def estimate(
+    store: Store, blobs: Blobs, catalog: Catalog, home: Path, owner: str, req: CreateJobRequest
+) -> dict[str, Any]:
+    """What ``create`` would run, before running it: the CLI's ``selftune estimate``, for the API.
+
+    Tokens are counted exactly as the trainer counts them (``render_file``), and the wall time
+    comes from this machine's measured speed for the base model, when a job or probe measured it.
+    """
+    resolved = catalog.resolve(req.model, owner)
+    training = _training_file(store, owner, req.training_file, "training_file")
+    rendered = render_file(catalog.tokenizer(resolved.base), blobs.path(training.id), TrainConfig.max_seq_len)
+    est = estimate_job(rendered, _hyperparameters(req), 0.0, load_throughput(home, resolved.base.name))
+    result = {"object": "fine_tuning.estimate", "model": resolved.id, "training_file": training.id}
+    return {**result, **est.to_dict()}
 
 
 def _hyperparameters(req: CreateJobRequest) -> dict[str, Any]:

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-from selftune.blobs import Blobs
+from selftune.blobs import Blobs, write_atomic
 from selftune.catalog import Catalog
 from selftune.config import Settings
 from selftune.data.stats import record_throughput
@@ -205,10 +205,11 @@ class Worker:
             learning_rate_multiplier=float(hp["learning_rate_multiplier"]),
             seed=job.seed,
             init_adapter=job.init_adapter,
+            eval_examples=self.settings.eval_examples,
+            model_name=job.model_name,
+            base_model_name=job.base_model,
         )
-        tmp = job_dir / "job.json.tmp"
-        tmp.write_text(json.dumps(cfg.to_dict(), indent=2))
-        os.replace(tmp, job_dir / "job.json")
+        write_atomic(job_dir / "job.json", json.dumps(cfg.to_dict(), indent=2))
         events_file = job_dir / "events.jsonl"
         offset = events_file.stat().st_size if events_file.exists() else 0
         train_log = (job_dir / "train.log").open("ab")
@@ -311,7 +312,11 @@ class Worker:
 
     def _succeed(self, a: _Active) -> None:
         job = a.job
-        results = self._upload_results(a)
+        results = [self._upload_result(a.dir / "metrics.csv", "step_metrics.csv", a.job.owner)]
+        # The end-of-job evaluation (when the job had a validation file) rides along as result files.
+        for name, target in (("eval.html", "eval_report.html"), ("eval.json", "eval_report.json")):
+            if (a.dir / name).is_file():
+                results.append(self._upload_result(a.dir / name, target, a.job.owner))
         ckpts, _ = self.store.list_checkpoints(job.id, limit=1000)
         created = now()
         new_models = [ModelRecord(job.model_name, job.owner, created, job.base_model, str(a.dir / "adapter"), job.id)]
@@ -331,7 +336,7 @@ class Worker:
             "fine_tuned_model": job.model_name,
             "finished_at": created,
             "trained_tokens": int((a.done or {}).get("trained_tokens", 0)),
-            "result_files": [results.id],
+            "result_files": [r.id for r in results],
             "estimated_finish": None,
             "worker_id": None,
         }
@@ -341,8 +346,9 @@ class Worker:
         ]
         if not self.store.transition(job.id, ["running", "pausing"], values, events, new_models):
             # Cancelled in the last moment: no model is registered, and the results go too.
-            self.store.delete_file(job.owner, results.id)
-            self.blobs.delete(results.id)
+            for r in results:
+                self.store.delete_file(job.owner, r.id)
+                self.blobs.delete(r.id)
         (a.dir / STATE_FILE).unlink(missing_ok=True)  # only needed to continue; the adapters stay
         done = a.done or {}
         batch_size = int(job.hyperparameters["batch_size"])
@@ -350,13 +356,13 @@ class Worker:
             self.settings.home, job.base_model, done.get("tokens_per_second"), batch_size, f"job {job.id}"
         )
 
-    def _upload_results(self, a: _Active) -> FileRecord:
-        with (a.dir / "metrics.csv").open("rb") as src:
+    def _upload_result(self, path: Path, filename: str, owner: str) -> FileRecord:
+        with path.open("rb") as src:
             tmp, size = self.blobs.copy_to_temp(src, self.settings.max_upload_bytes)
         rec = FileRecord(
             id=random_id("file-"),
-            owner=a.job.owner,
-            filename="step_metrics.csv",
+            owner=owner,
+            filename=filename,
             purpose="fine-tune-results",
             size_bytes=size,
             created_at=now(),

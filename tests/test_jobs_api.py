@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import os
 import signal
 import subprocess
@@ -21,7 +22,7 @@ import httpx
 import openai
 import pytest
 
-from tests.conftest import ALICE, BOB, Conformance, LiveServer, chat_lines, run_legacy, start_server
+from tests.conftest import ALICE, BOB, Conformance, LiveServer, chat_lines, run_cli, run_legacy, start_server
 
 FINAL = ("succeeded", "failed", "cancelled")
 
@@ -134,7 +135,9 @@ def test_job_lifecycle_events_checkpoints_results_and_serving(
         httpx.get(f"{server.base_url}/fine_tuning/jobs/{job.id}/checkpoints").json(),
     )
 
-    (result,) = done.result_files
+    # The metrics first (tutorials read result_files[0]), then the evaluation the validation file brought.
+    result, *evals = done.result_files
+    assert [client.files.retrieve(f).filename for f in evals] == ["eval_report.html", "eval_report.json"]
     meta = client.files.retrieve(result)
     assert meta.purpose == "fine-tune-results" and meta.filename == "step_metrics.csv"
     rows = list(csv.reader(io.StringIO(client.files.content(result).text)))
@@ -239,6 +242,31 @@ def test_wrong_purpose_and_unknown_job(client: openai.OpenAI) -> None:
             call("ftjob-nope")
 
 
+def test_estimate_counts_like_the_cli(client: openai.OpenAI, server: LiveServer, tmp_path: Path) -> None:
+    path = tmp_path / "train.jsonl"
+    path.write_text(chat_lines(40))
+    train = client.files.create(file=path.open("rb"), purpose="fine-tune")
+    body = {
+        "model": "tiny",
+        "training_file": train.id,
+        "method": {"type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 2}}},
+    }
+    r = httpx.post(server.base_url + "/fine_tuning/jobs/estimate", json=body, headers={"Authorization": "Bearer x"})
+    assert r.status_code == 200, r.text
+    api = r.json()
+    cli = json.loads(
+        run_cli(
+            "estimate", str(path), "--model", "tiny", "--epochs", "2", "--json", env={"SELFTUNE_HOME": str(server.home)}
+        ).stdout
+    )
+    assert api["object"] == "fine_tuning.estimate" and api["model"] == "tiny"
+    for key in ("examples", "n_epochs", "batch_size", "steps", "tokens_per_epoch", "billed_tokens"):
+        assert api[key] == cli[key], key
+    assert api["n_epochs"] == 2 and api["billed_tokens"] == 2 * api["tokens_per_epoch"] > 0
+    bad = httpx.post(server.base_url + "/fine_tuning/jobs/estimate", json={**body, "training_file": "file-nope"})
+    assert bad.status_code == 400 and bad.json()["error"]["code"] == "file_not_found"
+
+
 def test_cancel_stops_training_and_registers_nothing(client: openai.OpenAI, server: LiveServer) -> None:
     job = client.fine_tuning.jobs.create(
         model="tiny", training_file=upload(client, chat_lines(200)), hyperparameters={"n_epochs": 20}
@@ -323,8 +351,10 @@ def test_sigkilled_server_resumes_from_the_last_checkpoint(tmp_path: Path, tiny_
         )
         assert r.model == done.fine_tuned_model
 
-        # Killed before any checkpoint: nothing to resume, so the job fails and says why.
-        late = client.fine_tuning.jobs.create(model="tiny", training_file=train, hyperparameters={"n_epochs": 6})
+        # Killed before any checkpoint: nothing to resume, so the job fails and says why. One long epoch
+        # (250 steps of 8) keeps the first checkpoint well after the kill, however fast the machine.
+        big = upload(client, chat_lines(2000))
+        late = client.fine_tuning.jobs.create(model="tiny", training_file=big, hyperparameters={"n_epochs": 1})
         wait_for_step(client, late.id, 3)
         os.kill(srv.proc.pid, signal.SIGKILL)
         srv.proc.wait()

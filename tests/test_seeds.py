@@ -12,13 +12,14 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from html import escape
 from importlib.resources import files
 from pathlib import Path
 
 import pytest
 import yaml
 
-from tests.conftest import LiveServer, run_legacy
+from tests.conftest import LiveServer, run_cli, run_legacy
 
 pytestmark = pytest.mark.slow
 
@@ -33,11 +34,9 @@ def smol_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer
     srv.stop()
 
 
-def trivia_jsonl(path: Path, n: int = 40) -> Path:
-    convs = yaml.safe_load(files("chatterbot_corpus").joinpath("data/english/trivia.yml").read_text("utf-8"))
-    pairs = [(str(c[0]), str(c[1])) for c in convs["conversations"] if len(c) == 2][:n]
+def trivia_jsonl(path: Path, n: int = 40, *, start: int = 0, step: int = 1) -> Path:
     with path.open("w") as f:
-        for q, a in pairs:
+        for q, a in trivia_pairs(start + n)[start::step]:
             msgs = [
                 {"role": "system", "content": MARV},
                 {"role": "user", "content": q},
@@ -110,18 +109,20 @@ def trivia_pairs(n: int) -> list[tuple[str, str]]:
 
 
 def test_fine_tuning_smollm2_learns_the_trivia(smol_server: LiveServer, tmp_path: Path) -> None:
-    """The issue's end-to-end bar: 40 chatterbot trivia pairs, 3 epochs, then base vs fine-tuned."""
+    """The end-to-end bar: 40 chatterbot trivia pairs, 3 epochs, then base vs fine-tuned, measured by
+    the job's own evaluation (20 held-out pairs) and by `selftune eval` with a judge."""
     client = smol_server.client()
     train = client.files.create(file=trivia_jsonl(tmp_path / "trivia.jsonl", 40).open("rb"), purpose="fine-tune")
+    held = client.files.create(file=trivia_jsonl(tmp_path / "held.jsonl", 20, start=40).open("rb"), purpose="fine-tune")
     t0 = time.monotonic()
     job = client.fine_tuning.jobs.create(
-        model="SmolLM2-135M-Instruct", training_file=train.id, hyperparameters={"n_epochs": 3}, suffix="trivia"
+        model="SmolLM2-135M-Instruct",
+        training_file=train.id,
+        validation_file=held.id,
+        hyperparameters={"n_epochs": 3},
+        suffix="trivia",
     )
-    seen: set[str] = set()
     while job.status not in ("succeeded", "failed", "cancelled"):
-        for event in client.fine_tuning.jobs.list_events(job.id, limit=20).data:
-            if event.id not in seen:
-                seen.add(event.id)
         time.sleep(1)
         job = client.fine_tuning.jobs.retrieve(job.id)
     elapsed = time.monotonic() - t0
@@ -131,25 +132,43 @@ def test_fine_tuning_smollm2_learns_the_trivia(smol_server: LiveServer, tmp_path
     metrics = [e.data for e in events if e.type == "metrics"]
     metrics.sort(key=lambda m: m["step"])
     assert len(metrics) == 120 and metrics[-1]["train_loss"] < metrics[0]["train_loss"]
+    held_out = [e.message for e in events if e.message.startswith("Eval: ")]
+    assert len(held_out) == 1 and held_out[0].endswith("(n=20)") and len(job.result_files) == 3
 
-    def score(model: str) -> int:
-        hits = 0
-        for q, a in trivia_pairs(40)[::3]:  # 14 of the trained questions
-            r = client.chat.completions.create(
-                model=model,
-                messages=[{"role": "system", "content": MARV}, {"role": "user", "content": q}],
-                temperature=0,
-                max_tokens=48,
-            )
-            hits += a.lower().strip(". ") in (r.choices[0].message.content or "").lower()
-        return hits
-
-    base, tuned = score("SmolLM2-135M-Instruct"), score(job.fine_tuned_model)
+    # 14 of the trained questions, through the CLI, with the base model as the judge.
+    report_file, page = tmp_path / "eval.json", tmp_path / "eval.html"
+    env = {"OPENAI_BASE_URL": smol_server.base_url, "OPENAI_API_KEY": "sk-test"}
+    t1 = time.monotonic()
+    proc = run_cli(
+        "eval",
+        "--models",
+        "SmolLM2-135M-Instruct",
+        job.fine_tuned_model,
+        "--data",
+        str(trivia_jsonl(tmp_path / "seen.jsonl", 40, step=3)),  # 14 of the 40
+        "--judge",
+        "SmolLM2-135M-Instruct",
+        "--json",
+        str(report_file),
+        "--html",
+        str(page),
+        env=env,
+    )
+    report = json.loads(report_file.read_text())
+    contains = {m: round(s["contains"]["mean"] * 14) for m, s in report["stats"].items()}
+    base, tuned = contains["SmolLM2-135M-Instruct"], contains[job.fine_tuned_model]
+    judged = report["judge"]["results"][job.fine_tuned_model]
     print(
-        f"\n40 pairs x 3 epochs: {elapsed:.0f}s, {job.trained_tokens} tokens; exact answers base {base}/14, "
-        f"fine-tuned {tuned}/14"
+        f"\n40 pairs x 3 epochs: {elapsed:.0f}s, {job.trained_tokens} tokens; held out: {held_out[0]}; trained "
+        f"questions ({time.monotonic() - t1:.0f}s): contains base {base}/14, fine-tuned {tuned}/14; judge "
+        f"{judged['wins']} wins, {judged['losses']} losses, {judged['ties']} ties, {judged['invalid']} unparsed"
     )
     assert tuned >= 10 and tuned >= base + 6
+    assert report["summary"] in proc.stdout.splitlines()
+    html = page.read_text()
+    for ex in report["examples"]:
+        for answer in ex["outputs"].values():
+            assert escape(answer) in html
 
 
 def test_default_model_converted_once_and_reused(smol_server: LiveServer) -> None:

@@ -20,12 +20,13 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import random
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from selftune.blobs import write_atomic
 
 USER_COLUMNS = ("user", "prompt", "question", "q", "input", "query", "instruction")
 ASSISTANT_COLUMNS = ("assistant", "completion", "answer", "a", "output", "response", "reply")
@@ -188,12 +189,4 @@ def _prompt(example: dict[str, Any]) -> str:
 
 
 def write_jsonl(path: Path, examples: list[dict[str, Any]]) -> None:
-    """Write to a temporary file beside ``path``, then rename: never a half-written file."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with tmp.open("w", encoding="utf-8") as f:
-            for e in examples:
-                f.write(json.dumps(e, ensure_ascii=False) + "\n")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    write_atomic(path, "".join(json.dumps(e, ensure_ascii=False) + "\n" for e in examples))

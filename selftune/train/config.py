@@ -76,6 +76,11 @@ class TrainConfig:
     """Continue training from this adapter (an ``ft:`` model as the job's base)."""
     resume: bool = True
     """Continue from ``output_dir/state.pt`` when it exists (after a pause or a crash)."""
+    eval_examples: int = 0
+    """After training, compare base and fine-tuned answers on up to this many validation examples."""
+    model_name: str = "fine-tuned"
+    base_model_name: str = "base"
+    """Names for the two models in the evaluation report."""
 
     @property
     def learning_rate(self) -> float:

@@ -1,4 +1,5 @@
-"""The LoRA training recipe. It reads top to bottom: config, data, model, resume, loop, smoke test, result.
+"""The LoRA training recipe. It reads top to bottom: config, data, model, resume, loop, smoke test,
+evaluation, result.
 
     python -m selftune.train.lora JOB_DIR/job.json
 
@@ -11,7 +12,9 @@ files in ``output_dir``:
 - ``checkpoints/step-N/``: the adapter at the end of each epoch (the last ``keep_checkpoints`` kept);
 - ``state.pt``: the complete training state, saved at each epoch end and on pause, so that a
   paused or crashed run continues exactly where it stopped;
-- ``adapter/``: the final adapter; ``metrics.csv``: OpenAI's result-file columns.
+- ``adapter/``: the final adapter; ``metrics.csv``: OpenAI's result-file columns;
+- ``eval.json`` and ``eval.html``: base against fine-tuned on up to ``eval_examples`` validation
+  examples (``selftune.eval``), when there is a validation file.
 
 Exit status: 0 done, 2 the data is unusable (an ``error`` event says why), 3 paused (the worker
 asked by creating ``output_dir/pause``). It never imports the server or the store, so it runs and
@@ -29,18 +32,25 @@ import ctypes
 import json
 import os
 import random
+import resource
 import shutil
 import signal
 import sys
 import time
+from collections.abc import Callable, Sequence
 from contextlib import nullcontext, suppress
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from selftune.blobs import write_atomic
 from selftune.data.render import IGNORE, render_file, render_prompt, stop_token_ids
 from selftune.data.validate import validate_file
+from selftune.eval.core import evaluate as evaluate_models
+from selftune.eval.core import load_examples as load_eval_examples
+from selftune.eval.report import to_html, to_json
 from selftune.train.config import TrainConfig
 
 STATE_FILE = "state.pt"
@@ -192,6 +202,62 @@ def smoke_prompt(path: str) -> tuple[list[dict[str, Any]], str] | None:
     return None
 
 
+def greedy_tokens(
+    model: Any,
+    tokenizer: Any,
+    device: torch.device,
+    autocast: Any,
+    prompts: Sequence[list[dict[str, Any]]],
+    limits: Sequence[int],
+    adapter: bool = True,
+    batch_size: int = 8,
+) -> list[list[int]]:
+    """Greedy continuations (up to each prompt's limit, stop tokens kept), batched by prompt length with
+    left padding; ``adapter=False`` runs the base model (the adapter switched off)."""
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    stops = stop_token_ids(tokenizer, model.generation_config)
+    ids = [render_prompt(tokenizer, p) for p in prompts]
+    order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
+    rows: list[list[int]] = [[] for _ in ids]
+    for start in range(0, len(order), batch_size):
+        chunk = order[start : start + batch_size]
+        width = max(len(ids[i]) for i in chunk)
+        input_ids = torch.tensor([[pad_id] * (width - len(ids[i])) + ids[i] for i in chunk], device=device)
+        mask = torch.tensor([[0] * (width - len(ids[i])) + [1] * len(ids[i]) for i in chunk], device=device)
+        with torch.no_grad(), autocast(), nullcontext() if adapter else model.disable_adapter():
+            generated = model.generate(
+                input_ids=input_ids,
+                attention_mask=mask,
+                max_new_tokens=max(limits[i] for i in chunk),
+                do_sample=False,
+                eos_token_id=sorted(stops),
+                pad_token_id=pad_id,
+            )[:, width:]
+        for i, row in zip(chunk, generated.tolist(), strict=True):
+            rows[i] = row[: limits[i]]
+    return rows
+
+
+def generate_answers(
+    model: Any,
+    tokenizer: Any,
+    device: torch.device,
+    autocast: Any,
+    limits: list[int],
+    adapter: bool,
+    prompts: Sequence[list[dict[str, Any]]],
+    tick: Callable[[], None],
+) -> list[str]:
+    """An evaluation ``Answerer``: greedy answers as text, cut at the first stop token."""
+    stops = stop_token_ids(tokenizer, model.generation_config)
+    answers = []
+    for row in greedy_tokens(model, tokenizer, device, autocast, prompts, limits, adapter):
+        end = next((k for k, t in enumerate(row) if t in stops), len(row))
+        answers.append(tokenizer.decode(row[:end], skip_special_tokens=True).strip())
+        tick()
+    return answers
+
+
 def orphaned(parent: int) -> bool:
     """True once the worker that started us is gone: a SIGKILLed worker must not leave us training."""
     return parent > 1 and os.getppid() != parent
@@ -318,6 +384,7 @@ def main(cfg: TrainConfig) -> int:
 
     # --- the loop ---------------------------------------------------------------------------------
     speed_from: tuple[float, int] | None = None  # (time, tokens) after this run's first step
+    loop_start, loop_tokens = time.perf_counter(), trained_tokens
     while step < total_steps:
         if pause_flag.exists():
             save_state()
@@ -367,24 +434,17 @@ def main(cfg: TrainConfig) -> int:
                 {"step": step, "epoch": epoch + 1, "path": str(ckpt), "metrics": ckpt_metrics, "kept": checkpoints},
             )
 
+    loop_seconds = time.perf_counter() - loop_start
+
     # --- smoke test: does the model end its turn? -------------------------------------------------
     # A model that never emits end-of-turn rambles to max_tokens on every request; catch it here.
     smoke = smoke_prompt(cfg.train_file)
     if smoke is not None:
         model.eval()
         prompt, expected = smoke
-        prompt_ids = render_prompt(tokenizer, prompt)
         limit = 2 * len(tokenizer(expected)["input_ids"]) + 32
         stops = stop_token_ids(tokenizer, model.generation_config)
-        with torch.no_grad(), autocast():
-            generated = model.generate(
-                input_ids=torch.tensor([prompt_ids], device=device),
-                attention_mask=torch.ones(1, len(prompt_ids), dtype=torch.long, device=device),
-                max_new_tokens=limit,
-                do_sample=False,
-                eos_token_id=sorted(stops),
-                pad_token_id=pad_id,
-            )[0, len(prompt_ids) :].tolist()
+        generated = greedy_tokens(model, tokenizer, device, autocast, [prompt], [limit])[0]
         if not stops.intersection(generated):
             events.emit(
                 "message",
@@ -393,6 +453,27 @@ def main(cfg: TrainConfig) -> int:
                 "examples end with an assistant message.",
                 level="warn",
             )
+
+    # --- evaluation: base against fine-tuned, on held-out examples ----------------------------------
+    # Both models are already here (the base is the same weights with the adapter switched off), so
+    # this costs generation time only. A failure here is reported and never fails the job.
+    if cfg.valid_file and cfg.eval_examples > 0:
+        try:
+            examples = load_eval_examples(cfg.valid_file, limit=cfg.eval_examples, filename="validation file")
+            limits = [min(256, 3 * len(tokenizer(ex.reference)["input_ids"]) // 2 + 32) for ex in examples]
+            model.eval()
+            answer = partial(generate_answers, model, tokenizer, device, autocast, limits)
+            report = evaluate_models(
+                examples,
+                {cfg.base_model_name: partial(answer, False), cfg.model_name: partial(answer, True)},
+                data=Path(cfg.valid_file).name,
+                seed=cfg.seed,
+            )
+            write_atomic(out / "eval.json", to_json(report))
+            write_atomic(out / "eval.html", to_html(report))
+            events.emit("message", report.summary())
+        except Exception as e:
+            events.emit("message", f"Evaluation skipped: {type(e).__name__}: {e}", level="warn")
 
     # --- result -----------------------------------------------------------------------------------
     model.save_pretrained(out / "adapter")
@@ -416,7 +497,17 @@ def main(cfg: TrainConfig) -> int:
     events.emit(
         "done",
         f"Training finished in {elapsed:.1f}s",
-        {"trained_tokens": trained_tokens, "steps": step, "seconds": elapsed, "tokens_per_second": speed},
+        {
+            "trained_tokens": trained_tokens,
+            "steps": step,
+            "seconds": elapsed,
+            "tokens_per_second": speed,
+            # The whole loop of this run, first step included (benchmarks compare this with peers'),
+            # and the process's peak memory.
+            "loop_seconds": loop_seconds,
+            "loop_tokens": trained_tokens - loop_tokens,
+            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        },
     )
     return 0
 

@@ -1,0 +1,367 @@
+"""The one evaluation function: held-out examples in, answers from each model, a scored report out.
+
+``evaluate`` is shared by ``selftune eval`` (models reached through any OpenAI-compatible API), the
+training recipe (base and fine-tuned model in the trainer's own process, at the end of a job) and
+the dashboard (which shows the report the job attached). Models are plain functions from prompts to
+answers (``Answerer``), so the scoring never knows where the answers came from.
+
+An example is a training-format line: the conversation up to its last assistant message is the
+prompt, and that message is the reference answer.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from selftune.data.validate import content_text, validate_file
+from selftune.errors import InvalidFile
+from selftune.eval import metrics as m
+from selftune.eval.embed import Embedder, load_embedder
+
+Messages = list[dict[str, Any]]
+Tick = Callable[[], None]
+Answerer = Callable[[Sequence[Messages], Tick], list[str]]
+"""Answers each prompt in order; calls the tick once per finished answer (for progress bars)."""
+
+RATE = "rate"
+SCORE = "score"
+METRICS: dict[str, tuple[str, str]] = {
+    "exact_match": ("exact match", RATE),
+    "contains": ("contains answer", RATE),
+    "token_f1": ("token F1", SCORE),
+    "rouge_l": ("ROUGE-L", SCORE),
+    "embedding": ("embedding similarity", SCORE),
+    "json_valid": ("valid JSON", RATE),
+    "label_accuracy": ("label accuracy", RATE),
+}
+"""Every metric: its display name and whether it is a rate (shown as %) or a 0-1 score."""
+
+
+@dataclass
+class Example:
+    line: int
+    prompt: Messages
+    reference: str
+
+
+@dataclass
+class Stat:
+    mean: float
+    low: float
+    high: float
+    n: int
+
+
+@dataclass
+class EvalReport:
+    data: str
+    models: list[str]
+    examples: list[Example]
+    outputs: dict[str, list[str]]
+    scores: dict[str, dict[str, list[float]]]
+    """model -> metric -> one value per example."""
+    stats: dict[str, dict[str, Stat]]
+    kind: str
+    """``labels``, ``json``, ``short`` or ``long``: what the references look like."""
+    primary: str
+    """The metric that decides "right" for flips and leads the summary."""
+    labels: list[str] | None = None
+    predicted_labels: dict[str, list[str]] = field(default_factory=dict)
+    confusion: dict[str, list[list[int]]] = field(default_factory=dict)
+    judge: dict[str, Any] | None = None
+    notes: list[str] = field(default_factory=list)
+    created_at: int = field(default_factory=lambda: int(time.time()))
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def baseline(self) -> str:
+        return self.models[0]
+
+    @property
+    def metric_keys(self) -> list[str]:
+        return [k for k in METRICS if k in self.scores[self.baseline]]
+
+    def right(self, model: str, i: int) -> bool:
+        return self.scores[model][self.primary][i] >= 0.5
+
+    def flips(self, model: str) -> dict[str, list[int]]:
+        """Examples the baseline got right and ``model`` wrong ("broken"), and the reverse ("fixed")."""
+        base = self.baseline
+        n = len(self.examples)
+        return {
+            "fixed": [i for i in range(n) if self.right(model, i) and not self.right(base, i)],
+            "broken": [i for i in range(n) if self.right(base, i) and not self.right(model, i)],
+        }
+
+    def summary(self) -> str:
+        """One line, e.g. ``Eval: exact match 12% → 78%, ROUGE-L 0.21 → 0.66 (n=40)``."""
+        extra = ("exact_match", "rouge_l") if self.kind in ("short", "labels") else ("token_f1", "embedding")
+        keys = [self.primary] + [k for k in extra if k != self.primary and k in self.metric_keys]
+        parts = [f"{METRICS[k][0]} " + " → ".join(fmt(k, self.stats[mod][k].mean) for mod in self.models) for k in keys]
+        return f"Eval: {', '.join(parts)} (n={len(self.examples)})"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "object": "selftune.eval_report",
+            "created_at": self.created_at,
+            "data": self.data,
+            "n": len(self.examples),
+            "models": self.models,
+            "baseline": self.baseline,
+            "kind": self.kind,
+            "primary": self.primary,
+            "summary": self.summary(),
+            "metrics": {k: {"name": METRICS[k][0], "kind": METRICS[k][1]} for k in self.metric_keys},
+            "stats": {mod: {k: asdict(s) for k, s in st.items()} for mod, st in self.stats.items()},
+            "labels": self.labels,
+            "confusion": self.confusion,
+            "flips": {mod: self.flips(mod) for mod in self.models[1:]},
+            "judge": self.judge,
+            "seconds": self.seconds,
+            "notes": self.notes,
+            "examples": [
+                {
+                    "line": ex.line,
+                    "prompt": ex.prompt,
+                    "reference": ex.reference,
+                    "outputs": {mod: self.outputs[mod][i] for mod in self.models},
+                    "scores": {mod: {k: self.scores[mod][k][i] for k in self.metric_keys} for mod in self.models},
+                    **(
+                        {"labels": {mod: self.predicted_labels[mod][i] for mod in self.models}}
+                        if self.predicted_labels
+                        else {}
+                    ),
+                }
+                for i, ex in enumerate(self.examples)
+            ],
+        }
+
+
+def fmt(metric: str, value: float) -> str:
+    if value != value:  # NaN: nothing to average
+        return "n/a"
+    return f"{value:.0%}" if METRICS.get(metric, ("", RATE))[1] == RATE else f"{value:.2f}"
+
+
+# --- examples -----------------------------------------------------------------------------------------
+
+
+def load_examples(path: str | Path, *, limit: int | None = None, filename: str | None = None) -> list[Example]:
+    """Read held-out examples from a training-format file (chat or preference), validated first.
+
+    Raises ``InvalidFile`` listing every problem as ``file:line`` when the file is not usable.
+    """
+    name = filename or str(path)
+    report = validate_file(path, filename=name)
+    if not report.ok:
+        raise InvalidFile(report.summary(max_lines=20), [p.to_dict() for p in report.errors])
+    examples: list[Example] = []
+    with open(path, encoding="utf-8-sig") as f:
+        for line_no, raw in enumerate(f, 1):
+            if not raw.strip():
+                continue
+            obj = json.loads(raw)
+            if "messages" in obj:
+                messages = obj["messages"]
+                last = max(i for i, msg in enumerate(messages) if msg.get("role") == "assistant")
+                prompt, answer = messages[:last], messages[last]
+            else:  # preference format: the preferred output is the reference
+                prompt, answer = obj["input"]["messages"], obj["preferred_output"][-1]
+            prompt = [{"role": msg["role"], "content": content_text(msg.get("content"))} for msg in prompt]
+            if not any(msg["role"] == "user" for msg in prompt):
+                raise InvalidFile(
+                    f"{name}:{line_no}: the conversation before the last assistant message has no user "
+                    "message, so there is no question to ask; put the user's turn before the answer.",
+                    [{"line": line_no, "level": "error", "key": "missing_prompt", "message": "no user message"}],
+                )
+            examples.append(Example(line_no, prompt, content_text(answer.get("content"))))
+            if limit is not None and len(examples) >= limit:
+                break
+    return examples
+
+
+# --- scoring ------------------------------------------------------------------------------------------
+
+
+def _kind(references: Sequence[str]) -> tuple[str, list[str] | None]:
+    labels = m.label_set(references)
+    if labels is not None:
+        return "labels", labels
+    if references and all(m.is_json_reference(r) for r in references):
+        return "json", None
+    words = sorted(len(r.split()) for r in references)
+    return ("short" if words and words[len(words) // 2] <= 5 else "long"), None
+
+
+def score(
+    examples: Sequence[Example],
+    outputs: Mapping[str, Sequence[str]],
+    *,
+    embedder: Embedder | None = None,
+    data: str = "",
+    notes: Sequence[str] = (),
+    seed: int = 0,
+) -> EvalReport:
+    """Score every model's outputs against the references; the first model is the baseline."""
+    refs = [ex.reference for ex in examples]
+    kind, labels = _kind(refs)
+    primary = {"labels": "label_accuracy", "json": "json_valid", "short": "contains", "long": "rouge_l"}[kind]
+    report = EvalReport(
+        data=data,
+        models=list(outputs),
+        examples=list(examples),
+        outputs={k: list(v) for k, v in outputs.items()},
+        scores={},
+        stats={},
+        kind=kind,
+        primary=primary,
+        labels=labels,
+        notes=list(notes),
+    )
+    for model, outs in report.outputs.items():
+        per: dict[str, list[float]] = {
+            name: [fn(o, r) for o, r in zip(outs, refs, strict=True)]
+            for name, fn in (
+                ("exact_match", m.exact_match),
+                ("contains", m.contains),
+                ("token_f1", m.token_f1),
+                ("rouge_l", m.rouge_l),
+            )
+        }
+        if embedder is not None:
+            per["embedding"] = embedder.similarity(outs, refs)
+        if kind == "json":
+            per["json_valid"] = [m.json_valid(o) for o in outs]
+        if labels is not None:
+            predicted = [m.predict_label(o, labels) for o in outs]
+            gold = [m.normalize(r) for r in refs]
+            per["label_accuracy"] = [float(p == g) for p, g in zip(predicted, gold, strict=True)]
+            report.predicted_labels[model] = predicted
+            report.confusion[model] = m.confusion(gold, predicted, labels)
+        report.scores[model] = per
+        report.stats[model] = {k: Stat(_mean(v), *m.bootstrap_ci(v, seed=seed), n=len(v)) for k, v in per.items()}
+    return report
+
+
+def _mean(values: Sequence[float]) -> float:
+    return sum(values) / len(values) if values else float("nan")
+
+
+# --- the pairwise judge ---------------------------------------------------------------------------------
+
+JUDGE_SYSTEM = "You are a careful, impartial judge of answers to questions. You reply with a single letter."
+_VERDICT = re.compile(r"\b(A|B|TIE|Tie|tie|T)\b")
+
+
+def judge_prompt(example: Example, first: str, second: str) -> Messages:
+    question = "\n".join(f"{msg['role']}: {msg['content']}" for msg in example.prompt)
+    return [
+        {"role": "system", "content": JUDGE_SYSTEM},
+        {
+            "role": "user",
+            "content": f"Conversation:\n{question}\n\nReference answer:\n{example.reference}\n\n"
+            f"Answer A:\n{first}\n\nAnswer B:\n{second}\n\n"
+            "Which answer is better: closer to the reference in content, correct and appropriate in style? "
+            "Reply with exactly one of: A, B, or T for a tie.",
+        },
+    ]
+
+
+def parse_verdict(reply: str) -> str | None:
+    """``A``, ``B``, ``T`` or None when the judge said none of them."""
+    found = _VERDICT.search(reply.strip())
+    if not found:
+        return None
+    return "T" if found.group(1).upper() in ("T", "TIE") else found.group(1)
+
+
+def judge(report: EvalReport, answer: Answerer, name: str, tick: Tick, *, seed: int = 0) -> dict[str, Any]:
+    """Pairwise verdicts of each model against the baseline, the order of each pair drawn at random
+    (per example, from ``seed``), so a judge that prefers a position gains nobody anything."""
+    base = report.baseline
+    results: dict[str, Any] = {}
+    for model in report.models[1:]:
+        swaps = [random.Random(seed * 1_000_003 + i).random() < 0.5 for i in range(len(report.examples))]
+        prompts = []
+        for i, ex in enumerate(report.examples):
+            ours, theirs = report.outputs[model][i], report.outputs[base][i]
+            prompts.append(judge_prompt(ex, *((ours, theirs) if swaps[i] else (theirs, ours))))
+        replies = answer(prompts, tick)
+        wins = losses = ties = invalid = first = 0
+        points: list[float] = []
+        verdicts = []
+        for swapped, reply in zip(swaps, replies, strict=True):
+            v = parse_verdict(reply)
+            outcome = None
+            if v is None:
+                invalid += 1
+            elif v == "T":
+                ties, outcome = ties + 1, "tie"
+                points.append(0.5)
+            else:
+                first += v == "A"
+                won = (v == "A") == swapped  # the model under test was A when swapped
+                wins, losses = wins + won, losses + (not won)
+                outcome = "win" if won else "loss"
+                points.append(float(won))
+            verdicts.append({"model_position": "A" if swapped else "B", "reply": reply[:200], "outcome": outcome})
+        low, high = m.bootstrap_ci(points, seed=seed)
+        decided = wins + losses
+        results[model] = {
+            "wins": wins,
+            "losses": losses,
+            "ties": ties,
+            "invalid": invalid,
+            "win_rate": _mean(points),
+            "low": low,
+            "high": high,
+            "first_position_rate": first / decided if decided else None,
+            "verdicts": verdicts,
+        }
+    return {"model": name, "against": base, "results": results}
+
+
+# --- the one entry point ------------------------------------------------------------------------------
+
+
+def evaluate(
+    examples: Sequence[Example],
+    answerers: Mapping[str, Answerer],
+    *,
+    judge_with: tuple[str, Answerer] | None = None,
+    embeddings: bool = True,
+    data: str = "",
+    seed: int = 0,
+    tick: Tick = lambda: None,
+) -> EvalReport:
+    """Ask every model every prompt, score the answers, and (optionally) have a judge compare them.
+
+    The first answerer is the baseline that flips and judge verdicts are measured against.
+    """
+    if len(answerers) < 1:
+        raise ValueError("evaluate needs at least one model")
+    prompts = [ex.prompt for ex in examples]
+    outputs: dict[str, list[str]] = {}
+    seconds: dict[str, float] = {}
+    for name, answer in answerers.items():
+        t0 = time.perf_counter()
+        outputs[name] = answer(prompts, tick)
+        seconds[name] = round(time.perf_counter() - t0, 2)
+    embedder, why_not = load_embedder() if embeddings else (None, None)
+    report = score(examples, outputs, embedder=embedder, data=data, notes=[why_not] if why_not else [], seed=seed)
+    report.seconds = seconds
+    if judge_with is not None and len(report.models) > 1:
+        report.judge = judge(report, judge_with[1], judge_with[0], tick, seed=seed)
+    return report
+
+
+def default_max_tokens(reference: str) -> int:
+    """Room for an answer about twice the reference's length (about 4 characters a token)."""
+    return max(32, min(512, len(reference) // 2 + 32))
