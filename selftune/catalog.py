@@ -27,7 +27,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from selftune.config import DEFAULT_MODEL, Settings
 from selftune.errors import InvalidRequest, NotFound
@@ -114,6 +114,7 @@ class Catalog:
         self.store = store
         self.models_dir = settings.home / "models"
         self.models_dir.mkdir(parents=True, exist_ok=True)
+        self._tokenizers: dict[Path, Any] = {}
 
     # --- listing and resolution -------------------------------------------------------------------
 
@@ -184,6 +185,15 @@ class Catalog:
         if spec.source == "hf":
             return Path(spec.path)
         return self.models_dir / spec.name.replace("/", "--")
+
+    def tokenizer(self, spec: BaseModelSpec) -> Any:
+        """The base model's tokenizer, loaded once per catalog: every estimate request counts with it."""
+        folder = self.materialize(spec)
+        if folder not in self._tokenizers:
+            from transformers import AutoTokenizer
+
+            self._tokenizers[folder] = AutoTokenizer.from_pretrained(folder)
+        return self._tokenizers[folder]
 
     def materialize(self, spec: BaseModelSpec) -> Path:
         """A folder that ``from_pretrained`` loads fast. Converts or downloads once, atomically."""

@@ -14,11 +14,13 @@ import logging
 import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import FileResponse, JSONResponse
+from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -35,6 +37,7 @@ from selftune.store import Store
 from selftune.worker import Worker
 
 log = logging.getLogger("selftune.server")
+STATIC = Path(__file__).parent / "static"
 
 
 def build_services(settings: Settings) -> Services:
@@ -84,9 +87,12 @@ def create_app(settings: Settings) -> FastAPI:
         stats = get_services(request).engine.stats()
         return {"status": "ok", "version": __version__, **stats}
 
+    # The dashboard: static files that call /v1 like any other client (no extra server-side routes).
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+
     @app.get("/", include_in_schema=False)
-    def root() -> dict[str, str]:
-        return {"name": "selftune", "version": __version__, "api": "/v1"}
+    def dashboard() -> FileResponse:
+        return FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-cache"})
 
     app.add_exception_handler(SelftuneError, _selftune_error)
     app.add_exception_handler(RequestValidationError, _validation_error)

@@ -1,4 +1,5 @@
-"""``/v1/fine_tuning/jobs``: create, list, retrieve, cancel, pause, resume, events and checkpoints.
+"""``/v1/fine_tuning/jobs``: create, list, retrieve, cancel, pause, resume, events and checkpoints,
+plus ``POST /v1/fine_tuning/jobs/estimate`` (selftune's own: what a create would cost).
 
 Handlers are thin: ``selftune.jobs`` owns the lifecycle, the worker does the training, and this
 module only turns records into OpenAI's wire objects. The action POSTs (cancel, pause, resume)
@@ -7,7 +8,7 @@ declare no body: the v1 SDK sends an empty JSON body and the legacy one none at 
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request
 from starlette.concurrency import run_in_threadpool
@@ -82,6 +83,14 @@ async def create_job(body: CreateJobRequest, services: ServicesDep, owner: Owner
     # Counting the training examples reads the file: keep it off the event loop.
     rec = await run_in_threadpool(jobs.create, services.store, services.blobs, services.catalog, owner, body)
     return job_to_wire(rec)
+
+
+@router.post("/fine_tuning/jobs/estimate")
+async def estimate_job(body: CreateJobRequest, services: ServicesDep, owner: OwnerDep) -> dict[str, Any]:
+    """selftune's own: the body of a create request in, tokens, epochs, steps and time out."""
+    return await run_in_threadpool(
+        jobs.estimate, services.store, services.blobs, services.catalog, services.settings.home, owner, body
+    )
 
 
 @router.get("/fine_tuning/jobs")

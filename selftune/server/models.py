@@ -19,7 +19,9 @@ BASE_OWNER = "selftune"
 
 @router.get("/models")
 def list_models(services: ServicesDep, owner: OwnerDep) -> ModelList:
-    base = [Model(id=s.name, created=s.created, owned_by=BASE_OWNER) for s in services.catalog.base_models()]
+    # The default model first: it is what the aliases point at, and what the dashboard preselects.
+    specs = sorted(services.catalog.base_models(), key=lambda s: s.name != services.settings.default_model)
+    base = [Model(id=s.name, created=s.created, owned_by=BASE_OWNER) for s in specs]
     tuned = [Model(id=m.id, created=m.created, owned_by=m.owner) for m in services.store.list_models(owner)]
     return ModelList(data=base + tuned)
 

@@ -1,0 +1,189 @@
+"""The dashboard in a real headless Chromium (Debian's ``chromium``, driven by playwright; no browser
+is ever downloaded), against a live server with the tiny model.
+
+One user's flow: a rejected upload shows its problems line by line; a job made in the form shows an
+estimate, trains with a live chart, and after a reload shows its whole curve and its evaluation; a
+long job pauses, keeps its curve through a reload, resumes and is cancelled; the playground
+streams two models side by side; the pages fit a phone. Screenshots land in ``test-artifacts/dashboard/``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import REPO, LiveServer, chat_lines
+
+CHROMIUM = os.environ.get("SELFTUNE_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
+ARTIFACTS = REPO / "test-artifacts" / "dashboard"
+CLOSED_NETWORK_FLAGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-dev-shm-usage",
+]
+
+pytestmark = pytest.mark.skipif(
+    CHROMIUM is None, reason="Debian's chromium is not installed (make test installs it when run as root)"
+)
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    sync_api = pytest.importorskip("playwright.sync_api")
+    with sync_api.sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=CLOSED_NETWORK_FLAGS)
+        yield b
+        b.close()
+
+
+@pytest.fixture
+def page(browser: Any, server: LiveServer) -> Iterator[Any]:
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    pg = context.new_page()
+    requests: list[str] = []
+    pg.on("request", lambda r: requests.append(r.url))
+    errors: list[str] = []
+    pg.on("pageerror", lambda e: errors.append(str(e)))
+    pg.set_default_timeout(60_000)
+    yield pg
+    context.close()
+    assert not errors, errors
+    outside = [u for u in requests if not u.startswith(server.url) and not u.startswith(("data:", "blob:"))]
+    assert not outside, f"the dashboard reached outside its server: {outside}"
+
+
+def shot(pg: Any, name: str) -> None:
+    pg.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
+
+
+POINTS = "Number(document.querySelector('#loss-chart')?.dataset.points || 0)"
+
+
+def points(pg: Any) -> int:
+    return int(pg.get_attribute("#loss-chart", "data-points") or 0)
+
+
+def test_upload_train_watch_reload_and_compare(page: Any, server: LiveServer, tmp_path: Path) -> None:
+    pg = page
+    # A broken file: every problem, line by line, and nothing stored.
+    broken = tmp_path / "broken.jsonl"
+    broken.write_text(chat_lines(11) + '{"messages": [{"role": "assitant", "content": "x"}]}\n{oops\n')
+    pg.goto(server.url + "/#/files")
+    pg.set_input_files("#file-input", str(broken))
+    pg.wait_for_selector("#problems")
+    lines = [r.split("\t") for r in pg.inner_text("#problems tbody").splitlines()]
+    assert {r[0] for r in lines if r[1] == "error"} == {"12", "13"}, lines
+    assert any("did you mean 'assistant'" in r[2] for r in lines if r[0] == "12")
+    shot(pg, "1-files-rejected")
+
+    # Train and validation files, uploaded from the new-job form itself.
+    train, valid = tmp_path / "train.jsonl", tmp_path / "valid.jsonl"
+    train.write_text(chat_lines(400))
+    valid.write_text(chat_lines(6, offset=1000))
+    pg.goto(server.url + "/#/new")
+    pg.wait_for_selector("#create")
+    pg.locator("input[type=file]").nth(0).set_input_files(str(train))
+    pg.wait_for_function("document.querySelector('#training-file').selectedOptions[0]?.text.startsWith('train.jsonl')")
+    pg.locator("input[type=file]").nth(1).set_input_files(str(valid))
+    pg.wait_for_function("document.querySelector('#validation-file').selectedOptions[0]?.text.startsWith('valid')")
+    pg.select_option("#model", "tiny")
+    pg.fill("#epochs", "3")
+    pg.fill("#suffix", "ui")
+    pg.dispatch_event("#epochs", "change")
+    pg.wait_for_function("document.querySelector('#estimate').innerText.includes('3 epochs')")
+    estimate = pg.inner_text("#estimate")
+    assert "400 examples" in estimate, estimate
+    steps = int(re.search(r"([\d,]+) steps", estimate).group(1).replace(",", ""))  # type: ignore[union-attr]
+    shot(pg, "2-new-job-estimate")
+    pg.click("#create")
+    pg.wait_for_url("**/#/jobs/ftjob-*")
+    job_id = pg.url.rsplit("/", 1)[-1]
+
+    # This job is short (a few seconds of training on the tiny model), so it can finish within one
+    # poll: live growth is checked on the long job below. After a reload the whole curve is there.
+    pg.wait_for_selector("h1 [data-status=succeeded]", timeout=300_000)
+    pg.reload()
+    pg.wait_for_function(f"{POINTS} === {steps}")
+    report = pg.frame_locator("iframe.report")  # the job's evaluation report, base vs fine-tuned
+    assert report.locator("h1").inner_text().startswith("Evaluation: tiny vs ft:tiny:local:ui:")
+    assert pg.locator("#checkpoints tbody tr").count() == 3
+    assert "Eval:" in pg.inner_text("#events")
+    shot(pg, "4-job-succeeded")
+    model = pg.inner_text("#checkpoints tbody tr:first-child td:nth-child(2)").rsplit(":ckpt-step-", 1)[0]
+    assert model.startswith("ft:tiny:local:ui:")
+
+    # A long job (50 epochs, thousands of steps): the chart grows while it trains; pause it, reload
+    # (the curve stays), resume (it grows again), cancel.
+    pg.goto(server.url + "/#/new")
+    pg.wait_for_selector("#create")
+    pg.select_option("#training-file", label=pg.inner_text("#training-file option:has-text('train.jsonl')"))
+    pg.select_option("#model", "tiny")
+    pg.fill("#epochs", "50")
+    pg.click("#create")
+    pg.wait_for_url("**/#/jobs/ftjob-*")
+    long_job = pg.url.rsplit("/", 1)[-1]
+    assert long_job != job_id
+    pg.wait_for_function(f"{POINTS} > 0", timeout=120_000)
+    first = points(pg)
+    pg.wait_for_function(f"{POINTS} > {first}", timeout=120_000)
+    shot(pg, "3-job-training")
+    pg.click("#pause")
+    pg.wait_for_selector("h1 [data-status=paused]", timeout=120_000)
+    pg.wait_for_timeout(2 * 1500)  # a last poll picks up the last events
+    paused_at = points(pg)
+    assert paused_at > 0
+    shot(pg, "5-job-paused")
+    pg.reload()
+    pg.wait_for_function(f"{POINTS} === {paused_at}")
+    pg.click("#resume")
+    pg.wait_for_function(f"{POINTS} > {paused_at}", timeout=120_000)
+    pg.click("#cancel")
+    pg.wait_for_selector("h1 [data-status=cancelled]")
+
+    # The jobs list, the models page, and the playground: both models answer, streamed.
+    pg.goto(server.url + "/#/jobs")
+    pg.wait_for_selector(f"tr[data-job='{job_id}'] [data-status=succeeded]")
+    pg.goto(server.url + "/#/models")
+    pg.wait_for_selector(f"#models td:text-is('{model}')")
+    pg.goto(server.url + f"/#/playground?a=tiny&b={model}")
+    pg.wait_for_selector("#send")
+    assert pg.input_value("#model-b") == model
+    pg.fill("#max-tokens", "12")
+    pg.fill("#prompt", "question 3")
+    pg.click("#send")
+    pg.wait_for_selector("#answers-a .answer[data-done='1']")
+    pg.wait_for_selector("#answers-b .answer[data-done='1']")
+    shot(pg, "6-playground")
+
+    # Phone width: nothing wider than the screen.
+    pg.set_viewport_size({"width": 390, "height": 844})
+    for route in (f"#/jobs/{job_id}", "#/jobs", "#/playground", "#/new"):
+        pg.goto(server.url + "/" + route)
+        pg.wait_for_timeout(800)
+        width = pg.evaluate("document.documentElement.scrollWidth")
+        assert width <= 390, (route, width)
+    shot(pg, "7-phone-new-job")
+    (ARTIFACTS / "flow.json").write_text(json.dumps({"job": job_id, "model": model, "steps": steps}))
+
+
+def test_a_wrong_key_is_asked_for_again(browser: Any, keyed_server: LiveServer) -> None:
+    context = browser.new_context()
+    pg = context.new_page()
+    pg.goto(keyed_server.url + "/#/jobs")
+    pg.wait_for_selector("#banner:not([hidden])")
+    assert "API key" in pg.inner_text("#banner")
+    pg.fill("#key", "sk-alice-0123456789")
+    pg.click("#key-form button")
+    pg.wait_for_selector("#jobs")
+    assert pg.is_hidden("#banner")
+    context.close()
