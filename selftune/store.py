@@ -333,14 +333,27 @@ class Store:
             ).all()
         return [_row(ModelRecord, r) for r in rows]
 
-    def delete_model(self, owner: str, model_id: str) -> bool:
+    def delete_model(self, owner: str, model_id: str) -> str | None:
+        """Mark a fine-tuned model deleted. Returns its adapter folder when nothing needs it any more
+        (no other model points at it, and no unfinished job continues training from it), so the
+        caller can free the disk; None when the folder must stay or the model was not there."""
         with self._tx() as c:
-            n = c.execute(
-                update(models_table)
-                .where(models_table.c.id == model_id, models_table.c.owner == owner, ~models_table.c.deleted)
-                .values(deleted=True)
-            ).rowcount
-        return bool(n)
+            row = c.execute(
+                select(models_table.c.seq, models_table.c.adapter_path).where(
+                    models_table.c.id == model_id, models_table.c.owner == owner, ~models_table.c.deleted
+                )
+            ).first()
+            if row is None:
+                return None
+            c.execute(update(models_table).where(models_table.c.seq == row.seq).values(deleted=True))
+            path = row.adapter_path
+            shared = c.execute(
+                select(models_table.c.seq).where(models_table.c.adapter_path == path, ~models_table.c.deleted)
+            ).first()
+            continued = c.execute(
+                select(jobs.c.id).where(jobs.c.init_adapter == path, jobs.c.status.not_in(TERMINAL))
+            ).first()
+        return None if shared or continued else str(path)
 
     # --- fine-tuning jobs ------------------------------------------------------------------------
 

@@ -172,7 +172,7 @@ def test_job_lifecycle_events_checkpoints_results_and_serving(
         client.fine_tuning.jobs.cancel(job.id)  # already final: 400, never 409 (which SDKs retry)
 
 
-def test_continue_training_from_a_fine_tuned_model(client: openai.OpenAI) -> None:
+def test_continue_training_from_a_fine_tuned_model(client: openai.OpenAI, server: LiveServer) -> None:
     train = upload(client, chat_lines(10))
     first = wait(
         client,
@@ -186,10 +186,22 @@ def test_continue_training_from_a_fine_tuned_model(client: openai.OpenAI) -> Non
         method={"type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 1, "batch_size": 2}}},
     )
     assert second.model == first.fine_tuned_model and second.hyperparameters.batch_size == 2
+    # Deleting the first model while the second job still needs its adapter keeps the adapter.
+    first_adapter = server.home / "jobs" / first.id / "adapter"
+    client.models.delete(first.fine_tuned_model)
+    assert (first_adapter / "adapter_config.json").is_file()
     done = wait(client, second.id)
     assert done.status == "succeeded" and done.fine_tuned_model.startswith("ft:tiny:local::")
     r = client.chat.completions.create(
         model=done.fine_tuned_model, messages=[{"role": "user", "content": "q"}], max_tokens=3
+    )
+    assert r.choices[0].message.role == "assistant"
+    # Deleting a model nothing else needs frees its disk; its checkpoints stay callable models.
+    ckpt = client.fine_tuning.jobs.checkpoints.list(done.id).data[0]
+    client.models.delete(done.fine_tuned_model)
+    assert not (server.home / "jobs" / done.id / "adapter").exists()
+    r = client.chat.completions.create(
+        model=ckpt.fine_tuned_model_checkpoint, messages=[{"role": "user", "content": "q"}], max_tokens=3
     )
     assert r.choices[0].message.role == "assistant"
 

@@ -86,7 +86,12 @@ def test_models_and_base_models(store: Store) -> None:
     store.insert_model(ModelRecord("ft:tiny:alice::abcd1234", "alice", 1, "tiny", "/a", "ftjob-1"))
     assert store.find_model("bob", "ft:tiny:alice::abcd1234") is None
     assert [m.id for m in store.list_models("alice")] == ["ft:tiny:alice::abcd1234"]
-    assert store.delete_model("alice", "ft:tiny:alice::abcd1234") and not store.list_models("alice")
+    store.insert_model(ModelRecord("ft:tiny:alice::same0001", "alice", 1, "tiny", "/a", "ftjob-1"))
+    # Deleting one of two models on the same adapter keeps the folder; deleting the last frees it.
+    assert store.delete_model("alice", "ft:tiny:alice::abcd1234") is None
+    assert store.delete_model("alice", "ft:tiny:alice::abcd1234") is None  # already gone
+    assert store.delete_model("bob", "ft:tiny:alice::same0001") is None  # not bob's
+    assert store.delete_model("alice", "ft:tiny:alice::same0001") == "/a" and not store.list_models("alice")
     store.upsert_base_model(BaseModelRecord("m", "hf", "/x", None, 5))
     store.upsert_base_model(BaseModelRecord("m", "hf", "/y", None, 6))
     assert [(b.name, b.path) for b in store.list_base_models()] == [("m", "/y")]

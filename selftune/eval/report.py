@@ -92,8 +92,7 @@ def findings(report: EvalReport) -> list[str]:
     for model in report.models[1:]:
         f = report.flips(model)
         out.append(
-            f"{model} vs {report.baseline}: fixed {len(f['fixed'])} (lines {_lines(report, f['fixed'])}), "
-            f"broke {len(f['broken'])} (lines {_lines(report, f['broken'])})"
+            f"{model} vs {report.baseline}: fixed {_lines(report, f['fixed'])}, broke {_lines(report, f['broken'])}"
         )
     judge = report.judge["model"] if report.judge else ""
     out += [f"judge {judge} on {model} vs {report.baseline}: {text}" for model, text in _judge_rows(report)]
@@ -101,8 +100,11 @@ def findings(report: EvalReport) -> list[str]:
 
 
 def _lines(report: EvalReport, idx: list[int], most: int = 12) -> str:
-    shown = [str(report.examples[i].line) for i in idx[:most]]
-    return (", ".join(shown) + (" ..." if len(idx) > most else "")) or "none"
+    """``3 (lines 4, 9, 12)``, or ``0`` when there are none."""
+    if not idx:
+        return "0"
+    shown = ", ".join(str(report.examples[i].line) for i in idx[:most])
+    return f"{len(idx)} (lines {shown}{' ...' if len(idx) > most else ''})"
 
 
 # --- Markdown ---------------------------------------------------------------------------------------------

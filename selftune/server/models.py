@@ -1,4 +1,4 @@
-"""``/v1/models``: list, retrieve and delete (fine-tuned models only).
+"""``/v1/models``: list, retrieve and delete (fine-tuned models only; deleting frees the adapter's disk).
 
 Model ids contain ``:`` and may contain ``/`` (``ft:org/base:owner:suffix:id``); SDKs encode those
 differently (§1.5 of the API notes), and ASGI decodes ``%2F`` before routing, so the id routes use
@@ -6,6 +6,9 @@ a ``{model:path}`` converter.
 """
 
 from __future__ import annotations
+
+import shutil
+from pathlib import Path
 
 from fastapi import APIRouter
 
@@ -46,5 +49,8 @@ def delete_model(model: str, services: ServicesDep, owner: OwnerDep) -> ModelDel
             param="model",
             code="model_not_deletable",
         )
-    services.store.delete_model(owner, resolved.id)
+    unused = services.store.delete_model(owner, resolved.id)
+    # Free the disk, but only ever inside SELFTUNE_HOME (the path comes from the database).
+    if unused and Path(unused).resolve().is_relative_to(services.settings.home.resolve()):
+        shutil.rmtree(unused, ignore_errors=True)
     return ModelDeleted(id=resolved.id)
