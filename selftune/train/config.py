@@ -68,7 +68,8 @@ class TrainConfig:
     """All linear layers of a Llama-style block."""
     warmup_ratio: float = 0.05
     eval_every: int = 0
-    """Validation every N steps (0: about 10 times per run), plus at the end of each epoch."""
+    """valid_loss on one validation batch every N steps (0: about 10 times per run); full_valid_loss on the
+    whole validation file at the end of each epoch."""
     keep_checkpoints: int = 3
     precision: str = "auto"
     """``auto`` (bf16 autocast where the CPU or GPU supports it), ``bf16`` or ``fp32``."""

@@ -407,7 +407,12 @@ def main(cfg: TrainConfig) -> int:
         row: dict[str, Any] = {"step": step, "train_loss": loss.item(), "train_mean_token_accuracy": accuracy}
         message = f"Step {step}/{total_steps}: training loss={row['train_loss']:.2f}"
         if valid and (step % eval_every == 0 or step == total_steps):
-            v_loss, v_acc = evaluate(model, valid, cfg, pad_id, device, autocast)
+            # Like OpenAI: valid_loss on one small batch of the validation data (the next one in turn),
+            # full_valid_loss on all of it at each epoch end. A full pass every few steps would cost
+            # more than the training itself once the validation file is large.
+            start = (step // eval_every - 1) * cfg.batch_size % len(valid)
+            v_batch = (valid[start:] + valid[:start])[: cfg.batch_size]
+            v_loss, v_acc = evaluate(model, v_batch, cfg, pad_id, device, autocast)
             row.update(valid_loss=v_loss, valid_mean_token_accuracy=v_acc)
             message += f", validation loss={v_loss:.2f}"
         metrics_rows.append(row)
