@@ -16,7 +16,7 @@ from peft import LoraConfig, get_peft_model
 from torch.profiler import ProfilerActivity, profile
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from bench.run import BATCH_SIZE, LORA, MAX_LENGTH, MODEL, REPO, SEED
+from bench.run import BATCH_SIZE, LORA, MAX_LENGTH, MODEL, REPO, SEED, native_bf16
 from selftune.train import lora
 
 
@@ -33,7 +33,9 @@ def main() -> None:
         )
     longest = max(len(ids) for ids, _ in rows)
     attention = "eager" if longest <= lora.EAGER_ATTENTION_MAX_TOKENS else "sdpa"
-    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.bfloat16, attn_implementation=attention)
+    bf16 = native_bf16()  # as the recipe: bf16 where the hardware has it, else fp32
+    dtype = torch.bfloat16 if bf16 else torch.float32
+    model = AutoModelForCausalLM.from_pretrained(base, dtype=dtype, attn_implementation=attention)
     cfg = LoraConfig(r=LORA["r"], lora_alpha=LORA["alpha"], target_modules=LORA["targets"], task_type="CAUSAL_LM")
     model = get_peft_model(model, cfg)
     params = [q for q in model.parameters() if q.requires_grad]
@@ -43,7 +45,7 @@ def main() -> None:
 
     def step(i: int) -> None:
         batch = lora.collate([rows[j] for j in order[i]], pad, torch.device("cpu"))
-        with torch.autocast("cpu", dtype=torch.bfloat16):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
             loss, _, _ = lora.loss_and_accuracy(model, batch)
         loss.backward()
         opt.step()
@@ -53,7 +55,10 @@ def main() -> None:
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         for i in range(1, args.steps + 1):
             step(i)
-    print(f"{args.steps} steps, batch size {BATCH_SIZE}, {attention} attention, longest example {longest} tokens")
+    print(
+        f"{args.steps} steps, batch size {BATCH_SIZE}, {'bf16' if bf16 else 'fp32'}, {attention} attention, "
+        f"longest example {longest} tokens"
+    )
     print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=18, max_name_column_width=40))
 
 

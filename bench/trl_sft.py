@@ -4,7 +4,8 @@
 
 CONFIG: ``base_model_dir``, ``train_file`` (chat JSONL), ``output_dir``, ``variant`` (``defaults`` or
 ``tuned``), ``packing`` (``none``, ``padding_free``, ``packing``), ``epochs``, ``batch_size``,
-``learning_rate``, ``max_length``, ``lora`` (r, alpha, targets), ``seed``.
+``learning_rate``, ``max_length``, ``lora`` (r, alpha, targets), ``seed``, ``bf16`` (whether the
+machine computes bf16 natively).
 
 The data goes to TRL as conversational prompt-completion pairs, so TRL computes the loss on the
 completion only, as selftune does on the assistant's turn; both use the model's own chat template.
@@ -34,13 +35,18 @@ def main(cfg: dict[str, Any]) -> dict[str, Any]:
             messages = json.loads(line)["messages"]
             rows.append({"prompt": messages[:-1], "completion": messages[-1:]})
     tokenizer = AutoTokenizer.from_pretrained(cfg["base_model_dir"])
-    # The defaults load the model as from_pretrained does (fp32); tuned stores the frozen weights in bf16.
+    # The defaults load the model as from_pretrained does (fp32); tuned stores the frozen weights in bf16
+    # where the machine computes in bf16 natively. Without that, bf16 is emulated and crawls, so both
+    # run fp32 (bf16=False is then the one change to the defaults).
+    bf16 = bool(cfg["bf16"])
     model = AutoModelForCausalLM.from_pretrained(
-        cfg["base_model_dir"], dtype=torch.bfloat16 if tuned else torch.float32
+        cfg["base_model_dir"], dtype=torch.bfloat16 if tuned and bf16 else torch.float32
     )
-    speed: dict[str, Any] = {"max_length": cfg["max_length"]}
+    speed: dict[str, Any] = (
+        {"max_length": cfg["max_length"]} if bf16 else {"max_length": cfg["max_length"], "bf16": False}
+    )
     if tuned:
-        speed = {"bf16": True, "gradient_checkpointing": False}
+        speed = {"bf16": bf16, "gradient_checkpointing": False}
         if cfg["packing"] == "packing":
             speed["packing"] = True
         elif cfg["packing"] == "padding_free":

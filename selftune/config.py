@@ -92,6 +92,11 @@ class Settings(BaseSettings):
     max_loaded_adapters: int = 8
     """Fine-tuned adapters kept loaded on their base model (least recently used is dropped)."""
 
+    max_batch_size: int = Field(default=8, ge=1)
+    """Requests on one base model decoded together, one token each per forward pass. On a CPU a
+    token costs about the same for 1 or 8 rows, so concurrent clients share the speed instead of
+    queueing; 1 turns batching off."""
+
     inference_dtype: str = "auto"
     """``auto``, ``float32`` or ``bfloat16`` for serving. ``auto`` is float32 on CPU, bfloat16 on CUDA."""
 

@@ -48,6 +48,7 @@ def build_services(settings: Settings) -> Services:
         catalog,
         max_loaded=settings.max_loaded_models,
         max_adapters=settings.max_loaded_adapters,
+        max_batch=settings.max_batch_size,
         dtype=settings.inference_dtype,
     )
     return Services(settings, settings.keys, store, Blobs(settings.home / "files"), catalog, engine)
