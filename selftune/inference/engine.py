@@ -343,16 +343,19 @@ class Engine:
         if all(not r.req.gen.cancel.is_set() for r in rows):
             try:
                 width = _cache_width(batch.cache)
-                mask = torch.zeros((len(rows), width + 1), dtype=torch.long, device=self.device)
-                for i, r in enumerate(rows):
-                    mask[i, width - r.length :] = 1
+                padded: dict[str, torch.Tensor] = {}
+                if any(r.length != width for r in rows):  # rows of one length need no mask (a lone row never)
+                    mask = torch.zeros((len(rows), width + 1), dtype=torch.long, device=self.device)
+                    for i, r in enumerate(rows):
+                        mask[i, width - r.length :] = 1
+                    positions = torch.tensor([[r.length] for r in rows], device=self.device)
+                    padded = {"attention_mask": mask, "position_ids": positions}
                 out = self._forward(
                     batch.lm,
                     rows,
                     input_ids=torch.tensor([[r.last] for r in rows], device=self.device),
-                    attention_mask=mask,
-                    position_ids=torch.tensor([[r.length] for r in rows], device=self.device),
                     past_key_values=batch.cache,
+                    **padded,
                 )
             except Exception as e:
                 for r in rows:
