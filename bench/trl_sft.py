@@ -42,9 +42,7 @@ def main(cfg: dict[str, Any]) -> dict[str, Any]:
     model = AutoModelForCausalLM.from_pretrained(
         cfg["base_model_dir"], dtype=torch.bfloat16 if tuned and bf16 else torch.float32
     )
-    speed: dict[str, Any] = (
-        {"max_length": cfg["max_length"]} if bf16 else {"max_length": cfg["max_length"], "bf16": False}
-    )
+    speed: dict[str, Any] = {"max_length": cfg["max_length"]} | ({} if bf16 else {"bf16": False})
     if tuned:
         speed = {"bf16": bf16, "gradient_checkpointing": False}
         if cfg["packing"] == "packing":

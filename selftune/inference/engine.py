@@ -101,7 +101,7 @@ class _Request:
     ended: bool = False
 
 
-@dataclass
+@dataclass(eq=False)  # rows are compared by identity
 class _Row:
     """One choice being decoded: a row of a batch."""
 
@@ -308,13 +308,13 @@ class Engine:
                 )
             params = gen.params
             req.running = gen.n
+            holdback = max((len(s) for s in params.stop), default=1) - 1
             for index in range(gen.n):
                 rng = torch.Generator(device=self.device)
                 if params.seed is None:
                     rng.seed()  # fresh entropy per request; never touches the global RNG
                 else:
                     rng.manual_seed(params.seed + index)
-                holdback = max((len(s) for s in params.stop), default=1) - 1
                 row = _Row(req, index, adapter, min(params.max_tokens, room), rng, holdback, len(prompt))
                 with torch.inference_mode():
                     out = self._forward(
@@ -337,47 +337,53 @@ class Engine:
 
     @torch.inference_mode()
     def _step(self, batch: _Batch) -> None:
-        """One token for every row of a batch; finished and cancelled rows leave it."""
+        """One token for every row of a batch; cancelled rows leave first, finished ones after."""
+        cancelled = [r for r in batch.rows if r.req.gen.cancel.is_set()]
+        for r in cancelled:  # no final event: the client is gone
+            self._row_done(r)
+        self._keep(batch, [r for r in batch.rows if r not in cancelled])
         rows = batch.rows
+        if not rows:
+            return
         self.largest_batch = max(self.largest_batch, len(rows))
-        if all(not r.req.gen.cancel.is_set() for r in rows):
-            try:
-                width = _cache_width(batch.cache)
-                padded: dict[str, torch.Tensor] = {}
-                if any(r.length != width for r in rows):  # rows of one length need no mask (a lone row never)
-                    mask = torch.zeros((len(rows), width + 1), dtype=torch.long, device=self.device)
-                    for i, r in enumerate(rows):
-                        mask[i, width - r.length :] = 1
-                    positions = torch.tensor([[r.length] for r in rows], device=self.device)
-                    padded = {"attention_mask": mask, "position_ids": positions}
-                out = self._forward(
-                    batch.lm,
-                    rows,
-                    input_ids=torch.tensor([[r.last] for r in rows], device=self.device),
-                    past_key_values=batch.cache,
-                    **padded,
-                )
-            except Exception as e:
-                for r in rows:
-                    self._end(r.req, e)
-                batch.rows = []
-                return
-            batch.cache = out.past_key_values
-            done = set()
-            for i, r in enumerate(rows):
-                r.length += 1
-                if self._accept(batch.lm, r, out.logits[i, -1]):
-                    done.add(i)
-        else:
-            done = set()
-        keep = [i for i, r in enumerate(rows) if i not in done and not r.req.gen.cancel.is_set()]
+        try:
+            width = _cache_width(batch.cache)
+            padded: dict[str, torch.Tensor] = {}
+            if any(r.length != width for r in rows):  # rows of one length need no mask (a lone row never)
+                mask = torch.zeros((len(rows), width + 1), dtype=torch.long, device=self.device)
+                for i, r in enumerate(rows):
+                    mask[i, width - r.length :] = 1
+                positions = torch.tensor([[r.length] for r in rows], device=self.device)
+                padded = {"attention_mask": mask, "position_ids": positions}
+            out = self._forward(
+                batch.lm,
+                rows,
+                input_ids=torch.tensor([[r.last] for r in rows], device=self.device),
+                past_key_values=batch.cache,
+                **padded,
+            )
+        except Exception as e:
+            for r in rows:
+                self._end(r.req, e)
+            batch.rows = []
+            return
+        batch.cache = out.past_key_values
+        running = []
         for i, r in enumerate(rows):
-            if i not in keep and i not in done:  # cancelled: no final event, as the client is gone
-                self._row_done(r)
-        if len(keep) < len(rows):
-            batch.rows = [rows[i] for i in keep]
-            if keep:
-                batch.cache = _select_rows(batch.cache, keep, max(r.length for r in batch.rows))
+            r.length += 1
+            if not self._accept(batch.lm, r, out.logits[i, -1]):
+                running.append(r)
+        self._keep(batch, running)
+
+    @staticmethod
+    def _keep(batch: _Batch, rows: list[_Row]) -> None:
+        """Shrink a batch to ``rows`` (a subset, in order), with their cache rows only."""
+        if len(rows) == len(batch.rows):
+            return
+        if rows:
+            keep = [i for i, r in enumerate(batch.rows) if r in rows]
+            batch.cache = _select_rows(batch.cache, keep, max(r.length for r in rows))
+        batch.rows = rows
 
     def _forward(self, lm: _Loaded, rows: list[_Row], **kwargs: Any) -> Any:
         if lm.peft is None:

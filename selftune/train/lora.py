@@ -410,8 +410,8 @@ def main(cfg: TrainConfig) -> int:
             # Like OpenAI: valid_loss on one small batch of the validation data (the next one in turn),
             # full_valid_loss on all of it at each epoch end. A full pass every few steps would cost
             # more than the training itself once the validation file is large.
-            start = (step // eval_every - 1) * cfg.batch_size % len(valid)
-            v_batch = (valid[start:] + valid[:start])[: cfg.batch_size]
+            start = (step // eval_every - 1) * cfg.batch_size
+            v_batch = [valid[(start + k) % len(valid)] for k in range(min(cfg.batch_size, len(valid)))]
             v_loss, v_acc = evaluate(model, v_batch, cfg, pad_id, device, autocast)
             row.update(valid_loss=v_loss, valid_mean_token_accuracy=v_acc)
             message += f", validation loss={v_loss:.2f}"
