@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import random
-import tempfile
 from pathlib import Path
 
 import torch
@@ -16,7 +15,8 @@ from peft import LoraConfig, get_peft_model
 from torch.profiler import ProfilerActivity, profile
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from bench.run import BATCH_SIZE, LORA, MAX_LENGTH, MODEL, REPO, SEED, native_bf16
+from bench.measure import BATCH_SIZE, LORA, MAX_LENGTH, MODEL, REPO, SEED, native_bf16
+from selftune.data.render import render_file
 from selftune.train import lora
 
 
@@ -27,10 +27,7 @@ def main() -> None:
     args = p.parse_args()
     base = args.work / "home" / "models" / MODEL
     tok = AutoTokenizer.from_pretrained(base)
-    with tempfile.TemporaryDirectory() as tmp:
-        rows = lora.load_examples(
-            str(args.work / "train200.jsonl"), tok, MAX_LENGTH, lora.Events(Path(tmp) / "e"), "training"
-        )
+    rows = render_file(tok, args.work / "train200.jsonl", MAX_LENGTH).rows
     longest = max(len(ids) for ids, _ in rows)
     attention = "eager" if longest <= lora.EAGER_ATTENTION_MAX_TOKENS else "sdpa"
     bf16 = native_bf16()  # as the recipe: bf16 where the hardware has it, else fp32

@@ -7,6 +7,7 @@ under a real id.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import tempfile
 from pathlib import Path
@@ -50,23 +51,34 @@ class Blobs:
         os.close(fd)
         return Path(name)
 
-    def copy_to_temp(self, src: BinaryIO, limit: int) -> tuple[Path, int]:
-        """Stream ``src`` into a new temporary file, chunk by chunk; never more than ``limit`` bytes."""
+    def copy_to_temp(self, src: BinaryIO, limit: int | None) -> tuple[Path, int, str]:
+        """Stream ``src`` into a new temporary file, chunk by chunk, never more than ``limit`` bytes.
+        Returns the file, its size and the SHA-256 of its bytes."""
         tmp = self.new_temp()
         size = 0
+        digest = hashlib.sha256()
         try:
             with tmp.open("wb") as out:
                 while chunk := src.read(CHUNK):
                     size += len(chunk)
-                    if size > limit:
+                    if limit is not None and size > limit:
                         raise too_large(limit)
+                    digest.update(chunk)
                     out.write(chunk)
                 out.flush()
                 os.fsync(out.fileno())
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
-        return tmp, size
+        return tmp, size, digest.hexdigest()
+
+    def checksum(self, file_id: str) -> str:
+        """SHA-256 of a stored file's bytes (read, never parsed)."""
+        digest = hashlib.sha256()
+        with self.path(file_id).open("rb") as f:
+            while chunk := f.read(CHUNK):
+                digest.update(chunk)
+        return digest.hexdigest()
 
     def commit(self, tmp: Path, file_id: str) -> Path:
         dest = self.path(file_id)

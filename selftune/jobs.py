@@ -1,4 +1,9 @@
-"""The fine-tuning job lifecycle: creating a job and moving it between statuses.
+"""The fine-tuning job lifecycle: the one status machine, and the bookkeeping of each move.
+
+Every change of a job's status, whether the API or a worker asks for it, goes through ``apply``
+and the ``TRANSITIONS`` table below; a move the table does not have raises ``InvalidJobStatus``.
+``apply`` is a compare-and-set in the store (``Store.transition``), so the API and any number of
+workers can race (a cancel against a finish, two workers claiming one job) and exactly one wins.
 
 ::
 
@@ -8,35 +13,155 @@
                           +--+-------------------> paused
     any status that is not final --(cancel)--> cancelled
 
-Every change of status is a compare-and-set in the store (``Store.transition``), so the API and
-any number of workers can race (a cancel against a finish, two workers claiming one job) and
-exactly one wins. The API calls ``create``, ``cancel``, ``pause`` and ``resume`` (and ``estimate``,
-which only reads); the worker
-(``selftune.worker``) does everything else.
+The bookkeeping that goes with a move lives here too: checking the files (``validate_files``),
+failing (``fail``), and succeeding (``succeed``: result files, model registration, throughput).
+The worker (``selftune.worker``) only supervises training processes and calls these.
 """
 
 from __future__ import annotations
 
 import secrets
 from collections.abc import Sequence
+from dataclasses import dataclass
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
 from selftune.blobs import Blobs
 from selftune.catalog import Catalog
 from selftune.data.render import render_file
-from selftune.data.stats import estimate as estimate_job
-from selftune.data.stats import load_throughput
 from selftune.errors import InvalidRequest, NotFound
 from selftune.ids import now, random_id
 from selftune.schemas.fine_tuning import CreateJobRequest
-from selftune.store import FileRecord, JobRecord, Store
-from selftune.train.config import TrainConfig, resolve_hyperparameters
+from selftune.store import CheckpointRecord, FileRecord, JobRecord, ModelRecord, Store
+from selftune.train.config import resolve_hyperparameters
+from selftune.train.estimate import estimate as estimate_job
+from selftune.train.estimate import load_throughput, record_throughput
+from selftune.train.protocol import Done, JobDir, TrainConfig
+from selftune.uploads import ensure_validated
 
 MIN_EXAMPLES = 10
 """OpenAI's minimum; fewer fails the job with ``invalid_n_examples``."""
 
 SEED_MAX = 2_147_483_647
+
+
+class Status(StrEnum):
+    VALIDATING_FILES = "validating_files"
+    QUEUED = "queued"
+    RUNNING = "running"
+    PAUSING = "pausing"
+    PAUSED = "paused"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+TERMINAL = frozenset({Status.SUCCEEDED, Status.FAILED, Status.CANCELLED})
+UNFINISHED = frozenset(Status) - TERMINAL
+TRAINING = frozenset({Status.RUNNING, Status.PAUSING})
+"""Statuses in which a worker owns the job and a training process may be running."""
+
+
+class Action(StrEnum):
+    VALIDATED = "validated"  # worker: the files are fine
+    START = "start"  # worker: claims a queued job
+    PAUSE = "pause"  # API
+    PAUSED = "paused"  # worker: the recipe saved its state and stopped
+    RESUME = "resume"  # API
+    REQUEUE = "requeue"  # worker: its training stopped (shutdown, crash) with state to continue from
+    SUCCEED = "succeed"  # worker
+    FAIL = "fail"  # worker
+    CANCEL = "cancel"  # API
+
+
+@dataclass(frozen=True)
+class Transition:
+    source: Status
+    action: Action
+    target: Status
+    message: str | None = None
+    """The job event this move adds (in OpenAI's wording), if any."""
+
+
+TRANSITIONS: tuple[Transition, ...] = (
+    Transition(Status.VALIDATING_FILES, Action.VALIDATED, Status.QUEUED, "Files validated, moving job to queued state"),
+    Transition(Status.QUEUED, Action.START, Status.RUNNING),
+    Transition(Status.QUEUED, Action.PAUSE, Status.PAUSED, "Fine-tuning job paused"),
+    Transition(
+        Status.RUNNING,
+        Action.PAUSE,
+        Status.PAUSING,
+        "Pausing fine-tuning job: saving its state at the end of the current step",
+    ),
+    Transition(Status.RUNNING, Action.PAUSED, Status.PAUSED),
+    Transition(Status.PAUSING, Action.PAUSED, Status.PAUSED),
+    Transition(Status.PAUSED, Action.RESUME, Status.QUEUED, "Fine-tuning job resumed, moving job to queued state"),
+    Transition(Status.RUNNING, Action.REQUEUE, Status.QUEUED),
+    Transition(Status.PAUSING, Action.REQUEUE, Status.PAUSED),
+    Transition(Status.RUNNING, Action.SUCCEED, Status.SUCCEEDED),
+    Transition(Status.PAUSING, Action.SUCCEED, Status.SUCCEEDED),
+    *(Transition(s, Action.FAIL, Status.FAILED) for s in sorted(UNFINISHED)),
+    *(Transition(s, Action.CANCEL, Status.CANCELLED, "Fine-tuning job cancelled") for s in sorted(UNFINISHED)),
+)
+_TABLE = {(t.source, t.action): t for t in TRANSITIONS}
+_PAST = {Action.PAUSE: "paused", Action.RESUME: "resumed", Action.CANCEL: "cancelled"}
+
+
+class InvalidJobStatus(InvalidRequest):
+    """A move the status machine does not have (resuming a running job, cancelling a finished one)."""
+
+    def __init__(self, job_id: str, status: str, action: Action) -> None:
+        sources = sorted(t.source for t in TRANSITIONS if t.action == action)
+        allowed = " or ".join(sources) if len(sources) < 3 else "unfinished"
+        verb = _PAST.get(action, f"moved by {action.value!r}")
+        super().__init__(
+            f"Job {job_id} is {status}, so it cannot be {verb}: only {allowed} jobs can.",
+            param="fine_tuning_job_id",
+            code="invalid_job_status",
+        )
+        self.status = status
+        self.action = action
+
+
+def sources(action: Action) -> list[str]:
+    """The statuses ``action`` can move a job from (for clients that enable buttons)."""
+    return sorted(t.source.value for t in TRANSITIONS if t.action == action)
+
+
+def apply(
+    store: Store,
+    job: JobRecord,
+    action: Action,
+    values: dict[str, Any] | None = None,
+    events: Sequence[tuple[str, str]] = (),
+    new_models: Sequence[ModelRecord] = (),
+) -> JobRecord:
+    """Move ``job`` by ``action``: the table's target status, its event, then ``events``, the extra
+    ``values`` and ``new_models``, in one transaction. Raises ``InvalidJobStatus`` if the job's status
+    (read again if it changed under us) has no such move."""
+    while True:
+        move = _TABLE.get((Status(job.status), action))
+        if move is None:
+            raise InvalidJobStatus(job.id, job.status, action)
+        update = {"status": move.target.value, **_entering(move.target), **(values or {})}
+        added = [("info", move.message)] if move.message else []
+        if store.transition(job.id, [job.status], update, [*added, *events], new_models):
+            return store.get_job(None, job.id)
+        job = store.get_job(None, job.id)  # it moved meanwhile: decide again from where it is now
+
+
+def _entering(target: Status) -> dict[str, Any]:
+    """What every move into ``target`` resets: no estimate unless running, no worker unless training."""
+    values: dict[str, Any] = {} if target == Status.RUNNING else {"estimated_finish": None}
+    if target not in TRAINING:
+        values["worker_id"] = None
+    if target in TERMINAL:
+        values["finished_at"] = now()
+    return values
+
+
+# --- creating a job --------------------------------------------------------------------------------
 
 
 def create(store: Store, blobs: Blobs, catalog: Catalog, owner: str, req: CreateJobRequest) -> JobRecord:
@@ -52,17 +177,18 @@ def create(store: Store, blobs: Blobs, catalog: Catalog, owner: str, req: Create
             "Leave method out or send {'type': 'supervised'}.",
             param="method.type",
         )
-    requested = _hyperparameters(req)
+    requested = hyperparameters(req)
     resolved = catalog.resolve(req.model, owner)
-    training = _training_file(store, owner, req.training_file, "training_file")
-    validation = _training_file(store, owner, req.validation_file, "validation_file") if req.validation_file else None
-    hyper = resolve_hyperparameters(requested, count_examples(blobs, training))
+    training = training_file(store, owner, req.training_file, "training_file")
+    validation = training_file(store, owner, req.validation_file, "validation_file") if req.validation_file else None
+    verdict = ensure_validated(store, blobs, training)
+    hyper = resolve_hyperparameters(requested, int(verdict.get("n_examples", 0)))
     suffix = req.suffix or ""
     job = JobRecord(
         id=random_id("ftjob-"),
         owner=owner,
         created_at=now(),
-        status="validating_files",
+        status=Status.VALIDATING_FILES.value,
         model=resolved.id,
         base_model=resolved.base.name,
         init_adapter=str(resolved.adapter) if resolved.adapter else None,
@@ -93,14 +219,14 @@ def estimate(
     comes from this machine's measured speed for the base model, when a job or probe measured it.
     """
     resolved = catalog.resolve(req.model, owner)
-    training = _training_file(store, owner, req.training_file, "training_file")
+    training = training_file(store, owner, req.training_file, "training_file")
     rendered = render_file(catalog.tokenizer(resolved.base), blobs.path(training.id), TrainConfig.max_seq_len)
-    est = estimate_job(rendered, _hyperparameters(req), 0.0, load_throughput(home, resolved.base.name))
+    est = estimate_job(rendered, hyperparameters(req), 0.0, load_throughput(home, resolved.base.name))
     result = {"object": "fine_tuning.estimate", "model": resolved.id, "training_file": training.id}
     return {**result, **est.to_dict()}
 
 
-def _hyperparameters(req: CreateJobRequest) -> dict[str, Any]:
+def hyperparameters(req: CreateJobRequest) -> dict[str, Any]:
     """Merge the deprecated top-level ``hyperparameters`` with ``method.supervised.hyperparameters``."""
     top = req.hyperparameters.model_dump(exclude_none=True) if req.hyperparameters else {}
     sup = req.method.supervised if req.method and req.method.supervised else None
@@ -115,7 +241,7 @@ def _hyperparameters(req: CreateJobRequest) -> dict[str, Any]:
     return {**top, **nested}
 
 
-def _training_file(store: Store, owner: str, file_id: str, param: str) -> FileRecord:
+def training_file(store: Store, owner: str, file_id: str, param: str) -> FileRecord:
     try:
         rec = store.get_file(owner, file_id)
     except NotFound:
@@ -133,55 +259,125 @@ def _training_file(store: Store, owner: str, file_id: str, param: str) -> FileRe
     return rec
 
 
-def count_examples(blobs: Blobs, rec: FileRecord) -> int:
-    """Non-blank lines: the file was validated at upload, so each one is an example."""
-    with blobs.path(rec.id).open("rb") as f:
-        return sum(1 for line in f if line.strip())
-
-
-# --- status changes requested through the API -------------------------------------------------------
+# --- moves the API asks for ------------------------------------------------------------------------
 
 
 def cancel(store: Store, owner: str, job_id: str) -> JobRecord:
     """Final at once; a worker training the job sees it within a second and kills the process."""
-    movable = ("validating_files", "queued", "running", "pausing", "paused")
-    values = {"status": "cancelled", "finished_at": now(), "estimated_finish": None}
-    return _move(store, owner, job_id, movable, values, "Fine-tuning job cancelled", "cancelled")
+    return apply(store, store.get_job(owner, job_id), Action.CANCEL)
 
 
 def pause(store: Store, owner: str, job_id: str) -> JobRecord:
     """A queued job pauses at once; a running one becomes ``pausing`` until its state is saved."""
-    job = store.get_job(owner, job_id)
-    if job.status == "queued":
-        values: dict[str, Any] = {"status": "paused", "estimated_finish": None}
-        return _move(store, owner, job_id, ("queued",), values, "Fine-tuning job paused", "paused")
-    values = {"status": "pausing"}
-    message = "Pausing fine-tuning job: saving its state at the end of the current step"
-    return _move(store, owner, job_id, ("running",), values, message, "paused")
+    return apply(store, store.get_job(owner, job_id), Action.PAUSE)
 
 
 def resume(store: Store, owner: str, job_id: str) -> JobRecord:
-    values = {"status": "queued"}
-    message = "Fine-tuning job resumed, moving job to queued state"
-    return _move(store, owner, job_id, ("paused",), values, message, "resumed")
+    return apply(store, store.get_job(owner, job_id), Action.RESUME)
 
 
-def _move(
-    store: Store,
-    owner: str,
-    job_id: str,
-    from_statuses: Sequence[str],
-    values: dict[str, Any],
-    message: str,
-    verb: str,
-) -> JobRecord:
-    job = store.get_job(owner, job_id)  # NotFound for other owners' jobs, as for missing ones
-    if not store.transition(job.id, from_statuses, values, [("info", message)]):
-        job = store.get_job(owner, job_id)
-        allowed = " or ".join(from_statuses) if len(from_statuses) < 3 else "unfinished"
-        raise InvalidRequest(
-            f"Job {job_id} is {job.status}, so it cannot be {verb}: only {allowed} jobs can.",
-            param="fine_tuning_job_id",
-            code="invalid_job_status",
+# --- the worker's bookkeeping ----------------------------------------------------------------------
+
+
+def validate_files(store: Store, blobs: Blobs, job: JobRecord) -> JobRecord:
+    """``validating_files`` -> ``queued``, or ``failed`` with OpenAI's error codes. The files were
+    validated at upload: this checks the stored verdict and that the bytes are still those."""
+    checks = [("training_file", job.training_file)]
+    if job.validation_file:
+        checks.append(("validation_file", job.validation_file))
+    for param, file_id in checks:
+        try:
+            rec = store.get_file(job.owner, file_id)
+        except NotFound:
+            return fail(
+                store, job, "file_not_found", f"The {param} {file_id} was deleted before the job started.", param
+            )
+        verdict = ensure_validated(store, blobs, rec)
+        if rec.checksum and blobs.checksum(rec.id) != rec.checksum:
+            message = f"The {param} {file_id} ({rec.filename}) changed on disk since it was uploaded; upload it again."
+            return fail(store, job, "invalid_file_format", message, param)
+        if not verdict.get("ok"):
+            return fail(store, job, "invalid_file_format", str(verdict.get("summary", "invalid file")), param)
+        if verdict.get("format") == "preference":
+            message = (
+                f"{rec.filename} holds preference pairs (DPO format), but this is a supervised job; "
+                "upload chat examples ({'messages': [...]}) instead."
+            )
+            return fail(store, job, "invalid_file_format", message, param)
+        n = int(verdict.get("n_examples", 0))
+        if param == "training_file" and n < MIN_EXAMPLES:
+            message = f"Training file has {n} example(s), but must have at least {MIN_EXAMPLES} examples"
+            return fail(store, job, "invalid_n_examples", message, param)
+    return apply(store, job, Action.VALIDATED)
+
+
+def fail(store: Store, job: JobRecord, code: str, message: str, param: str | None = None) -> JobRecord:
+    error = {"code": code, "message": message, "param": param}
+    return apply(store, job, Action.FAIL, {"error": error}, [("error", message)])
+
+
+def record_checkpoint(
+    store: Store, job: JobRecord, step: int, metrics: dict[str, Any], path: str, kept: list[str]
+) -> None:
+    store.put_checkpoint(CheckpointRecord(random_id("ftckpt_"), job.id, now(), step, metrics, path), keep=kept)
+
+
+def succeed(store: Store, blobs: Blobs, home: Path, job: JobRecord, files: JobDir, done: Done) -> JobRecord:
+    """Upload the result files, register the model and its checkpoints, and finish the job, in one
+    move; if the job was cancelled in the last moment, nothing is registered and the results go."""
+    results = [upload_result(store, blobs, job.owner, files.metrics, "step_metrics.csv")]
+    # The end-of-job evaluation (when the job had a validation file) rides along as result files.
+    for path, target in ((files.eval_html, "eval_report.html"), (files.eval_json, "eval_report.json")):
+        if path.is_file():
+            results.append(upload_result(store, blobs, job.owner, path, target))
+    ckpts, _ = store.list_checkpoints(job.id, limit=1000)
+    created = now()
+    models = [ModelRecord(job.model_name, job.owner, created, job.base_model, str(files.adapter), job.id)]
+    models += [
+        ModelRecord(
+            f"{job.model_name}:ckpt-step-{c.step_number}", job.owner, created, job.base_model, c.adapter_path, job.id
         )
-    return store.get_job(owner, job_id)
+        for c in ckpts
+    ]
+    values = {
+        "fine_tuned_model": job.model_name,
+        "trained_tokens": done.trained_tokens,
+        "result_files": [r.id for r in results],
+    }
+    events = [
+        ("info", f"New fine-tuned model created: {job.model_name}"),
+        ("info", "The job has successfully completed"),
+    ]
+    try:
+        job = apply(store, job, Action.SUCCEED, values, events, models)
+    except InvalidJobStatus:
+        for r in results:
+            store.delete_file(job.owner, r.id)
+            blobs.delete(r.id)
+        raise
+    finally:
+        files.state.unlink(missing_ok=True)  # only needed to continue; the adapters stay
+    batch_size = int(job.hyperparameters["batch_size"])
+    record_throughput(home, job.base_model, done.tokens_per_second, batch_size, f"job {job.id}")
+    return job
+
+
+def upload_result(store: Store, blobs: Blobs, owner: str, path: Path, filename: str) -> FileRecord:
+    """A result file (purpose ``fine-tune-results``), registered only once its bytes are in place."""
+    with path.open("rb") as src:
+        tmp, size, checksum = blobs.copy_to_temp(src, None)
+    rec = FileRecord(
+        id=random_id("file-"),
+        owner=owner,
+        filename=filename,
+        purpose="fine-tune-results",
+        size_bytes=size,
+        created_at=now(),
+        expires_at=None,
+        status="processed",
+        status_details=None,
+        checksum=checksum,
+    )
+    blobs.commit(tmp, rec.id)
+    store.insert_file(rec)
+    return rec

@@ -6,7 +6,9 @@ SQLAlchemy 2 Core on SQLite (default, under ``SELFTUNE_HOME``) or PostgreSQL
 Every query about user objects takes an ``owner`` and filters on it, so one owner can never see
 another's objects: to them those ids simply do not exist (``NotFound``).
 
-Rows are returned as frozen dataclasses; nothing above this module sees SQL.
+Rows are returned as the frozen records of ``selftune.tables``, which also holds the schema;
+nothing above this module sees SQL. Opening a ``Store`` builds or upgrades the database to that
+schema through ``selftune.migrations`` (Alembic).
 """
 
 from __future__ import annotations
@@ -14,221 +16,40 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from sqlalchemy import (
-    JSON,
-    Boolean,
-    Column,
-    Connection,
-    Float,
-    Integer,
-    MetaData,
-    String,
-    Table,
-    Text,
-    and_,
-    create_engine,
-    event,
-    insert,
-    or_,
-    select,
-    update,
-)
+from sqlalchemy import Connection, Table, and_, create_engine, event, insert, or_, select, update
 from sqlalchemy.engine import Engine
 
 from selftune.errors import InvalidRequest, NotFound
 from selftune.ids import now, random_id
-
-metadata = MetaData()
-
-files = Table(
-    "files",
+from selftune.migrations import upgrade
+from selftune.tables import (
+    BaseModelRecord,
+    CheckpointRecord,
+    EventRecord,
+    FileRecord,
+    JobRecord,
+    ModelRecord,
+    base_models,
+    checkpoints,
+    files,
+    job_events,
+    jobs,
     metadata,
-    # seq orders rows strictly (created_at has only one-second resolution) and backs cursors.
-    Column("seq", Integer, primary_key=True, autoincrement=True),
-    Column("id", String(64), nullable=False, unique=True),
-    Column("owner", String(128), nullable=False, index=True),
-    Column("filename", Text, nullable=False),
-    Column("purpose", String(32), nullable=False),
-    Column("size_bytes", Integer, nullable=False),
-    Column("created_at", Integer, nullable=False),
-    Column("expires_at", Integer, nullable=True),
-    Column("status", String(16), nullable=False),
-    Column("status_details", Text, nullable=True),
-    # Deleted rows stay (without their bytes) so a pagination cursor pointing at one still works.
-    Column("deleted", Boolean, nullable=False, default=False),
+    models_table,
 )
 
-models_table = Table(
-    "models",
-    metadata,
-    Column("seq", Integer, primary_key=True, autoincrement=True),
-    Column("id", String(512), nullable=False, unique=True),
-    Column("owner", String(128), nullable=False, index=True),
-    Column("created", Integer, nullable=False),
-    Column("base_model", String(512), nullable=False),
-    Column("adapter_path", Text, nullable=False),
-    Column("job_id", String(64), nullable=True),
-    Column("deleted", Boolean, nullable=False, default=False),
-)
-
-base_models = Table(
-    "base_models",
-    metadata,
-    Column("name", String(512), primary_key=True),
-    Column("source", String(16), nullable=False),
-    Column("path", Text, nullable=False),
-    Column("gguf_file", Text, nullable=True),
-    Column("created", Integer, nullable=False),
-)
-
-
-jobs = Table(
-    "jobs",
-    metadata,
-    Column("seq", Integer, primary_key=True, autoincrement=True),
-    Column("id", String(64), nullable=False, unique=True),
-    Column("owner", String(128), nullable=False, index=True),
-    Column("created_at", Integer, nullable=False),
-    Column("status", String(32), nullable=False, index=True),
-    Column("model", String(512), nullable=False),
-    Column("base_model", String(512), nullable=False),
-    Column("init_adapter", Text, nullable=True),
-    Column("training_file", String(64), nullable=False),
-    Column("validation_file", String(64), nullable=True),
-    Column("hyperparameters", JSON, nullable=False),
-    Column("method", JSON, nullable=False),
-    Column("suffix", String(64), nullable=True),
-    Column("seed", Integer, nullable=False),
-    Column("metadata", JSON, nullable=True),
-    Column("integrations", JSON, nullable=True),
-    Column("model_name", String(512), nullable=False),
-    Column("fine_tuned_model", String(512), nullable=True),
-    Column("error", JSON, nullable=True),
-    Column("finished_at", Integer, nullable=True),
-    Column("trained_tokens", Integer, nullable=True),
-    Column("estimated_finish", Integer, nullable=True),
-    Column("result_files", JSON, nullable=False),
-    # Which worker runs the job and when it last said so; a silent worker's jobs are recovered.
-    Column("worker_id", String(256), nullable=True),
-    Column("heartbeat_at", Float, nullable=True),
-)
-
-job_events = Table(
-    "job_events",
-    metadata,
-    Column("seq", Integer, primary_key=True, autoincrement=True),
-    Column("id", String(64), nullable=False, unique=True),
-    Column("job_id", String(64), nullable=False, index=True),
-    Column("created_at", Integer, nullable=False),
-    Column("level", String(8), nullable=False),
-    Column("type", String(16), nullable=False),
-    Column("message", Text, nullable=False),
-    Column("data", JSON, nullable=True),
-)
-
-checkpoints = Table(
-    "checkpoints",
-    metadata,
-    Column("seq", Integer, primary_key=True, autoincrement=True),
-    Column("id", String(64), nullable=False, unique=True),
-    Column("job_id", String(64), nullable=False, index=True),
-    Column("created_at", Integer, nullable=False),
-    Column("step_number", Integer, nullable=False),
-    Column("metrics", JSON, nullable=False),
-    Column("adapter_path", Text, nullable=False),
-)
-
-TERMINAL = ("succeeded", "failed", "cancelled")
-
-
-@dataclass(frozen=True)
-class JobRecord:
-    id: str
-    owner: str
-    created_at: int
-    status: str
-    model: str
-    """What the job reports as its model: the base model's real name, or the ``ft:`` model continued."""
-    base_model: str
-    init_adapter: str | None
-    training_file: str
-    validation_file: str | None
-    hyperparameters: dict[str, Any]
-    method: dict[str, Any]
-    suffix: str | None
-    seed: int
-    metadata: dict[str, str] | None
-    integrations: list[dict[str, Any]] | None
-    model_name: str
-    """The ``ft:`` name the model gets on success (decided at creation; hidden until then)."""
-    fine_tuned_model: str | None = None
-    error: dict[str, Any] | None = None
-    finished_at: int | None = None
-    trained_tokens: int | None = None
-    estimated_finish: int | None = None
-    result_files: list[str] = field(default_factory=list)
-    worker_id: str | None = None
-    heartbeat_at: float | None = None
-
-
-@dataclass(frozen=True)
-class EventRecord:
-    id: str
-    job_id: str
-    created_at: int
-    level: str
-    type: str
-    message: str
-    data: dict[str, Any] | None
-
-
-@dataclass(frozen=True)
-class CheckpointRecord:
-    id: str
-    job_id: str
-    created_at: int
-    step_number: int
-    metrics: dict[str, float]
-    adapter_path: str
-
-
-@dataclass(frozen=True)
-class FileRecord:
-    id: str
-    owner: str
-    filename: str
-    purpose: str
-    size_bytes: int
-    created_at: int
-    expires_at: int | None
-    status: str
-    status_details: str | None
-
-
-@dataclass(frozen=True)
-class ModelRecord:
-    """A fine-tuned model: a LoRA adapter on a base model, owned by one owner."""
-
-    id: str
-    owner: str
-    created: int
-    base_model: str
-    adapter_path: str
-    job_id: str | None
-
-
-@dataclass(frozen=True)
-class BaseModelRecord:
-    """A base model registered with ``selftune models add``; visible to every owner."""
-
-    name: str
-    source: str
-    path: str
-    gguf_file: str | None
-    created: int
+__all__ = [
+    "BaseModelRecord",
+    "CheckpointRecord",
+    "EventRecord",
+    "FileRecord",
+    "JobRecord",
+    "ModelRecord",
+    "Store",
+    "metadata",
+]
 
 
 def _live_files() -> Any:
@@ -253,7 +74,7 @@ class Store:
         self.engine: Engine = create_engine(url, **kwargs)
         if url.startswith("sqlite"):
             event.listen(self.engine, "connect", _sqlite_pragmas)
-        metadata.create_all(self.engine)
+        upgrade(self.engine)  # the tables above are what the migrations build; never create_all
 
     def close(self) -> None:
         self.engine.dispose()
@@ -299,6 +120,10 @@ class Store:
             rows = c.execute(q).all()
         return [_row(FileRecord, r) for r in rows[:limit]], len(rows) > limit
 
+    def set_file_validation(self, file_id: str, validation: dict[str, Any], checksum: str) -> None:
+        with self._tx() as c:
+            c.execute(update(files).where(files.c.id == file_id).values(validation=validation, checksum=checksum))
+
     def delete_file(self, owner: str, file_id: str) -> None:
         with self._tx() as c:
             n = c.execute(
@@ -336,7 +161,9 @@ class Store:
     def delete_model(self, owner: str, model_id: str) -> str | None:
         """Mark a fine-tuned model deleted. Returns its adapter folder when nothing needs it any more
         (no other model points at it, and no unfinished job continues training from it), so the
-        caller can free the disk; None when the folder must stay or the model was not there."""
+        caller can free the disk; None when the folder must stay or the model was not there.
+        A job is unfinished while it has no ``finished_at``: every final status sets it
+        (``selftune.jobs``), so the statuses are not listed again here."""
         with self._tx() as c:
             row = c.execute(
                 select(models_table.c.seq, models_table.c.adapter_path).where(
@@ -351,7 +178,7 @@ class Store:
                 select(models_table.c.seq).where(models_table.c.adapter_path == path, ~models_table.c.deleted)
             ).first()
             continued = c.execute(
-                select(jobs.c.id).where(jobs.c.init_adapter == path, jobs.c.status.not_in(TERMINAL))
+                select(jobs.c.id).where(jobs.c.init_adapter == path, jobs.c.finished_at.is_(None))
             ).first()
         return None if shared or continued else str(path)
 

@@ -1,15 +1,15 @@
-"""The training worker: validates new jobs, trains queued ones, and reports back through the store.
+"""The training worker: supervises one training process per job and relays what it reports.
 
-Each job trains in its own process (``python -m selftune.train.lora job.json``), at most
+It polls the store for work: jobs to check (``validating_files``), jobs to train (``queued``), and
+cancels and pauses of the jobs it trains. Each job trains in its own process, at most
 ``worker_slots`` at a time, so a crash or an out-of-memory kill takes down one job, never the
-server, and the API stays responsive while a job trains. ``selftune serve`` runs a worker on a
-thread; ``selftune worker`` runs one alone, on any machine that shares the database and the
-``SELFTUNE_HOME`` storage.
+server. The worker and the recipe keep the contract of ``selftune.train.protocol`` (job folder,
+events, pause file, exit codes), and every status change and its bookkeeping goes through
+``selftune.jobs``; this module never imports the recipe, nor torch.
 
-The worker polls rather than being told: everything it needs (new jobs, cancels, pauses) is in
-the database, which is also how several workers share one queue. A job is claimed with a
-compare-and-set, so only one worker trains it. The recipe writes ``events.jsonl``; the worker
-relays each line as a job event, with live ``trained_tokens`` and ``estimated_finish``.
+``selftune serve`` runs a worker on a thread; ``selftune worker`` runs one alone, on any machine
+that shares the database and ``SELFTUNE_HOME``. A job is claimed with a compare-and-set, so only
+one worker trains it.
 
 Nothing is ever left ``running``: a worker that disappears (SIGKILL, power loss) stops sending
 heartbeats, and the next worker to start, or any live one after ``STALE_SECONDS``, puts its jobs
@@ -19,31 +19,40 @@ none was saved yet.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import shutil
 import signal
 import socket
 import subprocess
-import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-from selftune.blobs import Blobs, write_atomic
+from selftune import jobs
+from selftune.blobs import Blobs
 from selftune.catalog import Catalog
 from selftune.config import Settings
-from selftune.data.stats import record_throughput
-from selftune.data.validate import validate_file
 from selftune.errors import SelftuneError
-from selftune.ids import now, random_id
-from selftune.jobs import MIN_EXAMPLES
-from selftune.store import CheckpointRecord, FileRecord, JobRecord, ModelRecord, Store
-from selftune.train.config import TrainConfig
-from selftune.train.lora import DATA_ERROR, PAUSE_FILE, PAUSED, STATE_FILE
+from selftune.ids import random_id
+from selftune.jobs import Action, InvalidJobStatus, Status
+from selftune.store import JobRecord, Store
+from selftune.train.config import Hyperparameters
+from selftune.train.protocol import (
+    Checkpoint,
+    Done,
+    Error,
+    EventReader,
+    Exit,
+    JobDir,
+    Metrics,
+    TrainConfig,
+    recipe_command,
+    save_config,
+)
 
 log = logging.getLogger("selftune.worker")
 
@@ -56,18 +65,18 @@ SHUTDOWN_GRACE_SECONDS = 20.0
 
 @dataclass
 class _Active:
-    """A job this worker is training: its process and how far its events have been relayed."""
+    """A job this worker is training: its process, its folder, and its events read so far."""
 
     job: JobRecord
     proc: subprocess.Popen[bytes]
-    dir: Path
+    files: JobDir
     log: IO[bytes]
-    offset: int = 0
+    events: EventReader
     pause_requested: bool = False
     first: tuple[float, int] | None = None
     """(time, step) of the first step of this run, for the finish estimate."""
-    done: dict[str, Any] | None = None
-    error: dict[str, Any] | None = None
+    done: Done | None = None
+    error: Error | None = None
 
 
 class Worker:
@@ -120,164 +129,112 @@ class Worker:
         if clock - self._last_recovery > STALE_SECONDS / 4:
             self._last_recovery = clock
             self._recover_orphans()
-        for job in self.store.jobs_in("validating_files"):
-            self._validate(job)
+        for job in self.store.jobs_in(Status.VALIDATING_FILES):
+            self._try(jobs.validate_files, self.store, self.blobs, job)
         for active in list(self.active.values()):
             self._follow(active)
         if self.active and clock - self._last_heartbeat > HEARTBEAT_SECONDS:
             self._last_heartbeat = clock
             self.store.heartbeat(self.id, list(self.active))
         if len(self.active) < self.slots:
-            for job in self.store.jobs_in("queued"):
+            for job in self.store.jobs_in(Status.QUEUED):
                 if len(self.active) >= self.slots:
                     break
                 self._start(job)
 
-    # --- validating_files -> queued -------------------------------------------------------------
-
-    def _validate(self, job: JobRecord) -> None:
-        checks = [("training_file", job.training_file)]
-        if job.validation_file:
-            checks.append(("validation_file", job.validation_file))
-        for param, file_id in checks:
-            try:
-                rec = self.store.get_file(job.owner, file_id)
-            except SelftuneError:
-                self._fail(job, "file_not_found", f"The {param} {file_id} was deleted before the job started.", param)
-                return
-            report = validate_file(self.blobs.path(rec.id), filename=rec.filename)
-            if not report.ok:
-                self._fail(job, "invalid_file_format", report.summary(max_lines=20), param)
-                return
-            if report.format == "preference":
-                message = (
-                    f"{rec.filename} holds preference pairs (DPO format), but this is a supervised job; "
-                    "upload chat examples ({'messages': [...]}) instead."
-                )
-                self._fail(job, "invalid_file_format", message, param)
-                return
-            if param == "training_file" and report.n_examples < MIN_EXAMPLES:
-                message = (
-                    f"Training file has {report.n_examples} example(s), but must have at least {MIN_EXAMPLES} examples"
-                )
-                self._fail(job, "invalid_n_examples", message, param)
-                return
-        self.store.transition(
-            job.id,
-            ["validating_files"],
-            {"status": "queued"},
-            [("info", "Files validated, moving job to queued state")],
-        )
+    @staticmethod
+    def _try(move: Callable[..., Any], *args: Any) -> bool:
+        """Make a move of ``selftune.jobs``; False when the job had moved on (cancelled meanwhile,
+        or claimed by another worker), which for a worker is not an error."""
+        try:
+            move(*args)
+        except InvalidJobStatus as e:
+            log.info("%s", e.message)
+            return False
+        return True
 
     def _fail(self, job: JobRecord, code: str, message: str, param: str | None = None) -> bool:
-        values = {
-            "status": "failed",
-            "error": {"code": code, "message": message, "param": param},
-            "finished_at": now(),
-            "estimated_finish": None,
-            "worker_id": None,
-        }
-        unfinished = ["validating_files", "queued", "running", "pausing", "paused"]
-        return self.store.transition(job.id, unfinished, values, [("error", message)])
+        return self._try(jobs.fail, self.store, job, code, message, param)
 
     # --- queued -> running ------------------------------------------------------------------------
 
     def _start(self, job: JobRecord) -> None:
-        claim = {"status": "running", "worker_id": self.id, "heartbeat_at": time.time(), "estimated_finish": None}
-        if not self.store.transition(job.id, ["queued"], claim):
+        claim = {"worker_id": self.id, "heartbeat_at": time.time(), "estimated_finish": None}
+        if not self._try(jobs.apply, self.store, job, Action.START, claim):
             return  # another worker took it, or it was cancelled meanwhile
-        job_dir = self.jobs_dir / job.id
-        job_dir.mkdir(parents=True, exist_ok=True)
-        (job_dir / PAUSE_FILE).unlink(missing_ok=True)
+        files = JobDir(self.jobs_dir / job.id)
+        files.root.mkdir(parents=True, exist_ok=True)
+        files.pause.unlink(missing_ok=True)
         try:
             base_dir = self.catalog.materialize(self.catalog.get_base(job.base_model))
+            train = self.store.get_file(job.owner, job.training_file)
+            valid = self.store.get_file(job.owner, job.validation_file) if job.validation_file else None
         except SelftuneError as e:
-            self._fail(job, "model_not_available", f"The base model {job.base_model} cannot be loaded: {e.message}")
+            self._fail(job, "model_not_available", f"The job cannot start: {e.message}")
             return
-        hp = job.hyperparameters
         cfg = TrainConfig(
             base_model_dir=str(base_dir),
-            train_file=str(self.blobs.path(job.training_file)),
-            valid_file=str(self.blobs.path(job.validation_file)) if job.validation_file else None,
-            output_dir=str(job_dir),
-            n_epochs=int(hp["n_epochs"]),
-            batch_size=int(hp["batch_size"]),
-            learning_rate_multiplier=float(hp["learning_rate_multiplier"]),
+            train_file=str(self.blobs.path(train.id)),
+            valid_file=str(self.blobs.path(valid.id)) if valid else None,
+            output_dir=str(files.root),
             seed=job.seed,
             init_adapter=job.init_adapter,
             eval_examples=self.settings.eval_examples,
             model_name=job.model_name,
             base_model_name=job.base_model,
-        )
-        write_atomic(job_dir / "job.json", json.dumps(cfg.to_dict(), indent=2))
-        events_file = job_dir / "events.jsonl"
-        offset = events_file.stat().st_size if events_file.exists() else 0
-        train_log = (job_dir / "train.log").open("ab")
+            train_name=train.filename,
+            valid_name=valid.filename if valid else None,
+        ).with_hyperparameters(Hyperparameters.from_stored(job.hyperparameters))
+        config = save_config(cfg)
+        reader = EventReader(files.events)  # from the end: an earlier run's events were relayed already
+        train_log = files.log.open("ab")
         proc = subprocess.Popen(
-            [sys.executable, "-m", "selftune.train.lora", str(job_dir / "job.json")],
+            recipe_command(config, job.method.get("type", "supervised")),
             stdout=train_log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             env={**os.environ, "PYTHONUNBUFFERED": "1"},
         )
-        self.active[job.id] = _Active(job, proc, job_dir, train_log, offset=offset)
-        log.info("training %s (pid %d) in %s", job.id, proc.pid, job_dir)
+        self.active[job.id] = _Active(job, proc, files, train_log, reader)
+        log.info("training %s (pid %d) in %s", job.id, proc.pid, files.root)
 
     # --- running: relay events, obey cancel and pause, finish -----------------------------------
 
     def _follow(self, a: _Active) -> None:
         exited = a.proc.poll() is not None  # read before draining, so no event is left behind
         current = self.store.get_job(None, a.job.id)
-        if current.status not in ("running", "pausing") or current.worker_id != self.id:
+        if current.status not in jobs.TRAINING or current.worker_id != self.id:
             # Cancelled, or (after a long stall) taken over by another worker: stop at once.
             self._kill(a)
             self._forget(a)
-            if current.status == "cancelled":
-                self._discard(a.dir)
+            if current.status == Status.CANCELLED:
+                self._discard(a.files)
             return
         self._relay(a)
-        if current.status == "pausing" and not a.pause_requested:
-            (a.dir / PAUSE_FILE).touch()
+        if current.status == Status.PAUSING and not a.pause_requested:
+            a.files.pause.touch()
             a.pause_requested = True
         if exited:
             self._forget(a)
             self._finish(a, a.proc.returncode)
 
     def _relay(self, a: _Active) -> None:
-        path = a.dir / "events.jsonl"
-        if not path.exists():
-            return
-        with path.open("rb") as f:
-            f.seek(a.offset)
-            chunk = f.read()
-        end = chunk.rfind(b"\n") + 1  # only whole lines; the rest is still being written
-        a.offset += end
         values: dict[str, Any] = {}
         events: list[tuple[str, str, str, dict[str, Any] | None]] = []
-        for raw in chunk[:end].splitlines():
-            try:
-                e = json.loads(raw)
-            except json.JSONDecodeError:
-                continue
-            kind, data = e.get("type"), e.get("data") or {}
-            level = e.get("level", "info")
-            if kind == "metrics":
-                step, total = int(data["step"]), int(data["total_steps"])
-                values["trained_tokens"] = int(data.pop("trained_tokens", 0))
-                values["estimated_finish"] = self._estimate(a, float(e.get("time", time.time())), step, total)
-                events.append((level, "metrics", e["message"], data))
-            elif kind == "checkpoint":
-                ckpt = CheckpointRecord(
-                    random_id("ftckpt_"), a.job.id, now(), int(data["step"]), data["metrics"], data["path"]
-                )
-                self.store.put_checkpoint(ckpt, keep=data.get("kept", [data["path"]]))
-                events.append((level, "message", e["message"], {}))
-            elif kind == "done":
-                a.done = data
-            elif kind == "error":
-                a.error = {"code": data.get("code", "training_failed"), "message": e["message"]}
-            else:  # message, paused
-                events.append((level, "message", e["message"], {}))
+        for e in a.events.read():
+            if isinstance(e, Metrics):
+                values["trained_tokens"] = e.trained_tokens
+                values["estimated_finish"] = self._estimate(a, e.time or time.time(), e.step, e.total_steps)
+                events.append((e.level, "metrics", e.message, e.public()))
+            elif isinstance(e, Checkpoint):
+                jobs.record_checkpoint(self.store, a.job, e.step, e.metrics, e.path, e.kept or [e.path])
+                events.append((e.level, "message", e.message, {}))
+            elif isinstance(e, Done):
+                a.done = e
+            elif isinstance(e, Error):
+                a.error = e
+            else:  # Message, Paused
+                events.append((e.level, "message", e.message, {}))
         self.store.add_events(a.job.id, events)
         if values:
             self.store.update_job(a.job.id, values)
@@ -292,87 +249,20 @@ class Worker:
         return int(t + (t - t0) / (step - s0) * (total - step))
 
     def _finish(self, a: _Active, rc: int) -> None:
-        job = a.job
-        if rc == 0 and a.done is not None:
-            self._succeed(a)
-        elif rc == PAUSED:
-            self.store.transition(
-                job.id, ["pausing", "running"], {"status": "paused", "estimated_finish": None, "worker_id": None}
-            )
-        elif rc == DATA_ERROR and a.error is not None:
-            self._fail(job, a.error["code"], a.error["message"], "training_file")
+        job = self.store.get_job(None, a.job.id)
+        if rc == Exit.DONE and a.done is not None:
+            self._try(jobs.succeed, self.store, self.blobs, self.settings.home, job, a.files, a.done)
+        elif rc == Exit.PAUSED:
+            self._try(jobs.apply, self.store, job, Action.PAUSED)
+        elif rc == Exit.DATA_ERROR and a.error is not None:
+            self._fail(job, a.error.code, a.error.message, "training_file")
         else:
-            tail = _tail(a.dir / "train.log")
+            tail = _tail(a.files.log)
             self._fail(
                 job,
                 "training_failed",
-                f"The training process exited with status {rc}. Last lines of its log ({a.dir / 'train.log'}):\n"
-                + tail,
+                f"The training process exited with status {rc}. Last lines of its log ({a.files.log}):\n" + tail,
             )
-
-    def _succeed(self, a: _Active) -> None:
-        job = a.job
-        results = [self._upload_result(a.dir / "metrics.csv", "step_metrics.csv", a.job.owner)]
-        # The end-of-job evaluation (when the job had a validation file) rides along as result files.
-        for name, target in (("eval.html", "eval_report.html"), ("eval.json", "eval_report.json")):
-            if (a.dir / name).is_file():
-                results.append(self._upload_result(a.dir / name, target, a.job.owner))
-        ckpts, _ = self.store.list_checkpoints(job.id, limit=1000)
-        created = now()
-        new_models = [ModelRecord(job.model_name, job.owner, created, job.base_model, str(a.dir / "adapter"), job.id)]
-        new_models += [
-            ModelRecord(
-                f"{job.model_name}:ckpt-step-{c.step_number}",
-                job.owner,
-                created,
-                job.base_model,
-                c.adapter_path,
-                job.id,
-            )
-            for c in ckpts
-        ]
-        values = {
-            "status": "succeeded",
-            "fine_tuned_model": job.model_name,
-            "finished_at": created,
-            "trained_tokens": int((a.done or {}).get("trained_tokens", 0)),
-            "result_files": [r.id for r in results],
-            "estimated_finish": None,
-            "worker_id": None,
-        }
-        events = [
-            ("info", f"New fine-tuned model created: {job.model_name}"),
-            ("info", "The job has successfully completed"),
-        ]
-        if not self.store.transition(job.id, ["running", "pausing"], values, events, new_models):
-            # Cancelled in the last moment: no model is registered, and the results go too.
-            for r in results:
-                self.store.delete_file(job.owner, r.id)
-                self.blobs.delete(r.id)
-        (a.dir / STATE_FILE).unlink(missing_ok=True)  # only needed to continue; the adapters stay
-        done = a.done or {}
-        batch_size = int(job.hyperparameters["batch_size"])
-        record_throughput(
-            self.settings.home, job.base_model, done.get("tokens_per_second"), batch_size, f"job {job.id}"
-        )
-
-    def _upload_result(self, path: Path, filename: str, owner: str) -> FileRecord:
-        with path.open("rb") as src:
-            tmp, size = self.blobs.copy_to_temp(src, self.settings.max_upload_bytes)
-        rec = FileRecord(
-            id=random_id("file-"),
-            owner=owner,
-            filename=filename,
-            purpose="fine-tune-results",
-            size_bytes=size,
-            created_at=now(),
-            expires_at=None,
-            status="processed",
-            status_details=None,
-        )
-        self.blobs.commit(tmp, rec.id)
-        self.store.insert_file(rec)
-        return rec
 
     def _kill(self, a: _Active) -> None:
         if a.proc.poll() is None:
@@ -384,18 +274,18 @@ class Worker:
         a.log.close()
 
     @staticmethod
-    def _discard(job_dir: Path) -> None:
+    def _discard(files: JobDir) -> None:
         """A cancelled job keeps its log and events, not its weights."""
-        shutil.rmtree(job_dir / "checkpoints", ignore_errors=True)
-        shutil.rmtree(job_dir / "adapter", ignore_errors=True)
-        (job_dir / STATE_FILE).unlink(missing_ok=True)
+        shutil.rmtree(files.checkpoints, ignore_errors=True)
+        shutil.rmtree(files.adapter, ignore_errors=True)
+        files.state.unlink(missing_ok=True)
 
     # --- shutdown and recovery --------------------------------------------------------------------
 
     def _shutdown(self) -> None:
         """Ask every job to save its state, give them a moment, and put them back in the queue."""
         for a in self.active.values():
-            (a.dir / PAUSE_FILE).touch()
+            a.files.pause.touch()
         deadline = time.monotonic() + SHUTDOWN_GRACE_SECONDS
         for a in list(self.active.values()):
             try:
@@ -404,8 +294,8 @@ class Worker:
                 self._kill(a)
             self._relay(a)
             self._forget(a)
-            (a.dir / PAUSE_FILE).unlink(missing_ok=True)
-            if a.proc.returncode in (0, DATA_ERROR):  # it finished in the meantime
+            a.files.pause.unlink(missing_ok=True)
+            if a.proc.returncode in (Exit.DONE, Exit.DATA_ERROR):  # it finished in the meantime
                 self._finish(a, a.proc.returncode)
             else:
                 self._requeue(a.job, "The worker stopped; the job continues from its saved state when one starts")
@@ -414,19 +304,13 @@ class Worker:
     def _requeue(self, job: JobRecord, why: str) -> None:
         """Continue from the saved state if there is one; otherwise fail with a clear error."""
         current = self.store.get_job(None, job.id)
-        if current.status not in ("running", "pausing"):
+        if current.status not in jobs.TRAINING:
             return
-        if (self.jobs_dir / job.id / STATE_FILE).is_file():
-            target = "paused" if current.status == "pausing" else "queued"
-            self.store.transition(
-                job.id,
-                [current.status],
-                {"status": target, "worker_id": None, "estimated_finish": None},
-                [("warn", why)],
-            )
+        if JobDir(self.jobs_dir / job.id).state.is_file():
+            self._try(jobs.apply, self.store, current, Action.REQUEUE, None, [("warn", why)])
             return
         self._fail(
-            job,
+            current,
             "training_interrupted",
             "The worker training this job stopped before the first checkpoint was saved, so there is no state "
             "to resume from. Create the job again.",
@@ -435,7 +319,7 @@ class Worker:
     def _recover_orphans(self) -> None:
         """Take back jobs whose worker is gone: dead on this host, or silent for ``STALE_SECONDS``."""
         host, pid = socket.gethostname(), os.getpid()
-        for job in self.store.jobs_in("running", "pausing"):
+        for job in self.store.jobs_in(*jobs.TRAINING):
             if job.worker_id == self.id:
                 continue
             w_host, _, rest = (job.worker_id or "").partition(":")

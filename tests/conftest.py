@@ -8,21 +8,20 @@ from __future__ import annotations
 
 import json
 import os
-import socket
+import secrets
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import httpx
 import openai
 import pytest
 from jsonschema import Draft202012Validator
 from referencing import Registry
 from referencing.jsonschema import DRAFT202012
+
+from selftune.live import LiveServer
 
 REPO = Path(__file__).resolve().parent.parent
 SPEC_PATH = REPO.parent / "shared" / "conformance" / "openai-openapi.yaml"
@@ -90,13 +89,7 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_tiny_model(tmp_path_factory.mktemp("tiny-model"))
 
 
-# --- live servers ---------------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+# --- live servers (selftune.live, shared with make bench) -----------------------------------------
 
 
 def run_cli(
@@ -113,66 +106,6 @@ def run_cli(
     if check and proc.returncode != 0:
         raise AssertionError(f"selftune {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
     return proc
-
-
-@dataclass
-class LiveServer:
-    home: Path
-    env: dict[str, str] = field(default_factory=dict)
-    port: int = 0
-    proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    @property
-    def base_url(self) -> str:
-        return self.url + "/v1"
-
-    @property
-    def log(self) -> str:
-        path = self.home / "server.log"
-        return path.read_text(errors="replace") if path.exists() else ""
-
-    def start(self, timeout: float = 300) -> LiveServer:
-        self.port = free_port()
-        self.home.mkdir(parents=True, exist_ok=True)
-        env = {**os.environ, "SELFTUNE_HOME": str(self.home), "PYTHONUNBUFFERED": "1", **self.env}
-        with (self.home / "server.log").open("ab") as log:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "selftune", "serve", "--host", "127.0.0.1", "--port", str(self.port)],
-                env=env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise AssertionError(f"server exited with {self.proc.returncode}:\n{self.log[-4000:]}")
-            try:
-                if httpx.get(self.url + "/health", timeout=2).status_code == 200:
-                    return self
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.2)
-        self.stop()
-        raise AssertionError(f"server did not become healthy in {timeout}s:\n{self.log[-4000:]}")
-
-    def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-
-    def client(self, api_key: str = "sk-test") -> openai.OpenAI:
-        return openai.OpenAI(base_url=self.base_url, api_key=api_key, max_retries=0, timeout=120)
-
-    def health(self) -> dict[str, Any]:
-        return httpx.get(self.url + "/health", timeout=5).json()  # type: ignore[no-any-return]
 
 
 def start_server(home: Path, tiny_model_dir: Path, **env: str) -> LiveServer:
@@ -207,6 +140,30 @@ def keyed_server(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path)
 @pytest.fixture
 def client(server: LiveServer) -> openai.OpenAI:
     return server.client()
+
+
+# --- PostgreSQL ----------------------------------------------------------------------------------
+
+PG_ADMIN = "host=127.0.0.1 port=5432 dbname=test connect_timeout=3"
+
+
+@pytest.fixture(scope="session")
+def pg_url() -> Iterator[str]:
+    """A fresh PostgreSQL database for this run, dropped afterwards."""
+    psycopg = pytest.importorskip("psycopg")
+    try:
+        admin = psycopg.connect(PG_ADMIN, autocommit=True)
+    except psycopg.OperationalError as e:
+        pytest.skip(
+            f"PostgreSQL is not reachable on 127.0.0.1:5432 ({e.__class__.__name__}); start it to test that path"
+        )
+    name = "selftune_test_" + secrets.token_hex(4)
+    admin.execute(f"CREATE DATABASE {name}")
+    try:
+        yield f"postgresql+psycopg://127.0.0.1:5432/{name}"
+    finally:
+        admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        admin.close()
 
 
 # --- the legacy 0.28 SDK, run in its own interpreter path ------------------------------------------

@@ -91,6 +91,23 @@ def test_seed_n_stop_and_content_parts(client: openai.OpenAI) -> None:
     assert parts.choices[0].message.content == full
 
 
+def test_stop_strings_across_token_boundaries_streamed_and_not(client: openai.OpenAI) -> None:
+    """Sampled text (greedy text of a random model repeats one token), cut at stop strings that start
+    and end anywhere, so they straddle tokens; the streamed pieces must add up to the same text."""
+    args = {"model": "tiny", "messages": HELLO, "max_tokens": 40, "temperature": 1.0, "seed": 11}
+    full = client.chat.completions.create(**args).choices[0].message.content or ""  # type: ignore[call-overload]
+    assert len(full) > 20
+    cuts = [(start, 2 + start % 3) for start in range(min(24, len(full) - 5))] + [(len(full) - 4, 4)]
+    for start, size in cuts:
+        stop = full[start : start + size]
+        want = full[: full.index(stop)]
+        cut = client.chat.completions.create(stop=[stop], **args)  # type: ignore[call-overload]
+        assert (cut.choices[0].message.content, cut.choices[0].finish_reason) == (want, "stop"), stop
+        chunks = client.chat.completions.create(stop=[stop], stream=True, **args)  # type: ignore[call-overload]
+        streamed = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+        assert streamed == want, stop
+
+
 @pytest.mark.parametrize(
     ("body", "param"),
     [

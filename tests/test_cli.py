@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from selftune.train import lora
-from selftune.train.config import TrainConfig
+from selftune.train.protocol import TrainConfig
 from tests.conftest import LiveServer, chat_lines, run_cli
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import secrets
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,37 +14,20 @@ from selftune.errors import InvalidRequest, NotFound
 from selftune.store import BaseModelRecord, CheckpointRecord, FileRecord, JobRecord, ModelRecord, Store
 from tests.conftest import LiveServer, chat_lines, start_server
 
-PG_ADMIN = "host=127.0.0.1 port=5432 dbname=test connect_timeout=3"
-
-
-@pytest.fixture(scope="session")
-def pg_url() -> Iterator[str]:
-    """A fresh PostgreSQL database for this run, dropped afterwards."""
-    psycopg = pytest.importorskip("psycopg")
-    try:
-        admin = psycopg.connect(PG_ADMIN, autocommit=True)
-    except psycopg.OperationalError as e:
-        pytest.skip(
-            f"PostgreSQL is not reachable on 127.0.0.1:5432 ({e.__class__.__name__}); start it to test that path"
-        )
-    name = "selftune_test_" + secrets.token_hex(4)
-    admin.execute(f"CREATE DATABASE {name}")
-    try:
-        yield f"postgresql+psycopg://127.0.0.1:5432/{name}"
-    finally:
-        admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-        admin.close()
-
 
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
     url = f"sqlite:///{tmp_path / 'db.sqlite'}" if request.param == "sqlite" else request.getfixturevalue("pg_url")
     s = Store(url)
     yield s
-    if request.param == "postgresql":
+    if request.param == "postgresql":  # one database for the run: leave it empty, migrations included
+        from sqlalchemy import text
+
         from selftune.store import metadata
 
         metadata.drop_all(s.engine)
+        with s.engine.begin() as c:
+            c.execute(text("DROP TABLE IF EXISTS alembic_version"))
     s.close()
 
 

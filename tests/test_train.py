@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from selftune.train import lora
-from selftune.train.config import TrainConfig, auto_epochs, resolve_hyperparameters
+from selftune.train.config import auto_epochs, resolve_hyperparameters
+from selftune.train.protocol import TrainConfig
 
 
 @pytest.mark.parametrize(

@@ -121,14 +121,18 @@ def render_file(tokenizer: Any, path: str | Path, max_tokens: int) -> RenderedFi
     """Render every example of a (valid) chat JSONL file for training, truncating to ``max_tokens``.
 
     The one implementation behind the trainer, ``selftune validate``, ``estimate`` and ``render``,
-    so that what they count and show is what is trained.
+    so that what they count and show is what is trained. Raises ``ValueError("LINE: why")`` for a
+    line that cannot be rendered.
     """
     out = RenderedFile()
     with open(path, encoding="utf-8") as f:
         for lineno, line in enumerate(f, start=1):
             if not line.strip():
                 continue
-            ids, labels = render_training(tokenizer, json.loads(line)["messages"])
+            try:
+                ids, labels = render_training(tokenizer, json.loads(line)["messages"])
+            except (ValueError, KeyError, TypeError) as e:  # only files that skipped validation get here
+                raise ValueError(f"{lineno}: cannot render this example: {e}") from e
             out.lengths.append(len(ids))
             if len(ids) > max_tokens:
                 out.truncated.append(lineno)

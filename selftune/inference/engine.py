@@ -11,9 +11,10 @@ Callers ``submit`` a ``Generation`` and receive ``Event``s through its ``emit`` 
 HTTP layer (or anything else) decides how to deliver them. A generation whose ``cancel`` event is
 set stops at the next token; one cancelled while still queued never starts.
 
-Fine-tuned models are LoRA adapters on a shared base: the first one wraps the loaded base in a
-``PeftModel``, later ones are added beside it (at most ``max_adapters``, least recently used and
-idle dropped). Rows of one batch may use different adapters, or none (peft's ``adapter_names``).
+Fine-tuned models are LoRA adapters on a shared base (``inference.loading``: at most
+``max_adapters``, least recently used and idle dropped). Rows of one batch may use different
+adapters, or none (peft's ``adapter_names``). Cache and sampling tensor work is in
+``inference.batching``, text in ``inference.detokenize``.
 
 The decode loop is written out rather than delegated to ``generate()``: it needs batching across
 requests, per-token cancellation, OpenAI-style stop strings that are cut from the output, and a
@@ -22,22 +23,22 @@ per-request seeded ``torch.Generator`` that leaves global RNG state alone.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import threading
-import time
 from collections import OrderedDict, deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
 
 from selftune.catalog import BaseModelSpec, Catalog, Resolved
-from selftune.data.render import render_prompt, stop_token_ids
-from selftune.errors import InvalidRequest, NotFound
+from selftune.data.render import render_prompt
+from selftune.errors import InvalidRequest
+from selftune.inference.batching import batchable, cache_width, merge_caches, sample, select_rows
+from selftune.inference.detokenize import IncrementalDecoder
+from selftune.inference.loading import BASE, Loaded, load_adapter, load_base
 
 log = logging.getLogger("selftune.engine")
 
@@ -75,23 +76,6 @@ class Generation:
 
 
 @dataclass
-class _Loaded:
-    model: Any
-    tokenizer: Any
-    stop_ids: set[int]
-    context: int
-    peft: Any = None
-    """The ``PeftModel`` wrapping ``model`` once a first adapter is loaded (its LoRA layers are
-    injected into ``model`` itself, which keeps serving the base with the adapters switched off)."""
-    adapters: OrderedDict[str, str] = field(default_factory=OrderedDict)
-    """Adapter folder -> peft adapter name, least recently used first."""
-
-
-BASE = "__base__"
-"""peft's name for "no adapter" in a mixed batch."""
-
-
-@dataclass
 class _Request:
     """A submitted generation, its future, and how many of its ``n`` choices are still running."""
 
@@ -113,6 +97,7 @@ class _Row:
     holdback: int
     length: int
     """Tokens in this row's cache (prompt plus the tokens already fed back)."""
+    decoder: IncrementalDecoder
     last: int = -1
     """The token to feed next."""
     out_ids: list[int] = field(default_factory=list)
@@ -125,7 +110,7 @@ class _Row:
 class _Batch:
     """Rows on one base model that advance together; ``cache`` is theirs, left-padded to one width."""
 
-    lm: _Loaded
+    lm: Loaded
     rows: list[_Row]
     cache: Any
     batchable: bool
@@ -149,7 +134,7 @@ class Engine:
         if dtype == "auto":
             dtype = "bfloat16" if self.device.type == "cuda" else "float32"
         self.dtype = getattr(torch, dtype)
-        self._models: OrderedDict[str, _Loaded] = OrderedDict()
+        self._models: OrderedDict[str, Loaded] = OrderedDict()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="selftune-engine")
         self._lock = threading.Lock()
         self._pending: deque[_Request] = deque()
@@ -170,7 +155,7 @@ class Engine:
 
     # --- public API -------------------------------------------------------------------------------
 
-    def preload(self, spec: BaseModelSpec) -> Future[_Loaded]:
+    def preload(self, spec: BaseModelSpec) -> Future[Loaded]:
         """Load a base model on the engine thread (converting it first if needed)."""
         return self._executor.submit(self._load, spec)
 
@@ -202,64 +187,18 @@ class Engine:
 
     # --- engine thread: loading -------------------------------------------------------------------
 
-    def _load(self, spec: BaseModelSpec) -> _Loaded:
+    def _load(self, spec: BaseModelSpec) -> Loaded:
         key = spec.name
         if key in self._models:
             self._models.move_to_end(key)
             return self._models[key]
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-
-        t0 = time.perf_counter()
-        folder: Path = self.catalog.materialize(spec)
-        tokenizer = AutoTokenizer.from_pretrained(folder)
-        model = AutoModelForCausalLM.from_pretrained(folder, dtype=self.dtype)
-        model = model.to(self.device).eval()  # type: ignore[arg-type]
-        if tokenizer.chat_template is None:
-            raise InvalidRequest(
-                f"base model {spec.name!r} has no chat template, so chat messages cannot be rendered; "
-                "add a chat_template to its tokenizer_config.json",
-                param="model",
-            )
-        context = int(getattr(model.config, "max_position_embeddings", 2048) or 2048)
-        loaded = _Loaded(model, tokenizer, stop_token_ids(tokenizer, model.generation_config), context)
+        loaded = load_base(self.catalog, spec, self.dtype, self.device)
         while len(self._models) >= self.max_loaded:
             # Rows still decoding on an evicted model keep it alive until they finish.
             evicted, _ = self._models.popitem(last=False)
             log.info("unloaded %s to make room", evicted)
         self._models[key] = loaded
-        log.info("loaded %s from %s in %.2fs", spec.name, folder, time.perf_counter() - t0)
         return loaded
-
-    def _load_adapter(self, lm: _Loaded, model: Resolved, busy: set[str]) -> str:
-        """Load (or reuse) the adapter of a fine-tuned model onto its shared base; evict the least
-        recently used adapter that no running row needs."""
-        assert model.adapter is not None
-        key = str(model.adapter)
-        if key in lm.adapters:
-            lm.adapters.move_to_end(key)
-            return lm.adapters[key]
-        if not (model.adapter / "adapter_config.json").is_file():
-            raise NotFound(
-                f"the weights of `{model.id}` are missing ({model.adapter}); delete the model and train it again",
-                param="model",
-                code="model_not_found",
-            )
-        from peft import PeftModel
-
-        t0 = time.perf_counter()
-        name = "a" + hashlib.sha1(key.encode()).hexdigest()[:16]
-        if lm.peft is None:
-            lm.peft = PeftModel.from_pretrained(lm.model, model.adapter, adapter_name=name)
-        else:
-            lm.peft.load_adapter(model.adapter, adapter_name=name)
-        lm.peft.eval()
-        lm.adapters[key] = name
-        for old in [k for k, v in lm.adapters.items() if v not in busy and v != name]:
-            if len(lm.adapters) <= self.max_adapters:
-                break
-            lm.peft.delete_adapter(lm.adapters.pop(old))
-        log.info("loaded adapter of %s in %.2fs", model.id, time.perf_counter() - t0)
-        return name
 
     # --- engine thread: scheduling ----------------------------------------------------------------
 
@@ -295,7 +234,7 @@ class Engine:
                 return
             lm = self._load(gen.model.base)
             busy = {r.adapter for b in batches for r in b.rows if r.adapter}
-            adapter = self._load_adapter(lm, gen.model, busy) if gen.model.adapter is not None else None
+            adapter = load_adapter(lm, gen.model, busy, self.max_adapters) if gen.model.adapter is not None else None
             prompt = render_prompt(lm.tokenizer, gen.messages)
             gen.prompt_tokens = len(prompt)
             room = lm.context - len(prompt)
@@ -315,13 +254,22 @@ class Engine:
                     rng.seed()  # fresh entropy per request; never touches the global RNG
                 else:
                     rng.manual_seed(params.seed + index)
-                row = _Row(req, index, adapter, min(params.max_tokens, room), rng, holdback, len(prompt))
+                row = _Row(
+                    req,
+                    index,
+                    adapter,
+                    min(params.max_tokens, room),
+                    rng,
+                    holdback,
+                    len(prompt),
+                    IncrementalDecoder(lm.tokenizer),
+                )
                 with torch.inference_mode():
                     out = self._forward(
                         lm, [row], input_ids=torch.tensor([prompt], device=self.device), logits_to_keep=1
                     )
                 if not self._accept(lm, row, out.logits[0, -1]):
-                    self._join(batches, _Batch(lm, [row], out.past_key_values, _batchable(out.past_key_values)))
+                    self._join(batches, _Batch(lm, [row], out.past_key_values, batchable(out.past_key_values)))
         except Exception as e:
             gen.cancel.set()  # choices already in a batch leave it at its next step
             self._end(req, e)
@@ -330,7 +278,7 @@ class Engine:
         """Merge a freshly prefilled row into a running batch on the same model, or start a new one."""
         for b in batches:
             if b.lm is single.lm and b.batchable and single.batchable and len(b.rows) < self.max_batch:
-                b.cache = _merge_caches(b.cache, single.cache)
+                b.cache = merge_caches(b.cache, single.cache)
                 b.rows += single.rows
                 return
         batches.append(single)
@@ -347,7 +295,7 @@ class Engine:
             return
         self.largest_batch = max(self.largest_batch, len(rows))
         try:
-            width = _cache_width(batch.cache)
+            width = cache_width(batch.cache)
             padded: dict[str, torch.Tensor] = {}
             if any(r.length != width for r in rows):  # rows of one length need no mask (a lone row never)
                 mask = torch.zeros((len(rows), width + 1), dtype=torch.long, device=self.device)
@@ -382,40 +330,47 @@ class Engine:
             return
         if rows:
             keep = [i for i, r in enumerate(batch.rows) if r in rows]
-            batch.cache = _select_rows(batch.cache, keep, max(r.length for r in rows))
+            batch.cache = select_rows(batch.cache, keep, max(r.length for r in rows))
         batch.rows = rows
 
-    def _forward(self, lm: _Loaded, rows: list[_Row], **kwargs: Any) -> Any:
+    def _forward(self, lm: Loaded, rows: list[_Row], **kwargs: Any) -> Any:
         if lm.peft is None:
             return lm.model(use_cache=True, **kwargs)
         # Once an adapter is loaded, its LoRA layers sit inside lm.model: every row names its own.
         return lm.peft(use_cache=True, adapter_names=[r.adapter or BASE for r in rows], **kwargs)
 
-    def _accept(self, lm: _Loaded, row: _Row, logits: torch.Tensor) -> bool:
+    def _accept(self, lm: Loaded, row: _Row, logits: torch.Tensor) -> bool:
         """Sample this row's next token and emit what became safe to send; True when the row is done."""
         gen, params = row.req.gen, row.req.gen.params
-        token = _sample(logits.float(), params.temperature, params.top_p, row.rng)
+        token = sample(logits.float(), params.temperature, params.top_p, row.rng)
         finish = None
         if token in lm.stop_ids:
             finish = "stop"
         else:
             row.out_ids.append(token)
             row.last = token
-            row.text = lm.tokenizer.decode(row.out_ids, skip_special_tokens=True)
-            cut = _find_stop(row.text, params.stop)
-            if cut is not None:
-                row.text, finish = row.text[:cut], "stop"
-            elif len(row.out_ids) >= row.max_tokens:
+            piece = row.decoder.push(token)
+            if piece:
+                # A stop string not found yet must end in the new piece, so only its tail is searched.
+                start = max(0, len(row.text) - row.holdback)
+                row.text += piece
+                cut = _find_stop(row.text, params.stop, start)
+                if cut is not None:
+                    row.text, finish = row.text[:cut], "stop"
+            if finish is None and len(row.out_ids) >= row.max_tokens:
                 finish = "length"
         if finish is None:
-            # Hold back a possible stop-string prefix and any half-decoded UTF-8 character.
+            # Hold back what could still be the start of a stop string.
             safe = len(row.text) - row.holdback
-            while safe > row.sent and row.text[safe - 1] == "\ufffd":
-                safe -= 1
             if safe > row.sent:
                 gen.emit(Event(row.index, row.text[row.sent : safe]))
                 row.sent = safe
             return False
+        if finish == "length" or token in lm.stop_ids:
+            row.text += row.decoder.flush()  # an unfinished character at the very end
+            cut = _find_stop(row.text, params.stop, max(0, row.sent - row.holdback))
+            if cut is not None:
+                row.text, finish = row.text[:cut], "stop"
         gen.emit(Event(row.index, row.text[row.sent :], finish_reason=finish, completion_tokens=len(row.out_ids)))
         self._row_done(row)
         return True
@@ -440,60 +395,6 @@ class Engine:
             req.future.set_exception(error)
 
 
-# --- batched key/value caches ---------------------------------------------------------------------------
-
-
-def _batchable(cache: Any) -> bool:
-    """Whether rows can share this cache: plain growing layers only (sliding-window caches drop
-    old positions on their own schedule, so those models decode one request at a time)."""
-    from transformers.cache_utils import DynamicLayer
-
-    return all(type(layer) is DynamicLayer for layer in getattr(cache, "layers", [None]))
-
-
-def _cache_width(cache: Any) -> int:
-    return int(cache.get_seq_length())
-
-
-def _merge_caches(a: Any, b: Any) -> Any:
-    """Stack cache ``b`` under cache ``a`` in the batch dimension, left-padding the shorter one."""
-    wa, wb = _cache_width(a), _cache_width(b)
-    width = max(wa, wb)
-    for la, lb in zip(a.layers, b.layers, strict=True):
-        la.keys = torch.cat([_left_pad(la.keys, width - wa), _left_pad(lb.keys, width - wb)])
-        la.values = torch.cat([_left_pad(la.values, width - wa), _left_pad(lb.values, width - wb)])
-    return a
-
-
-def _left_pad(t: torch.Tensor, n: int) -> torch.Tensor:
-    if n == 0:
-        return t
-    return torch.cat([t.new_zeros((*t.shape[:2], n, t.shape[3])), t], dim=2)
-
-
-def _select_rows(cache: Any, keep: list[int], longest: int) -> Any:
-    """Keep some rows of a cache, and drop the left padding no remaining row needs."""
-    index = torch.tensor(keep, device=cache.layers[0].keys.device)
-    width = _cache_width(cache)
-    for layer in cache.layers:
-        layer.keys = layer.keys[index, :, width - longest :]
-        layer.values = layer.values[index, :, width - longest :]
-    return cache
-
-
-def _find_stop(text: str, stops: tuple[str, ...]) -> int | None:
-    hits = [i for i in (text.find(s) for s in stops if s) if i >= 0]
+def _find_stop(text: str, stops: tuple[str, ...], start: int = 0) -> int | None:
+    hits = [i for i in (text.find(s, start) for s in stops if s) if i >= 0]
     return min(hits) if hits else None
-
-
-def _sample(logits: torch.Tensor, temperature: float, top_p: float, rng: torch.Generator) -> int:
-    if temperature <= 0:
-        return int(torch.argmax(logits))
-    probs = torch.softmax(logits / temperature, dim=-1)
-    if top_p < 1.0:
-        sorted_probs, order = torch.sort(probs, descending=True)
-        keep = torch.cumsum(sorted_probs, dim=-1) - sorted_probs < top_p
-        sorted_probs = sorted_probs * keep
-        choice = torch.multinomial(sorted_probs / sorted_probs.sum(), 1, generator=rng)
-        return int(order[choice])
-    return int(torch.multinomial(probs, 1, generator=rng))

@@ -10,6 +10,7 @@ Validation failures are 400 (never FastAPI's 422), unknown URLs 404.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import re
 from collections.abc import AsyncIterator
@@ -19,21 +20,19 @@ from typing import Any
 
 from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, JSONResponse
+from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from selftune import __version__
-from selftune.blobs import Blobs
-from selftune.catalog import Catalog
+from selftune import __version__, jobs
 from selftune.config import Settings
 from selftune.errors import InvalidRequest, NotFound, SelftuneError
 from selftune.ids import random_id
 from selftune.inference.engine import Engine
 from selftune.server import chat, files, fine_tuning, models
 from selftune.server.deps import Services, get_owner, get_services
-from selftune.store import Store
+from selftune.services import open_core
 from selftune.worker import Worker
 
 log = logging.getLogger("selftune.server")
@@ -41,17 +40,15 @@ STATIC = Path(__file__).parent / "static"
 
 
 def build_services(settings: Settings) -> Services:
-    settings.home.mkdir(parents=True, exist_ok=True)
-    store = Store(settings.db_url)
-    catalog = Catalog(settings, store)
+    core = open_core(settings)
     engine = Engine(
-        catalog,
+        core.catalog,
         max_loaded=settings.max_loaded_models,
         max_adapters=settings.max_loaded_adapters,
         max_batch=settings.max_batch_size,
         dtype=settings.inference_dtype,
     )
-    return Services(settings, settings.keys, store, Blobs(settings.home / "files"), catalog, engine)
+    return Services(settings, core.store, core.blobs, core.catalog, settings.keys, engine)
 
 
 def create_app(settings: Settings) -> FastAPI:
@@ -72,8 +69,7 @@ def create_app(settings: Settings) -> FastAPI:
             if worker is not None:
                 # Lets running jobs save their state (up to SHUTDOWN_GRACE_SECONDS) and requeues them.
                 await asyncio.to_thread(worker.stop)
-            services.engine.close()
-            services.store.close()
+            services.close()
 
     app = FastAPI(title="selftune", version=__version__, lifespan=lifespan, docs_url="/docs", redoc_url=None)
     app.add_middleware(_PathAndRequestId)
@@ -94,6 +90,17 @@ def create_app(settings: Settings) -> FastAPI:
     @app.get("/", include_in_schema=False)
     def dashboard() -> FileResponse:
         return FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-cache"})
+
+    @app.get("/job-statuses.js", include_in_schema=False)
+    def job_statuses() -> Response:
+        """The status machine of ``selftune.jobs`` for the dashboard: final statuses, and where each
+        button's move is allowed from."""
+        machine = {
+            "terminal": sorted(jobs.TERMINAL),
+            "actions": {a.value: jobs.sources(a) for a in (jobs.Action.PAUSE, jobs.Action.RESUME, jobs.Action.CANCEL)},
+        }
+        body = f"window.SELFTUNE_JOB_STATUSES = {json.dumps(machine)};\n"
+        return Response(body, media_type="text/javascript", headers={"Cache-Control": "no-cache"})
 
     app.add_exception_handler(SelftuneError, _selftune_error)
     app.add_exception_handler(RequestValidationError, _validation_error)

@@ -8,24 +8,22 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
-from selftune.blobs import Blobs
-from selftune.catalog import Catalog
-from selftune.config import LOCAL_OWNER, Settings
+from selftune.config import LOCAL_OWNER
 from selftune.errors import AuthenticationFailed
 from selftune.inference.engine import Engine
-from selftune.store import Store
+from selftune.services import Core
 
 
 @dataclass
-class Services:
+class Services(Core):
     """Everything a handler may call; built once in the app's lifespan and kept on ``app.state``."""
 
-    settings: Settings
     keys: dict[str, str]
-    store: Store
-    blobs: Blobs
-    catalog: Catalog
     engine: Engine
+
+    def close(self) -> None:
+        self.engine.close()
+        super().close()
 
 
 def get_services(request: Request) -> Services:

@@ -17,12 +17,12 @@ from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
 from selftune.blobs import too_large
-from selftune.data.validate import validate_file
 from selftune.errors import InvalidFile, InvalidRequest
 from selftune.ids import now, random_id
 from selftune.schemas.files import UPLOAD_PURPOSES, FileDeleted, FileList, FileObject
 from selftune.server.deps import OwnerDep, Services, ServicesDep
 from selftune.store import FileRecord
+from selftune.uploads import validate_upload
 
 router = APIRouter(tags=["files"])
 
@@ -67,10 +67,11 @@ async def create_file(request: Request, services: ServicesDep, owner: OwnerDep) 
 def _store_upload(
     services: Services, owner: str, upload: UploadFile, filename: str, purpose: str, expires: int | None
 ) -> FileObject:
-    tmp, size = services.blobs.copy_to_temp(upload.file, services.settings.max_upload_bytes)
+    tmp, size, checksum = services.blobs.copy_to_temp(upload.file, services.settings.max_upload_bytes)
     try:
-        if purpose == "fine-tune":
-            report = validate_file(tmp, filename=filename)
+        validation = None
+        if purpose == "fine-tune":  # validated here once; later stages read this verdict
+            report, validation = validate_upload(tmp, filename)
             if not report.ok:
                 raise InvalidFile(report.summary(max_lines=200), [p.to_dict() for p in report.problems])
         file_id = random_id("file-")
@@ -85,6 +86,8 @@ def _store_upload(
             expires_at=created + expires if expires else None,
             status="processed",
             status_details=None,
+            checksum=checksum,
+            validation=validation,
         )
         services.blobs.commit(tmp, file_id)
         services.store.insert_file(rec)

@@ -1,6 +1,7 @@
-"""``TrainConfig``: every training setting, with ``"auto"`` values resolved once, in one place.
+"""Hyperparameters: ``"auto"`` values resolved once, in one place, when a job is created.
 
-The job stores the resolved numbers and the API reports them, so users see exactly what ran.
+The job stores the resolved numbers and the API reports them, so users see exactly what ran; the
+recipe receives them inside a ``TrainConfig`` (``selftune.train.protocol``).
 
 Resolution of ``"auto"`` (documented in the README):
 
@@ -14,7 +15,7 @@ Resolution of ``"auto"`` (documented in the README):
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any
 
 TARGET_EPOCHS = 3
@@ -43,56 +44,30 @@ def auto_batch_size(n_examples: int) -> int:
     return max(1, min(8, n_examples // 32))
 
 
-@dataclass
-class TrainConfig:
-    """What the recipe needs. Written by the worker as ``job.json``; read by ``train.lora``."""
+@dataclass(frozen=True)
+class Hyperparameters:
+    """The resolved numbers a job trains with: what the API reports and what ``TrainConfig`` carries.
 
-    base_model_dir: str
-    """Folder with the base model's safetensors and tokenizer."""
-    train_file: str
-    output_dir: str
-    """Where the recipe writes events.jsonl, checkpoints/, adapter/ and metrics.csv."""
-    valid_file: str | None = None
-    n_epochs: int = 3
-    batch_size: int = 1
-    learning_rate_multiplier: float = 1.0
-    seed: int = 0
-    max_seq_len: int = 1024
-    """Longer examples are truncated from the end (and reported before training starts)."""
-    lora_r: int = 16
-    lora_alpha: int = 32
-    lora_dropout: float = 0.0
-    lora_targets: list[str] = field(
-        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-    )
-    """All linear layers of a Llama-style block."""
-    warmup_ratio: float = 0.05
-    eval_every: int = 0
-    """valid_loss on one validation batch every N steps (0: about 10 times per run); full_valid_loss on the
-    whole validation file at the end of each epoch."""
-    keep_checkpoints: int = 3
-    precision: str = "auto"
-    """``auto`` (bf16 autocast where the CPU or GPU supports it), ``bf16`` or ``fp32``."""
-    init_adapter: str | None = None
-    """Continue training from this adapter (an ``ft:`` model as the job's base)."""
-    resume: bool = True
-    """Continue from ``output_dir/state.pt`` when it exists (after a pause or a crash)."""
-    eval_examples: int = 0
-    """After training, compare base and fine-tuned answers on up to this many validation examples."""
-    model_name: str = "fine-tuned"
-    base_model_name: str = "base"
-    """Names for the two models in the evaluation report."""
+    ``from_stored`` is the one conversion from a job's stored JSON (the store keeps plain dicts)."""
 
-    @property
-    def learning_rate(self) -> float:
-        return BASE_LEARNING_RATE * self.learning_rate_multiplier
+    n_epochs: int
+    batch_size: int
+    learning_rate_multiplier: float
+
+    @classmethod
+    def from_stored(cls, stored: dict[str, Any]) -> Hyperparameters:
+        return cls(
+            n_epochs=int(stored["n_epochs"]),
+            batch_size=int(stored["batch_size"]),
+            learning_rate_multiplier=float(stored["learning_rate_multiplier"]),
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
 def resolve_hyperparameters(requested: dict[str, Any] | None, n_examples: int) -> dict[str, Any]:
-    """Turn ``"auto"`` (or missing) hyperparameters into the numbers that will be used."""
+    """Turn ``"auto"`` (or missing) hyperparameters into the numbers that will be used, as stored."""
     req = requested or {}
 
     def pick(key: str, auto: Any) -> Any:

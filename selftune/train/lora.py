@@ -1,24 +1,11 @@
-"""The LoRA training recipe. It reads top to bottom: config, data, model, resume, loop, smoke test,
-evaluation, result.
+"""The LoRA training recipe. It reads top to bottom: config, data, model, resume, loop, checks, result.
 
     python -m selftune.train.lora JOB_DIR/job.json
 
-Its only input is ``job.json`` (a ``TrainConfig``) plus the files it names; its only outputs are
-files in ``output_dir``:
-
-- ``events.jsonl``: one JSON object per line, ``{"type": "message" | "metrics" | "checkpoint" |
-  "paused" | "done" | "error", "level", "message", "data"}``, in OpenAI's wording; the worker
-  relays them as job events;
-- ``checkpoints/step-N/``: the adapter at the end of each epoch (the last ``keep_checkpoints`` kept);
-- ``state.pt``: the complete training state, saved at each epoch end and on pause, so that a
-  paused or crashed run continues exactly where it stopped;
-- ``adapter/``: the final adapter; ``metrics.csv``: OpenAI's result-file columns;
-- ``eval.json`` and ``eval.html``: base against fine-tuned on up to ``eval_examples`` validation
-  examples (``selftune.eval``), when there is a validation file.
-
-Exit status: 0 done, 2 the data is unusable (an ``error`` event says why), 3 paused (the worker
-asked by creating ``output_dir/pause``). It never imports the server or the store, so it runs and
-is tested on its own.
+It keeps the worker-recipe contract of ``selftune.train.protocol``: its only input is ``job.json``
+(a ``TrainConfig``) plus the files it names, its only outputs are the files of the job folder and
+the events in ``events.jsonl``, and its exit status says how it ended. It never imports the server
+or the store, so it runs and is tested on its own.
 
 Speed comes from doing less, not from a framework: bf16 autocast where the hardware has it (a LoRA
 step is about 1.8x faster on an avx512_bf16 CPU), no gradient checkpointing for small models, and
@@ -29,7 +16,6 @@ from __future__ import annotations
 
 import csv
 import ctypes
-import json
 import os
 import random
 import resource
@@ -37,74 +23,58 @@ import shutil
 import signal
 import sys
 import time
-from collections.abc import Callable, Sequence
 from contextlib import nullcontext, suppress
-from functools import partial
-from pathlib import Path
 from typing import Any
 
 import torch
 
-from selftune.blobs import write_atomic
-from selftune.data.render import IGNORE, render_file, render_prompt, stop_token_ids
-from selftune.data.validate import validate_file
-from selftune.eval.core import evaluate as evaluate_models
-from selftune.eval.core import load_examples as load_eval_examples
-from selftune.eval.report import to_html, to_json
-from selftune.train.config import TrainConfig
+from selftune.data.render import IGNORE, RenderedFile, render_file
+from selftune.train.checks import evaluate_job, smoke_test
+from selftune.train.protocol import (
+    Checkpoint,
+    DataError,
+    Done,
+    Error,
+    EventWriter,
+    Exit,
+    Message,
+    Metrics,
+    Paused,
+    TrainConfig,
+    load_config,
+)
 
-STATE_FILE = "state.pt"
-"""Everything needed to continue exactly: adapter, optimizer, scheduler, RNG, step, metrics so far."""
-PAUSE_FILE = "pause"
-"""The worker creates this file to ask for a pause; the recipe saves its state and exits ``PAUSED``."""
-PAUSED = 3
-DATA_ERROR = 2
 EAGER_ATTENTION_MAX_TOKENS = 256
 
 
-class Events:
-    """Appends events to ``events.jsonl``; flushed per line so the worker can follow it live."""
-
-    def __init__(self, path: Path) -> None:
-        self.f = path.open("a", encoding="utf-8")
-
-    def emit(self, type: str, message: str, data: dict[str, Any] | None = None, level: str = "info") -> None:
-        line = {"type": type, "level": level, "message": message, "data": data, "time": time.time()}
-        self.f.write(json.dumps(line) + "\n")
-        self.f.flush()
-
-
-class DataError(Exception):
-    """The training data cannot be used; ``code`` is the job's ``error.code``."""
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-
-
-def load_examples(
-    path: str, tokenizer: Any, max_len: int, events: Events, what: str
-) -> list[tuple[list[int], list[int]]]:
-    """Validate and render a JSONL file. Examples with nothing left to train are dropped, loudly."""
-    report = validate_file(path)
-    if not report.ok:
-        raise DataError("invalid_file_format", report.summary(max_lines=20))
-    rendered = render_file(tokenizer, path, max_len)
+def load_examples(path: str, tokenizer: Any, max_len: int, events: EventWriter, name: str, what: str) -> RenderedFile:
+    """Render a JSONL file (validated at upload, so it is not validated again). Truncated examples and
+    examples with nothing left to train are reported by line; the latter are dropped."""
+    try:
+        rendered = render_file(tokenizer, path, max_len)
+    except ValueError as e:  # a file that skipped validation (a hand-written job.json): say where
+        raise DataError("invalid_file_format", f"{name}:{e}") from e
     if rendered.truncated:
         events.emit(
-            "message",
-            f"{len(rendered.truncated)} {what} example(s) longer than {max_len} tokens were truncated",
-            level="warn",
+            Message(
+                f"{len(rendered.truncated)} {what} example(s) longer than {max_len} tokens were truncated "
+                f"(lines {_lines(rendered.truncated)})",
+                level="warn",
+            )
         )
     if rendered.empty:
-        shown = ", ".join(map(str, rendered.empty[:10])) + (" ..." if len(rendered.empty) > 10 else "")
         events.emit(
-            "message",
-            f"{len(rendered.empty)} {what} example(s) have no trainable tokens after truncation and are skipped "
-            f"(lines {shown}); shorten them or raise the sequence limit",
-            level="warn",
+            Message(
+                f"{len(rendered.empty)} {what} example(s) have no trainable tokens after truncation and are "
+                f"skipped (lines {_lines(rendered.empty)}); shorten them or raise the sequence limit",
+                level="warn",
+            )
         )
-    return rendered.rows
+    return rendered
+
+
+def _lines(lines: list[int]) -> str:
+    return ", ".join(map(str, lines[:10])) + (" ..." if len(lines) > 10 else "")
 
 
 def batches(examples: list[tuple[list[int], list[int]]], batch_size: int, rng: random.Random) -> list[list[int]]:
@@ -190,74 +160,6 @@ def bf16_supported(device: torch.device) -> bool:
     return bool(getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)())
 
 
-def smoke_prompt(path: str) -> tuple[list[dict[str, Any]], str] | None:
-    """The first training conversation cut before its last assistant message, and that message."""
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            if line.strip():
-                messages = json.loads(line)["messages"]
-                last = max((i for i, m in enumerate(messages) if m.get("role") == "assistant"), default=None)
-                if last:
-                    return messages[:last], str(messages[last].get("content") or "")
-    return None
-
-
-def greedy_tokens(
-    model: Any,
-    tokenizer: Any,
-    device: torch.device,
-    autocast: Any,
-    prompts: Sequence[list[dict[str, Any]]],
-    limits: Sequence[int],
-    adapter: bool = True,
-    batch_size: int = 8,
-) -> list[list[int]]:
-    """Greedy continuations (up to each prompt's limit, stop tokens kept), batched by prompt length with
-    left padding; ``adapter=False`` runs the base model (the adapter switched off)."""
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    stops = stop_token_ids(tokenizer, model.generation_config)
-    ids = [render_prompt(tokenizer, p) for p in prompts]
-    order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
-    rows: list[list[int]] = [[] for _ in ids]
-    for start in range(0, len(order), batch_size):
-        chunk = order[start : start + batch_size]
-        width = max(len(ids[i]) for i in chunk)
-        input_ids = torch.tensor([[pad_id] * (width - len(ids[i])) + ids[i] for i in chunk], device=device)
-        mask = torch.tensor([[0] * (width - len(ids[i])) + [1] * len(ids[i]) for i in chunk], device=device)
-        with torch.no_grad(), autocast(), nullcontext() if adapter else model.disable_adapter():
-            generated = model.generate(
-                input_ids=input_ids,
-                attention_mask=mask,
-                max_new_tokens=max(limits[i] for i in chunk),
-                do_sample=False,
-                eos_token_id=sorted(stops),
-                pad_token_id=pad_id,
-            )[:, width:]
-        for i, row in zip(chunk, generated.tolist(), strict=True):
-            rows[i] = row[: limits[i]]
-    return rows
-
-
-def generate_answers(
-    model: Any,
-    tokenizer: Any,
-    device: torch.device,
-    autocast: Any,
-    limits: list[int],
-    adapter: bool,
-    prompts: Sequence[list[dict[str, Any]]],
-    tick: Callable[[], None],
-) -> list[str]:
-    """An evaluation ``Answerer``: greedy answers as text, cut at the first stop token."""
-    stops = stop_token_ids(tokenizer, model.generation_config)
-    answers = []
-    for row in greedy_tokens(model, tokenizer, device, autocast, prompts, limits, adapter):
-        end = next((k for k, t in enumerate(row) if t in stops), len(row))
-        answers.append(tokenizer.decode(row[:end], skip_special_tokens=True).strip())
-        tick()
-    return answers
-
-
 def orphaned(parent: int) -> bool:
     """True once the worker that started us is gone: a SIGKILLed worker must not leave us training."""
     return parent > 1 and os.getppid() != parent
@@ -275,11 +177,9 @@ def main(cfg: TrainConfig) -> int:
     from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    out = Path(cfg.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    events = Events(out / "events.jsonl")
-    state_path = out / STATE_FILE
-    pause_flag = out / PAUSE_FILE
+    files = cfg.job_dir
+    files.root.mkdir(parents=True, exist_ok=True)
+    events = EventWriter(files.events)
     parent = os.getppid()
     exit_with_parent()
     t_start = time.perf_counter()
@@ -296,10 +196,19 @@ def main(cfg: TrainConfig) -> int:
     # --- data -------------------------------------------------------------------------------------
     tokenizer = AutoTokenizer.from_pretrained(cfg.base_model_dir)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    train = load_examples(cfg.train_file, tokenizer, cfg.max_seq_len, events, "training")
-    valid = load_examples(cfg.valid_file, tokenizer, cfg.max_seq_len, events, "validation") if cfg.valid_file else []
-    if not train:
-        raise DataError("invalid_training_file", "no training example has any trainable tokens")
+    train_name = cfg.train_name or os.path.basename(cfg.train_file)
+    rendered = load_examples(cfg.train_file, tokenizer, cfg.max_seq_len, events, train_name, "training")
+    if not rendered.rows:
+        raise DataError(
+            "invalid_file_format",
+            f"{train_name}:{rendered.empty[0] if rendered.empty else 1}: no training example has a trainable "
+            "token; every example needs an assistant message to learn from",
+        )
+    train = rendered.rows
+    valid = []
+    if cfg.valid_file:
+        valid_name = cfg.valid_name or os.path.basename(cfg.valid_file)
+        valid = load_examples(cfg.valid_file, tokenizer, cfg.max_seq_len, events, valid_name, "validation").rows
     # The whole run's batch order is fixed by the seed up front, so a resumed run takes exactly the
     # batches an uninterrupted one would have: the data position is just the step number.
     rng = random.Random(cfg.seed)
@@ -348,22 +257,23 @@ def main(cfg: TrainConfig) -> int:
     step, trained_tokens = 0, 0
     metrics_rows: list[dict[str, Any]] = []
     checkpoints: list[str] = []
-    if cfg.resume and state_path.is_file():
-        state = torch.load(state_path, map_location=device, weights_only=False)
+    if cfg.resume and files.state.is_file():
+        state = torch.load(files.state, map_location=device, weights_only=False)
         set_peft_model_state_dict(model, state["adapter"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         torch.set_rng_state(state["torch_rng"])
         step, trained_tokens = state["step"], state["trained_tokens"]
         metrics_rows, checkpoints = state["metrics_rows"], state["checkpoints"]
-        events.emit("message", f"Training resumed at step {step}/{total_steps}", {"step": step})
+        events.emit(Message(f"Training resumed at step {step}/{total_steps}", extra={"step": step}))
     else:
         events.emit(
-            "message",
-            f"Fine-tuning job started: {len(train)} examples, {cfg.n_epochs} epoch(s), batch size "
-            f"{cfg.batch_size}, learning rate {cfg.learning_rate:g}, {'bf16' if use_bf16 else 'fp32'} on "
-            f"{device.type}",
-            {"total_steps": total_steps, "examples": len(train)},
+            Message(
+                f"Fine-tuning job started: {len(train)} examples, {cfg.n_epochs} epoch(s), batch size "
+                f"{cfg.batch_size}, learning rate {cfg.learning_rate:g}, {'bf16' if use_bf16 else 'fp32'} on "
+                f"{device.type}",
+                extra={"total_steps": total_steps, "examples": len(train)},
+            )
         )
 
     def save_state() -> None:
@@ -378,20 +288,20 @@ def main(cfg: TrainConfig) -> int:
             "metrics_rows": metrics_rows,
             "checkpoints": checkpoints,
         }
-        tmp = state_path.with_suffix(".tmp")
+        tmp = files.state.with_suffix(".tmp")
         torch.save(state, tmp)
-        os.replace(tmp, state_path)
+        os.replace(tmp, files.state)
 
     # --- the loop ---------------------------------------------------------------------------------
     speed_from: tuple[float, int] | None = None  # (time, tokens) after this run's first step
     loop_start, loop_tokens = time.perf_counter(), trained_tokens
     while step < total_steps:
-        if pause_flag.exists():
+        if files.pause.exists():
             save_state()
-            events.emit("paused", f"Fine-tuning job paused at step {step}/{total_steps}", {"step": step})
-            return PAUSED
+            events.emit(Paused(f"Fine-tuning job paused at step {step}/{total_steps}", step=step))
+            return Exit.PAUSED
         if orphaned(parent):
-            return 1
+            return Exit.FAILED
         epoch, idx = schedule[step]
         batch = collate([train[i] for i in idx], pad_id, device)
         with autocast():
@@ -418,12 +328,12 @@ def main(cfg: TrainConfig) -> int:
         metrics_rows.append(row)
         if speed_from is None:  # model loading and the first step's warm-up are not training speed
             speed_from = (time.perf_counter(), trained_tokens)
-        events.emit("metrics", message, {**row, "total_steps": total_steps, "trained_tokens": trained_tokens})
+        events.emit(Metrics(message, total_steps=total_steps, trained_tokens=trained_tokens, **row))
 
         if step % steps_per_epoch == 0:
             # End of epoch: a checkpoint, callable as ft:...:ckpt-step-N; keep the last few. The
             # resumable state is saved with it, so a crash loses at most one epoch.
-            ckpt = out / "checkpoints" / f"step-{step}"
+            ckpt = files.checkpoints / f"step-{step}"
             model.save_pretrained(ckpt)
             checkpoints.append(str(ckpt))
             ckpt_metrics = dict(row)
@@ -433,56 +343,27 @@ def main(cfg: TrainConfig) -> int:
             while len(checkpoints) > cfg.keep_checkpoints:
                 shutil.rmtree(checkpoints.pop(0), ignore_errors=True)
             save_state()
-            events.emit(
-                "checkpoint",
+            checkpoint = Checkpoint(
                 f"Checkpoint created at step {step}",
-                {"step": step, "epoch": epoch + 1, "path": str(ckpt), "metrics": ckpt_metrics, "kept": checkpoints},
+                step=step,
+                epoch=epoch + 1,
+                path=str(ckpt),
+                metrics=ckpt_metrics,
+                kept=list(checkpoints),
             )
+            events.emit(checkpoint)
 
     loop_seconds = time.perf_counter() - loop_start
 
-    # --- smoke test: does the model end its turn? -------------------------------------------------
-    # A model that never emits end-of-turn rambles to max_tokens on every request; catch it here.
-    smoke = smoke_prompt(cfg.train_file)
-    if smoke is not None:
-        model.eval()
-        prompt, expected = smoke
-        limit = 2 * len(tokenizer(expected)["input_ids"]) + 32
-        stops = stop_token_ids(tokenizer, model.generation_config)
-        generated = greedy_tokens(model, tokenizer, device, autocast, [prompt], [limit])[0]
-        if not stops.intersection(generated):
-            events.emit(
-                "message",
-                f"Smoke test: the fine-tuned model did not end its answer within {limit} tokens on the first "
-                "training example, so it may ramble until max_tokens. Train for more epochs, or check that "
-                "examples end with an assistant message.",
-                level="warn",
-            )
-
-    # --- evaluation: base against fine-tuned, on held-out examples ----------------------------------
-    # Both models are already here (the base is the same weights with the adapter switched off), so
-    # this costs generation time only. A failure here is reported and never fails the job.
-    if cfg.valid_file and cfg.eval_examples > 0:
-        try:
-            examples = load_eval_examples(cfg.valid_file, limit=cfg.eval_examples, filename="validation file")
-            limits = [min(256, 3 * len(tokenizer(ex.reference)["input_ids"]) // 2 + 32) for ex in examples]
-            model.eval()
-            answer = partial(generate_answers, model, tokenizer, device, autocast, limits)
-            report = evaluate_models(
-                examples,
-                {cfg.base_model_name: partial(answer, False), cfg.model_name: partial(answer, True)},
-                data=Path(cfg.valid_file).name,
-                seed=cfg.seed,
-            )
-            write_atomic(out / "eval.json", to_json(report))
-            write_atomic(out / "eval.html", to_html(report))
-            events.emit("message", report.summary())
-        except Exception as e:
-            events.emit("message", f"Evaluation skipped: {type(e).__name__}: {e}", level="warn")
+    # --- checks: does the model end its turn; is it better than the base on held-out data? ---------
+    for report in smoke_test(model, tokenizer, device, autocast, cfg) + evaluate_job(
+        model, tokenizer, device, autocast, cfg
+    ):
+        events.emit(report)
 
     # --- result -----------------------------------------------------------------------------------
-    model.save_pretrained(out / "adapter")
-    with (out / "metrics.csv").open("w", newline="") as f:
+    model.save_pretrained(files.adapter)
+    with files.metrics.open("w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["step", "train_loss", "train_accuracy", "valid_loss", "valid_mean_token_accuracy"])
         for r in metrics_rows:
@@ -499,22 +380,18 @@ def main(cfg: TrainConfig) -> int:
     speed = None
     if speed_from is not None and trained_tokens > speed_from[1]:
         speed = (trained_tokens - speed_from[1]) / (time.perf_counter() - speed_from[0])
-    events.emit(
-        "done",
+    done = Done(
         f"Training finished in {elapsed:.1f}s",
-        {
-            "trained_tokens": trained_tokens,
-            "steps": step,
-            "seconds": elapsed,
-            "tokens_per_second": speed,
-            # The whole loop of this run, first step included (benchmarks compare this with peers'),
-            # and the process's peak memory.
-            "loop_seconds": loop_seconds,
-            "loop_tokens": trained_tokens - loop_tokens,
-            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-        },
+        trained_tokens=trained_tokens,
+        steps=step,
+        seconds=elapsed,
+        tokens_per_second=speed,
+        loop_seconds=loop_seconds,
+        loop_tokens=trained_tokens - loop_tokens,
+        peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     )
-    return 0
+    events.emit(done)
+    return Exit.DONE
 
 
 def _fmt(v: float | None) -> str:
@@ -522,12 +399,12 @@ def _fmt(v: float | None) -> str:
 
 
 def run(job_json: str) -> int:
-    cfg = TrainConfig(**json.loads(Path(job_json).read_text()))
+    cfg = load_config(job_json)
     try:
         return main(cfg)
     except DataError as e:
-        Events(Path(cfg.output_dir) / "events.jsonl").emit("error", str(e), {"code": e.code}, level="error")
-        return DATA_ERROR
+        EventWriter(cfg.job_dir.events).emit(Error(str(e), code=e.code))
+        return Exit.DATA_ERROR
 
 
 if __name__ == "__main__":

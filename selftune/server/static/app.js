@@ -4,6 +4,10 @@
 "use strict";
 
 const KEY_STORAGE = "selftune.apiKey";
+// The job status machine comes from the server (selftune.jobs, via /job-statuses.js), never restated here.
+const STATUSES = window.SELFTUNE_JOB_STATUSES;
+const isFinal = (status) => STATUSES.terminal.includes(status);
+const can = (action, status) => STATUSES.actions[action].includes(status);
 const POLL_MS = 1500;
 let timers = [];      // cleared on every page change
 let charts = [];      // uPlot instances to resize and destroy
@@ -193,13 +197,12 @@ async function jobPage(id) {
     renderHead();
   });
   function renderHead() {
-    const active = !["succeeded", "failed", "cancelled"].includes(job.status);
     head.replaceChildren(
       h("h1", {}, job.id, " ", badge(job.status)),
       h("div", { class: "row" },
-        h("button", { class: "secondary", id: "pause", disabled: !["running", "queued", "validating_files"].includes(job.status), onclick: action("pause") }, "Pause"),
-        h("button", { class: "secondary", id: "resume", disabled: job.status !== "paused", onclick: action("resume") }, "Resume"),
-        h("button", { class: "danger", id: "cancel", disabled: !active, onclick: action("cancel") }, "Cancel"),
+        h("button", { class: "secondary", id: "pause", disabled: !can("pause", job.status), onclick: action("pause") }, "Pause"),
+        h("button", { class: "secondary", id: "resume", disabled: !can("resume", job.status), onclick: action("resume") }, "Resume"),
+        h("button", { class: "danger", id: "cancel", disabled: !can("cancel", job.status), onclick: action("cancel") }, "Cancel"),
         job.fine_tuned_model ? h("a", { href: `#/playground?b=${encodeURIComponent(job.fine_tuned_model)}&a=${encodeURIComponent(job.model)}` }, h("button", {}, "Compare in playground")) : null,
       ),
     );
@@ -272,14 +275,14 @@ async function jobPage(id) {
   renderHead();
   await Promise.all([loadEvents(), loadCheckpoints()]);
   await loadEval();
-  let final = ["succeeded", "failed", "cancelled"].includes(job.status);
+  let final = isFinal(job.status);
   every(guard(async () => {
     if (final) return;
     job = await api(`/fine_tuning/jobs/${id}`);
     renderHead();
     await loadEvents();
     await loadCheckpoints();
-    if (["succeeded", "failed", "cancelled"].includes(job.status)) {
+    if (isFinal(job.status)) {
       final = true;
       await loadEvents();
       await loadEval();

@@ -1,0 +1,335 @@
+"""The measurements of ``make bench``: data, a selftune job through the API, TRL peers, held-out loss,
+the roofline, inference and scaling. ``run`` does them all and returns one results dict, which
+``bench.report`` turns into ``BENCHMARKS.md``.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import platform
+import random
+import subprocess
+import sys
+import time
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any
+
+from bench.inference import concurrent, llama_cpp_loop, stream_once, summarize, transformers_loop
+from selftune.jobs import TERMINAL
+from selftune.live import LiveServer
+from selftune.train.protocol import Done, JobDir, Metrics, read_events
+
+REPO = Path(__file__).resolve().parent.parent
+MODEL = "SmolLM2-135M-Instruct"
+MOOD = "happy"
+LORA = {
+    "r": 16,
+    "alpha": 32,
+    "targets": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+}
+BATCH_SIZE = 8
+EPOCHS = 1
+LEARNING_RATE = 1e-3  # selftune's LoRA rate at learning_rate_multiplier 1; TRL gets the same
+MAX_LENGTH = 1024  # selftune's sequence limit; no example comes near it
+SEED = 0
+DEFAULTS_EXAMPLES = 32  # TRL's defaults are slow: measured on the first 32 examples (4 steps)
+
+
+def log(msg: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+# --- data -------------------------------------------------------------------------------------------
+
+
+def mood_rows() -> list[dict[str, str]]:
+    spec = importlib.util.find_spec("moodswapper")
+    if spec is None or not spec.submodule_search_locations:
+        raise SystemExit("moodswapper is not installed: run `make install` first")
+    folder = Path(next(iter(spec.submodule_search_locations))) / "data"
+    with (folder / f"{MOOD}.jsonl").open(encoding="utf-8") as f:
+        return [json.loads(line) for line in f]
+
+
+def write_chat(path: Path, rows: list[dict[str, str]]) -> Path:
+    with path.open("w", encoding="utf-8") as f:
+        for r in rows:
+            msgs = [{"role": "user", "content": r["prompt"]}, {"role": "assistant", "content": r["response"]}]
+            f.write(json.dumps({"messages": msgs}, ensure_ascii=False) + "\n")
+    return path
+
+
+def make_data(folder: Path, quick: bool = False) -> dict[str, Path]:
+    rows = mood_rows()
+    random.Random(SEED).shuffle(rows)
+    train, held = rows[:200], rows[200:250]
+    if quick:  # a functional check of the whole run in a few minutes; its numbers mean nothing
+        train, held = train[:16], held[:8]
+    assert not {r["prompt"] for r in train} & {r["prompt"] for r in held}
+    return {
+        "train": write_chat(folder / "train200.jsonl", train),
+        "held": write_chat(folder / "held50.jsonl", held),
+        "train50": write_chat(folder / "train50.jsonl", train[:50]),
+        # 800 = the same 200, four times: the scaling runs see exactly the same kind of examples.
+        "train800": write_chat(folder / "train800.jsonl", train * 4),
+        "defaults": write_chat(folder / f"train{DEFAULTS_EXAMPLES}.jsonl", train[:DEFAULTS_EXAMPLES]),
+    }
+
+
+# --- a selftune job, through the server (selftune.live, the helper the tests use) ----------------------
+
+
+def start_server(home: Path) -> LiveServer:
+    return LiveServer(home, {"SELFTUNE_EVAL_EXAMPLES": "0"}).start(timeout=600)
+
+
+def selftune_job(server: LiveServer, train: Path) -> dict[str, Any]:
+    """A fine-tuning job exactly as a user runs one; returns its timings from the trainer."""
+    client = server.client(timeout=600)
+    f = client.files.create(file=train.open("rb"), purpose="fine-tune")
+    t0 = time.monotonic()
+    job = client.fine_tuning.jobs.create(
+        model=MODEL,
+        training_file=f.id,
+        hyperparameters={"n_epochs": EPOCHS, "batch_size": BATCH_SIZE},
+        seed=SEED,
+    )
+    while job.status not in TERMINAL:
+        time.sleep(0.5)
+        job = client.fine_tuning.jobs.retrieve(job.id)
+    wall = time.monotonic() - t0
+    if job.status != "succeeded":
+        raise SystemExit(f"job {job.id} {job.status}: {job.error}")
+    files = JobDir(server.home / "jobs" / job.id)
+    events = read_events(files.events)
+    done = next(e for e in reversed(events) if isinstance(e, Done))
+    metrics = [e for e in events if isinstance(e, Metrics)]
+    return {
+        "job": job.id,
+        "model": job.fine_tuned_model,
+        "wall_seconds": wall,
+        "tokens": done.loop_tokens,
+        "seconds": done.loop_seconds,
+        "tokens_per_second": done.loop_tokens / done.loop_seconds,
+        "steps": done.steps,
+        "final_train_loss": metrics[-1].train_loss,
+        "peak_rss_mb": done.peak_rss_mb,
+        "adapter": str(files.adapter),
+    }
+
+
+# --- training peers ---------------------------------------------------------------------------------------
+
+
+def trl_run(base_dir: Path, train: Path, out: Path, variant: str, packing: str, bf16: bool) -> dict[str, Any]:
+    cfg = {
+        "bf16": bf16,
+        "base_model_dir": str(base_dir),
+        "train_file": str(train),
+        "output_dir": str(out),
+        "variant": variant,
+        "packing": packing,
+        "epochs": EPOCHS,
+        "batch_size": BATCH_SIZE,
+        "learning_rate": LEARNING_RATE,
+        "max_length": MAX_LENGTH,
+        "lora": LORA,
+        "seed": SEED,
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.json").write_text(json.dumps(cfg))
+    env = {**os.environ, "TRANSFORMERS_VERBOSITY": "error", "TOKENIZERS_PARALLELISM": "false"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench.trl_sft", str(out / "config.json"), str(out / "result.json")],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    if proc.returncode != 0:
+        raise SystemExit(f"TRL {variant}/{packing} failed:\n{proc.stderr[-3000:]}")
+    return json.loads((out / "result.json").read_text())  # type: ignore[no-any-return]
+
+
+# --- held-out loss: one function for every adapter ----------------------------------------------------------
+
+
+def heldout_losses(base_dir: Path, held: Path, adapters: dict[str, str | None]) -> dict[str, dict[str, float]]:
+    """Assistant-token cross-entropy and accuracy on the held-out file, in fp32, by selftune's own
+    loss function, for the base model and each adapter (selftune's and TRL's alike)."""
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from selftune.data.render import render_file
+    from selftune.train import lora
+    from selftune.train.protocol import TrainConfig
+
+    tokenizer = AutoTokenizer.from_pretrained(base_dir)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    examples = render_file(tokenizer, held, MAX_LENGTH).rows
+    cfg = TrainConfig(str(base_dir), str(held), "", batch_size=BATCH_SIZE)
+    out = {}
+    for name, adapter in adapters.items():
+        model: Any = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
+        if adapter:
+            model = PeftModel.from_pretrained(model, adapter)
+        loss, acc = lora.evaluate(model, examples, cfg, pad_id, torch.device("cpu"), nullcontext)
+        out[name] = {"loss": loss, "accuracy": acc}
+    return out
+
+
+# --- the roofline ---------------------------------------------------------------------------------------------
+
+
+def peak_matmul_flops(bf16: bool) -> dict[str, float]:
+    """Best square-matmul FLOP/s per precision. Without native bf16 (no avx512_bf16), bf16 is emulated
+    and far slower: it is timed once at a small size, to say how much slower, not as a peak."""
+    import torch
+
+    out = {}
+    for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+        best = 0.0
+        for n in (1024, 2048, 3072) if dtype == torch.float32 or bf16 else (256,):
+            a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+            a @ b  # warm-up
+            reps, t0 = 0, time.perf_counter()
+            while time.perf_counter() - t0 < 1.5:
+                a @ b
+                reps += 1
+            best = max(best, 2 * n**3 * reps / (time.perf_counter() - t0))
+        out[name] = best
+    return out
+
+
+def native_bf16() -> bool:
+    """The recipe's own test: whether this machine trains in bf16 (a CUDA GPU, or an avx512_bf16 CPU)."""
+    import torch
+
+    from selftune.train.lora import bf16_supported
+
+    return bf16_supported(torch.device("cuda" if torch.cuda.is_available() else "cpu"))
+
+
+def matmul_params(base_dir: Path) -> dict[str, int]:
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.bfloat16)
+    blocks = sum(m.weight.numel() for m in model.model.layers.modules() if isinstance(m, torch.nn.Linear))
+    head = model.get_output_embeddings().weight.numel()
+    return {"blocks": blocks, "lm_head": head, "total": blocks + head}
+
+
+# --- the run ------------------------------------------------------------------------------------------------------
+
+
+def machine() -> dict[str, str]:
+    import peft
+    import torch
+    import transformers
+
+    cpu = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
+        platform.processor(),
+    )
+    mem = next(
+        (
+            int(line.split()[1]) / 2**20
+            for line in Path("/proc/meminfo").read_text().splitlines()
+            if line.startswith("MemTotal")
+        ),
+        0.0,
+    )
+    try:
+        import trl
+
+        trl_version = trl.__version__
+    except ImportError:
+        trl_version = "not installed"
+    return {
+        "cpu": f"{cpu}, {os.cpu_count()} cores, {mem:.0f} GiB",
+        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none",
+        "avx512_bf16": str(bool(getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)())),
+        "software": f"Python {platform.python_version()}, torch {torch.__version__}, transformers "
+        f"{transformers.__version__}, peft {peft.__version__}, trl {trl_version}",
+    }
+
+
+def run(work: Path, quick: bool = False) -> dict[str, Any]:
+    t_start = time.monotonic()
+    work.mkdir(parents=True, exist_ok=True)
+    home = work / "home"
+    home.mkdir(exist_ok=True)
+    data = make_data(work, quick)
+    r: dict[str, Any] = {"machine": machine(), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+    bf16 = r["bf16"] = native_bf16()
+    log("starting the server (the first run converts SmolLM2 from GGUF)")
+    server = start_server(home)
+    base_dir = home / "models" / MODEL
+    try:
+        log("roofline: peak matmul throughput")
+        r["peak_flops"] = peak_matmul_flops(bf16)
+        r["params"] = matmul_params(base_dir)
+
+        log("training: a selftune job on 200 examples")
+        r["selftune"] = selftune_job(server, data["train"])
+        log(f"  {r['selftune']['tokens_per_second']:.0f} tokens/s")
+        log("training: TRL tuned, padding-free against packing (a short probe each)")
+        r["trl_probes"] = {
+            mode: trl_run(base_dir, data["defaults"], work / f"trl-probe-{mode}", "tuned", mode, bf16)
+            for mode in ("padding_free", "packing")
+        }
+        best = max(r["trl_probes"], key=lambda m: r["trl_probes"][m]["tokens_per_second"])
+        log(f"training: TRL tuned ({best}) on 200 examples")
+        r["trl_tuned"] = trl_run(base_dir, data["train"], work / "trl-tuned", "tuned", best, bf16)
+        log(f"  {r['trl_tuned']['tokens_per_second']:.0f} tokens/s")
+        log(f"training: TRL defaults on the first {DEFAULTS_EXAMPLES} examples")
+        r["trl_defaults"] = trl_run(base_dir, data["defaults"], work / "trl-defaults", "defaults", "none", bf16)
+        log(f"  {r['trl_defaults']['tokens_per_second']:.0f} tokens/s")
+
+        log("quality: held-out loss of every adapter")
+        r["heldout"] = heldout_losses(
+            base_dir,
+            data["held"],
+            {
+                "base model": None,
+                "selftune": r["selftune"]["adapter"],
+                "TRL tuned": r["trl_tuned"]["adapter"],
+                f"TRL defaults ({DEFAULTS_EXAMPLES} examples)": r["trl_defaults"]["adapter"],
+            },
+        )
+
+        log("scaling: jobs on 50 and 800 examples")
+        r["scaling"] = {
+            50: selftune_job(server, data["train50"]),
+            200: r["selftune"],
+            800: selftune_job(server, data["train800"]),
+        }
+
+        log("inference: through the server, a transformers loop, llama.cpp")
+        held_prompts = [json.loads(line)["messages"][0]["content"] for line in data["held"].read_text().splitlines()]
+        prompts, max_tokens = held_prompts[:4], 64
+        client = server.client(timeout=600)
+        stream_once(client, MODEL, prompts[0], 8)  # warm-up
+        stream_once(client, r["selftune"]["model"], prompts[0], 8)  # loads the adapter
+        r["serve_base"] = summarize([stream_once(client, MODEL, p, max_tokens) for p in prompts])
+        r["serve_ft"] = summarize([stream_once(client, r["selftune"]["model"], p, max_tokens) for p in prompts])
+        r["concurrency"] = [
+            concurrent(lambda i: stream_once(client, MODEL, held_prompts[i], max_tokens), n) for n in (1, 8)
+        ]
+        r["serve_rss_mb"] = server.peak_rss_mb()
+    finally:
+        server.stop()
+    r["transformers"] = transformers_loop(base_dir, prompts, max_tokens)
+    r["llama_cpp"] = llama_cpp_loop(prompts, max_tokens, SEED)
+    r["max_tokens"], r["prompts"] = max_tokens, len(prompts)
+    r["wall_seconds"] = time.monotonic() - t_start
+    return r

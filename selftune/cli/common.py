@@ -1,0 +1,172 @@
+"""What the CLI's commands share: the console, options, error conversion, and small helpers.
+
+Library and API errors become clean one-line messages here, at the edge (``friendly_errors`` for
+selftune's own, ``api_errors`` for the SDK's).
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from functools import wraps
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from selftune.config import Settings
+from selftune.errors import SelftuneError
+
+F = TypeVar("F", bound=Callable[..., Any])
+console = Console(stderr=True, soft_wrap=True)  # log lines, not a layout: never wrap them
+
+
+def settings_from(**overrides: Any) -> Settings:
+    return Settings(**{k: v for k, v in overrides.items() if v is not None})
+
+
+def friendly_errors(fn: F) -> F:
+    @wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except SelftuneError as e:
+            raise click.ClickException(e.message) from e
+
+    return wrapper  # type: ignore[return-value]
+
+
+home_option = click.option(
+    "--home", type=click.Path(path_type=Path), default=None, help="Data directory [env SELFTUNE_HOME]."
+)
+db_option = click.option("--database-url", default=None, help="SQLAlchemy URL [env SELFTUNE_DATABASE_URL].")
+
+
+def open_catalog(home: Path | None, database_url: str | None) -> Any:
+    """This machine's catalog of base models (no server needed)."""
+    from selftune.services import open_core
+
+    return open_core(settings_from(home=home, database_url=database_url)).catalog
+
+
+model_option = click.option(
+    "--model", default=None, help="Base model (or alias) whose chat template to use [default: the default model]."
+)
+max_len_option = click.option(
+    "--max-seq-len", type=int, default=1024, show_default=True, help="Longer examples are truncated, as in training."
+)
+file_argument = click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+
+
+def load_tokenizer(model: str | None, home: Path | None) -> tuple[str, Path, Any]:
+    """The base model's name, weights folder and tokenizer (converting a GGUF model once, if needed)."""
+    from selftune.config import LOCAL_OWNER
+
+    catalog = open_catalog(home, None)
+    spec = catalog.resolve(model or catalog.settings.default_model, LOCAL_OWNER).base
+    with console.status(f"loading the {spec.name} tokenizer ..."):
+        return spec.name, catalog.materialize(spec), catalog.tokenizer(spec)
+
+
+def checked(file: Path) -> Any:
+    """Validate ``file``; print its problems and exit 1 if it has errors."""
+    from selftune.data.validate import validate_file
+
+    report = validate_file(file, filename=str(file))
+    if not report.ok:
+        click.echo(report.summary(), err=True)
+        sys.exit(1)
+    return report
+
+
+def line_list(lines: list[int]) -> str:
+    return ", ".join(map(str, lines[:10])) + (" ..." if len(lines) > 10 else "")
+
+
+def auto_or_int(value: str, flag: str) -> str | int:
+    if value == "auto":
+        return value
+    try:
+        return int(value)
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is neither 'auto' nor a whole number", param_hint=flag) from None
+
+
+DEFAULT_BASE_URL = "http://127.0.0.1:8000/v1"
+FINAL = ("succeeded", "failed", "cancelled")
+
+
+def client_options(fn: F) -> F:
+    fn = click.option(
+        "--api-key",
+        envvar="OPENAI_API_KEY",
+        default="local",
+        show_default=False,
+        help="API key [env OPENAI_API_KEY; any value in local mode].",
+    )(fn)
+    fn = click.option(
+        "--base-url",
+        envvar="OPENAI_BASE_URL",
+        default=DEFAULT_BASE_URL,
+        show_default=True,
+        help="Server [env OPENAI_BASE_URL]; https://api.openai.com/v1 works too.",
+    )(fn)
+    return fn
+
+
+def sdk_client(ctx: click.Context) -> Any:
+    import openai
+
+    return openai.OpenAI(base_url=ctx.obj["base_url"], api_key=ctx.obj["api_key"], max_retries=2)
+
+
+def api_errors(fn: F) -> F:
+    """SDK errors as one clean line: what the server said, or that it cannot be reached."""
+
+    @wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        import openai
+
+        try:
+            return fn(*args, **kwargs)
+        except openai.APIConnectionError as e:
+            ctx = click.get_current_context()
+            raise click.ClickException(
+                f"cannot reach {ctx.obj['base_url']}: is `selftune serve` running? ({e.__cause__ or e})"
+            ) from e
+        except openai.APIStatusError as e:
+            body = e.body if isinstance(e.body, dict) else {}
+            raise click.ClickException(f"{e.status_code}: {body.get('message') or e.message}") from e
+
+    return wrapper  # type: ignore[return-value]
+
+
+def group_with_client(name: str, help: str) -> click.Group:
+    @click.group(name, help=help)
+    @client_options
+    @click.pass_context
+    def group(ctx: click.Context, base_url: str, api_key: str) -> None:
+        ctx.obj = {"base_url": base_url, "api_key": api_key}
+
+    return group
+
+
+def new_table(*columns: str) -> Table:
+    """Ids and model names are copied from here into other commands: never cut or wrap them."""
+    table = Table()
+    for name in columns:
+        table.add_column(name, no_wrap=name in ("id", "model", "fine_tuned_model"))
+    return table
+
+
+def print_table(table: Table) -> None:
+    Console(width=None if sys.stdout.isatty() else 250).print(table)
+
+
+def upload_file(client: Any, path: Path) -> str:
+    """Validate locally (refusing a broken file before sending anything), then upload."""
+    checked(path)
+    with path.open("rb") as f:
+        return str(client.files.create(file=(path.name, f), purpose="fine-tune").id)

@@ -1,0 +1,107 @@
+"""``selftune eval``: base against fine-tuned on held-out data, through any OpenAI-compatible API."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+from rich.console import Console
+
+from selftune.cli.common import api_errors, client_options, console, friendly_errors, sdk_client
+
+
+@click.command("eval")
+@click.argument("more_models", nargs=-1, metavar="[MODEL]...")
+@click.option("--models", "-m", "models_", multiple=True, help="A model to compare; the first is the baseline.")
+@click.option(
+    "--data",
+    required=True,
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Held-out examples in the training format; the last assistant message is the reference.",
+)
+@click.option("--limit", type=int, default=None, help="Only the first N examples.")
+@click.option("--judge", default=None, help="Also have this model pick the better answer of each pair.")
+@click.option("--concurrency", type=int, default=4, show_default=True, help="Requests in flight per model.")
+@click.option("--max-tokens", type=int, default=None, help="Answer length limit [default: about 2x the reference].")
+@click.option("--temperature", type=float, default=0.0, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True, help="For sampling, bootstrap and the judge's order.")
+@click.option("--no-embeddings", is_flag=True, help="Skip embedding similarity (it loads MiniLM, about 2 s).")
+@click.option("--show", type=int, default=10, show_default=True, help="Examples in the terminal table (0: none).")
+@click.option("--html", "html_out", type=click.Path(dir_okay=False, path_type=Path), help="Write an HTML report.")
+@click.option("--markdown", "md_out", type=click.Path(dir_okay=False, path_type=Path), help="Write a Markdown report.")
+@click.option("--json", "json_out", type=click.Path(dir_okay=False, path_type=Path), help="Write the JSON report.")
+@client_options
+@click.pass_context
+@api_errors
+@friendly_errors
+def eval_(
+    ctx: click.Context,
+    more_models: tuple[str, ...],
+    models_: tuple[str, ...],
+    data: Path,
+    limit: int | None,
+    judge: str | None,
+    concurrency: int,
+    max_tokens: int | None,
+    temperature: float,
+    seed: int,
+    no_embeddings: bool,
+    show: int,
+    html_out: Path | None,
+    md_out: Path | None,
+    json_out: Path | None,
+    base_url: str,
+    api_key: str,
+) -> None:
+    """Compare models on held-out data: the base first, then fine-tuned ones.
+
+    \b
+        selftune eval --models SmolLM2-135M-Instruct ft:SmolLM2-135M-Instruct:local:faq:AbC123xy \\
+                      --data train_val.jsonl --html report.html
+
+    Each example's conversation, without its last assistant message, is sent to every model through
+    the OpenAI API (selftune or any compatible server); the answers are scored against that message.
+    """
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from selftune.blobs import write_atomic
+    from selftune.eval import evaluate, load_examples
+    from selftune.eval.core import default_max_tokens
+    from selftune.eval.remote import api_answerer
+    from selftune.eval.report import print_report, to_html, to_json, to_markdown
+
+    names = list(dict.fromkeys([*models_, *more_models]))
+    if not names:
+        raise click.UsageError("name at least one model: --models BASE ft:...")
+    ctx.obj = {"base_url": base_url, "api_key": api_key}
+    client = sdk_client(ctx)
+    examples = load_examples(data, limit=limit)
+    if not examples:
+        raise click.ClickException(f"{data} has no examples")
+    limits = [max_tokens or default_max_tokens(ex.reference) for ex in examples]
+    answerers = {
+        name: api_answerer(client, name, max_tokens=limits, concurrency=concurrency, temperature=temperature, seed=seed)
+        for name in names
+    }
+    judge_with = None
+    if judge:
+        judge_with = (judge, api_answerer(client, judge, max_tokens=16, concurrency=concurrency, seed=seed))
+    total = len(examples) * (len(names) + (len(names) - 1 if judge else 0))
+    with Progress(
+        TextColumn("evaluating"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), console=console
+    ) as progress:
+        task = progress.add_task("eval", total=total)
+        report = evaluate(
+            examples,
+            answerers,
+            judge_with=judge_with,
+            embeddings=not no_embeddings,
+            data=str(data),
+            seed=seed,
+            tick=lambda: progress.advance(task),
+        )
+    print_report(report, Console(soft_wrap=False), show=show)
+    for path, text in ((html_out, to_html), (md_out, to_markdown), (json_out, to_json)):
+        if path is not None:
+            write_atomic(path, text(report))
+            console.print(f"wrote {path}")

@@ -1,0 +1,47 @@
+"""The ``selftune`` command: its group, and the commands of each module attached to it."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from selftune import __version__
+from selftune.cli import client, data, evaluate, server
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="selftune")
+def cli() -> None:
+    """selftune: OpenAI-compatible fine-tuning on your own machine.
+
+    \b
+    Server:   serve | worker
+    Data:     prepare | validate | estimate | render
+    Client:   files upload | list | rm    jobs create | list | get | follow | cancel | pause | resume
+              chat MODEL
+    Models:   models list | rm (on the server; --local: base models here) | add (a base model here)
+    """
+
+
+for command in (
+    server.serve,
+    server.worker,
+    data.prepare,
+    data.validate,
+    data.estimate,
+    data.render,
+    client.files,
+    client.jobs,
+    client.chat,
+    client.models,
+    evaluate.eval_,
+):
+    cli.add_command(command)
+
+
+def main() -> None:
+    try:
+        cli(prog_name="selftune")
+    except KeyboardInterrupt:
+        sys.exit(130)

@@ -1,0 +1,91 @@
+"""Process launchers: ``selftune serve`` (the API, with a worker on a thread) and ``selftune worker``."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import click
+
+from selftune import __version__
+from selftune.cli.common import console, db_option, friendly_errors, home_option, settings_from
+
+
+@click.command()
+@click.option("--host", default=None, help="Address to bind [env SELFTUNE_HOST, default 127.0.0.1].")
+@click.option("--port", type=int, default=None, help="Port [env SELFTUNE_PORT, default 8000].")
+@click.option("--api-keys", default=None, help="'KEY[:OWNER],...' [env SELFTUNE_API_KEYS]; none = local mode.")
+@click.option("--default-model", default=None, help="Base model to preload and alias [env SELFTUNE_DEFAULT_MODEL].")
+@click.option("--no-preload", is_flag=True, help="Do not load the default model at startup.")
+@click.option(
+    "--no-worker", is_flag=True, help="Do not train here; run `selftune worker` elsewhere [env SELFTUNE_WORKER]."
+)
+@click.option("--log-level", default="info", type=click.Choice(["debug", "info", "warning", "error"]))
+@home_option
+@db_option
+@friendly_errors
+def serve(
+    host: str | None,
+    port: int | None,
+    api_keys: str | None,
+    default_model: str | None,
+    no_preload: bool,
+    no_worker: bool,
+    log_level: str,
+    home: Path | None,
+    database_url: str | None,
+) -> None:
+    """Run the OpenAI-compatible API server."""
+    import uvicorn
+
+    from selftune.server.app import create_app
+
+    settings = settings_from(
+        host=host,
+        port=port,
+        api_keys=api_keys,
+        default_model=default_model,
+        home=home,
+        database_url=database_url,
+        preload=False if no_preload else None,
+        worker=False if no_worker else None,
+    )
+    settings.check_bind()
+    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    url = f"http://{settings.host}:{settings.port}"
+    if settings.local_mode:
+        console.print(
+            f"[bold]selftune {__version__}[/] in [yellow]local mode[/]: no API keys configured, so it "
+            f"listens on {settings.host} only and accepts any key."
+        )
+    else:
+        console.print(f"[bold]selftune {__version__}[/]: API keys required ({len(settings.keys)} configured).")
+    console.print(f"data: {settings.home}   API: {url}/v1   default model: {settings.default_model}")
+    console.print(f'use it:  OpenAI(base_url="{url}/v1", api_key="...")   dashboard: {url}/')
+    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=log_level)
+
+
+@click.command()
+@click.option("--slots", type=int, default=None, help="Jobs trained at once [env SELFTUNE_WORKER_SLOTS, default 1].")
+@click.option("--log-level", default="info", type=click.Choice(["debug", "info", "warning", "error"]))
+@home_option
+@db_option
+@friendly_errors
+def worker(slots: int | None, log_level: str, home: Path | None, database_url: str | None) -> None:
+    """Run only the training worker.
+
+    It takes jobs from the same database as the server (SELFTUNE_DATABASE_URL) and reads and
+    writes the same SELFTUNE_HOME, so on another machine that folder must be shared storage.
+    Stop it with Ctrl-C: running jobs save their state and go back to the queue.
+    """
+    from selftune.services import open_core
+    from selftune.worker import Worker, run_forever
+
+    settings = settings_from(home=home, database_url=database_url, worker_slots=slots)
+    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    core = open_core(settings)  # no inference engine: a worker only trains
+    console.print(f"[bold]selftune worker[/]: data {settings.home}, {settings.worker_slots} slot(s)")
+    try:
+        run_forever(Worker(settings, core.store, core.blobs, core.catalog))
+    finally:
+        core.close()

@@ -1,0 +1,205 @@
+"""The schema: the tables as they are now, and the frozen records their rows are returned as.
+
+Databases are built and upgraded to these tables by ``selftune.migrations`` (Alembic), never by
+``create_all``: a change here comes with a new migration. ``selftune.store`` holds the queries.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import JSON, Boolean, Column, Float, Integer, MetaData, String, Table, Text
+
+metadata = MetaData()
+
+files = Table(
+    "files",
+    metadata,
+    # seq orders rows strictly (created_at has only one-second resolution) and backs cursors.
+    Column("seq", Integer, primary_key=True, autoincrement=True),
+    Column("id", String(64), nullable=False, unique=True),
+    Column("owner", String(128), nullable=False, index=True),
+    Column("filename", Text, nullable=False),
+    Column("purpose", String(32), nullable=False),
+    Column("size_bytes", Integer, nullable=False),
+    Column("created_at", Integer, nullable=False),
+    Column("expires_at", Integer, nullable=True),
+    Column("status", String(16), nullable=False),
+    Column("status_details", Text, nullable=True),
+    # Deleted rows stay (without their bytes) so a pagination cursor pointing at one still works.
+    Column("deleted", Boolean, nullable=False, default=False),
+    # SHA-256 of the bytes, and the validator's verdict at upload (selftune.uploads): later stages
+    # trust the verdict while the bytes are unchanged, instead of parsing the file again.
+    Column("checksum", String(64), nullable=True),
+    Column("validation", JSON, nullable=True),
+)
+
+models_table = Table(
+    "models",
+    metadata,
+    Column("seq", Integer, primary_key=True, autoincrement=True),
+    Column("id", String(512), nullable=False, unique=True),
+    Column("owner", String(128), nullable=False, index=True),
+    Column("created", Integer, nullable=False),
+    Column("base_model", String(512), nullable=False),
+    Column("adapter_path", Text, nullable=False),
+    Column("job_id", String(64), nullable=True),
+    Column("deleted", Boolean, nullable=False, default=False),
+)
+
+base_models = Table(
+    "base_models",
+    metadata,
+    Column("name", String(512), primary_key=True),
+    Column("source", String(16), nullable=False),
+    Column("path", Text, nullable=False),
+    Column("gguf_file", Text, nullable=True),
+    Column("created", Integer, nullable=False),
+)
+
+
+jobs = Table(
+    "jobs",
+    metadata,
+    Column("seq", Integer, primary_key=True, autoincrement=True),
+    Column("id", String(64), nullable=False, unique=True),
+    Column("owner", String(128), nullable=False, index=True),
+    Column("created_at", Integer, nullable=False),
+    Column("status", String(32), nullable=False, index=True),
+    Column("model", String(512), nullable=False),
+    Column("base_model", String(512), nullable=False),
+    Column("init_adapter", Text, nullable=True),
+    Column("training_file", String(64), nullable=False),
+    Column("validation_file", String(64), nullable=True),
+    Column("hyperparameters", JSON, nullable=False),
+    Column("method", JSON, nullable=False),
+    Column("suffix", String(64), nullable=True),
+    Column("seed", Integer, nullable=False),
+    Column("metadata", JSON, nullable=True),
+    Column("integrations", JSON, nullable=True),
+    Column("model_name", String(512), nullable=False),
+    Column("fine_tuned_model", String(512), nullable=True),
+    Column("error", JSON, nullable=True),
+    Column("finished_at", Integer, nullable=True),
+    Column("trained_tokens", Integer, nullable=True),
+    Column("estimated_finish", Integer, nullable=True),
+    Column("result_files", JSON, nullable=False),
+    # Which worker runs the job and when it last said so; a silent worker's jobs are recovered.
+    Column("worker_id", String(256), nullable=True),
+    Column("heartbeat_at", Float, nullable=True),
+)
+
+job_events = Table(
+    "job_events",
+    metadata,
+    Column("seq", Integer, primary_key=True, autoincrement=True),
+    Column("id", String(64), nullable=False, unique=True),
+    Column("job_id", String(64), nullable=False, index=True),
+    Column("created_at", Integer, nullable=False),
+    Column("level", String(8), nullable=False),
+    Column("type", String(16), nullable=False),
+    Column("message", Text, nullable=False),
+    Column("data", JSON, nullable=True),
+)
+
+checkpoints = Table(
+    "checkpoints",
+    metadata,
+    Column("seq", Integer, primary_key=True, autoincrement=True),
+    Column("id", String(64), nullable=False, unique=True),
+    Column("job_id", String(64), nullable=False, index=True),
+    Column("created_at", Integer, nullable=False),
+    Column("step_number", Integer, nullable=False),
+    Column("metrics", JSON, nullable=False),
+    Column("adapter_path", Text, nullable=False),
+)
+
+
+@dataclass(frozen=True)
+class JobRecord:
+    id: str
+    owner: str
+    created_at: int
+    status: str
+    model: str
+    """What the job reports as its model: the base model's real name, or the ``ft:`` model continued."""
+    base_model: str
+    init_adapter: str | None
+    training_file: str
+    validation_file: str | None
+    hyperparameters: dict[str, Any]
+    method: dict[str, Any]
+    suffix: str | None
+    seed: int
+    metadata: dict[str, str] | None
+    integrations: list[dict[str, Any]] | None
+    model_name: str
+    """The ``ft:`` name the model gets on success (decided at creation; hidden until then)."""
+    fine_tuned_model: str | None = None
+    error: dict[str, Any] | None = None
+    finished_at: int | None = None
+    trained_tokens: int | None = None
+    estimated_finish: int | None = None
+    result_files: list[str] = field(default_factory=list)
+    worker_id: str | None = None
+    heartbeat_at: float | None = None
+
+
+@dataclass(frozen=True)
+class EventRecord:
+    id: str
+    job_id: str
+    created_at: int
+    level: str
+    type: str
+    message: str
+    data: dict[str, Any] | None
+
+
+@dataclass(frozen=True)
+class CheckpointRecord:
+    id: str
+    job_id: str
+    created_at: int
+    step_number: int
+    metrics: dict[str, float]
+    adapter_path: str
+
+
+@dataclass(frozen=True)
+class FileRecord:
+    id: str
+    owner: str
+    filename: str
+    purpose: str
+    size_bytes: int
+    created_at: int
+    expires_at: int | None
+    status: str
+    status_details: str | None
+    checksum: str | None = None
+    validation: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class ModelRecord:
+    """A fine-tuned model: a LoRA adapter on a base model, owned by one owner."""
+
+    id: str
+    owner: str
+    created: int
+    base_model: str
+    adapter_path: str
+    job_id: str | None
+
+
+@dataclass(frozen=True)
+class BaseModelRecord:
+    """A base model registered with ``selftune models add``; visible to every owner."""
+
+    name: str
+    source: str
+    path: str
+    gguf_file: str | None
+    created: int

@@ -1,0 +1,71 @@
+"""Greedy generation inside the training process, for the smoke test and the end-of-job evaluation.
+
+Both need the model that was just trained, with and without its adapter, so they run here rather
+than through the inference engine, on batches of prompts grouped by length with left padding.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from contextlib import nullcontext
+from typing import Any
+
+import torch
+
+from selftune.data.render import render_prompt, stop_token_ids
+
+
+def greedy_tokens(
+    model: Any,
+    tokenizer: Any,
+    device: torch.device,
+    autocast: Any,
+    prompts: Sequence[list[dict[str, Any]]],
+    limits: Sequence[int],
+    adapter: bool = True,
+    batch_size: int = 8,
+) -> list[list[int]]:
+    """Greedy continuations (up to each prompt's limit, stop tokens kept), batched by prompt length with
+    left padding; ``adapter=False`` runs the base model (the adapter switched off)."""
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    stops = stop_token_ids(tokenizer, model.generation_config)
+    ids = [render_prompt(tokenizer, p) for p in prompts]
+    order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
+    rows: list[list[int]] = [[] for _ in ids]
+    for start in range(0, len(order), batch_size):
+        chunk = order[start : start + batch_size]
+        width = max(len(ids[i]) for i in chunk)
+        input_ids = torch.tensor([[pad_id] * (width - len(ids[i])) + ids[i] for i in chunk], device=device)
+        mask = torch.tensor([[0] * (width - len(ids[i])) + [1] * len(ids[i]) for i in chunk], device=device)
+        with torch.no_grad(), autocast(), nullcontext() if adapter else model.disable_adapter():
+            generated = model.generate(
+                input_ids=input_ids,
+                attention_mask=mask,
+                max_new_tokens=max(limits[i] for i in chunk),
+                do_sample=False,
+                eos_token_id=sorted(stops),
+                pad_token_id=pad_id,
+            )[:, width:]
+        for i, row in zip(chunk, generated.tolist(), strict=True):
+            rows[i] = row[: limits[i]]
+    return rows
+
+
+def generate_answers(
+    model: Any,
+    tokenizer: Any,
+    device: torch.device,
+    autocast: Any,
+    limits: list[int],
+    adapter: bool,
+    prompts: Sequence[list[dict[str, Any]]],
+    tick: Callable[[], None],
+) -> list[str]:
+    """An evaluation ``Answerer``: greedy answers as text, cut at the first stop token."""
+    stops = stop_token_ids(tokenizer, model.generation_config)
+    answers = []
+    for row in greedy_tokens(model, tokenizer, device, autocast, prompts, limits, adapter):
+        end = next((k for k, t in enumerate(row) if t in stops), len(row))
+        answers.append(tokenizer.decode(row[:end], skip_special_tokens=True).strip())
+        tick()
+    return answers
