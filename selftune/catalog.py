@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import fcntl
 import importlib.util
+import json
 import shutil
 import time
 import tomllib
@@ -194,6 +195,13 @@ class Catalog:
 
             self._tokenizers[folder] = AutoTokenizer.from_pretrained(folder)
         return self._tokenizers[folder]
+
+    def sequence_limit(self, spec: BaseModelSpec) -> int:
+        """Tokens an example may have in training: the model's context length, capped by
+        ``SELFTUNE_MAX_SEQ_LEN`` (memory grows with it); longer examples are truncated, and named."""
+        config = json.loads((self.materialize(spec) / "config.json").read_text())
+        context = int(config.get("max_position_embeddings") or config.get("n_positions") or self.settings.max_seq_len)
+        return min(context, self.settings.max_seq_len)
 
     def materialize(self, spec: BaseModelSpec) -> Path:
         """A folder that ``from_pretrained`` loads fast. Converts or downloads once, atomically."""

@@ -86,6 +86,8 @@ class Settings(BaseSettings):
     """Jobs one worker trains at once. One per device is fastest: two jobs on one CPU share its cores."""
 
     eval_examples: int = Field(default=32, ge=0)
+    max_seq_len: int = Field(default=4096, ge=16)
+    """The longest training example, in tokens: the base model's context length, capped by this."""
     """At the end of a job with a validation file, base and fine-tuned model answer up to this many
     validation examples and the report is attached to the job (0 turns it off)."""
 

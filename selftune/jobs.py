@@ -37,7 +37,7 @@ from selftune.store import CheckpointRecord, FileRecord, JobRecord, ModelRecord,
 from selftune.train.config import resolve_hyperparameters
 from selftune.train.estimate import estimate as estimate_job
 from selftune.train.estimate import load_throughput, record_throughput
-from selftune.train.protocol import Done, JobDir, TrainConfig
+from selftune.train.protocol import Done, JobDir
 from selftune.uploads import ensure_validated
 
 MIN_EXAMPLES = 10
@@ -220,7 +220,8 @@ def estimate(
     """
     resolved = catalog.resolve(req.model, owner)
     training = training_file(store, owner, req.training_file, "training_file")
-    rendered = render_file(catalog.tokenizer(resolved.base), blobs.path(training.id), TrainConfig.max_seq_len)
+    limit = catalog.sequence_limit(resolved.base)
+    rendered = render_file(catalog.tokenizer(resolved.base), blobs.path(training.id), limit)
     est = estimate_job(rendered, hyperparameters(req), 0.0, load_throughput(home, resolved.base.name))
     result = {"object": "fine_tuning.estimate", "model": resolved.id, "training_file": training.id}
     return {**result, **est.to_dict()}

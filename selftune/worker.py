@@ -166,7 +166,8 @@ class Worker:
         files.root.mkdir(parents=True, exist_ok=True)
         files.pause.unlink(missing_ok=True)
         try:
-            base_dir = self.catalog.materialize(self.catalog.get_base(job.base_model))
+            base = self.catalog.get_base(job.base_model)
+            base_dir = self.catalog.materialize(base)
             train = self.store.get_file(job.owner, job.training_file)
             valid = self.store.get_file(job.owner, job.validation_file) if job.validation_file else None
         except SelftuneError as e:
@@ -178,6 +179,7 @@ class Worker:
             valid_file=str(self.blobs.path(valid.id)) if valid else None,
             output_dir=str(files.root),
             seed=job.seed,
+            max_seq_len=self.catalog.sequence_limit(base),
             init_adapter=job.init_adapter,
             eval_examples=self.settings.eval_examples,
             model_name=job.model_name,

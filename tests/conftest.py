@@ -121,6 +121,14 @@ def server(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> It
     srv.stop()
 
 
+@pytest.fixture(scope="session")
+def smol_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
+    """The server exactly as `make serve` runs it: the bundled SmolLM2, converted on first start."""
+    srv = LiveServer(tmp_path_factory.mktemp("home-smol")).start(timeout=600)
+    yield srv
+    srv.stop()
+
+
 ALICE, BOB = "sk-alice-0123456789", "sk-bob-9876543210"
 
 

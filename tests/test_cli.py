@@ -39,7 +39,24 @@ def test_validate_reports_token_statistics(home: dict[str, str], tmp_path: Path)
     )
     assert out["truncated_lines"] == [13] and out["no_trainable_tokens_lines"] == [13]  # the answer was cut off
     text = run_cli("validate", str(data), "--model", "tiny", "--max-seq-len", "64", env=home).stdout
-    assert "tokens per example under tiny" in text and "(lines 13)" in text
+    assert "tokens per example under tiny" in text and f"will be truncated: {data}:13" in text
+    # Without --max-seq-len the limit is the job's: the model's context (4096 here), capped by the setting.
+    default = json.loads(run_cli("validate", str(data), "--model", "tiny", "--json", env=home).stdout)
+    assert default["max_seq_len"] == 4096 and default["truncated_lines"] == []
+    capped = {**home, "SELFTUNE_MAX_SEQ_LEN": "64"}
+    assert (
+        json.loads(run_cli("validate", str(data), "--model", "tiny", "--json", env=capped).stdout)["max_seq_len"] == 64
+    )
+
+
+def test_validate_names_what_the_template_would_drop(home: dict[str, str], tmp_path: Path) -> None:
+    data = tmp_path / "names.jsonl"
+    named = {"messages": [{"role": "user", "content": "hi", "name": "ana"}, {"role": "assistant", "content": "hello"}]}
+    data.write_text(chat_lines(11) + json.dumps(named) + "\n")
+    out = json.loads(run_cli("validate", str(data), "--model", "tiny", "--json", env=home).stdout)
+    assert out["unshown_name_lines"] == [12]
+    text = run_cli("validate", str(data), "--model", "tiny", env=home).stdout
+    assert f"does not show, so it is not trained: {data}:12" in text
 
 
 def test_validate_names_file_and_line_and_exits_1(home: dict[str, str], tmp_path: Path) -> None:
@@ -100,6 +117,26 @@ def test_render_marks_the_trained_tokens(home: dict[str, str], tmp_path: Path) -
     assert f"{data}:1" in out and f"{data}:2" in out and f"{data}:3" not in out
     assert "[[learn this<|im_end|>]]" in out and "[[skip" not in out and "skip<|im_end|>" in out
     assert "<|im_start|>user\nhi<|im_end|>" in out
+
+
+def test_render_shows_tool_turns_with_the_calls_trained(home: dict[str, str], tmp_path: Path) -> None:
+    tools = [{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}]
+    call = {"id": "c1", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}}
+    row = {
+        "messages": [
+            {"role": "user", "content": "Weather?"},
+            {"role": "assistant", "content": None, "tool_calls": [call]},
+            {"role": "tool", "tool_call_id": "c1", "content": "18 C"},
+            {"role": "assistant", "content": "Sunny."},
+        ],
+        "tools": tools,
+    }
+    data = tmp_path / "calls.jsonl"
+    data.write_text(json.dumps(row) + "\n")
+    out = run_cli("render", str(data), "--model", "tiny", env=home).stdout
+    assert '[[<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call><|im_end|>]]' in out
+    assert "<tool_response>\n18 C\n</tool_response>" in out and "[[<tool_response>" not in out
+    assert "[[Sunny.<|im_end|>]]" in out and '"name": "get_weather", "parameters"' in out  # the schema, untrained
 
 
 def api(server: LiveServer) -> dict[str, str]:

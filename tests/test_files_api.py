@@ -97,6 +97,29 @@ def test_bad_fine_tune_file_reports_every_problem(client: openai.OpenAI) -> None
     assert len(client.files.list().data) == before  # nothing registered
 
 
+def test_a_tool_call_with_arguments_that_are_not_json_is_refused_at_upload(client: openai.OpenAI) -> None:
+    tools = [{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}]
+    call = {"id": "c1", "type": "function", "function": {"name": "get_weather", "arguments": "{city: Paris}"}}
+    row = {
+        "messages": [
+            {"role": "user", "content": "Weather in Paris?"},
+            {"role": "assistant", "content": None, "tool_calls": [call]},
+            {"role": "tool", "tool_call_id": "c1", "content": "18 C"},
+            {"role": "assistant", "content": "18 C."},
+        ],
+        "tools": tools,
+    }
+    good = json.dumps({**row, "messages": [*row["messages"][:1], {"role": "assistant", "content": "a"}]})
+    with pytest.raises(openai.BadRequestError) as e:
+        upload(client, f"{good}\n{good}\n{json.dumps(row)}\n", name="calls.jsonl")
+    err = e.value.body
+    assert isinstance(err, dict) and err["code"] == "invalid_file_format"
+    assert [(p["line"], p["key"]) for p in err["problems"] if p["level"] == "error"] == [
+        (3, "invalid_tool_call_arguments")
+    ]
+    assert "calls.jsonl:3: error: message 2 tool_calls[1] (get_weather): arguments are not valid JSON" in err["message"]
+
+
 def test_content_is_sniffed_not_the_filename(client: openai.OpenAI) -> None:
     # The legacy SDK names every upload "file"; a CSV named .jsonl is still caught by content.
     ok = upload(client, chat_lines(10), name="file")

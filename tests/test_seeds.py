@@ -11,7 +11,6 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from html import escape
 from importlib.resources import files
 from pathlib import Path
@@ -24,14 +23,6 @@ from tests.conftest import LiveServer, run_cli, run_legacy
 pytestmark = pytest.mark.slow
 
 MARV = "Marv is a factual chatbot that is also sarcastic."
-
-
-@pytest.fixture(scope="module")
-def smol_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
-    """The server exactly as `make serve` runs it: the bundled SmolLM2, converted on first start."""
-    srv = LiveServer(tmp_path_factory.mktemp("home-smol")).start(timeout=600)
-    yield srv
-    srv.stop()
 
 
 def trivia_jsonl(path: Path, n: int = 40, *, start: int = 0, step: int = 1) -> Path:

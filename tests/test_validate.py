@@ -85,12 +85,67 @@ def test_valid_chat_file_passes_with_cookbook_warnings() -> None:
     assert report.n_missing_system == 3 and report.n_duplicates == 2
 
 
+FN = {"name": "answer", "parameters": {"type": "object", "properties": {"q": {"type": "string"}}}}
+TOOLS = [{"type": "function", "function": FN}]
+
+
+def call(*names: str, args: str = '{"q": "x"}') -> dict[str, object]:
+    calls = [
+        {"id": f"c{i}", "type": "function", "function": {"name": n, "arguments": args}} for i, n in enumerate(names)
+    ]
+    return {"role": "assistant", "content": None, "tool_calls": calls}
+
+
+def result(call_id: str = "c0") -> dict[str, object]:
+    return {"role": "tool", "content": "42", "tool_call_id": call_id}
+
+
 def test_tool_calls_and_text_parts_are_accepted() -> None:
-    call = {"role": "assistant", "content": None, "tool_calls": [{"id": "c1", "type": "function"}]}
-    tool = {"role": "tool", "content": "42", "tool_call_id": "c1"}
     parts = {"role": "user", "content": [{"type": "text", "text": "hi"}]}
-    report = validate_lines(lines(chat(parts, call, tool, A)))
+    report = validate_lines(lines({"messages": [parts, call("answer"), result(), A], "tools": TOOLS}))
+    assert report.ok and not [w for w in report.warnings if w.line], report.summary()
+    legacy = {"role": "assistant", "content": None, "function_call": {"name": "answer", "arguments": "{}"}}
+    function = {"role": "function", "name": "answer", "content": "42"}
+    report = validate_lines(lines({"messages": [U, legacy, function, A], "functions": [FN]}))
     assert report.ok, report.summary()
+
+
+@pytest.mark.parametrize(
+    ("row", "key"),
+    [
+        ({"messages": [U, call("answer", args="{q: x}"), result(), A], "tools": TOOLS}, "invalid_tool_call_arguments"),
+        ({"messages": [U, call("answer", args='["x"]'), result(), A], "tools": TOOLS}, "invalid_tool_call_arguments"),
+        ({"messages": [U, call("lookup"), result(), A], "tools": TOOLS}, "unknown_function"),
+        ({"messages": [U, call("answer"), result("c9"), A], "tools": TOOLS}, "unknown_tool_call_id"),
+        (
+            {"messages": [U, call("answer"), {"role": "tool", "content": "42"}, A], "tools": TOOLS},
+            "missing_tool_call_id",
+        ),
+        (
+            {
+                "messages": [U, call("answer", "answer"), result(), result("c1"), A],
+                "tools": TOOLS,
+                "parallel_tool_calls": False,
+            },
+            "parallel_tool_calls",
+        ),
+        ({"messages": [U, call("answer"), result(), A], "tools": [{"type": "function"}]}, "invalid_tools"),
+        (
+            {"messages": [U, {"role": "assistant", "content": None, "tool_calls": [{"id": "c0"}]}, A], "tools": TOOLS},
+            "invalid_tool_call",
+        ),
+    ],
+)
+def test_what_function_calling_cannot_train_is_an_error(row: dict[str, object], key: str) -> None:
+    report = validate_lines(lines(chat(U, A), row), filename="calls.jsonl")
+    errors = [p for p in report.errors if p.key == key]
+    assert errors and all(p.line == 2 for p in report.errors), report.summary()
+    assert "calls.jsonl:2: error:" in report.summary()
+
+
+def test_calls_without_tools_are_a_warning() -> None:
+    report = validate_lines(lines(chat(U, call("answer"), result(), A)))
+    assert report.ok and [w.key for w in report.warnings if w.line] == ["missing_tools"], report.summary()
 
 
 def test_preference_format() -> None:

@@ -55,19 +55,25 @@ model_option = click.option(
     "--model", default=None, help="Base model (or alias) whose chat template to use [default: the default model]."
 )
 max_len_option = click.option(
-    "--max-seq-len", type=int, default=1024, show_default=True, help="Longer examples are truncated, as in training."
+    "--max-seq-len",
+    type=int,
+    default=None,
+    help="Longer examples are truncated, as in training [default: the model's context length, "
+    "capped by SELFTUNE_MAX_SEQ_LEN].",
 )
 file_argument = click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 
 
-def load_tokenizer(model: str | None, home: Path | None) -> tuple[str, Path, Any]:
-    """The base model's name, weights folder and tokenizer (converting a GGUF model once, if needed)."""
+def load_tokenizer(model: str | None, home: Path | None, max_seq_len: int | None) -> tuple[str, Path, Any, int]:
+    """The base model's name, weights folder, tokenizer (converting a GGUF model once, if needed) and
+    sequence limit: ``max_seq_len`` if given, else what a job on this model would use."""
     from selftune.config import LOCAL_OWNER
 
     catalog = open_catalog(home, None)
     spec = catalog.resolve(model or catalog.settings.default_model, LOCAL_OWNER).base
     with console.status(f"loading the {spec.name} tokenizer ..."):
-        return spec.name, catalog.materialize(spec), catalog.tokenizer(spec)
+        folder, tokenizer = catalog.materialize(spec), catalog.tokenizer(spec)
+    return spec.name, folder, tokenizer, max_seq_len or catalog.sequence_limit(spec)
 
 
 def checked(file: Path) -> Any:
@@ -81,8 +87,10 @@ def checked(file: Path) -> Any:
     return report
 
 
-def line_list(lines: list[int]) -> str:
-    return ", ".join(map(str, lines[:10])) + (" ..." if len(lines) > 10 else "")
+def line_list(lines: list[int], file: Path | str | None = None) -> str:
+    """The first ten line numbers, as ``FILE:LINE`` when the file is given."""
+    shown = [f"{file}:{n}" if file is not None else str(n) for n in lines[:10]]
+    return ", ".join(shown) + (f" and {len(lines) - 10} more" if len(lines) > 10 else "")
 
 
 def auto_or_int(value: str, flag: str) -> str | int:

@@ -113,7 +113,7 @@ def prepare(
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @home_option
 @friendly_errors
-def validate(file: Path, model: str | None, max_seq_len: int, as_json: bool, home: Path | None) -> None:
+def validate(file: Path, model: str | None, max_seq_len: int | None, as_json: bool, home: Path | None) -> None:
     """Check a training file: every problem, as FILE:LINE, before any job starts.
 
     The same checks the server runs at upload (the OpenAI cookbook's, with its error keys, plus
@@ -135,22 +135,24 @@ def validate(file: Path, model: str | None, max_seq_len: int, as_json: bool, hom
         "warnings": [p.to_dict() for p in report.warnings],
     }
     if model is not None and report.ok and report.format == "chat":
-        out["model"], _, tok = load_tokenizer(model, home)
-        rendered = render_file(tok, file, max_seq_len)
+        out["model"], _, tok, limit = load_tokenizer(model, home, max_seq_len)
+        out["max_seq_len"] = limit
+        rendered = render_file(tok, file, limit)
         out["tokens"] = token_stats(rendered.lengths)
         out["truncated_lines"] = rendered.truncated
         out["no_trainable_tokens_lines"] = rendered.empty
+        out["unshown_name_lines"] = rendered.unshown_names
     if as_json:
         click.echo(json.dumps(out, indent=2))
     else:
         click.echo(report.summary())
         if "tokens" in out:
-            _print_token_stats(out, max_seq_len)
+            _print_token_stats(out, out["max_seq_len"], file)
     if not report.ok:
         sys.exit(1)
 
 
-def _print_token_stats(out: dict[str, Any], max_seq_len: int) -> None:
+def _print_token_stats(out: dict[str, Any], max_seq_len: int, file: Path) -> None:
     t = out["tokens"]
     click.echo(f"tokens per example under {out['model']}: min {t['min']}, mean {t['mean']}, max {t['max']}")
     widest = max((b["count"] for b in t["histogram"]), default=1)
@@ -159,13 +161,18 @@ def _print_token_stats(out: dict[str, Any], max_seq_len: int) -> None:
         click.echo(f"  {b['from']:>6}-{b['to']:<6} {b['count']:>6}  {bar}")
     if out["truncated_lines"]:
         click.echo(
-            f"{len(out['truncated_lines'])} example(s) exceed {max_seq_len} tokens and will be truncated "
-            f"(lines {line_list(out['truncated_lines'])})"
+            f"{len(out['truncated_lines'])} example(s) exceed {max_seq_len} tokens and will be truncated: "
+            + line_list(out["truncated_lines"], file)
+        )
+    if out["unshown_name_lines"]:
+        click.echo(
+            f'{len(out["unshown_name_lines"])} example(s) give a message a "name" that {out["model"]}\'s chat '
+            "template does not show, so it is not trained: " + line_list(out["unshown_name_lines"], file)
         )
     if out["no_trainable_tokens_lines"]:
         click.echo(
             f"{len(out['no_trainable_tokens_lines'])} example(s) have no trainable tokens after truncation "
-            f"and will be skipped (lines {line_list(out['no_trainable_tokens_lines'])})"
+            "and will be skipped: " + line_list(out["no_trainable_tokens_lines"], file)
         )
 
 
@@ -187,7 +194,7 @@ def estimate(
     batch_size: str,
     price_per_1k: float,
     probe: bool,
-    max_seq_len: int,
+    max_seq_len: int | None,
     as_json: bool,
     home: Path | None,
 ) -> None:
@@ -202,8 +209,8 @@ def estimate(
     from selftune.train.estimate import load_throughput
 
     checked(file)
-    name, folder, tok = load_tokenizer(model, home)
-    rendered = render_file(tok, file, max_seq_len)
+    name, folder, tok, limit = load_tokenizer(model, home, max_seq_len)
+    rendered = render_file(tok, file, limit)
     settings = settings_from(home=home)
     if probe:
         _probe(name, folder, file, settings.home, auto_or_int(batch_size, "--batch-size"))
@@ -269,7 +276,7 @@ def _probe(model: str, base_dir: Path, file: Path, home: Path, batch_size: str |
 @max_len_option
 @home_option
 @friendly_errors
-def render(file: Path, model: str | None, count: int, max_seq_len: int, home: Path | None) -> None:
+def render(file: Path, model: str | None, count: int, max_seq_len: int | None, home: Path | None) -> None:
     """Show examples exactly as the trainer sees them, with the trained tokens highlighted.
 
     The text is the model's own chat template; trained tokens (assistant replies, through the
@@ -281,8 +288,8 @@ def render(file: Path, model: str | None, count: int, max_seq_len: int, home: Pa
     from selftune.data.render import IGNORE, render_file
 
     checked(file)
-    name, _, tok = load_tokenizer(model, home)
-    rendered = render_file(tok, file, max_seq_len)
+    name, _, tok, limit = load_tokenizer(model, home, max_seq_len)
+    rendered = render_file(tok, file, limit)
     out = Console(soft_wrap=True)
     for (ids, labels), line in list(zip(rendered.rows, rendered.lines, strict=True))[:count]:
         trained = sum(label != IGNORE for label in labels)

@@ -14,31 +14,144 @@ from typing import Any
 
 from selftune.data.validate import content_text
 
+TOOL_CALL_OPEN, TOOL_CALL_CLOSE = "<tool_call>", "</tool_call>"
+TOOL_RESPONSE_OPEN, TOOL_RESPONSE_CLOSE = "<tool_response>", "</tool_response>"
+FALLBACK_TOOLS_PROMPT = (
+    "You can call functions to help you answer. To call one, reply with a {open} block holding a JSON "
+    'object with the function\'s "name" and its "arguments", one block per call:\n'
+    '{open}\n{{"name": "function_name", "arguments": {{"argument": "value"}}}}\n{close}\n'
+    "The results come back in {resp_open} blocks. The functions:\n<tools>\n{tools}\n</tools>"
+)
+"""The fallback convention for chat templates without tool support (SmolLM2's, say): the Hermes
+format that Qwen2.5's own template uses, so one parser reads both. Tool schemas go in the system
+turn, each call is a tagged JSON object in the assistant's turn, and tool results come back in a
+user turn. The engine renders requests with tools the same way, so what is trained is what is parsed."""
 
-def normalize_messages(messages: Sequence[dict[str, Any]]) -> list[dict[str, str]]:
-    """Messages as plain ``{"role", "content"}`` strings, the shape every chat template accepts.
 
-    ``developer`` becomes ``system`` (most open-weight templates predate that role) and content
-    parts are joined into their text.
-    """
-    out = []
-    for m in messages:
-        role = m.get("role", "user")
-        out.append(
-            {
-                "role": "system" if role == "developer" else str(role),
-                "content": content_text(m.get("content")),
-            }
-        )
+def normalize_tools(tools: Any = None, functions: Any = None) -> list[dict[str, Any]] | None:
+    """``tools`` as ``[{"type": "function", "function": {...}}]``; legacy ``functions`` become tools."""
+    out = [t for t in tools or [] if isinstance(t, dict)]
+    out += [{"type": "function", "function": f} for f in functions or [] if isinstance(f, dict)]
+    return out or None
+
+
+def _arguments(raw: Any) -> Any:
+    """Templates expect arguments as an object (they ``tojson`` them); OpenAI sends a JSON string."""
+    if isinstance(raw, str):
+        try:
+            return json.loads(raw)
+        except json.JSONDecodeError:
+            return raw  # validation reports this in training data; a request's own history passes through
+    return raw
+
+
+def normalize_messages(messages: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Messages in the shape chat templates accept: content as text, ``developer`` as ``system``,
+    legacy ``function`` messages and ``function_call`` as tool messages and ``tool_calls``, call
+    arguments as objects. ``name``, ``tool_call_id`` and ``weight`` are kept."""
+    out: list[dict[str, Any]] = []
+    legacy_ids: dict[str, str] = {}
+    for i, m in enumerate(messages):
+        role = str(m.get("role", "user"))
+        msg: dict[str, Any] = {"role": {"developer": "system", "function": "tool"}.get(role, role)}
+        msg["content"] = content_text(m.get("content"))
+        calls = list(m.get("tool_calls") or [])
+        if m.get("function_call"):
+            call_id = f"call_{i}"
+            legacy_ids[str(m["function_call"].get("name"))] = call_id
+            calls.append({"id": call_id, "type": "function", "function": m["function_call"]})
+        if calls:
+            msg["tool_calls"] = [
+                {
+                    "id": c.get("id") or f"call_{i}_{k}",
+                    "type": "function",
+                    "function": {
+                        "name": c["function"]["name"],
+                        "arguments": _arguments(c["function"].get("arguments")),
+                    },
+                }
+                for k, c in enumerate(calls)
+            ]
+        if role == "function" and "tool_call_id" not in m:
+            msg["tool_call_id"] = legacy_ids.get(str(m.get("name")), "")
+        for key in ("name", "tool_call_id", "weight"):
+            if key in m:
+                msg[key] = m[key]
+        out.append(msg)
     return out
 
 
-def render_prompt(tokenizer: Any, messages: Sequence[dict[str, Any]]) -> list[int]:
-    """Token ids of ``messages`` followed by the template's assistant generation prompt."""
+def supports_tools(tokenizer: Any) -> bool:
+    """Whether the model's own chat template renders ``tools`` and ``tool_calls`` (Qwen2.5, Llama 3.1,
+    Hermes); otherwise the fallback convention is used."""
+    template = tokenizer.chat_template
+    text = " ".join(template.values()) if isinstance(template, dict) else str(template or "")
+    return "tools" in text and "tool_call" in text
+
+
+def fallback_turns(messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None) -> list[dict[str, Any]]:
+    """The fallback convention applied: plain system, user and assistant turns only."""
+    if tools:
+        schemas = "\n".join(json.dumps(t.get("function", t), ensure_ascii=False) for t in tools)
+        prompt = FALLBACK_TOOLS_PROMPT.format(
+            open=TOOL_CALL_OPEN, close=TOOL_CALL_CLOSE, resp_open=TOOL_RESPONSE_OPEN, tools=schemas
+        )
+        if messages and messages[0]["role"] == "system":
+            messages = [{**messages[0], "content": f"{messages[0]['content']}\n\n{prompt}".strip()}, *messages[1:]]
+        else:
+            messages = [{"role": "system", "content": prompt}, *messages]
+    out: list[dict[str, Any]] = []
+    results_turn = False  # results of one turn's calls share one user turn
+    for m in messages:
+        if m["role"] == "tool":
+            block = f"{TOOL_RESPONSE_OPEN}\n{m['content']}\n{TOOL_RESPONSE_CLOSE}"
+            if results_turn:
+                out[-1] = {**out[-1], "content": out[-1]["content"] + "\n" + block}
+            else:
+                out.append({"role": "user", "content": block})
+            results_turn = True
+            continue
+        results_turn = False
+        if m["role"] == "assistant" and m.get("tool_calls"):
+            blocks = [format_call(c["function"]["name"], c["function"]["arguments"]) for c in m["tool_calls"]]
+            text = "\n".join([m["content"], *blocks] if m["content"] else blocks)
+            m = {**{k: v for k, v in m.items() if k != "tool_calls"}, "content": text}
+        out.append(m)
+    return out
+
+
+def format_call(name: str, arguments: Any) -> str:
+    """One call in the fallback (Hermes) format; also what constrained decoding asks the model for."""
+    body = json.dumps({"name": name, "arguments": arguments}, ensure_ascii=False)
+    return f"{TOOL_CALL_OPEN}\n{body}\n{TOOL_CALL_CLOSE}"
+
+
+def template_input(
+    tokenizer: Any, messages: Sequence[dict[str, Any]], tools: list[dict[str, Any]] | None = None
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]] | None]:
+    """What goes into ``apply_chat_template``: the messages and tools as the model's template takes
+    them, or the fallback convention's plain turns (and no ``tools``) for a template without tools."""
+    msgs = normalize_messages(messages)
+    if supports_tools(tokenizer):
+        return msgs, tools
+    if tools or any(m.get("tool_calls") or m["role"] == "tool" for m in msgs):
+        return fallback_turns(msgs, tools), None
+    return msgs, None
+
+
+def _apply(tokenizer: Any, msgs: Sequence[dict[str, Any]], tools: Any, gen_prompt: bool) -> list[int]:
     ids = tokenizer.apply_chat_template(
-        normalize_messages(messages), add_generation_prompt=True, tokenize=True, return_dict=False
+        list(msgs), tools=tools, add_generation_prompt=gen_prompt, tokenize=True, return_dict=False
     )
     return [int(i) for i in ids]
+
+
+def render_prompt(
+    tokenizer: Any, messages: Sequence[dict[str, Any]], tools: list[dict[str, Any]] | None = None
+) -> list[int]:
+    """Token ids of ``messages`` (and ``tools``) followed by the template's assistant generation prompt."""
+    msgs, native_tools = template_input(tokenizer, messages, tools)
+    return _apply(tokenizer, msgs, native_tools, True)
 
 
 def stop_token_ids(tokenizer: Any, generation_config: Any = None) -> set[int]:
@@ -57,33 +170,32 @@ IGNORE = -100
 
 
 def render_training(
-    tokenizer: Any, messages: Sequence[dict[str, Any]], max_tokens: int | None = None
+    tokenizer: Any,
+    messages: Sequence[dict[str, Any]],
+    max_tokens: int | None = None,
+    tools: list[dict[str, Any]] | None = None,
 ) -> tuple[list[int], list[int]]:
     """Token ids of a whole conversation and its labels: the token id where the model is trained,
     ``IGNORE`` everywhere else.
 
-    Trained: every assistant message (unless it has ``weight: 0``), from the first token after the
-    template's assistant header up to and including the end-of-turn token, so the model learns to
-    stop. The spans come from rendering growing prefixes of the conversation with the model's own
-    chat template, so this works for any template without ``{% generation %}`` markers.
+    Trained: every assistant message (unless it has ``weight: 0``), its text and its tool calls, from
+    the first token after the template's assistant header up to and including the end-of-turn token,
+    so the model learns to stop. Never the tool results, which are context like the user's turns.
+    The spans come from rendering growing prefixes of the conversation with the model's own chat
+    template, so this works for any template without ``{% generation %}`` markers.
 
     Raises ``ValueError`` if the template does not render prefixes as prefixes (then spans cannot
     be located), naming the message at fault.
     """
-    msgs = normalize_messages(messages)
-
-    def ids(part: Sequence[dict[str, str]], gen_prompt: bool) -> list[int]:
-        out = tokenizer.apply_chat_template(part, add_generation_prompt=gen_prompt, tokenize=True, return_dict=False)
-        return [int(i) for i in out]
-
-    full = ids(msgs, False)
+    msgs, native_tools = template_input(tokenizer, messages, tools)
+    full = _apply(tokenizer, msgs, native_tools, False)
     labels = [IGNORE] * len(full)
     stops = stop_token_ids(tokenizer)
-    for i, m in enumerate(messages):
-        if m.get("role") != "assistant" or m.get("weight", 1) == 0:
+    for i, m in enumerate(msgs):
+        if m["role"] != "assistant" or m.get("weight", 1) == 0:
             continue
-        start = len(ids(msgs[:i], True))
-        upto = ids(msgs[: i + 1], False)
+        start = len(_apply(tokenizer, msgs[:i], native_tools, True))
+        upto = _apply(tokenizer, msgs[: i + 1], native_tools, False)
         if full[: len(upto)] != upto:
             raise ValueError(f"the chat template renders message {i + 1} differently in context; cannot mask it")
         end = len(upto)
@@ -110,11 +222,20 @@ class RenderedFile:
     """Lines of examples longer than the limit (cut from the end)."""
     empty: list[int] = field(default_factory=list)
     """Lines of examples with no trained token left after truncation (skipped)."""
+    unshown_names: list[int] = field(default_factory=list)
+    """Lines whose messages have a ``name`` that this chat template does not render (so it is not trained)."""
 
     @property
     def tokens(self) -> int:
         """Tokens the trainer processes in one epoch (``trained_tokens`` counts these)."""
         return sum(len(ids) for ids, _ in self.rows)
+
+
+def renders_names(tokenizer: Any) -> bool:
+    """Whether the chat template shows a message's ``name`` (most do not): tried, not guessed."""
+    probe = "selftune_name_probe"
+    ids = _apply(tokenizer, [{"role": "user", "content": "hi", "name": probe}], None, False)
+    return probe in tokenizer.decode(ids)
 
 
 def render_file(tokenizer: Any, path: str | Path, max_tokens: int) -> RenderedFile:
@@ -125,15 +246,20 @@ def render_file(tokenizer: Any, path: str | Path, max_tokens: int) -> RenderedFi
     line that cannot be rendered.
     """
     out = RenderedFile()
+    shows_names = renders_names(tokenizer)
     with open(path, encoding="utf-8") as f:
         for lineno, line in enumerate(f, start=1):
             if not line.strip():
                 continue
             try:
-                ids, labels = render_training(tokenizer, json.loads(line)["messages"])
+                example = json.loads(line)
+                tools = normalize_tools(example.get("tools"), example.get("functions"))
+                ids, labels = render_training(tokenizer, example["messages"], tools=tools)
             except (ValueError, KeyError, TypeError) as e:  # only files that skipped validation get here
                 raise ValueError(f"{lineno}: cannot render this example: {e}") from e
             out.lengths.append(len(ids))
+            if not shows_names and any(isinstance(m, dict) and m.get("name") for m in example["messages"]):
+                out.unshown_names.append(lineno)
             if len(ids) > max_tokens:
                 out.truncated.append(lineno)
                 ids, labels = ids[:max_tokens], labels[:max_tokens]

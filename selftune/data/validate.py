@@ -6,7 +6,8 @@ This is the one validator: the server runs it on every ``purpose=fine-tune`` upl
 It implements the checks of OpenAI's cookbook data-prep notebook, with the same keys
 (``data_type``, ``missing_messages_list``, ``message_missing_key``, ``message_unrecognized_key``,
 ``unrecognized_role``, ``missing_content``, ``example_missing_assistant_message``), plus ours:
-invalid JSON or encoding, the preference (DPO) format, ``weight`` values, mixed formats, duplicates.
+invalid JSON or encoding, the preference (DPO) format, ``weight`` values, mixed formats, duplicates,
+and function calling (``tools`` and ``functions``, call ids, names and JSON arguments).
 
 Two line formats are accepted (one per file):
 
@@ -27,6 +28,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
+
+from selftune.data.tool_checks import check_tools
 
 Level = Literal["error", "warning"]
 Format = Literal["chat", "preference"]
@@ -221,6 +224,7 @@ def _check_chat(obj: dict[str, Any], line: int, report: Report) -> None:
         report.add(line, "error", "missing_messages_list", '"messages" must be a non-empty list of messages')
         return
     _check_messages(messages, line, report, where="")
+    check_tools(obj, messages, line, report, where="")
     roles = [m.get("role") for m in messages if isinstance(m, dict)]
     if "system" not in roles and "developer" not in roles:
         report.n_missing_system += 1
@@ -250,6 +254,7 @@ def _check_preference(obj: dict[str, Any], line: int, report: Report) -> None:
         report.add(line, "error", "missing_input", '"input" must be an object with a non-empty "messages" list')
     else:
         _check_messages(inp["messages"], line, report, where="input ")
+        check_tools(inp, inp["messages"], line, report, where="input ")
         last = inp["messages"][-1]
         if isinstance(last, dict) and last.get("role") == "assistant":
             report.add(line, "error", "invalid_input", "input messages must end with a user turn, not assistant")

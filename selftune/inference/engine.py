@@ -26,53 +26,22 @@ from __future__ import annotations
 import logging
 import threading
 from collections import OrderedDict, deque
-from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
-from selftune.catalog import BaseModelSpec, Catalog, Resolved
-from selftune.data.render import render_prompt
+from selftune.catalog import BaseModelSpec, Catalog
+from selftune.data.render import TOOL_CALL_OPEN, render_prompt
 from selftune.errors import InvalidRequest
 from selftune.inference.batching import batchable, cache_width, merge_caches, sample, select_rows
+from selftune.inference.constrain import RowConstraint, Vocabulary
 from selftune.inference.detokenize import IncrementalDecoder
+from selftune.inference.generation import Event, Generation
 from selftune.inference.loading import BASE, Loaded, load_adapter, load_base
 
 log = logging.getLogger("selftune.engine")
-
-
-@dataclass(frozen=True)
-class SamplingParams:
-    max_tokens: int
-    temperature: float = 1.0
-    top_p: float = 1.0
-    stop: tuple[str, ...] = ()
-    seed: int | None = None
-
-
-@dataclass(frozen=True)
-class Event:
-    """A piece of output. The last event of each choice has ``finish_reason`` set."""
-
-    index: int
-    text: str = ""
-    finish_reason: str | None = None
-    completion_tokens: int = 0
-
-
-@dataclass
-class Generation:
-    """One request: ``n`` completions of ``messages`` with ``params``, reported through ``emit``."""
-
-    model: Resolved
-    messages: Sequence[dict[str, Any]]
-    params: SamplingParams
-    emit: Callable[[Event], None]
-    n: int = 1
-    cancel: threading.Event = field(default_factory=threading.Event)
-    prompt_tokens: int = 0
 
 
 @dataclass
@@ -98,6 +67,9 @@ class _Row:
     length: int
     """Tokens in this row's cache (prompt plus the tokens already fed back)."""
     decoder: IncrementalDecoder
+    constraint: RowConstraint | None = None
+    lazy: bool = False
+    """A lazy grammar may still start (the text so far could open a tool call)."""
     last: int = -1
     """The token to feed next."""
     out_ids: list[int] = field(default_factory=list)
@@ -235,7 +207,7 @@ class Engine:
             lm = self._load(gen.model.base)
             busy = {r.adapter for b in batches for r in b.rows if r.adapter}
             adapter = load_adapter(lm, gen.model, busy, self.max_adapters) if gen.model.adapter is not None else None
-            prompt = render_prompt(lm.tokenizer, gen.messages)
+            prompt = render_prompt(lm.tokenizer, gen.messages, gen.tools)
             gen.prompt_tokens = len(prompt)
             room = lm.context - len(prompt)
             if room <= 0:
@@ -264,6 +236,10 @@ class Engine:
                     len(prompt),
                     IncrementalDecoder(lm.tokenizer),
                 )
+                row.lazy = gen.lazy_grammar is not None
+                if gen.grammar is not None:
+                    vocab = self._vocabulary(lm)
+                    row.constraint = RowConstraint(vocab, gen.grammar, vocab.reserve(gen.grammar, row.max_tokens))
                 with torch.inference_mode():
                     out = self._forward(
                         lm, [row], input_ids=torch.tensor([prompt], device=self.device), logits_to_keep=1
@@ -333,6 +309,30 @@ class Engine:
             batch.cache = select_rows(batch.cache, keep, max(r.length for r in rows))
         batch.rows = rows
 
+    def _maybe_constrain(self, lm: Loaded, row: _Row) -> None:
+        """Start the lazy grammar once the answer opens with a tool call, from the tokens written so far."""
+        grammar = row.req.gen.lazy_grammar
+        if grammar is None or (len(row.text) < len(TOOL_CALL_OPEN) and TOOL_CALL_OPEN.startswith(row.text)):
+            return  # undecided yet
+        row.lazy = False
+        if not row.text.startswith(TOOL_CALL_OPEN):
+            return
+        vocab = self._vocabulary(lm)
+        try:
+            reserve = vocab.reserve(grammar, row.max_tokens)
+        except InvalidRequest:
+            return  # too little room left for a whole call: the answer stays free, as auto allows
+        constraint = RowConstraint(vocab, grammar, reserve)
+        if constraint.follow(row.out_ids):
+            row.constraint = constraint
+
+    def _vocabulary(self, lm: Loaded) -> Vocabulary:
+        """The model's vocabulary for constrained decoding, built on first use (about a second)."""
+        if lm.vocabulary is None:
+            size = int(lm.model.get_output_embeddings().weight.shape[0])
+            lm.vocabulary = Vocabulary.build(lm.tokenizer, lm.stop_ids, size)
+        return lm.vocabulary
+
     def _forward(self, lm: Loaded, rows: list[_Row], **kwargs: Any) -> Any:
         if lm.peft is None:
             return lm.model(use_cache=True, **kwargs)
@@ -342,13 +342,21 @@ class Engine:
     def _accept(self, lm: Loaded, row: _Row, logits: torch.Tensor) -> bool:
         """Sample this row's next token and emit what became safe to send; True when the row is done."""
         gen, params = row.req.gen, row.req.gen.params
-        token = sample(logits.float(), params.temperature, params.top_p, row.rng)
+        logits = logits.float()
+        greedy = False
+        if row.constraint is not None:
+            logits, greedy = row.constraint.mask(logits, row.max_tokens - len(row.out_ids))
+        token = int(torch.argmax(logits)) if greedy else sample(logits, params.temperature, params.top_p, row.rng)
         finish = None
         if token in lm.stop_ids:
             finish = "stop"
         else:
             row.out_ids.append(token)
             row.last = token
+            if row.constraint is not None:
+                row.constraint.advance(token)
+                if row.constraint.finished:  # the grammar allows nothing more: as if end of turn
+                    finish = "stop"
             piece = row.decoder.push(token)
             if piece:
                 # A stop string not found yet must end in the new piece, so only its tail is searched.
@@ -366,7 +374,7 @@ class Engine:
                 gen.emit(Event(row.index, row.text[row.sent : safe]))
                 row.sent = safe
             return False
-        if finish == "length" or token in lm.stop_ids:
+        if finish == "length" or token in lm.stop_ids or (row.constraint is not None and row.constraint.finished):
             row.text += row.decoder.flush()  # an unfinished character at the very end
             cut = _find_stop(row.text, params.stop, max(0, row.sent - row.holdback))
             if cut is not None:

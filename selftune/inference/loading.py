@@ -34,6 +34,8 @@ class Loaded:
     injected into ``model`` itself, which keeps serving the base with the adapters switched off)."""
     adapters: OrderedDict[str, str] = field(default_factory=OrderedDict)
     """Adapter folder -> peft adapter name, least recently used first."""
+    vocabulary: Any = None
+    """``constrain.Vocabulary``, built when a first request asks for constrained decoding."""
 
 
 BASE = "__base__"

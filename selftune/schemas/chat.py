@@ -6,7 +6,7 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator
 
-from selftune.schemas.common import Request, Response
+from selftune.schemas.common import Request, Response, is_none
 
 ROLES = ("system", "developer", "user", "assistant", "tool", "function")
 FinishReason = Literal["stop", "length", "tool_calls", "content_filter", "function_call"]
@@ -16,6 +16,9 @@ class ChatMessage(Request):
     role: str
     content: str | list[dict[str, Any]] | None = None
     name: str | None = None
+    tool_calls: list[dict[str, Any]] | None = None
+    tool_call_id: str | None = None
+    function_call: dict[str, Any] | None = None
 
     @field_validator("role")
     @classmethod
@@ -52,6 +55,52 @@ class ChatCompletionRequest(Request):
     seed: int | None = None
     stream: bool | None = False
     stream_options: StreamOptions | None = None
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: str | dict[str, Any] | None = None
+    parallel_tool_calls: bool | None = None
+    functions: list[dict[str, Any]] | None = None
+    """Deprecated by OpenAI in favour of ``tools``; answered with ``function_call``, as OpenAI does."""
+    function_call: str | dict[str, Any] | None = None
+    response_format: dict[str, Any] | None = None
+    # Accepted so that they can be refused by name (``unsupported``), never silently ignored.
+    logprobs: bool | None = None
+    top_logprobs: int | None = None
+    logit_bias: dict[str, float] | None = None
+    frequency_penalty: float | None = None
+    presence_penalty: float | None = None
+    audio: dict[str, Any] | None = None
+    modalities: list[str] | None = None
+    prediction: dict[str, Any] | None = None
+    web_search_options: dict[str, Any] | None = None
+
+    @field_validator("tools")
+    @classmethod
+    def _function_tools(cls, v: list[dict[str, Any]] | None) -> list[dict[str, Any]] | None:
+        for i, tool in enumerate(v or []):
+            fn = tool.get("function")
+            if tool.get("type") != "function" or not isinstance(fn, dict) or not isinstance(fn.get("name"), str):
+                raise ValueError(
+                    f'tools[{i}] must be {{"type": "function", "function": {{"name": ..., "parameters": ...}}}}'
+                )
+        return v
+
+    def unsupported(self) -> list[tuple[str, str]]:
+        """(parameter, why) for each parameter sent that selftune cannot honour."""
+        out = []
+        if self.logprobs or self.top_logprobs is not None:
+            out.append(("logprobs", "log probabilities are not returned yet; leave logprobs and top_logprobs out"))
+        if self.logit_bias:
+            out.append(("logit_bias", "logit_bias is not supported; leave it out"))
+        for name in ("frequency_penalty", "presence_penalty"):
+            if getattr(self, name):
+                out.append((name, f"{name} is not supported; leave it out or send 0"))
+        if self.audio is not None or any(m != "text" for m in self.modalities or []):
+            out.append(("modalities", "these models produce text only"))
+        if self.prediction is not None:
+            out.append(("prediction", "predicted outputs are not supported; leave prediction out"))
+        if self.web_search_options is not None:
+            out.append(("web_search_options", "web search is not available on a self-hosted model"))
+        return out
 
     @field_validator("stop")
     @classmethod
@@ -67,11 +116,25 @@ class ChatCompletionRequest(Request):
         return (self.stop,) if isinstance(self.stop, str) else tuple(self.stop)
 
 
+class FunctionCall(Response):
+    name: str
+    arguments: str
+    """A JSON string, as OpenAI sends it."""
+
+
+class ToolCall(Response):
+    id: str
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
 class ChatCompletionMessage(Response):
     role: Literal["assistant"] = "assistant"
     content: str | None
     refusal: str | None = None
     annotations: list[Any] = Field(default_factory=list)
+    tool_calls: list[ToolCall] | None = Field(default=None, exclude_if=is_none)
+    function_call: FunctionCall | None = Field(default=None, exclude_if=is_none)
 
 
 class Choice(Response):
@@ -97,9 +160,26 @@ class ChatCompletion(Response):
     usage: CompletionUsage
 
 
+class DeltaFunction(Response):
+    name: str | None = None
+    arguments: str | None = None
+
+
+class DeltaToolCall(Response):
+    """A call in a stream: the first delta of a call has ``id``, ``type`` and the name; later ones
+    carry argument fragments under the same ``index``."""
+
+    index: int
+    id: str | None = None
+    type: Literal["function"] | None = None
+    function: DeltaFunction | None = None
+
+
 class ChoiceDelta(Response):
     role: Literal["assistant"] | None = None
     content: str | None = None
+    tool_calls: list[DeltaToolCall] | None = None
+    function_call: DeltaFunction | None = None
 
 
 class ChunkChoice(Response):

@@ -2,7 +2,10 @@
 
 The stream follows OpenAI's wire format exactly: ``data: {chunk}`` events only (no ``event:``
 lines, which break 1.x SDKs), a role chunk, content chunks, a finish chunk per choice, the usage
-chunk when ``stream_options.include_usage`` is set, then ``data: [DONE]``.
+chunk when ``stream_options.include_usage`` is set, then ``data: [DONE]``. With ``tools``, calls
+are parsed out of the answer (``selftune.inference.tools``) into ``tool_calls``, streamed as
+OpenAI does (id and name first, then argument fragments), with ``finish_reason: "tool_calls"``;
+a request with ``functions`` gets ``function_call`` back. Parameters selftune cannot honour are 400s.
 
 Generation runs on the engine's thread; this module only bridges its events onto the event loop.
 We wait for the first event before answering, so that errors found before any output (an unknown
@@ -14,7 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from concurrent.futures import Future
 from contextlib import suppress
 from typing import Annotated, Any
@@ -24,9 +27,13 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import StreamingResponse
 from pydantic import ValidationError
 
-from selftune.errors import SelftuneError, Unavailable
+from selftune.data.render import normalize_tools
+from selftune.errors import InvalidRequest, SelftuneError, Unavailable
 from selftune.ids import now, random_id
-from selftune.inference.engine import Engine, Event, Generation, SamplingParams
+from selftune.inference.engine import Engine
+from selftune.inference.generation import Event, Generation, SamplingParams
+from selftune.inference.tools import ParsedCall, ToolPlan, ToolStream, parse_calls
+from selftune.inference.tools import plan as tools_plan
 from selftune.schemas.chat import (
     ChatCompletion,
     ChatCompletionChunk,
@@ -36,6 +43,10 @@ from selftune.schemas.chat import (
     ChoiceDelta,
     ChunkChoice,
     CompletionUsage,
+    DeltaFunction,
+    DeltaToolCall,
+    FunctionCall,
+    ToolCall,
 )
 from selftune.server.deps import OwnerDep, ServicesDep
 
@@ -76,6 +87,17 @@ class _Bridge:
 async def create_chat_completion(
     body: ChatCompletionRequest, request: Request, services: ServicesDep, owner: OwnerDep
 ) -> ChatCompletion | StreamingResponse:
+    for param, why in body.unsupported():
+        raise InvalidRequest(why, param=param, code="unsupported_parameter")
+    legacy = bool(body.functions) and not body.tools
+    tools = normalize_tools(body.tools, body.functions)
+    plan = tools_plan(
+        tools,
+        body.function_call if legacy else body.tool_choice,
+        body.parallel_tool_calls,
+        body.response_format,
+        legacy,
+    )
     resolved = services.catalog.resolve(body.model, owner)
     params = SamplingParams(
         max_tokens=body.max_completion_tokens or body.max_tokens or services.settings.default_max_tokens,
@@ -85,8 +107,17 @@ async def create_chat_completion(
         seed=body.seed,
     )
     n = body.n or 1
-    messages = [m.model_dump() for m in body.messages]
-    bridge = _Bridge(services.engine, model=resolved, messages=messages, params=params, n=n)
+    messages = [m.model_dump(exclude_none=True) for m in body.messages]
+    bridge = _Bridge(
+        services.engine,
+        model=resolved,
+        messages=messages,
+        params=params,
+        n=n,
+        tools=plan.tools,
+        grammar=plan.grammar,
+        lazy_grammar=plan.lazy_grammar,
+    )
     try:
         first = await bridge.next()
     except BaseException:
@@ -96,11 +127,11 @@ async def create_chat_completion(
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
         return StreamingResponse(
-            _sse(bridge, first, n, meta, include_usage),
+            _sse(bridge, first, n, meta, include_usage, plan),
             media_type="text/event-stream",
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         )
-    return await _collect(bridge, first, n, meta, request)
+    return await _collect(bridge, first, n, meta, request, plan)
 
 
 @router.post("/engines/{engine}/chat/completions", response_model=None, include_in_schema=False)
@@ -115,7 +146,9 @@ async def create_chat_completion_engine(
     return await create_chat_completion(body, request, services, owner)
 
 
-async def _collect(bridge: _Bridge, first: Event, n: int, meta: dict[str, object], request: Request) -> ChatCompletion:
+async def _collect(
+    bridge: _Bridge, first: Event, n: int, meta: dict[str, object], request: Request, plan: ToolPlan
+) -> ChatCompletion:
     texts, finish, done, tokens = [""] * n, ["stop"] * n, 0, 0
     event = first
     try:
@@ -130,15 +163,31 @@ async def _collect(bridge: _Bridge, first: Event, n: int, meta: dict[str, object
             event = await _next_or_disconnect(bridge, request)
     finally:
         bridge.gen.cancel.set()
-    choices = [
-        Choice(index=i, message=ChatCompletionMessage(content=texts[i]), finish_reason=finish[i]) for i in range(n)
-    ]
+    choices = [_choice(i, texts[i], finish[i], plan) for i in range(n)]
     usage = CompletionUsage(
         prompt_tokens=bridge.gen.prompt_tokens,
         completion_tokens=tokens,
         total_tokens=bridge.gen.prompt_tokens + tokens,
     )
     return ChatCompletion(choices=choices, usage=usage, **meta)
+
+
+def _choice(index: int, text: str, finish: str, plan: ToolPlan) -> Choice:
+    """A finished choice; with tools, its calls parsed out of the text into ``tool_calls``."""
+    calls: list[ParsedCall] = []
+    content: str | None = text
+    if plan.parse:
+        content, calls = parse_calls(text)
+        calls = calls if plan.parallel else calls[:1]
+    if not calls:
+        return Choice(index=index, message=ChatCompletionMessage(content=text), finish_reason=finish)
+    if plan.legacy:
+        call = FunctionCall(name=calls[0].name, arguments=calls[0].arguments)
+        message = ChatCompletionMessage(content=content, function_call=call)
+        return Choice(index=index, message=message, finish_reason="function_call")
+    tool_calls = [ToolCall(id=c.id, function=FunctionCall(name=c.name, arguments=c.arguments)) for c in calls]
+    message = ChatCompletionMessage(content=content, tool_calls=tool_calls)
+    return Choice(index=index, message=message, finish_reason="tool_calls" if finish == "stop" else finish)
 
 
 async def _next_or_disconnect(bridge: _Bridge, request: Request) -> Event:
@@ -156,23 +205,53 @@ def _data(obj: ChatCompletionChunk) -> str:
 
 
 async def _sse(
-    bridge: _Bridge, first: Event, n: int, meta: dict[str, object], include_usage: bool
+    bridge: _Bridge, first: Event, n: int, meta: dict[str, object], include_usage: bool, plan: ToolPlan
 ) -> AsyncIterator[str]:
     extra = {"usage": None} if include_usage else {}
+    streams = [ToolStream() for _ in range(n)] if plan.parse else []
 
     def chunk(index: int, delta: ChoiceDelta, finish: str | None = None) -> str:
         choice = ChunkChoice(index=index, delta=delta, logprobs=None, finish_reason=finish)
         return _data(ChatCompletionChunk(choices=[choice], **meta, **extra))
+
+    def pieces(event: Event) -> Iterator[str]:
+        """Content deltas, and each finished call as OpenAI streams one: id and name, then arguments."""
+        if not streams:
+            if event.text:
+                yield chunk(event.index, ChoiceDelta(content=event.text))
+            return
+        stream = streams[event.index]
+        before = len(stream.calls)
+        content, calls = stream.feed(event.text, final=bool(event.finish_reason))
+        if content:
+            yield chunk(event.index, ChoiceDelta(content=content))
+        for k, call in enumerate(calls, start=before):
+            if k > 0 and not plan.parallel:
+                break
+            if plan.legacy:
+                yield chunk(event.index, ChoiceDelta(function_call=DeltaFunction(name=call.name, arguments="")))
+                yield chunk(event.index, ChoiceDelta(function_call=DeltaFunction(arguments=call.arguments)))
+                continue
+            head = DeltaToolCall(
+                index=k, id=call.id, type="function", function=DeltaFunction(name=call.name, arguments="")
+            )
+            yield chunk(event.index, ChoiceDelta(tool_calls=[head]))
+            for fragment in _fragments(call.arguments):
+                tail = DeltaToolCall(index=k, function=DeltaFunction(arguments=fragment))
+                yield chunk(event.index, ChoiceDelta(tool_calls=[tail]))
 
     try:
         for i in range(n):
             yield chunk(i, ChoiceDelta(role="assistant", content=""))
         done, tokens, event = 0, 0, first
         while True:
-            if event.text:
-                yield chunk(event.index, ChoiceDelta(content=event.text))
+            for line in pieces(event):
+                yield line
             if event.finish_reason:
-                yield chunk(event.index, ChoiceDelta(), event.finish_reason)
+                finish = event.finish_reason
+                if streams and streams[event.index].calls and finish == "stop":
+                    finish = "function_call" if plan.legacy else "tool_calls"
+                yield chunk(event.index, ChoiceDelta(), finish)
                 tokens += event.completion_tokens
                 done += 1
                 if done == n:
@@ -192,3 +271,8 @@ async def _sse(
     finally:
         # Runs on normal end, on error, and when Starlette cancels us because the client left.
         bridge.gen.cancel.set()
+
+
+def _fragments(arguments: str, size: int = 16) -> list[str]:
+    """Arguments in pieces, as OpenAI streams them (clients must concatenate, not parse each)."""
+    return [arguments[i : i + size] for i in range(0, len(arguments), size)] or [""]

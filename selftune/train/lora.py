@@ -58,7 +58,15 @@ def load_examples(path: str, tokenizer: Any, max_len: int, events: EventWriter, 
         events.emit(
             Message(
                 f"{len(rendered.truncated)} {what} example(s) longer than {max_len} tokens were truncated "
-                f"(lines {_lines(rendered.truncated)})",
+                f"(the end is cut): {_lines(rendered.truncated, name)}",
+                level="warn",
+            )
+        )
+    if rendered.unshown_names:
+        events.emit(
+            Message(
+                f'{len(rendered.unshown_names)} {what} example(s) give a message a "name", which this model\'s chat '
+                f"template does not show, so it is not trained: {_lines(rendered.unshown_names, name)}",
                 level="warn",
             )
         )
@@ -66,15 +74,15 @@ def load_examples(path: str, tokenizer: Any, max_len: int, events: EventWriter, 
         events.emit(
             Message(
                 f"{len(rendered.empty)} {what} example(s) have no trainable tokens after truncation and are "
-                f"skipped (lines {_lines(rendered.empty)}); shorten them or raise the sequence limit",
+                f"skipped: {_lines(rendered.empty, name)}; shorten them or raise SELFTUNE_MAX_SEQ_LEN",
                 level="warn",
             )
         )
     return rendered
 
 
-def _lines(lines: list[int]) -> str:
-    return ", ".join(map(str, lines[:10])) + (" ..." if len(lines) > 10 else "")
+def _lines(lines: list[int], name: str) -> str:
+    return ", ".join(f"{name}:{n}" for n in lines[:10]) + (f" and {len(lines) - 10} more" if len(lines) > 10 else "")
 
 
 def batches(examples: list[tuple[list[int], list[int]]], batch_size: int, rng: random.Random) -> list[list[int]]:
