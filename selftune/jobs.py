@@ -112,8 +112,8 @@ class InvalidJobStatus(InvalidRequest):
     """A move the status machine does not have (resuming a running job, cancelling a finished one)."""
 
     def __init__(self, job_id: str, status: str, action: Action) -> None:
-        sources = sorted(t.source for t in TRANSITIONS if t.action == action)
-        allowed = " or ".join(sources) if len(sources) < 3 else "unfinished"
+        allowed_from = sources(action)
+        allowed = " or ".join(allowed_from) if len(allowed_from) < 3 else "unfinished"
         verb = _PAST.get(action, f"moved by {action.value!r}")
         super().__init__(
             f"Job {job_id} is {status}, so it cannot be {verb}: only {allowed} jobs can.",

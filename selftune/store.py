@@ -74,7 +74,7 @@ class Store:
         self.engine: Engine = create_engine(url, **kwargs)
         if url.startswith("sqlite"):
             event.listen(self.engine, "connect", _sqlite_pragmas)
-        upgrade(self.engine)  # the tables above are what the migrations build; never create_all
+        upgrade(self.engine)  # builds the schema of selftune.tables through the migrations; never create_all
 
     def close(self) -> None:
         self.engine.dispose()

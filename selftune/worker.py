@@ -168,10 +168,14 @@ class Worker:
         try:
             base = self.catalog.get_base(job.base_model)
             base_dir = self.catalog.materialize(base)
+        except SelftuneError as e:
+            self._fail(job, "model_not_available", f"The base model {job.base_model} cannot be loaded: {e.message}")
+            return
+        try:
             train = self.store.get_file(job.owner, job.training_file)
             valid = self.store.get_file(job.owner, job.validation_file) if job.validation_file else None
-        except SelftuneError as e:
-            self._fail(job, "model_not_available", f"The job cannot start: {e.message}")
+        except SelftuneError as e:  # deleted after validation
+            self._fail(job, "file_not_found", f"A file of this job was deleted before it started: {e.message}")
             return
         cfg = TrainConfig(
             base_model_dir=str(base_dir),

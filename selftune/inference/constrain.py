@@ -56,6 +56,8 @@ class Vocabulary:
         """Tokens to keep for closing: twice what the closing policy needs to write the whole
         structure from nothing (measured once per grammar). A ``max_tokens`` below that need is a 400."""
         if grammar not in self.shortest:
+            if len(self.shortest) >= 256:  # one entry per distinct schema: keep a long-lived server bounded
+                self.shortest.clear()
             row = RowConstraint(self, grammar, reserve=1 << 30)
             steps = 0
             while not row.finished and steps < 2048:

@@ -130,24 +130,10 @@ def _call(obj: Any) -> ParsedCall | None:
 
 
 def parse_calls(text: str) -> tuple[str | None, list[ParsedCall]]:
-    """The content outside the calls (None if none) and the calls, in order. A block that is not
-    valid JSON stays in the content: it is the model's text, not a call."""
-    calls: list[ParsedCall] = []
-    content: list[str] = []
-    rest = text
-    while (start := rest.find(TOOL_CALL_OPEN)) >= 0:
-        end = rest.find(TOOL_CALL_CLOSE, start)
-        inner = rest[start + len(TOOL_CALL_OPEN) : end if end >= 0 else len(rest)]
-        try:
-            call = _call(json.loads(inner))
-        except json.JSONDecodeError:
-            call = None
-        if call is None:
-            break
-        content.append(rest[:start])
-        calls.append(call)
-        rest = rest[end + len(TOOL_CALL_CLOSE) :] if end >= 0 else ""
-    content.append(rest)
+    """The content outside the calls (None if none) and the calls, in order: ``ToolStream`` on the
+    whole text, so plain and streamed answers are read alike. A block that is not valid JSON stays
+    in the content: it is the model's text, not a call."""
+    content, calls = ToolStream().feed(text, final=True)
     if not calls:  # Llama 3.1 style: the whole answer is one JSON call
         try:
             bare = _call(json.loads(text))
@@ -155,8 +141,7 @@ def parse_calls(text: str) -> tuple[str | None, list[ParsedCall]]:
             bare = None
         if bare is not None:
             return None, [bare]
-    joined = "".join(content).strip()
-    return joined or None, calls
+    return content.strip() or None, calls
 
 
 @dataclass

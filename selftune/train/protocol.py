@@ -28,7 +28,6 @@ a recipe can be replaced (DPO beside LoRA SFT), and a worker can run on another 
 from __future__ import annotations
 
 import json
-import os
 import sys
 import time
 from dataclasses import asdict, dataclass, field, fields
@@ -36,6 +35,7 @@ from enum import IntEnum
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
+from selftune.blobs import write_atomic
 from selftune.train.config import BASE_LEARNING_RATE, Hyperparameters
 
 Level = Literal["info", "warn", "error"]
@@ -174,9 +174,7 @@ def save_config(cfg: TrainConfig) -> Path:
     """Write ``job.json`` into the job folder (temporary file, then rename)."""
     path = cfg.job_dir.config
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(cfg.to_dict(), indent=2), encoding="utf-8")
-    os.replace(tmp, path)
+    write_atomic(path, json.dumps(cfg.to_dict(), indent=2))
     return path
 
 
