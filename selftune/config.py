@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -98,6 +99,13 @@ class Settings(BaseSettings):
     """Requests on one base model decoded together, one token each per forward pass. On a CPU a
     token costs about the same for 1 or 8 rows, so concurrent clients share the speed instead of
     queueing; 1 turns batching off."""
+
+    engine: Literal["auto", "llamacpp", "torch"] = "auto"
+    """Serving engine (``selftune.inference.engines``): ``auto`` is llama.cpp for GGUF base models on a
+    CPU and PyTorch for the rest; ``llamacpp`` or ``torch`` forces one."""
+
+    inference_threads: int = Field(default=0, ge=0)
+    """CPU threads llama.cpp decodes with; 0 is one per core."""
 
     inference_dtype: str = "auto"
     """``auto``, ``float32`` or ``bfloat16`` for serving. ``auto`` is float32 on CPU, bfloat16 on CUDA."""

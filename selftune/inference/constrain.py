@@ -139,6 +139,5 @@ class RowConstraint:
 
 
 def schema_grammar(schema: dict[str, Any]) -> str:
-    import llguidance
-
-    return str(llguidance.LLMatcher.grammar_from_json_schema(json.dumps(styled(schema))))
+    """A JSON schema as a Lark grammar, the form both engines' llguidance take."""
+    return f"start: %json {json.dumps(styled(schema))}\n"

@@ -27,7 +27,7 @@ import logging
 import threading
 from collections import OrderedDict, deque
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -37,9 +37,9 @@ from selftune.data.render import TOOL_CALL_OPEN, render_prompt
 from selftune.errors import InvalidRequest
 from selftune.inference.batching import batchable, cache_width, merge_caches, sample, select_rows
 from selftune.inference.constrain import RowConstraint, Vocabulary
-from selftune.inference.detokenize import IncrementalDecoder
-from selftune.inference.generation import Event, Generation
+from selftune.inference.generation import Generation
 from selftune.inference.loading import BASE, Loaded, load_adapter, load_base
+from selftune.inference.output import ChoiceOutput, token_budget
 
 log = logging.getLogger("selftune.engine")
 
@@ -59,23 +59,16 @@ class _Row:
     """One choice being decoded: a row of a batch."""
 
     req: _Request
-    index: int
     adapter: str | None
-    max_tokens: int
     rng: torch.Generator
-    holdback: int
     length: int
     """Tokens in this row's cache (prompt plus the tokens already fed back)."""
-    decoder: IncrementalDecoder
+    out: ChoiceOutput
     constraint: RowConstraint | None = None
     lazy: bool = False
     """A lazy grammar may still start (the text so far could open a tool call)."""
     last: int = -1
     """The token to feed next."""
-    out_ids: list[int] = field(default_factory=list)
-    text: str = ""
-    sent: int = 0
-    """Characters of ``text`` already emitted."""
 
 
 @dataclass
@@ -207,39 +200,22 @@ class Engine:
             lm = self._load(gen.model.base)
             busy = {r.adapter for b in batches for r in b.rows if r.adapter}
             adapter = load_adapter(lm, gen.model, busy, self.max_adapters) if gen.model.adapter is not None else None
-            prompt = render_prompt(lm.tokenizer, gen.messages, gen.tools)
+            prompt = gen.prompt_ids or render_prompt(lm.tokenizer, gen.messages, gen.tools)
             gen.prompt_tokens = len(prompt)
-            room = lm.context - len(prompt)
-            if room <= 0:
-                raise InvalidRequest(
-                    f"the prompt is {len(prompt)} tokens, but {gen.model.id} has a context of {lm.context}; "
-                    "shorten the messages",
-                    param="messages",
-                    code="context_length_exceeded",
-                )
+            max_tokens = token_budget(gen, len(prompt), lm.context)
             params = gen.params
             req.running = gen.n
-            holdback = max((len(s) for s in params.stop), default=1) - 1
             for index in range(gen.n):
                 rng = torch.Generator(device=self.device)
                 if params.seed is None:
                     rng.seed()  # fresh entropy per request; never touches the global RNG
                 else:
                     rng.manual_seed(params.seed + index)
-                row = _Row(
-                    req,
-                    index,
-                    adapter,
-                    min(params.max_tokens, room),
-                    rng,
-                    holdback,
-                    len(prompt),
-                    IncrementalDecoder(lm.tokenizer),
-                )
-                row.lazy = gen.lazy_grammar is not None
+                out = ChoiceOutput(gen, index, lm.tokenizer, max_tokens)
+                row = _Row(req, adapter, rng, len(prompt), out, lazy=gen.lazy_grammar is not None)
                 if gen.grammar is not None:
                     vocab = self._vocabulary(lm)
-                    row.constraint = RowConstraint(vocab, gen.grammar, vocab.reserve(gen.grammar, row.max_tokens))
+                    row.constraint = RowConstraint(vocab, gen.grammar, vocab.reserve(gen.grammar, max_tokens))
                 with torch.inference_mode():
                     out = self._forward(
                         lm, [row], input_ids=torch.tensor([prompt], device=self.device), logits_to_keep=1
@@ -312,18 +288,19 @@ class Engine:
     def _maybe_constrain(self, lm: Loaded, row: _Row) -> None:
         """Start the lazy grammar once the answer opens with a tool call, from the tokens written so far."""
         grammar = row.req.gen.lazy_grammar
-        if grammar is None or (len(row.text) < len(TOOL_CALL_OPEN) and TOOL_CALL_OPEN.startswith(row.text)):
+        text = row.out.text
+        if grammar is None or (len(text) < len(TOOL_CALL_OPEN) and TOOL_CALL_OPEN.startswith(text)):
             return  # undecided yet
         row.lazy = False
-        if not row.text.startswith(TOOL_CALL_OPEN):
+        if not text.startswith(TOOL_CALL_OPEN):
             return
         vocab = self._vocabulary(lm)
         try:
-            reserve = vocab.reserve(grammar, row.max_tokens)
+            reserve = vocab.reserve(grammar, row.out.max_tokens)
         except InvalidRequest:
             return  # too little room left for a whole call: the answer stays free, as auto allows
         constraint = RowConstraint(vocab, grammar, reserve)
-        if constraint.follow(row.out_ids):
+        if constraint.follow(row.out.ids):
             row.constraint = constraint
 
     def _vocabulary(self, lm: Loaded) -> Vocabulary:
@@ -340,46 +317,27 @@ class Engine:
         return lm.peft(use_cache=True, adapter_names=[r.adapter or BASE for r in rows], **kwargs)
 
     def _accept(self, lm: Loaded, row: _Row, logits: torch.Tensor) -> bool:
-        """Sample this row's next token and emit what became safe to send; True when the row is done."""
-        gen, params = row.req.gen, row.req.gen.params
+        """Sample this row's next token and pass it on to its output; True when the row is done."""
+        params, out = row.req.gen.params, row.out
         logits = logits.float()
         greedy = False
         if row.constraint is not None:
-            logits, greedy = row.constraint.mask(logits, row.max_tokens - len(row.out_ids))
+            logits, greedy = row.constraint.mask(logits, out.max_tokens - len(out.ids))
         token = int(torch.argmax(logits)) if greedy else sample(logits, params.temperature, params.top_p, row.rng)
-        finish = None
         if token in lm.stop_ids:
-            finish = "stop"
+            finish: str | None = "stop"
         else:
-            row.out_ids.append(token)
             row.last = token
             if row.constraint is not None:
                 row.constraint.advance(token)
-                if row.constraint.finished:  # the grammar allows nothing more: as if end of turn
-                    finish = "stop"
-            piece = row.decoder.push(token)
-            if piece:
-                # A stop string not found yet must end in the new piece, so only its tail is searched.
-                start = max(0, len(row.text) - row.holdback)
-                row.text += piece
-                cut = _find_stop(row.text, params.stop, start)
-                if cut is not None:
-                    row.text, finish = row.text[:cut], "stop"
-            if finish is None and len(row.out_ids) >= row.max_tokens:
-                finish = "length"
+            finish = out.push(token)
+            if finish is None and row.constraint is not None and row.constraint.finished:
+                finish = "stop"  # the grammar allows nothing more: as if end of turn
+            if finish is None and row.lazy:
+                self._maybe_constrain(lm, row)
         if finish is None:
-            # Hold back what could still be the start of a stop string.
-            safe = len(row.text) - row.holdback
-            if safe > row.sent:
-                gen.emit(Event(row.index, row.text[row.sent : safe]))
-                row.sent = safe
             return False
-        if finish == "length" or token in lm.stop_ids or (row.constraint is not None and row.constraint.finished):
-            row.text += row.decoder.flush()  # an unfinished character at the very end
-            cut = _find_stop(row.text, params.stop, max(0, row.sent - row.holdback))
-            if cut is not None:
-                row.text, finish = row.text[:cut], "stop"
-        gen.emit(Event(row.index, row.text[row.sent :], finish_reason=finish, completion_tokens=len(row.out_ids)))
+        out.finish(finish)
         self._row_done(row)
         return True
 
@@ -401,8 +359,3 @@ class Engine:
             req.future.set_result(None)
         else:
             req.future.set_exception(error)
-
-
-def _find_stop(text: str, stops: tuple[str, ...], start: int = 0) -> int | None:
-    hits = [i for i in (text.find(s, start) for s in stops if s) if i >= 0]
-    return min(hits) if hits else None

@@ -17,6 +17,8 @@ class SamplingParams:
     top_p: float = 1.0
     stop: tuple[str, ...] = ()
     seed: int | None = None
+    explicit_max_tokens: bool = True
+    """The client set ``max_tokens``: beyond the context it is a 400, not shortened (``output.token_budget``)."""
 
 
 @dataclass(frozen=True)
@@ -27,6 +29,8 @@ class Event:
     text: str = ""
     finish_reason: str | None = None
     completion_tokens: int = 0
+    tokens: list[int] | None = None
+    """On the last event: the choice's token ids (without the stop token)."""
 
 
 @dataclass
@@ -46,3 +50,5 @@ class Generation:
     """Constrain every choice to this llguidance grammar (``selftune.inference.constrain``)."""
     lazy_grammar: str | None = None
     """Constrain a choice to this grammar only once its text opens with a tool call."""
+    prompt_ids: list[int] | None = None
+    """A prompt already tokenized, used as it is instead of rendering ``messages``."""

@@ -29,7 +29,7 @@ from selftune import __version__, jobs
 from selftune.config import Settings
 from selftune.errors import InvalidRequest, NotFound, SelftuneError
 from selftune.ids import random_id
-from selftune.inference.engine import Engine
+from selftune.inference.engines import Engines
 from selftune.server import chat, files, fine_tuning, models
 from selftune.server.deps import Services, get_owner, get_services
 from selftune.services import open_core
@@ -41,13 +41,7 @@ STATIC = Path(__file__).parent / "static"
 
 def build_services(settings: Settings) -> Services:
     core = open_core(settings)
-    engine = Engine(
-        core.catalog,
-        max_loaded=settings.max_loaded_models,
-        max_adapters=settings.max_loaded_adapters,
-        max_batch=settings.max_batch_size,
-        dtype=settings.inference_dtype,
-    )
+    engine = Engines(settings, core.catalog)
     return Services(settings, core.store, core.blobs, core.catalog, settings.keys, engine)
 
 

@@ -30,7 +30,7 @@ from pydantic import ValidationError
 from selftune.data.render import normalize_tools
 from selftune.errors import InvalidRequest, SelftuneError, Unavailable
 from selftune.ids import now, random_id
-from selftune.inference.engine import Engine
+from selftune.inference.engines import Engines
 from selftune.inference.generation import Event, Generation, SamplingParams
 from selftune.inference.tools import ParsedCall, ToolPlan, ToolStream, parse_calls
 from selftune.inference.tools import plan as tools_plan
@@ -58,7 +58,7 @@ DISCONNECT_POLL_S = 0.5
 class _Bridge:
     """Runs one ``Generation`` on the engine and carries its events (or its exception) onto the loop."""
 
-    def __init__(self, engine: Engine, **generation: Any) -> None:
+    def __init__(self, engine: Engines, **generation: Any) -> None:
         self.loop = asyncio.get_running_loop()
         self.queue: asyncio.Queue[Event | BaseException] = asyncio.Queue()
         self.gen = Generation(emit=self._emit, **generation)
@@ -101,6 +101,7 @@ async def create_chat_completion(
     resolved = services.catalog.resolve(body.model, owner)
     params = SamplingParams(
         max_tokens=body.max_completion_tokens or body.max_tokens or services.settings.default_max_tokens,
+        explicit_max_tokens=bool(body.max_completion_tokens or body.max_tokens),
         temperature=1.0 if body.temperature is None else body.temperature,
         top_p=1.0 if body.top_p is None else body.top_p,
         stop=body.stop_list,

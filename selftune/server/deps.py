@@ -10,7 +10,7 @@ from fastapi import Depends, Request
 
 from selftune.config import LOCAL_OWNER
 from selftune.errors import AuthenticationFailed
-from selftune.inference.engine import Engine
+from selftune.inference.engines import Engines
 from selftune.services import Core
 
 
@@ -19,7 +19,7 @@ class Services(Core):
     """Everything a handler may call; built once in the app's lifespan and kept on ``app.state``."""
 
     keys: dict[str, str]
-    engine: Engine
+    engine: Engines
 
     def close(self) -> None:
         self.engine.close()

@@ -28,6 +28,7 @@ from typing import Any
 
 import torch
 
+from selftune.convert.lora import convert_if_supported
 from selftune.data.render import IGNORE, RenderedFile, render_file
 from selftune.train.checks import evaluate_job, smoke_test
 from selftune.train.protocol import (
@@ -343,6 +344,7 @@ def main(cfg: TrainConfig) -> int:
             # resumable state is saved with it, so a crash loses at most one epoch.
             ckpt = files.checkpoints / f"step-{step}"
             model.save_pretrained(ckpt)
+            convert_if_supported(ckpt, cfg.base_model_dir)  # servable by llama.cpp at once
             checkpoints.append(str(ckpt))
             ckpt_metrics = dict(row)
             if valid:
@@ -371,6 +373,7 @@ def main(cfg: TrainConfig) -> int:
 
     # --- result -----------------------------------------------------------------------------------
     model.save_pretrained(files.adapter)
+    convert_if_supported(files.adapter, cfg.base_model_dir)
     with files.metrics.open("w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["step", "train_loss", "train_accuracy", "valid_loss", "valid_mean_token_accuracy"])

@@ -1,0 +1,266 @@
+"""The llama.cpp engine against the PyTorch engine, on the real SmolLM2 and its shipped Q4_1 GGUF.
+
+Parity: both engines run the same token prompts (``Generation.prompt_ids``). PyTorch's greedy
+answer is the reference; llama.cpp predicts each next token of it (teacher-forced), for the base
+model and for a LoRA adapter converted by ``selftune.convert.lora``. Exact 32-token equality is
+out of reach here: llama.cpp multiplies Q4_1 weights with activations quantised to 8 bits, PyTorch
+with the same weights de-quantised to float32, and wherever the top two tokens are nearly tied the
+two round differently (measured: every disagreement is a near-tie, under 0.2 nats). So the
+criterion is next-token agreement: at least 92% overall, and no disagreement where PyTorch's choice
+leads by more than ``DECIDED`` nats. An adapter converted without llama.cpp's q/k row permutation,
+or applied at the wrong scale, fails it; both are checked.
+"""
+
+from __future__ import annotations
+
+import shutil
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+from selftune.catalog import Catalog, Resolved
+from selftune.config import Settings
+from selftune.convert.lora import convert_adapter, gguf_path, permute_rows
+from selftune.data.render import render_prompt
+from selftune.inference.engine import Engine
+from selftune.inference.generation import Event, Generation, SamplingParams
+from selftune.inference.llamacpp import LlamaCppEngine
+from selftune.live import LiveServer
+from selftune.services import open_core
+
+MODEL = "SmolLM2-135M-Instruct"
+PROMPTS = [
+    "What is the capital of France?",
+    "Write a haiku about the sea.",
+    "Explain photosynthesis in one sentence.",
+    "List three colors.",
+    "How do I boil an egg?",
+    "Tell me a joke about cats.",
+    "What is 12 times 7?",
+    "Translate 'good morning' into Spanish.",
+]
+TOKENS = 32
+DECIDED = 0.25
+"""Nats by which PyTorch's top token must lead the runner-up for a disagreement to count as an error."""
+
+
+@pytest.fixture(scope="module")
+def catalog(smol_server: LiveServer) -> Iterator[Catalog]:
+    """The catalog of the SmolLM2 server's home (already converted), opened in this process."""
+    core = open_core(Settings(home=smol_server.home))
+    yield core.catalog
+    core.close()
+
+
+@pytest.fixture(scope="module")
+def engines(catalog: Catalog) -> Iterator[tuple[Engine, LlamaCppEngine]]:
+    torch_engine, llama = Engine(catalog, max_batch=4), LlamaCppEngine(catalog, max_batch=4)
+    yield torch_engine, llama
+    torch_engine.close()
+    llama.close()
+
+
+@pytest.fixture(scope="module")
+def adapter(catalog: Catalog, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A random LoRA on every linear layer, strong enough to change most answers (seeded)."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    folder = catalog.materialize(catalog.get_base(MODEL))
+    torch.manual_seed(0)
+    targets = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    model = get_peft_model(
+        AutoModelForCausalLM.from_pretrained(folder),
+        LoraConfig(r=8, lora_alpha=16, target_modules=targets, init_lora_weights=False),
+    )
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.mul_(0.3)
+    out = tmp_path_factory.mktemp("adapter") / "adapter"
+    model.save_pretrained(out)
+    convert_adapter(out, folder)
+    return out
+
+
+def prompt_ids(catalog: Catalog, question: str) -> list[int]:
+    tokenizer = catalog.tokenizer(catalog.get_base(MODEL))
+    return render_prompt(tokenizer, [{"role": "user", "content": question}])
+
+
+def greedy(engine: Any, model: Resolved, ids: list[int], max_tokens: int = TOKENS) -> list[int]:
+    events: list[Event] = []
+    params = SamplingParams(max_tokens=max_tokens, temperature=0.0)
+    engine.submit(Generation(model, [], params, events.append, prompt_ids=ids)).result(timeout=300)
+    return list(events[-1].tokens or [])
+
+
+def reference(
+    catalog: Catalog, model: Resolved, ids: list[int], continuation: list[int]
+) -> tuple[list[int], list[float]]:
+    """PyTorch's next-token choice at each position of ``continuation``, and its lead over the runner-up."""
+    from transformers import AutoModelForCausalLM
+
+    key = str(model.adapter)
+    if key not in _REFERENCE:
+        lm: Any = AutoModelForCausalLM.from_pretrained(catalog.materialize(model.base)).eval()
+        if model.adapter is not None:
+            from peft import PeftModel
+
+            lm = PeftModel.from_pretrained(lm, model.adapter).eval()
+        _REFERENCE[key] = lm
+    with torch.no_grad():
+        logits = _REFERENCE[key](torch.tensor([ids + continuation])).logits[0, len(ids) - 1 : -1].float()
+    top = torch.topk(torch.log_softmax(logits, -1), 2)
+    return top.indices[:, 0].tolist(), (top.values[:, 0] - top.values[:, 1]).tolist()
+
+
+_REFERENCE: dict[str, Any] = {}
+
+
+def agreement(
+    catalog: Catalog, engines: tuple[Engine, LlamaCppEngine], model: Resolved, reference_model: Resolved
+) -> tuple[float, list[float]]:
+    """llama.cpp's teacher-forced agreement with PyTorch's greedy answers of ``reference_model``,
+    and the leads of PyTorch's choice wherever llama.cpp (running ``model``) disagreed."""
+    torch_engine, llama = engines
+    agree = total = 0
+    misses: list[float] = []
+    for question in PROMPTS:
+        ids = prompt_ids(catalog, question)
+        answer = greedy(torch_engine, reference_model, ids)
+        choices, leads = reference(catalog, reference_model, ids, answer)
+        assert choices == answer  # the engine's greedy answer is the model's argmax, position by position
+        for k, token in enumerate(answer):
+            got = greedy(llama, model, ids + answer[:k], max_tokens=1)
+            total += 1
+            if got[:1] == [token]:
+                agree += 1
+            else:
+                misses.append(round(leads[k], 3))
+    return agree / total, misses
+
+
+def ft(catalog: Catalog, adapter: Path, name: str) -> Resolved:
+    return Resolved(f"ft:{MODEL}:parity:{name}", catalog.get_base(MODEL), adapter)
+
+
+def test_base_model_parity(catalog: Catalog, engines: tuple[Engine, LlamaCppEngine]) -> None:
+    base = catalog.resolve(MODEL, "local")
+    rate, misses = agreement(catalog, engines, base, base)
+    print(f"base: next-token agreement {rate:.1%}, PyTorch's lead where they differ: {sorted(misses)}")
+    assert rate >= 0.92 and all(m < DECIDED for m in misses), (rate, misses)
+
+
+def test_adapter_parity_and_the_converter_traps(
+    catalog: Catalog, engines: tuple[Engine, LlamaCppEngine], adapter: Path, tmp_path: Path
+) -> None:
+    model = ft(catalog, adapter, "right")
+    rate, misses = agreement(catalog, engines, model, model)
+    print(f"adapter: next-token agreement {rate:.1%}, PyTorch's lead where they differ: {sorted(misses)}")
+    assert rate >= 0.92 and all(m < DECIDED for m in misses), (rate, misses)
+
+    # The same adapter written wrongly, twice: the criterion must catch both.
+    for trap, edit in (("no q/k permutation", _unpermuted), ("alpha doubled", _double_alpha)):
+        broken = tmp_path / trap.replace(" ", "-").replace("/", "")
+        shutil.copytree(adapter, broken)
+        edit(catalog, gguf_path(adapter), gguf_path(broken))
+        rate, misses = agreement(catalog, engines, ft(catalog, broken, broken.name), model)
+        decided = [m for m in misses if m >= DECIDED]
+        print(f"{trap}: agreement {rate:.1%}, decided misses {decided}")
+        assert decided, f"an adapter with {trap} passed the parity criterion ({rate:.1%})"
+
+
+def test_an_adapter_a_request_does_not_name_is_not_applied(
+    catalog: Catalog, engines: tuple[Engine, LlamaCppEngine], adapter: Path
+) -> None:
+    """llama.cpp keeps every loaded adapter on its server; a base request must see none of them."""
+    _, llama = engines
+    base = catalog.resolve(MODEL, "local")
+    fresh = LlamaCppEngine(catalog, max_batch=2)  # never loaded an adapter
+    try:
+        for question in PROMPTS[:4]:
+            ids = prompt_ids(catalog, question)
+            with_adapter = greedy(llama, ft(catalog, adapter, "right"), ids)
+            after = greedy(llama, base, ids)  # the same server, the adapter loaded at scale 0
+            assert after == greedy(fresh, base, ids)
+            assert after != with_adapter
+    finally:
+        fresh.close()
+
+
+def test_a_new_adapter_does_not_interrupt_requests_in_flight(catalog: Catalog, adapter: Path, tmp_path: Path) -> None:
+    llama = LlamaCppEngine(catalog, max_batch=2)
+    try:
+        ids = prompt_ids(catalog, PROMPTS[1])
+        first = ft(catalog, adapter, "first")
+        greedy(llama, first, ids, max_tokens=2)
+        servers = llama.servers_built
+        events: list[Event] = []
+        gen = Generation(first, [], SamplingParams(max_tokens=200, temperature=0.0), events.append, prompt_ids=ids)
+        long = llama.submit(gen)
+        started = threading.Event()
+        while not events:  # the long answer is streaming
+            started.wait(0.01)
+        second = tmp_path / "second"
+        shutil.copytree(adapter, second)
+        _double_alpha(catalog, gguf_path(adapter), gguf_path(second))
+        assert greedy(llama, ft(catalog, second, "second"), ids, max_tokens=4)  # builds a new server meanwhile
+        assert llama.servers_built == servers + 1
+        long.result(timeout=300)
+        assert events[-1].finish_reason in ("stop", "length") and events[-1].completion_tokens > 4
+    finally:
+        llama.close()
+
+
+# --- broken copies of a converted adapter -------------------------------------------------------------
+
+
+def _rewrite(src: Path, dst: Path, tensor: Any = None, alpha: Any = None) -> None:
+    import gguf
+
+    reader = gguf.GGUFReader(str(src))
+    writer = gguf.GGUFWriter(str(dst), str(reader.fields["general.architecture"].contents()))
+    for key, field in reader.fields.items():
+        if key.startswith("GGUF.") or key == "general.architecture":
+            continue
+        value = field.contents()
+        if key == "adapter.lora.alpha" and alpha is not None:
+            value = alpha(value)
+        if isinstance(value, float):
+            writer.add_float32(key, value)
+        else:
+            writer.add_string(key, str(value))
+    for t in reader.tensors:
+        data = np.array(t.data).reshape([int(n) for n in reversed(t.shape)])
+        writer.add_tensor(t.name, tensor(t.name, data) if tensor else data)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+
+
+def _unpermuted(catalog: Catalog, src: Path, dst: Path) -> None:
+    """Undo the q/k row permutation of ``lora_b`` (what a converter that forgot it would write)."""
+    heads = {"attn_q": 9, "attn_k": 3}  # SmolLM2-135M: 9 query heads, 3 key/value heads
+
+    def undo(name: str, data: np.ndarray) -> np.ndarray:
+        kind = name.split(".")[2]
+        if kind in heads and name.endswith("lora_b"):
+            n = heads[kind]
+            order = permute_rows(np.arange(data.shape[0])[:, None], n)[:, 0]
+            out = np.empty_like(data)
+            out[order] = data
+            return out
+        return data
+
+    _rewrite(src, dst, tensor=undo)
+
+
+def _double_alpha(catalog: Catalog, src: Path, dst: Path) -> None:
+    _rewrite(src, dst, alpha=lambda a: 2.0 * a)
