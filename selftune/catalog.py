@@ -10,6 +10,8 @@ Base models come from three places, later ones overriding earlier ones by name:
 A source is a local Hugging Face folder, a GGUF file, or (when the Hub is reachable) a Hub id.
 GGUF files are converted once into a safetensors folder under ``SELFTUNE_HOME/models``: loading
 that folder takes well under a second, against 10-30 s of de-quantising the GGUF every time.
+The other way round, a folder registered with ``add`` is converted once to a float16 GGUF there
+(``convert.model``), which the llama.cpp engine serves.
 
 ``resolve`` turns any id a client sends (base name, migration alias, ``ft:`` model) into the base
 model plus an optional adapter folder. Fine-tuned models belong to one owner; to everyone else
@@ -21,6 +23,7 @@ from __future__ import annotations
 import fcntl
 import importlib.util
 import json
+import logging
 import shutil
 import time
 import tomllib
@@ -33,6 +36,8 @@ from typing import Any, Literal
 from selftune.config import DEFAULT_MODEL, Settings
 from selftune.errors import InvalidRequest, NotFound
 from selftune.store import BaseModelRecord, Store
+
+log = logging.getLogger("selftune.catalog")
 
 Source = Literal["gguf", "hf", "hub"]
 
@@ -175,8 +180,29 @@ class Catalog:
         spec = spec_from_path(name, path)
         spec = BaseModelSpec(spec.name, spec.source, spec.path, spec.gguf_file, int(time.time()))
         folder = self.materialize(spec)
+        self.gguf(spec, convert=True)
         self.store.upsert_base_model(BaseModelRecord(spec.name, spec.source, spec.path, spec.gguf_file, spec.created))
         return spec, folder
+
+    def gguf(self, spec: BaseModelSpec, *, convert: bool = False) -> Path | None:
+        """The GGUF file llama.cpp serves ``spec`` from: the file it came as, or the one converted from
+        its folder at registration (``convert=True`` writes it). None where there is none: a family
+        or tokenizer the converter does not cover, which the PyTorch engine serves."""
+        if spec.source == "gguf":
+            assert spec.gguf_file is not None
+            return Path(spec.path) / spec.gguf_file
+        out = self.models_dir / f"{spec.name.replace('/', '--')}.gguf"
+        if out.is_file() or not convert:
+            return out if out.is_file() else None
+        from selftune.convert.lora import ConversionError
+        from selftune.convert.model import convert_model
+
+        try:
+            with _file_lock(self.models_dir / f".{out.name}.lock"):
+                return convert_model(self.materialize(spec), out)
+        except ConversionError as e:
+            log.info("%s stays on the PyTorch engine: %s", spec.name, e)
+            return None
 
     def remove(self, name: str) -> None:
         if not self.store.remove_base_model(name):

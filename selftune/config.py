@@ -83,6 +83,10 @@ class Settings(BaseSettings):
     worker: bool = True
     """Run the training worker inside ``selftune serve``. Turn off when ``selftune worker`` runs elsewhere."""
 
+    train_priority: Literal["idle", "low", "normal"] = "idle"
+    """CPU priority of training processes: ``idle`` (Linux ``SCHED_IDLE``: training runs on the
+    cycles serving leaves free, so chat stays fast while a job trains), ``low`` (nice 19) or ``normal``."""
+
     worker_slots: int = 1
     """Jobs one worker trains at once. One per device is fastest: two jobs on one CPU share its cores."""
 

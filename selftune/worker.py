@@ -201,6 +201,7 @@ class Worker:
             stdin=subprocess.DEVNULL,
             env={**os.environ, "PYTHONUNBUFFERED": "1"},
         )
+        lower_priority(proc.pid, self.settings.train_priority)
         self.active[job.id] = _Active(job, proc, files, train_log, reader)
         log.info("training %s (pid %d) in %s", job.id, proc.pid, files.root)
 
@@ -363,3 +364,18 @@ def run_forever(worker: Worker) -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: worker.request_stop())
     worker.run()
+
+
+def lower_priority(pid: int, priority: str) -> None:
+    """Let serving go first on a shared CPU: the recipe gets the cores only when requests leave them
+    idle (``SCHED_IDLE``), or at the lowest nice level (``low``). Called at once after the spawn,
+    while the recipe is still single-threaded: its threads (torch's, OpenMP's) inherit the policy."""
+    if priority == "normal":
+        return
+    try:
+        if priority == "idle" and hasattr(os, "sched_setscheduler"):
+            os.sched_setscheduler(pid, os.SCHED_IDLE, os.sched_param(0))
+        else:
+            os.setpriority(os.PRIO_PROCESS, pid, 19)
+    except OSError as e:  # the process already ended, or the platform refuses: training goes on as it is
+        log.warning("could not lower the priority of training process %d: %s", pid, e)

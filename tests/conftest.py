@@ -109,6 +109,9 @@ def run_cli(
 
 
 def start_server(home: Path, tiny_model_dir: Path, **env: str) -> LiveServer:
+    """A server with the tiny model, on the PyTorch engine unless ``SELFTUNE_ENGINE`` says otherwise
+    (llama.cpp is tested on SmolLM2 in test_llamacpp.py, and on the tiny model there too)."""
+    env = {"SELFTUNE_ENGINE": "torch", **env}
     run_cli("models", "add", "tiny", str(tiny_model_dir), env={"SELFTUNE_HOME": str(home), **env})
     return LiveServer(home, {"SELFTUNE_DEFAULT_MODEL": "tiny", **env}).start()
 

@@ -285,6 +285,9 @@ def test_cancel_stops_training_and_registers_nothing(client: openai.OpenAI, serv
     )
     wait_for_step(client, job.id, 5)
     assert trainer_pids(job.id)
+    for pid in trainer_pids(job.id):  # serving goes first: every thread of the trainer runs at idle priority
+        threads = [int(t.name) for t in Path(f"/proc/{pid}/task").iterdir()]
+        assert len(threads) > 1 and {os.sched_getscheduler(t) for t in threads} == {os.SCHED_IDLE}
     running = client.fine_tuning.jobs.retrieve(job.id)
     assert running.status == "running" and running.estimated_finish is not None and running.trained_tokens > 0
     cancelled = client.fine_tuning.jobs.cancel(job.id)

@@ -256,12 +256,16 @@ def models(ctx: click.Context, base_url: str, api_key: str) -> None:
 def models_add(name: str, path: str, home: Path | None, database_url: str | None) -> None:
     """Register base model NAME from PATH: a Hugging Face folder, a .gguf file, or a Hub id.
 
-    GGUF files are converted once to safetensors (later loads take under a second).
+    GGUF files are converted once to safetensors (later loads take under a second), and folders of
+    Llama, Mistral or Qwen2 models with a byte-level BPE tokenizer once to a float16 GGUF for llama.cpp.
     """
     t0 = time.perf_counter()
     with console.status(f"preparing {name} ..."):
-        spec, folder = open_catalog(home, database_url).add(name, path)
+        catalog = open_catalog(home, database_url)
+        spec, folder = catalog.add(name, path)
+        gguf = catalog.gguf(spec)
     click.echo(f"added {spec.name} ({spec.source}) -> {folder} in {time.perf_counter() - t0:.1f}s")
+    click.echo(f"llama.cpp serves it from {gguf}" if gguf else "the PyTorch engine serves it (no GGUF conversion)")
 
 
 @models.command("list")

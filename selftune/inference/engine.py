@@ -331,8 +331,8 @@ class Engine:
             if row.constraint is not None:
                 row.constraint.advance(token)
             finish = out.push(token)
-            if finish is None and row.constraint is not None and row.constraint.finished:
-                finish = "stop"  # the grammar allows nothing more: as if end of turn
+            if finish != "stop" and row.constraint is not None and row.constraint.finished:
+                finish = "stop"  # the grammar allows nothing more: as if end of turn, even on the last token
             if finish is None and row.lazy:
                 self._maybe_constrain(lm, row)
         if finish is None:

@@ -1,7 +1,7 @@
 """Which engine serves a request: llama.cpp or PyTorch, chosen per base model by ``SELFTUNE_ENGINE``.
 
-- ``auto`` (default): llama.cpp for base models that come as a GGUF file when there is no CUDA
-  GPU; PyTorch for the rest (Hugging Face folders, and every model on a GPU).
+- ``auto`` (default): llama.cpp for base models with a GGUF (the file they came as, or the one
+  ``selftune models add`` converted a folder to) when there is no CUDA GPU; PyTorch for the rest.
 - ``llamacpp``: llama.cpp only; a model it cannot serve is a 400 that says so.
 - ``torch``: the PyTorch engine only (``inference.engine``).
 
@@ -39,20 +39,26 @@ class Engines:
         )
         self.llamacpp: LlamaCppEngine | None = None
         if self.mode == "llamacpp" or (self.mode == "auto" and self.torch.device.type == "cpu"):
-            self.llamacpp = LlamaCppEngine(
-                catalog,
-                max_batch=settings.max_batch_size,
-                max_adapters=settings.max_loaded_adapters,
-                threads=settings.inference_threads,
-            )
+            try:
+                self.llamacpp = LlamaCppEngine(
+                    catalog,
+                    max_batch=settings.max_batch_size,
+                    max_adapters=settings.max_loaded_adapters,
+                    threads=settings.inference_threads,
+                )
+            except ImportError as e:  # no xllamacpp wheel for this platform
+                if self.mode == "llamacpp":
+                    raise
+                log.warning("llama.cpp is not available (%s); serving with PyTorch", e)
 
     def engine_name(self, spec: BaseModelSpec) -> str:
         if self.llamacpp is not None and self.llamacpp.serves(spec):
             return "llamacpp"
         if self.mode == "llamacpp":
             raise InvalidRequest(
-                f"SELFTUNE_ENGINE=llamacpp serves base models that come as a GGUF file, and {spec.name!r} "
-                "is a Hugging Face folder; add its GGUF with `selftune models add`, or use SELFTUNE_ENGINE=auto",
+                f"SELFTUNE_ENGINE=llamacpp serves base models with a GGUF file, and {spec.name!r} has none "
+                "(its family or tokenizer is not converted); add a GGUF of it with `selftune models add`, "
+                "or use SELFTUNE_ENGINE=auto",
                 param="model",
             )
         return "torch"

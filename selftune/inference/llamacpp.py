@@ -11,9 +11,10 @@ generated token's id (``logprobs: 1``), and ``inference.output.ChoiceOutput`` de
 and top-p (llama.cpp's top-k and min-p are turned off). Grammars for tool calls and
 ``response_format`` go to llama.cpp's built-in llguidance; a lazy calls grammar (``tool_choice:
 auto``) becomes one eager grammar, "free text not opening with ``<``, or tool calls", since
-llama.cpp applies llguidance grammars from the first token. The closing policy of the PyTorch
-engine (``inference.constrain``) has no equivalent here: a constrained answer that reaches
-``max_tokens`` ends with ``finish_reason: "length"``, as on OpenAI.
+llama.cpp applies llguidance grammars from the first token. The closing policy of
+``inference.constrain`` (the last ``reserve`` tokens of a constrained answer take the allowed
+token that closes most) needs no model, so llama.cpp writes all but those tokens and, if the
+structure is still open then, this engine closes it with the same policy the PyTorch engine uses.
 
 Adapters: llama.cpp loads LoRA files only when a server is built, so each base model has one
 current server holding the adapters in use (at most ``max_adapters``, most recent first). A
@@ -36,15 +37,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from selftune.catalog import BaseModelSpec, Catalog, Resolved
 from selftune.convert.lora import convert_adapter, gguf_path
 from selftune.data.render import render_prompt, stop_token_ids
 from selftune.errors import InvalidRequest, NotFound, SelftuneError
-from selftune.inference.constrain import Vocabulary
+from selftune.inference.constrain import RowConstraint, Vocabulary
 from selftune.inference.generation import Generation
 from selftune.inference.output import ChoiceOutput, token_budget
 
 log = logging.getLogger("selftune.engine")
+
+SLACK = 8
+"""Tokens llama.cpp may decode past an answer's budget (see ``_generate``)."""
 
 LLGUIDANCE = "%llguidance {}\n"
 """llama.cpp hands a grammar starting with this line to llguidance (Lark syntax) instead of GBNF."""
@@ -102,10 +108,9 @@ class LlamaCppEngine:
         self.active = 0
         self.servers_built = 0
 
-    @staticmethod
-    def serves(spec: BaseModelSpec) -> bool:
-        """llama.cpp serves base models that come as a GGUF file."""
-        return spec.source == "gguf" and spec.gguf_file is not None
+    def serves(self, spec: BaseModelSpec) -> bool:
+        """llama.cpp serves base models that come as a GGUF file or were converted to one."""
+        return self.catalog.gguf(spec) is not None
 
     # --- public API, as ``inference.engine.Engine`` -----------------------------------------------
 
@@ -146,9 +151,8 @@ class LlamaCppEngine:
         with self._lock:
             if spec.name in self._bases:
                 return self._bases[spec.name]
-        assert spec.gguf_file is not None
-        gguf = Path(spec.path) / spec.gguf_file
-        if not gguf.is_file():
+        gguf = self.catalog.gguf(spec)
+        if gguf is None or not gguf.is_file():
             raise NotFound(f"weights for base model {spec.name!r} are missing: {gguf} does not exist")
         t0 = time.perf_counter()
         folder = self.catalog.materialize(spec)  # the tokenizer and config training uses
@@ -244,21 +248,32 @@ class LlamaCppEngine:
             prompt = gen.prompt_ids or render_prompt(base.tokenizer, gen.messages, gen.tools)
             gen.prompt_tokens = len(prompt)
             budget = token_budget(gen, len(prompt), base.context)
-            request = self._request(base, server, lora, gen, prompt, budget)
+            reserve = self._vocabulary(base).reserve(gen.grammar, budget) if gen.grammar is not None else 0
+            # llama.cpp reports a token's id with its text, and a token that ends in unfinished UTF-8
+            # has none yet: at its own max_tokens such ids are never sent. So it may run a few tokens
+            # past ours, and ChoiceOutput ends the answer at exactly the budget.
+            slack = min(SLACK, base.context - len(prompt) - budget)
+            request = self._request(server, lora, gen, prompt, budget - reserve + slack, base.stop_ids)
             outs = [ChoiceOutput(gen, i, base.tokenizer, budget) for i in range(gen.n)]
             seeds = [None if gen.params.seed is None else gen.params.seed + i for i in range(gen.n)]
             errors: list[BaseException | None] = [None] * gen.n
 
             def run(i: int) -> None:
-                errors[i] = self._choice(server, base, request, outs[i], seeds[i])
+                errors[i] = self._choice(server, base, request, outs[i], seeds[i], budget - reserve)
 
-            # Choices beyond the first on threads of their own: pool threads waiting on pool tasks could deadlock.
-            others = [threading.Thread(target=run, args=(i,), daemon=True) for i in range(1, gen.n)]
-            for t in others:
-                t.start()
-            run(0)
-            for t in others:
-                t.join()
+            if gen.params.seed is not None:
+                # Choices decoded side by side share batches in an order that varies from run to run,
+                # which changes their numerics; with a seed, one after another repeats exactly.
+                for i in range(gen.n):
+                    run(i)
+            else:
+                # Choices beyond the first on threads of their own (pool threads waiting on pool tasks could deadlock).
+                others = [threading.Thread(target=run, args=(i,), daemon=True) for i in range(1, gen.n)]
+                for t in others:
+                    t.start()
+                run(0)
+                for t in others:
+                    t.join()
             self._finish(future, next((e for e in errors if e is not None), None))
         except BaseException as e:
             gen.cancel.set()
@@ -274,13 +289,14 @@ class LlamaCppEngine:
         else:
             future.set_exception(error)
 
+    @staticmethod
     def _request(
-        self, base: _Base, server: _Server, lora: int | None, gen: Generation, prompt: list[int], budget: int
+        server: _Server, lora: int | None, gen: Generation, prompt: list[int], max_tokens: int, stop_ids: set[int]
     ) -> dict[str, Any]:
         params = gen.params
         request: dict[str, Any] = {
             "prompt": prompt,
-            "max_tokens": budget,
+            "max_tokens": max_tokens,
             "temperature": params.temperature,
             "top_p": params.top_p,
             "top_k": 0,
@@ -291,9 +307,11 @@ class LlamaCppEngine:
         }
         grammar = gen.grammar or (eager_calls(gen.lazy_grammar) if gen.lazy_grammar else None)
         if grammar is not None:
-            if gen.grammar is not None:  # the same 400 as on PyTorch when max_tokens cannot hold the answer
-                self._vocabulary(base).reserve(gen.grammar, budget)
-            request["grammar"] = LLGUIDANCE + grammar
+            # llama.cpp's llguidance ends a grammar on its own end-of-text token, which need not be the
+            # model's end of turn (SmolLM2: <|endoftext|>, not <|im_end|>); a model trained to end its
+            # turn would be pushed on instead. So the grammar ends on the model's stop tokens itself.
+            end = " | ".join(f"<[{i}]>" for i in sorted(stop_ids))
+            request["grammar"] = f"{LLGUIDANCE}start: answer ({end})\n" + grammar.replace("start:", "answer:", 1)
         return request
 
     def _vocabulary(self, base: _Base) -> Vocabulary:
@@ -302,13 +320,14 @@ class LlamaCppEngine:
         return base.vocabulary
 
     def _choice(
-        self, server: _Server, base: _Base, request: dict[str, Any], out: ChoiceOutput, seed: int | None
+        self, server: _Server, base: _Base, request: dict[str, Any], out: ChoiceOutput, seed: int | None, free: int
     ) -> BaseException | None:
         """One choice, streamed token by token into ``out``; returns what went wrong, if anything."""
         gen = out.gen
         failure: list[BaseException] = []
 
         special = base.special_ids
+        closing: list[bool] = []
         pending: list[int] = []
         """A special token held back: llama.cpp may end the turn on it (its end-of-generation set can be
         wider than the model's configured stop tokens: grammars end on ``<|endoftext|>``, say)."""
@@ -330,21 +349,54 @@ class LlamaCppEngine:
                     if finish is not None:
                         out.finish(finish)
                         return True
+                    if gen.grammar is not None and len(out.ids) >= free:
+                        closing.append(True)  # llama.cpp's share is written; the reserve closes the structure
+                        return True
                 if choice.get("finish_reason"):
                     if pending and choice["finish_reason"] == "length":
                         out.push(pending.pop())
-                    out.finish("length" if choice["finish_reason"] == "length" else "stop")
+                    if choice["finish_reason"] == "length" and gen.grammar is not None:
+                        closing.append(True)  # llama.cpp's share is written; the reserve closes the structure
+                    else:
+                        out.finish("length" if choice["finish_reason"] == "length" else "stop")
                     return True
             return gen.cancel.is_set()
 
         if gen.cancel.is_set():
             return None
-        server.handle.handle_completions(request if seed is None else {**request, "seed": seed}, on_chunk)
+        if free > 0:
+            server.handle.handle_completions(request if seed is None else {**request, "seed": seed}, on_chunk)
+        else:  # the whole answer is the closing reserve
+            closing.append(True)
         if failure:
             return failure[0]
+        if closing:
+            self._close(base, out)
         if out.finished is None and not gen.cancel.is_set():
             return SelftuneError("llama.cpp ended the answer without finishing it")
         return None
+
+    def _close(self, base: _Base, out: ChoiceOutput) -> None:
+        """Finish a constrained answer within its last tokens: the allowed token that closes most, each
+        step (``constrain.Vocabulary.closing``), as the PyTorch engine does in its closing phase."""
+        assert out.gen.grammar is not None
+        vocab = self._vocabulary(base)
+        constraint = RowConstraint(vocab, out.gen.grammar, reserve=out.max_tokens)
+        if not constraint.follow(out.ids):  # cannot happen when llama.cpp kept to the grammar
+            out.finish("length")
+            return
+        while out.finished is None:
+            scores, _ = constraint.mask(torch.zeros(vocab.size), remaining=0)
+            token = int(torch.argmax(scores))
+            if token in base.stop_ids:
+                out.finish("stop")
+                break
+            constraint.advance(token)
+            finish = out.push(token)
+            if finish != "stop" and constraint.finished:
+                finish = "stop"
+            if finish is not None:
+                out.finish(finish)
 
 
 class _Attrs:

@@ -1,0 +1,122 @@
+"""A Hugging Face model folder as a GGUF file, so llama.cpp can serve a model registered from one.
+
+Covered: the families ``convert.lora`` covers (Llama, Mistral, Qwen2) with a byte-level BPE
+tokenizer (GPT-2 style: SmolLM, Llama 3, Qwen); weights are written as float16 (norms and biases
+float32), so nothing is lost to quantisation. A folder outside that (a SentencePiece tokenizer, an
+unknown family) raises ``ConversionError`` and the model is served by the PyTorch engine.
+
+Names come from the ``gguf`` package: tensors through ``get_tensor_name_map``, the tokenizer
+through ``gguf.vocab`` (``BpeVocab`` for tokens, ``SpecialVocab`` for merges, special ids and the
+chat template), hyperparameters through ``GGUFWriter``'s own setters. Llama-family q/k rows are
+permuted as llama.cpp expects (``convert.lora.permute_rows``). selftune tokenizes prompts itself and
+reads back token ids, so llama.cpp's pre-tokenizer choice only matters to llguidance's forced
+text; an unknown one is written as ``default``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+
+from selftune.convert.lora import _ARCHES, _PERMUTED, ConversionError, permute_rows
+
+_PRE = {"qwen2": "qwen2"}
+"""llama.cpp's pre-tokenizer names by family, where one family has one tokenizer."""
+
+
+def convert_model(folder: str | Path, out: str | Path) -> Path:
+    """Write ``folder``'s model as GGUF to ``out`` (temporary file, then rename)."""
+    import gguf
+    import torch
+    from safetensors import safe_open
+
+    folder, out = Path(folder), Path(out)
+    config = json.loads((folder / "config.json").read_text())
+    model_type = str(config.get("model_type"))
+    if model_type not in _ARCHES:
+        raise ConversionError(f"llama.cpp serving does not cover {model_type!r} models yet")
+    try:
+        vocab = gguf.vocab.BpeVocab(folder)
+    except FileNotFoundError as e:
+        raise ConversionError(f"only byte-level BPE tokenizers are converted ({e})") from e
+    arch = getattr(gguf.MODEL_ARCH, _ARCHES[model_type])
+    n_layers, n_head = int(config["num_hidden_layers"]), int(config["num_attention_heads"])
+    n_kv = int(config.get("num_key_value_heads") or n_head)
+    hidden = int(config["hidden_size"])
+    head_dim = int(config.get("head_dim") or hidden // n_head)
+    n_vocab = int(config.get("vocab_size") or vocab.vocab_size)
+
+    tmp = out.with_name(out.name + ".tmp")
+    w = gguf.GGUFWriter(str(tmp), gguf.MODEL_ARCH_NAMES[arch])
+    w.add_name(folder.name)
+    w.add_context_length(int(config.get("max_position_embeddings") or 2048))
+    w.add_embedding_length(hidden)
+    w.add_block_count(n_layers)
+    w.add_feed_forward_length(int(config["intermediate_size"]))
+    w.add_head_count(n_head)
+    w.add_head_count_kv(n_kv)
+    w.add_rope_dimension_count(head_dim)
+    w.add_rope_freq_base(_rope_theta(config))
+    w.add_layer_norm_rms_eps(float(config.get("rms_norm_eps") or 1e-6))
+    w.add_vocab_size(n_vocab)
+    w.add_file_type(gguf.LlamaFileType.MOSTLY_F16)
+
+    tokens, types = _tokens(folder, vocab, n_vocab)
+    w.add_tokenizer_model("gpt2")
+    w.add_tokenizer_pre(_PRE.get(model_type, "default"))
+    w.add_token_list(tokens)
+    w.add_token_types(types)
+    gguf.SpecialVocab(folder, load_merges=True, n_vocab=n_vocab).add_to_gguf(w, quiet=True)
+
+    names = gguf.get_tensor_name_map(arch, n_layers)
+    files = sorted(folder.glob("*.safetensors"))
+    if not files:
+        raise ConversionError(f"{folder} has no .safetensors weights")
+    for file in files:
+        with safe_open(str(file), framework="pt") as f:
+            for key in f.keys():  # noqa: SIM118 (safe_open is not a mapping)
+                if key.endswith("rotary_emb.inv_freq"):
+                    continue
+                name = names.get_name(key, try_suffixes=(".weight", ".bias"))
+                if name is None:
+                    raise ConversionError(f"no llama.cpp tensor for {key!r}")
+                data = f.get_tensor(key).to(torch.float32).numpy()
+                if model_type in _PERMUTED and name.endswith(("attn_q.weight", "attn_k.weight")):
+                    data = permute_rows(data, n_head if "attn_q" in name else n_kv)
+                w.add_tensor(name, data.astype(np.float16) if data.ndim == 2 else data)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    os.replace(tmp, out)
+    return out
+
+
+def _rope_theta(config: dict[str, object]) -> float:
+    """The rotary base, from ``rope_theta`` or (transformers 5) ``rope_parameters``; scaled rotary
+    embeddings (Llama 3.1's, YaRN) need llama.cpp's own tensors and are not converted."""
+    params = config.get("rope_parameters") or config.get("rope_scaling") or {}
+    assert isinstance(params, dict)
+    kind = params.get("rope_type") or params.get("type") or "default"
+    if kind != "default":
+        raise ConversionError(f"rotary scaling {kind!r} is not converted")
+    return float(params.get("rope_theta") or config.get("rope_theta") or 10000.0)  # type: ignore[arg-type]
+
+
+def _tokens(folder: Path, vocab: object, n_vocab: int) -> tuple[list[bytes], list[int]]:
+    """Every token id's text and llama.cpp type; special tokens are control tokens, padding unused."""
+    import gguf
+
+    by_id: dict[int, tuple[bytes, int]] = {}
+    for i, (text, _score, kind) in enumerate(vocab.all_tokens()):  # type: ignore[attr-defined]
+        by_id[i] = (text if isinstance(text, bytes) else str(text).encode(), int(kind))
+    tokenizer_json = folder / "tokenizer.json"
+    if tokenizer_json.is_file():
+        for added in json.loads(tokenizer_json.read_text()).get("added_tokens", []):
+            kind = gguf.TokenType.CONTROL if added.get("special") else gguf.TokenType.USER_DEFINED
+            by_id[int(added["id"])] = (str(added["content"]).encode(), int(kind))
+    tokens = [by_id.get(i, (f"[PAD{i}]".encode(), int(gguf.TokenType.UNUSED))) for i in range(n_vocab)]
+    return [t for t, _ in tokens], [k for _, k in tokens]
