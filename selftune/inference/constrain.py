@@ -10,7 +10,8 @@ the engine's sampling.
 A grammar cannot finish if the answer runs out of tokens first (a string that never closes). So
 near the end of ``max_tokens`` (the last ``reserve`` tokens: twice what this closing policy needs
 to write the whole structure from nothing) the sampler stops choosing freely and takes, among the
-allowed tokens, the one that closes the most (``"``, ``}``, ``]``, end of turn): the grammar still
+allowed tokens, the one that closes the most per character (end of turn first, then ``"``, then
+``}`` and ``]``): the grammar still
 decides what is allowed, and the answer ends valid instead of cut off.
 """
 
@@ -85,7 +86,9 @@ class Vocabulary:
         closing = torch.zeros(size)
         for token, text in enumerate(tokenizer.convert_ids_to_tokens(list(range(len(tokenizer))))):
             text = str(text or "")
-            closing[token] = sum(text.count(c) for c in '"}]') - 0.01 * len(text)
+            # Per character, so a token that only repeats "]" inside a string (content there, closing
+            # nothing) cannot outrank the quote that ends the string; the quote counts double.
+            closing[token] = (2 * text.count('"') + text.count("}") + text.count("]")) / max(1, len(text))
         for token in stop_ids:
             if token < size:
                 closing[token] = 100.0
