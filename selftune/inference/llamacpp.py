@@ -45,6 +45,7 @@ from selftune.data.render import render_prompt, stop_token_ids
 from selftune.errors import InvalidRequest, NotFound, SelftuneError
 from selftune.inference.constrain import RowConstraint, Vocabulary
 from selftune.inference.generation import Generation
+from selftune.inference.loading import check_adapter
 from selftune.inference.output import ChoiceOutput, token_budget
 
 log = logging.getLogger("selftune.engine")
@@ -158,12 +159,7 @@ class LlamaCppEngine:
         folder = self.catalog.materialize(spec)  # the tokenizer and config training uses
         tokenizer = self.catalog.tokenizer(spec)
         config = json.loads((folder / "config.json").read_text())
-        generation = (
-            json.loads((folder / "generation_config.json").read_text())
-            if (folder / "generation_config.json").is_file()
-            else {}
-        )
-        stop_ids = stop_token_ids(tokenizer, _Attrs(generation))
+        stop_ids = stop_token_ids(tokenizer, _generation_config(folder))
         context = int(config.get("max_position_embeddings") or 2048)
         vocab_size = int(config.get("vocab_size") or len(tokenizer))
         server = self._build(gguf, context, [])
@@ -225,12 +221,7 @@ class LlamaCppEngine:
         assert model.adapter is not None
         target = gguf_path(model.adapter)
         if not target.is_file():
-            if not (model.adapter / "adapter_config.json").is_file():
-                raise NotFound(
-                    f"the weights of `{model.id}` are missing ({model.adapter}); delete the model and train it again",
-                    param="model",
-                    code="model_not_found",
-                )
+            check_adapter(model)
             convert_adapter(model.adapter, base.folder)
         return str(target)
 
@@ -399,11 +390,14 @@ class LlamaCppEngine:
                 out.finish(finish)
 
 
-class _Attrs:
-    """A generation_config.json read as the attributes ``stop_token_ids`` looks for."""
+def _generation_config(folder: Path) -> Any:
+    """The model's generation config (its extra end-of-turn tokens), or None without one."""
+    from transformers import GenerationConfig
 
-    def __init__(self, values: dict[str, Any]) -> None:
-        self.eos_token_id = values.get("eos_token_id")
+    try:
+        return GenerationConfig.from_pretrained(folder)
+    except OSError:
+        return None
 
 
 def _error(chunk: dict[str, Any]) -> SelftuneError:

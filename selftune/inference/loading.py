@@ -63,6 +63,17 @@ def load_base(catalog: Catalog, spec: BaseModelSpec, dtype: torch.dtype, device:
     return loaded
 
 
+def check_adapter(model: Resolved) -> None:
+    """A fine-tuned model whose adapter folder is gone is a 404 that says what to do (both engines)."""
+    assert model.adapter is not None
+    if not (model.adapter / "adapter_config.json").is_file():
+        raise NotFound(
+            f"the weights of `{model.id}` are missing ({model.adapter}); delete the model and train it again",
+            param="model",
+            code="model_not_found",
+        )
+
+
 def load_adapter(lm: Loaded, model: Resolved, busy: set[str], max_adapters: int) -> str:
     """Load (or reuse) the adapter of a fine-tuned model onto its shared base; evict the least
     recently used adapter that no running row needs."""
@@ -71,12 +82,7 @@ def load_adapter(lm: Loaded, model: Resolved, busy: set[str], max_adapters: int)
     if key in lm.adapters:
         lm.adapters.move_to_end(key)
         return lm.adapters[key]
-    if not (model.adapter / "adapter_config.json").is_file():
-        raise NotFound(
-            f"the weights of `{model.id}` are missing ({model.adapter}); delete the model and train it again",
-            param="model",
-            code="model_not_found",
-        )
+    check_adapter(model)
     from peft import PeftModel
 
     t0 = time.perf_counter()
