@@ -11,12 +11,16 @@ import os
 import secrets
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
+from dataclasses import dataclass
+from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
 import openai
 import pytest
+import yaml
 from jsonschema import Draft202012Validator
 from referencing import Registry
 from referencing.jsonschema import DRAFT202012
@@ -130,6 +134,59 @@ def smol_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer
     srv = LiveServer(tmp_path_factory.mktemp("home-smol")).start(timeout=600)
     yield srv
     srv.stop()
+
+
+# --- the trivia fine-tune on SmolLM2 (shared by the seed and export tests) -----------------------------
+
+MARV = "Marv is a factual chatbot that is also sarcastic."
+
+
+def trivia_jsonl(path: Path, n: int = 40, *, start: int = 0, step: int = 1) -> Path:
+    with path.open("w") as f:
+        for q, a in trivia_pairs(start + n)[start::step]:
+            msgs = [
+                {"role": "system", "content": MARV},
+                {"role": "user", "content": q},
+                {"role": "assistant", "content": a},
+            ]
+            f.write(json.dumps({"messages": msgs}) + "\n")
+    return path
+
+
+def trivia_pairs(n: int) -> list[tuple[str, str]]:
+    convs = yaml.safe_load(files("chatterbot_corpus").joinpath("data/english/trivia.yml").read_text("utf-8"))
+    return [(str(c[0]), str(c[1])) for c in convs["conversations"] if len(c) == 2][:n]
+
+
+@dataclass(frozen=True)
+class TriviaJob:
+    job_id: str
+    model: str
+    seconds: float
+
+
+@pytest.fixture(scope="session")
+def trivia_job(smol_server: LiveServer, tmp_path_factory: pytest.TempPathFactory) -> TriviaJob:
+    """40 chatterbot trivia pairs (Marv's system prompt), 3 epochs, with 20 held-out pairs as the
+    validation file: trained once through the API, then measured by the seed test and exported."""
+    client = smol_server.client()
+    folder = tmp_path_factory.mktemp("trivia")
+    train = client.files.create(file=trivia_jsonl(folder / "trivia.jsonl", 40).open("rb"), purpose="fine-tune")
+    held = client.files.create(file=trivia_jsonl(folder / "held.jsonl", 20, start=40).open("rb"), purpose="fine-tune")
+    t0 = time.monotonic()
+    job = client.fine_tuning.jobs.create(
+        model="SmolLM2-135M-Instruct",
+        training_file=train.id,
+        validation_file=held.id,
+        hyperparameters={"n_epochs": 3},
+        suffix="trivia",
+    )
+    while job.status not in ("succeeded", "failed", "cancelled"):
+        time.sleep(1)
+        job = client.fine_tuning.jobs.retrieve(job.id)
+    assert job.status == "succeeded", job.error
+    assert job.fine_tuned_model is not None
+    return TriviaJob(job.id, job.fine_tuned_model, time.monotonic() - t0)
 
 
 ALICE, BOB = "sk-alice-0123456789", "sk-bob-9876543210"

@@ -13,6 +13,7 @@ import json
 import os
 import re
 import shutil
+import tarfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -155,6 +156,18 @@ def test_upload_train_watch_reload_and_compare(page: Any, server: LiveServer, tm
     pg.wait_for_selector(f"tr[data-job='{job_id}'] [data-status=succeeded]")
     pg.goto(server.url + "/#/models")
     pg.wait_for_selector(f"#models td:text-is('{model}')")
+    # Download the fine-tuned model as a merged folder: exported, verified, saved as a tar.
+    row = pg.locator(f"#models tr:has(td:text-is('{model}'))")
+    row.locator("select.export-format").select_option(label="merged (transformers)")
+    with pg.expect_download(timeout=300_000) as download:
+        row.locator("button.export").click()
+    with tarfile.open(download.value.path()) as tar:
+        names = tar.getnames()
+        manifest = json.load(tar.extractfile(next(n for n in names if n.endswith("/selftune-export.json"))))  # type: ignore[arg-type]
+    assert any(n.endswith("/model.safetensors") for n in names), names
+    assert manifest["model"] == model and manifest["verification"]["passed"]
+    row.locator(".export-state:text-matches('^saved ')").wait_for()
+    shot(pg, "6-models-export")
     pg.goto(server.url + f"/#/playground?a=tiny&b={model}")
     pg.wait_for_selector("#send")
     assert pg.input_value("#model-b") == model
@@ -163,16 +176,16 @@ def test_upload_train_watch_reload_and_compare(page: Any, server: LiveServer, tm
     pg.click("#send")
     pg.wait_for_selector("#answers-a .answer[data-done='1']")
     pg.wait_for_selector("#answers-b .answer[data-done='1']")
-    shot(pg, "6-playground")
+    shot(pg, "7-playground")
 
     # Phone width: nothing wider than the screen.
     pg.set_viewport_size({"width": 390, "height": 844})
-    for route in (f"#/jobs/{job_id}", "#/jobs", "#/playground", "#/new"):
+    for route in (f"#/jobs/{job_id}", "#/jobs", "#/playground", "#/new", "#/models"):
         pg.goto(server.url + "/" + route)
         pg.wait_for_timeout(800)
         width = pg.evaluate("document.documentElement.scrollWidth")
         assert width <= 390, (route, width)
-    shot(pg, "7-phone-new-job")
+    shot(pg, "8-phone-new-job")
     (ARTIFACTS / "flow.json").write_text(json.dumps({"job": job_id, "model": model, "steps": steps}))
 
 

@@ -12,29 +12,13 @@ import subprocess
 import sys
 import time
 from html import escape
-from importlib.resources import files
 from pathlib import Path
 
 import pytest
-import yaml
 
-from tests.conftest import LiveServer, run_cli, run_legacy
+from tests.conftest import MARV, LiveServer, TriviaJob, run_cli, run_legacy, trivia_jsonl
 
 pytestmark = pytest.mark.slow
-
-MARV = "Marv is a factual chatbot that is also sarcastic."
-
-
-def trivia_jsonl(path: Path, n: int = 40, *, start: int = 0, step: int = 1) -> Path:
-    with path.open("w") as f:
-        for q, a in trivia_pairs(start + n)[start::step]:
-            msgs = [
-                {"role": "system", "content": MARV},
-                {"role": "user", "content": q},
-                {"role": "assistant", "content": a},
-            ]
-            f.write(json.dumps({"messages": msgs}) + "\n")
-    return path
 
 
 def test_seed_004_legacy_snippets(smol_server: LiveServer, tmp_path: Path) -> None:
@@ -94,29 +78,11 @@ print(json.dumps({"train": train.status, "val": val.id != train.id, "content": c
     assert len(out["content"].split()) >= 3
 
 
-def trivia_pairs(n: int) -> list[tuple[str, str]]:
-    convs = yaml.safe_load(files("chatterbot_corpus").joinpath("data/english/trivia.yml").read_text("utf-8"))
-    return [(str(c[0]), str(c[1])) for c in convs["conversations"] if len(c) == 2][:n]
-
-
-def test_fine_tuning_smollm2_learns_the_trivia(smol_server: LiveServer, tmp_path: Path) -> None:
+def test_fine_tuning_smollm2_learns_the_trivia(smol_server: LiveServer, trivia_job: TriviaJob, tmp_path: Path) -> None:
     """The end-to-end bar: 40 chatterbot trivia pairs, 3 epochs, then base vs fine-tuned, measured by
     the job's own evaluation (20 held-out pairs) and by `selftune eval` with a judge."""
     client = smol_server.client()
-    train = client.files.create(file=trivia_jsonl(tmp_path / "trivia.jsonl", 40).open("rb"), purpose="fine-tune")
-    held = client.files.create(file=trivia_jsonl(tmp_path / "held.jsonl", 20, start=40).open("rb"), purpose="fine-tune")
-    t0 = time.monotonic()
-    job = client.fine_tuning.jobs.create(
-        model="SmolLM2-135M-Instruct",
-        training_file=train.id,
-        validation_file=held.id,
-        hyperparameters={"n_epochs": 3},
-        suffix="trivia",
-    )
-    while job.status not in ("succeeded", "failed", "cancelled"):
-        time.sleep(1)
-        job = client.fine_tuning.jobs.retrieve(job.id)
-    elapsed = time.monotonic() - t0
+    job, elapsed = client.fine_tuning.jobs.retrieve(trivia_job.job_id), trivia_job.seconds
     assert job.status == "succeeded", job.error
     events = list(client.fine_tuning.jobs.list_events(job.id, limit=1000))
     assert not [e.message for e in events if e.level != "info"]  # the smoke test saw it end its turn

@@ -7,7 +7,7 @@ import sys
 import click
 
 from selftune import __version__
-from selftune.cli import client, data, evaluate, server
+from selftune.cli import client, data, evaluate, export, server
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -21,6 +21,7 @@ def cli() -> None:
     Client:   files upload | list | rm    jobs create | list | get | follow | cancel | pause | resume
               chat MODEL
     Models:   models list | rm (on the server; --local: base models here) | add (a base model here)
+              export MODEL --format adapter|merged|gguf|ollama --output DIR
     """
 
 
@@ -36,6 +37,7 @@ for command in (
     client.chat,
     client.models,
     evaluate.eval_,
+    export.export_,
 ):
     cli.add_command(command)
 

@@ -1,9 +1,10 @@
 """A Hugging Face model folder as a GGUF file, so llama.cpp can serve a model registered from one.
 
 Covered: the families ``convert.lora`` covers (Llama, Mistral, Qwen2) with a byte-level BPE
-tokenizer (GPT-2 style: SmolLM, Llama 3, Qwen); weights are written as float16 (norms and biases
-float32), so nothing is lost to quantisation. A folder outside that (a SentencePiece tokenizer, an
-unknown family) raises ``ConversionError`` and the model is served by the PyTorch engine.
+tokenizer (GPT-2 style: SmolLM, Llama 3, Qwen); matrices are written as float16 (norms and biases
+float32), so nothing is lost, or at the quantisation level an export asks for (``convert.quantize``).
+A folder outside that (a SentencePiece tokenizer, an unknown family) raises ``ConversionError``
+and the model is served by the PyTorch engine.
 
 Names come from the ``gguf`` package: tensors through ``get_tensor_name_map``, the tokenizer
 through ``gguf.vocab`` (``BpeVocab`` for tokens, ``SpecialVocab`` for merges, special ids and the
@@ -17,18 +18,25 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 
-import numpy as np
-
 from selftune.convert.lora import _ARCHES, _PERMUTED, ConversionError, permute_rows
+from selftune.convert.quantize import Quantize, file_type, quantize, tensor_type
 
 _PRE = {"qwen2": "qwen2"}
 """llama.cpp's pre-tokenizer names by family, where one family has one tokenizer."""
 
 
-def convert_model(folder: str | Path, out: str | Path) -> Path:
-    """Write ``folder``'s model as GGUF to ``out`` (temporary file, then rename)."""
+def convert_model(
+    folder: str | Path,
+    out: str | Path,
+    level: Quantize = "f16",
+    progress: Callable[[int, int], None] | None = None,
+    name: str | None = None,
+) -> Path:
+    """Write ``folder``'s model as GGUF to ``out`` (temporary file, then rename), its matrices at
+    ``level`` (``convert.quantize``); ``progress(done, total)`` is called per tensor."""
     import gguf
     import torch
     from safetensors import safe_open
@@ -51,7 +59,7 @@ def convert_model(folder: str | Path, out: str | Path) -> Path:
 
     tmp = out.with_name(out.name + ".tmp")
     w = gguf.GGUFWriter(str(tmp), gguf.MODEL_ARCH_NAMES[arch])
-    w.add_name(folder.name)
+    w.add_name(name or folder.name)
     w.add_context_length(int(config.get("max_position_embeddings") or 2048))
     w.add_embedding_length(hidden)
     w.add_block_count(n_layers)
@@ -62,7 +70,7 @@ def convert_model(folder: str | Path, out: str | Path) -> Path:
     w.add_rope_freq_base(_rope_theta(config))
     w.add_layer_norm_rms_eps(float(config.get("rms_norm_eps") or 1e-6))
     w.add_vocab_size(n_vocab)
-    w.add_file_type(gguf.LlamaFileType.MOSTLY_F16)
+    w.add_file_type(file_type(level))
 
     tokens, types = _tokens(folder, vocab, n_vocab)
     w.add_tokenizer_model("gpt2")
@@ -75,18 +83,23 @@ def convert_model(folder: str | Path, out: str | Path) -> Path:
     files = sorted(folder.glob("*.safetensors"))
     if not files:
         raise ConversionError(f"{folder} has no .safetensors weights")
+    keys = {}
     for file in files:
         with safe_open(str(file), framework="pt") as f:
-            for key in f.keys():  # noqa: SIM118 (safe_open is not a mapping)
-                if key.endswith("rotary_emb.inv_freq"):
-                    continue
-                name = names.get_name(key, try_suffixes=(".weight", ".bias"))
-                if name is None:
-                    raise ConversionError(f"no llama.cpp tensor for {key!r}")
-                data = f.get_tensor(key).to(torch.float32).numpy()
-                if model_type in _PERMUTED and name.endswith(("attn_q.weight", "attn_k.weight")):
-                    data = permute_rows(data, n_head if "attn_q" in name else n_kv)
-                w.add_tensor(name, data.astype(np.float16) if data.ndim == 2 else data)
+            keys.update({key: file for key in f.keys() if not key.endswith("rotary_emb.inv_freq")})  # noqa: SIM118
+    tied = "lm_head.weight" not in keys
+    for done, (key, file) in enumerate(sorted(keys.items()), 1):
+        with safe_open(str(file), framework="pt") as f:
+            data = f.get_tensor(key).to(torch.float32).numpy()
+        name = names.get_name(key, try_suffixes=(".weight", ".bias"))
+        if name is None:
+            raise ConversionError(f"no llama.cpp tensor for {key!r}")
+        if model_type in _PERMUTED and name.endswith(("attn_q.weight", "attn_k.weight")):
+            data = permute_rows(data, n_head if "attn_q" in name else n_kv)
+        array, raw = quantize(data, tensor_type(name, data.shape, level, n_layers, tied))
+        w.add_tensor(name, array, raw_dtype=None if raw is None else gguf.GGMLQuantizationType(raw))
+        if progress is not None:
+            progress(done, len(keys))
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_tensors_to_file()

@@ -28,9 +28,10 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from selftune import __version__, jobs
 from selftune.config import Settings
 from selftune.errors import InvalidRequest, NotFound, SelftuneError
+from selftune.exports import Exports
 from selftune.ids import random_id
 from selftune.inference.engines import Engines
-from selftune.server import chat, files, fine_tuning, models
+from selftune.server import chat, exports, files, fine_tuning, models
 from selftune.server.deps import Services, get_owner, get_services
 from selftune.services import open_core
 from selftune.worker import Worker
@@ -42,7 +43,8 @@ STATIC = Path(__file__).parent / "static"
 def build_services(settings: Settings) -> Services:
     core = open_core(settings)
     engine = Engines(settings, core.catalog)
-    return Services(settings, core.store, core.blobs, core.catalog, settings.keys, engine)
+    exports = Exports(settings, core.catalog, core.store)
+    return Services(settings, core.store, core.blobs, core.catalog, settings.keys, engine, exports)
 
 
 def create_app(settings: Settings) -> FastAPI:
@@ -69,7 +71,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.add_middleware(_PathAndRequestId)
 
     api = APIRouter(prefix="/v1", dependencies=[Depends(get_owner)])
-    for module in (files, models, chat, fine_tuning):
+    for module in (files, models, chat, fine_tuning, exports):
         api.include_router(module.router)
     app.include_router(api)
 

@@ -10,6 +10,7 @@ from fastapi import Depends, Request
 
 from selftune.config import LOCAL_OWNER
 from selftune.errors import AuthenticationFailed
+from selftune.exports import Exports
 from selftune.inference.engines import Engines
 from selftune.services import Core
 
@@ -20,8 +21,10 @@ class Services(Core):
 
     keys: dict[str, str]
     engine: Engines
+    exports: Exports
 
     def close(self) -> None:
+        self.exports.close()
         self.engine.close()
         super().close()
 

@@ -447,6 +447,7 @@ async function modelsPage() {
       h("td", { class: "num" }, when(m.created)),
       h("td", { class: "row" },
         h("a", { href: `#/playground?a=${encodeURIComponent(isFt(m.id) && base ? base.id : m.id)}&b=${encodeURIComponent(m.id)}` }, "playground"),
+        exportControl(m.id),
         isFt(m.id) ? h("button", { class: "danger", onclick: guard(async () => {
           if (!confirm(`Delete ${m.id}?`)) return;
           await api(`/models/${encodeURIComponent(m.id)}`, { method: "DELETE" });
@@ -459,6 +460,50 @@ async function modelsPage() {
     h("div", { class: "card scroll" }, h("table", { id: "models" }, h("thead", {}, h("tr", {}, ["id", "kind", "owner", "created", ""].map((c) => h("th", {}, c)))), body)),
   );
   await refresh();
+}
+
+// Export: POST /exports, follow its progress, then save the archive. The download goes through
+// fetch (the API key travels in a header, which a plain link cannot send), so the browser holds the
+// archive in memory before saving it; for large models the CLI (`selftune export`) streams to disk.
+const EXPORT_CHOICES = [
+  ["gguf f16", { format: "gguf", quantize: "f16" }],
+  ["gguf q8_0", { format: "gguf", quantize: "q8_0" }],
+  ["gguf q4_k_m", { format: "gguf", quantize: "q4_k_m" }],
+  ["ollama q8_0", { format: "ollama", quantize: "q8_0" }],
+  ["merged (transformers)", { format: "merged" }],
+  ["adapter (PEFT)", { format: "adapter" }],
+];
+
+function exportControl(model) {
+  const choices = EXPORT_CHOICES.filter(([, c]) => isFt(model) || c.format !== "adapter");
+  const pick = h("select", { class: "export-format", "aria-label": `export format for ${model}` },
+    choices.map(([label], i) => h("option", { value: i }, label)));
+  const state = h("span", { class: "muted export-state" });
+  const button = h("button", { class: "export", onclick: guard(async () => {
+    button.disabled = true;
+    try {
+      let e = await api("/exports", { method: "POST", body: { model, ...choices[pick.value][1] } });
+      while (e.status === "running") {
+        state.textContent = e.progress ? `${e.progress.stage} ${e.progress.done}/${e.progress.total}` : "starting";
+        await new Promise((r) => setTimeout(r, 1000));
+        e = await api(`/exports/${e.id}`);
+      }
+      if (e.status !== "succeeded") throw new Error(`export failed: ${e.error ? e.error.message : e.status}`);
+      state.textContent = `verified (${e.verification.reader}), downloading ${(e.bytes / 1e6).toFixed(0)} MB`;
+      const r = await fetch(`/v1/exports/${e.id}/content`, { headers: headers() });
+      if (!r.ok) throw new Error(`download failed: HTTP ${r.status}`);
+      const link = h("a", { href: URL.createObjectURL(await r.blob()), download: `${e.folder}.tar` });
+      link.click();
+      URL.revokeObjectURL(link.href);
+      state.textContent = `saved ${e.folder}.tar`;
+    } catch (err) {
+      state.textContent = "";
+      throw err;
+    } finally {
+      button.disabled = false;
+    }
+  }) }, "Download");
+  return h("span", { class: "row" }, pick, button, state);
 }
 
 // --- playground: one conversation, two models, streaming ------------------------------------------------

@@ -1,0 +1,220 @@
+"""Building an export: a model (base, fine-tuned or checkpoint) in a format other tools run, verified.
+
+Formats (``FORMATS``):
+
+- ``adapter``: the PEFT folder, with the tokenizer, ``chat_template.jinja`` and ``selftune-export.json``
+  (base model, stop tokens, training settings);
+- ``merged``: a Hugging Face folder: the adapter merged into the unquantised base weights (float32
+  for a base that came as GGUF, else the base's own dtype), tokenizer with its chat template, and
+  ``generation_config.json`` whose ``eos_token_id`` lists every end-of-turn token;
+- ``gguf``: one GGUF at a quantisation level (``convert.quantize``, float16 by default), converted
+  from the merged folder; with ``lora`` the base GGUF and the GGUF LoRA beside it instead, where
+  the base is by default the very file the server's llama.cpp engine serves (``served``: the
+  shipped Q4_1 for SmolLM2), so llama.cpp elsewhere answers exactly as selftune's engine does;
+- ``ollama``: the GGUF plus a ``Modelfile`` (``export.modelfile``).
+
+An export is built in a hidden folder beside its destination, verified (``export.verify``), given
+a manifest with every file's size and SHA-256, and only then renamed into place: a failed or
+interrupted export leaves nothing behind. ``estimate_bytes`` and ``check_room`` run before any
+work, so a full disk is an error up front, not a half-written file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Literal, get_args
+
+from selftune import __version__
+from selftune.convert.quantize import BYTES_PER_WEIGHT, DEFAULT_QUANTIZE, QUANTIZE_LEVELS, Quantize
+from selftune.errors import InvalidRequest
+
+Format = Literal["adapter", "merged", "gguf", "ollama"]
+FORMATS: tuple[str, ...] = get_args(Format)
+MANIFEST = "selftune-export.json"
+
+Progress = Callable[[str, int, int], None]
+"""``progress(stage, done, total)``: called as each stage advances."""
+
+
+class InsufficientStorage(InvalidRequest):
+    def __init__(self, message: str) -> None:
+        super().__init__(message, code="insufficient_storage")
+
+
+@dataclass(frozen=True)
+class ExportSpec:
+    format: Format
+    quantize: Quantize | Literal["served"] = DEFAULT_QUANTIZE
+    """``served`` (only with ``lora``, its default): the server's own base GGUF, copied as it is."""
+    lora: bool = False
+
+    @classmethod
+    def parse(cls, format: str, quantize: str | None, lora: bool, fine_tuned: bool) -> ExportSpec:
+        """The export asked for, or a 400 naming what cannot be done (never silently ignored)."""
+        if format not in FORMATS:
+            raise InvalidRequest(f"unknown export format {format!r}; use one of {', '.join(FORMATS)}", param="format")
+        if quantize is not None and quantize not in (*QUANTIZE_LEVELS, "served"):
+            raise InvalidRequest(
+                f"unknown quantization {quantize!r}; use one of {', '.join(QUANTIZE_LEVELS)}", param="quantize"
+            )
+        if quantize is not None and format in ("adapter", "merged"):
+            raise InvalidRequest(
+                f"quantize applies to gguf and ollama exports; a {format} export keeps the trained weights",
+                param="quantize",
+            )
+        if lora and format not in ("gguf", "ollama"):
+            raise InvalidRequest("lora applies to gguf and ollama exports", param="lora")
+        if quantize == "served" and not lora:
+            raise InvalidRequest("quantize=served (the server's own base GGUF) needs lora", param="quantize")
+        if not fine_tuned and (lora or format == "adapter"):
+            raise InvalidRequest(
+                f"a base model has no adapter; export it as merged, gguf or ollama (asked: {format}"
+                + (", lora" if lora else "")
+                + ")",
+                param="format",
+            )
+        default = "served" if lora else DEFAULT_QUANTIZE
+        return cls(format, quantize or default, lora)  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True)
+class Source:
+    """What an export is built from, resolved by the caller (the catalog knows owners and paths)."""
+
+    model: str
+    base_model: str
+    base_folder: Path
+    adapter: Path | None
+    context: int
+    base_gguf: Path | None = None
+    """The GGUF the server's llama.cpp engine serves the base from, if it has one."""
+    training: dict[str, Any] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        paths = {
+            k: str(getattr(self, k)) if getattr(self, k) else None for k in ("base_folder", "adapter", "base_gguf")
+        }
+        return {**asdict(self), **paths}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Source:
+        return cls(**{**data, **{k: Path(data[k]) if data.get(k) else None for k in _PATHS}})
+
+
+_PATHS = ("base_folder", "adapter", "base_gguf")
+
+
+def safe_name(model: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "-" for c in model).strip("-")
+
+
+def parameter_count(folder: Path) -> int:
+    from safetensors import safe_open
+
+    total = 0
+    for file in folder.glob("*.safetensors"):
+        with safe_open(str(file), framework="pt") as f:
+            for key in f.keys():  # noqa: SIM118 (safe_open is not a mapping)
+                shape = f.get_slice(key).get_shape()
+                total += math.prod(shape)
+    return total
+
+
+def estimate_bytes(src: Source, spec: ExportSpec) -> tuple[int, int]:
+    """(bytes the export will hold, bytes needed while building it: the merged folder of a GGUF included)."""
+    weights = sum(f.stat().st_size for f in src.base_folder.glob("*.safetensors"))
+    params = parameter_count(src.base_folder)
+    tokenizer = sum(f.stat().st_size for f in src.base_folder.iterdir() if f.suffix != ".safetensors" and f.is_file())
+    adapter = sum(f.stat().st_size for f in src.adapter.glob("adapter_model.*")) if src.adapter else 0
+    if spec.format == "adapter":
+        return adapter + tokenizer, adapter + tokenizer
+    if spec.format == "merged":
+        return weights + tokenizer, weights + tokenizer
+    if spec.quantize == "served" and src.base_gguf is not None:
+        gguf = src.base_gguf.stat().st_size
+    else:
+        gguf = int(params * BYTES_PER_WEIGHT[spec.quantize if spec.quantize != "served" else "f16"]) + tokenizer
+    if spec.lora:  # a quantised base's LoRA is also checked beside a float16 base, written for the check
+        return gguf + adapter, gguf + adapter + (params * 2 if spec.quantize != "f16" else 0)
+    return gguf, gguf + (weights if src.adapter is not None else 0)
+
+
+def check_room(folder: Path, need: int) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    free = shutil.disk_usage(folder).free
+    if free < need * 1.05 + 16 * 2**20:
+        raise InsufficientStorage(
+            f"not enough disk space in {folder}: the export needs about {_size(need)} and {_size(free)} are free; "
+            "free some space or choose another output folder"
+        )
+
+
+def _size(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1000 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n:.1f} GB"
+
+
+def export(src: Source, spec: ExportSpec, dest: Path, progress: Progress | None = None) -> dict[str, Any]:
+    """Build, verify and place the export at ``dest`` (which must not exist); return its manifest."""
+    from selftune.export import formats, verify
+
+    if dest.exists():
+        raise InvalidRequest(f"{dest} already exists; choose a new output folder", param="output")
+    tick = progress or (lambda stage, done, total: None)
+    _, need = estimate_bytes(src, spec)
+    check_room(dest.parent, need)
+    staging = dest.with_name(f".{dest.name}.partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    try:
+        tick("reference answers", 0, len(verify.GOLDEN))
+        built = formats.build(src, spec, staging, tick)
+        tick("verifying", 0, 1)
+        ref = verify.reference(src.base_folder, built.adapter)
+        result = built.verify(ref)
+        tick("verifying", 1, 1)
+        if not result.passed:
+            raise verify.VerificationFailed(f"the export does not answer as selftune does; {result.summary()}")
+        manifest = _manifest(src, spec, staging, built, result)
+        tick("checksums", 1, 1)
+        staging.rename(dest)
+        return manifest
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _manifest(src: Source, spec: ExportSpec, folder: Path, built: Any, result: Any) -> dict[str, Any]:
+    files = {}
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        digest = hashlib.sha256()
+        with path.open("rb") as f:
+            for block in iter(lambda: f.read(2**20), b""):
+                digest.update(block)
+        files[str(path.relative_to(folder))] = {"bytes": path.stat().st_size, "sha256": digest.hexdigest()}
+    manifest = {
+        "model": src.model,
+        "base_model": src.base_model,
+        "format": spec.format,
+        "quantize": spec.quantize if spec.format in ("gguf", "ollama") else None,
+        "lora": spec.lora,
+        "created": int(time.time()),
+        "selftune_version": __version__,
+        "chat_template": built.chat_template,
+        "stop_tokens": built.stop_tokens,
+        "training": src.training,
+        "verification": result.to_dict(),
+        "run": built.run,
+        "files": files,
+    }
+    (folder / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+    return manifest

@@ -1,0 +1,171 @@
+"""Writing each export format into a folder, and how each is checked (``export.build`` drives them).
+
+The merge is done in float32 on the unquantised base weights (PEFT's ``merge_and_unload``), then
+cast back to the base's own dtype, so no LoRA update is rounded into quantised weights. GGUF files
+are converted from that merged folder by ``convert.model`` (the converter the llama.cpp engine
+uses), so one set of names, permutations and tokenizer metadata serves both.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from selftune.data.render import stop_token_ids
+from selftune.export.build import ExportSpec, Progress, Source, safe_name
+from selftune.export.verify import Reference, Verification, verdict, with_llamacpp, with_transformers
+
+
+@dataclass
+class Built:
+    adapter: Path | None
+    """The adapter the reference applies: the exported one for an adapter export, else the source's."""
+    chat_template: str
+    stop_tokens: list[str]
+    check: Callable[[Reference], Verification]
+    run: dict[str, str] = field(default_factory=dict)
+    """Commands that run the export, from inside its folder."""
+
+    def verify(self, ref: Reference) -> Verification:
+        return self.check(ref)
+
+
+def build(src: Source, spec: ExportSpec, out: Path, tick: Progress) -> Built:
+    from transformers import AutoTokenizer, GenerationConfig
+
+    tokenizer = AutoTokenizer.from_pretrained(src.base_folder)
+    try:
+        generation = GenerationConfig.from_pretrained(src.base_folder)
+    except OSError:
+        generation = None
+    stops = sorted(stop_token_ids(tokenizer, generation))
+    texts = [str(tokenizer.convert_ids_to_tokens(i)) for i in stops]
+    built = Built(src.adapter, str(tokenizer.chat_template or ""), texts, lambda ref: _unchecked(ref))
+    name = safe_name(src.model)
+    if spec.format == "adapter":
+        assert src.adapter is not None
+        for f in ("adapter_config.json", "adapter_model.safetensors"):
+            shutil.copy2(src.adapter / f, out / f)
+        tokenizer.save_pretrained(out)
+        built.adapter = out
+        built.check = lambda ref: verdict(
+            ref, "peft", "unquantised", [a.tokens for a in ref.answers], [a.choices for a in ref.answers]
+        )
+        built.run = {
+            "peft": f"PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained('{src.base_model}'), '.')",
+            "vllm": f"vllm serve {src.base_model} --enable-lora --lora-modules {name}=.",
+        }
+    elif spec.format == "merged":
+        merge(src, out, tokenizer, stops, tick)
+        built.check = lambda ref: with_transformers(out, ref)
+        built.run = {
+            "transformers": "AutoModelForCausalLM.from_pretrained('.'); AutoTokenizer.from_pretrained('.')",
+            "vllm": "vllm serve .",
+        }
+    else:
+        gguf, lora = _gguf(src, spec, out, name, tokenizer, stops, tick)
+        precision = "served" if spec.quantize == "served" and src.base_gguf is not None else spec.quantize
+        built.check = lambda ref: with_llamacpp(
+            gguf, lora, ref, "f16" if precision == "served" and _f16(gguf) else precision
+        )
+        built.run = {
+            "llama.cpp": f"llama-server -m {gguf.name}" + (f" --lora {lora.name}" if lora else ""),
+            "llama.cpp chat": f"llama-cli -m {gguf.name}" + (f" --lora {lora.name}" if lora else "") + " -cnv",
+        }
+        if spec.format == "ollama":
+            from selftune.export.modelfile import modelfile, pieces
+
+            text = modelfile(gguf.name, pieces(tokenizer), texts, src.context, lora.name if lora else None)
+            (out / "Modelfile").write_text(text)
+            built.run = {"ollama": f"ollama create {name.lower()} -f Modelfile && ollama run {name.lower()}"}
+    return built
+
+
+def _lora_check(src: Source, base: Path, lora: Path, precision: str) -> Callable[[Reference], Verification]:
+    """A LoRA beside a quantised base is checked twice: with that base at its precision's bar, and
+    with a float16 base (converted for the check, then deleted) at f16's. A quantised base's bar
+    alone is loose enough to let a wrong LoRA through (a lost permutation scores 84%)."""
+
+    def check(ref: Reference) -> Verification:
+        result = with_llamacpp(base, lora, ref, precision)
+        if precision == "f16" or not result.passed:
+            return result
+        from selftune.convert.model import convert_model
+
+        with tempfile.TemporaryDirectory(dir=base.parent.parent, prefix=".lora-check-") as tmp:
+            exact = with_llamacpp(convert_model(src.base_folder, Path(tmp) / "base-f16.gguf"), lora, ref, "f16")
+        return result if exact.passed else exact
+
+    return check
+
+
+def _f16(gguf: Path) -> bool:
+    """Whether a served base GGUF is float16 (a registered folder's), which is held to f16's bar."""
+    import gguf as g
+
+    field = g.GGUFReader(str(gguf)).fields.get("general.file_type")
+    return field is not None and int(field.contents()) == int(g.LlamaFileType.MOSTLY_F16)
+
+
+def _unchecked(ref: Reference) -> Verification:
+    raise AssertionError("every format sets its check")
+
+
+def merge(src: Source, out: Path, tokenizer: Any, stops: list[int], tick: Progress) -> None:
+    """The base with the adapter merged in, saved as a Hugging Face folder with the tokenizer."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.from_pretrained(src.base_folder)
+    dtype = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None) or torch.float32
+    tick("merging", 0, 1)
+    model: Any = AutoModelForCausalLM.from_pretrained(src.base_folder, dtype=torch.float32)
+    if src.adapter is not None:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, src.adapter).merge_and_unload()
+    model = model.to(dtype if isinstance(dtype, torch.dtype) else getattr(torch, str(dtype)))
+    model.generation_config.eos_token_id = stops if len(stops) > 1 else stops[0]
+    if model.generation_config.pad_token_id is None:
+        model.generation_config.pad_token_id = stops[0]
+    tick("merging", 1, 1)
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+
+
+def _gguf(
+    src: Source, spec: ExportSpec, out: Path, name: str, tokenizer: Any, stops: list[int], tick: Progress
+) -> tuple[Path, Path | None]:
+    from selftune.convert.lora import convert_adapter
+    from selftune.convert.model import convert_model
+
+    def writing(done: int, total: int) -> None:
+        tick(f"writing GGUF ({spec.quantize})", done, total)
+
+    if spec.lora:
+        assert src.adapter is not None
+        lora = convert_adapter(src.adapter, src.base_folder, out / f"{name}-lora.gguf")
+        if spec.quantize == "served" and src.base_gguf is not None:
+            tick("copying the served base GGUF", 0, 1)
+            base = out / src.base_gguf.name
+            shutil.copyfile(src.base_gguf, base)
+            return base, lora
+        level = "f16" if spec.quantize == "served" else spec.quantize
+        base_name = f"{safe_name(src.base_model)}-{level}.gguf"
+        return convert_model(src.base_folder, out / base_name, level, writing, src.base_model), lora
+    assert spec.quantize != "served"
+    if src.adapter is None:
+        return convert_model(
+            src.base_folder, out / f"{name}-{spec.quantize}.gguf", spec.quantize, writing, src.model
+        ), None
+    merged = out / ".merged"
+    merged.mkdir()
+    try:
+        merge(src, merged, tokenizer, stops, tick)
+        return convert_model(merged, out / f"{name}-{spec.quantize}.gguf", spec.quantize, writing, src.model), None
+    finally:
+        shutil.rmtree(merged, ignore_errors=True)
