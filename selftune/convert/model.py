@@ -77,7 +77,11 @@ def convert_model(
     w.add_tokenizer_pre(_PRE.get(model_type, "default"))
     w.add_token_list(tokens)
     w.add_token_types(types)
-    gguf.SpecialVocab(folder, load_merges=True, n_vocab=n_vocab).add_to_gguf(w, quiet=True)
+    special = gguf.SpecialVocab(folder, load_merges=True, n_vocab=n_vocab)
+    special.add_to_gguf(w, quiet=True)
+    eot = _end_of_turn(folder, special.special_token_ids.get("eos"))
+    if eot is not None:  # Llama 3 style: the turn ends on a token that is not EOS (<|eot_id|>)
+        w.add_eot_token_id(eot)
 
     names = gguf.get_tensor_name_map(arch, n_layers)
     files = sorted(folder.glob("*.safetensors"))
@@ -106,6 +110,14 @@ def convert_model(
     w.close()
     os.replace(tmp, out)
     return out
+
+
+def _end_of_turn(folder: Path, eos: int | None) -> int | None:
+    """A stop token of ``generation_config.json`` other than EOS, which llama.cpp must also stop on."""
+    path = folder / "generation_config.json"
+    ids = json.loads(path.read_text()).get("eos_token_id") if path.is_file() else None
+    others = [int(i) for i in (ids if isinstance(ids, list) else [ids]) if i is not None and i != eos]
+    return others[0] if others else None
 
 
 def _rope_theta(config: dict[str, object]) -> float:
