@@ -34,7 +34,7 @@ from selftune.convert.lora import convert_adapter
 from selftune.convert.model import convert_model
 from selftune.export import verify
 from selftune.export.build import InsufficientStorage, Source, check_room
-from selftune.export.formats import _lora_check, merge
+from selftune.export.formats import _gguf_check, merge
 from selftune.services import open_core
 from tests.conftest import ALICE, BOB, MARV, LiveServer, TriviaJob, chat_lines, run_cli, trivia_pairs
 from tests.test_llamacpp import _double_alpha, _unpermuted
@@ -350,12 +350,12 @@ def test_a_wrong_merge_or_a_missing_permutation_fails_verification(trivia_source
     for name, result in results.items():
         print(f"{name}: {result.summary()}")
     assert results["right"].passed and not results["unpermuted"].passed and not results["alpha x2"].passed
-    # Beside the served Q4_1 base, the quantised bar alone is loose; the second check (f16 base) is not.
+    # Beside the served Q4_1 base, the quantised bar alone is loose; the float16 twin's check is not.
     assert src.base_gguf is not None and src.base_gguf.name.endswith("Q4_1.gguf")
-    both = _lora_check(src, src.base_gguf, tmp_path / "unpermuted.gguf", "served")(ref)
-    right_both = _lora_check(src, src.base_gguf, lora, "served")(ref)
-    print(f"unpermuted beside Q4_1, with the f16 check: {both.summary()}")
-    assert right_both.passed and not both.passed
+    loose = verify.with_llamacpp(src.base_gguf, tmp_path / "unpermuted.gguf", ref, "served")
+    both = _gguf_check(src.base_gguf, tmp_path / "unpermuted.gguf", base, "served")(ref)
+    print(f"unpermuted beside Q4_1: {loose.summary()}\n  with the f16 check: {both.summary()}")
+    assert _gguf_check(src.base_gguf, lora, base, "served")(ref).passed and not both.passed
 
 
 def _quiet(stage: str, done: int, total: int) -> None:

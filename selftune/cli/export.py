@@ -31,7 +31,7 @@ from selftune.cli.common import (
     settings_from,
 )
 from selftune.convert.quantize import DEFAULT_QUANTIZE, QUANTIZE_LEVELS
-from selftune.export.build import FORMATS, MANIFEST, check_room
+from selftune.export.build import FORMATS, MANIFEST, check_room, sha256_file
 
 
 @click.command("export")
@@ -168,14 +168,8 @@ class _Counted:
 
 
 def _check_sums(folder: Path, manifest: dict[str, Any]) -> None:
-    import hashlib
-
     for name, entry in manifest["files"].items():
-        digest = hashlib.sha256()
-        with (folder / name).open("rb") as f:
-            for block in iter(lambda: f.read(2**20), b""):
-                digest.update(block)
-        if digest.hexdigest() != entry["sha256"]:
+        if sha256_file(folder / name) != entry["sha256"]:
             raise click.ClickException(f"{name} arrived damaged (SHA-256 differs from the export's); download it again")
 
 

@@ -141,9 +141,10 @@ def estimate_bytes(src: Source, spec: ExportSpec) -> tuple[int, int]:
         gguf = src.base_gguf.stat().st_size
     else:
         gguf = int(params * BYTES_PER_WEIGHT[spec.quantize if spec.quantize != "served" else "f16"]) + tokenizer
-    if spec.lora:  # a quantised base's LoRA is also checked beside a float16 base, written for the check
-        return gguf + adapter, gguf + adapter + (params * 2 if spec.quantize != "f16" else 0)
-    return gguf, gguf + (weights if src.adapter is not None else 0)
+    check = params * 2 if spec.quantize != "f16" else 0  # a quantised GGUF's float16 twin, for the check
+    if spec.lora:
+        return gguf + adapter, gguf + adapter + check
+    return gguf, gguf + check + (weights if src.adapter is not None else 0)
 
 
 def check_room(folder: Path, need: int) -> None:
@@ -177,12 +178,14 @@ def export(src: Source, spec: ExportSpec, dest: Path, progress: Progress | None 
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
     try:
-        tick("reference answers", 0, len(verify.GOLDEN))
+        tick(f"building the {spec.format} export", 0, 1)
         built = formats.build(src, spec, staging, tick)
-        tick("verifying", 0, 1)
+        tick("reference answers (PyTorch, float32)", 0, 1)
         ref = verify.reference(src.base_folder, built.adapter)
+        tick("verifying with an independent reader", 0, 1)
         result = built.verify(ref)
-        tick("verifying", 1, 1)
+        shutil.rmtree(staging / formats.CHECK, ignore_errors=True)
+        tick("verifying with an independent reader", 1, 1)
         if not result.passed:
             raise verify.VerificationFailed(f"the export does not answer as selftune does; {result.summary()}")
         manifest = _manifest(src, spec, staging, built, result)
@@ -193,14 +196,18 @@ def export(src: Source, spec: ExportSpec, dest: Path, progress: Progress | None 
         shutil.rmtree(staging, ignore_errors=True)
 
 
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(2**20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def _manifest(src: Source, spec: ExportSpec, folder: Path, built: Any, result: Any) -> dict[str, Any]:
     files = {}
     for path in sorted(p for p in folder.rglob("*") if p.is_file()):
-        digest = hashlib.sha256()
-        with path.open("rb") as f:
-            for block in iter(lambda: f.read(2**20), b""):
-                digest.update(block)
-        files[str(path.relative_to(folder))] = {"bytes": path.stat().st_size, "sha256": digest.hexdigest()}
+        files[str(path.relative_to(folder))] = {"bytes": path.stat().st_size, "sha256": sha256_file(path)}
     manifest = {
         "model": src.model,
         "base_model": src.base_model,

@@ -9,7 +9,6 @@ uses), so one set of names, permutations and tokenizer metadata serves both.
 from __future__ import annotations
 
 import shutil
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +17,9 @@ from typing import Any
 from selftune.data.render import stop_token_ids
 from selftune.export.build import ExportSpec, Progress, Source, safe_name
 from selftune.export.verify import Reference, Verification, verdict, with_llamacpp, with_transformers
+
+CHECK = ".check"
+"""The hidden folder, inside the export being built, for the float16 twin of a quantised GGUF."""
 
 
 @dataclass
@@ -67,11 +69,11 @@ def build(src: Source, spec: ExportSpec, out: Path, tick: Progress) -> Built:
             "vllm": "vllm serve .",
         }
     else:
-        gguf, lora = _gguf(src, spec, out, name, tokenizer, stops, tick)
-        precision = "served" if spec.quantize == "served" and src.base_gguf is not None else spec.quantize
-        built.check = lambda ref: with_llamacpp(
-            gguf, lora, ref, "f16" if precision == "served" and _f16(gguf) else precision
-        )
+        gguf, lora, exact = _gguf(src, spec, out, name, tokenizer, stops, tick)
+        precision = spec.quantize
+        if precision == "served":  # the server's own base GGUF is held to the bar of what it is
+            precision = "f16" if src.base_gguf is None or _f16(gguf) else "served"
+        built.check = _gguf_check(gguf, lora, exact, precision)
         built.run = {
             "llama.cpp": f"llama-server -m {gguf.name}" + (f" --lora {lora.name}" if lora else ""),
             "llama.cpp chat": f"llama-cli -m {gguf.name}" + (f" --lora {lora.name}" if lora else "") + " -cnv",
@@ -85,20 +87,20 @@ def build(src: Source, spec: ExportSpec, out: Path, tick: Progress) -> Built:
     return built
 
 
-def _lora_check(src: Source, base: Path, lora: Path, precision: str) -> Callable[[Reference], Verification]:
-    """A LoRA beside a quantised base is checked twice: with that base at its precision's bar, and
-    with a float16 base (converted for the check, then deleted) at f16's. A quantised base's bar
-    alone is loose enough to let a wrong LoRA through (a lost permutation scores 84%)."""
+def _gguf_check(
+    gguf: Path, lora: Path | None, exact: Path | None, precision: str
+) -> Callable[[Reference], Verification]:
+    """A quantised GGUF is checked twice: as it is, at its precision's bar, and as float16 (``exact``,
+    written into ``CHECK`` from the same merged weights or base, deleted after the check) at f16's
+    bar. Quantisation noise makes the first bar loose enough to let a wrong merge or a LoRA
+    without its permutation through (84% for the latter); the float16 check does not."""
 
     def check(ref: Reference) -> Verification:
-        result = with_llamacpp(base, lora, ref, precision)
-        if precision == "f16" or not result.passed:
-            return result
-        from selftune.convert.model import convert_model
-
-        with tempfile.TemporaryDirectory(dir=base.parent.parent, prefix=".lora-check-") as tmp:
-            exact = with_llamacpp(convert_model(src.base_folder, Path(tmp) / "base-f16.gguf"), lora, ref, "f16")
-        return result if exact.passed else exact
+        result = with_llamacpp(gguf, lora, ref, precision)
+        if exact is not None and result.passed:
+            exact_result = with_llamacpp(exact, lora, ref, "f16")
+            result = result if exact_result.passed else exact_result
+        return result
 
     return check
 
@@ -139,33 +141,42 @@ def merge(src: Source, out: Path, tokenizer: Any, stops: list[int], tick: Progre
 
 def _gguf(
     src: Source, spec: ExportSpec, out: Path, name: str, tokenizer: Any, stops: list[int], tick: Progress
-) -> tuple[Path, Path | None]:
+) -> tuple[Path, Path | None, Path | None]:
+    """The GGUF (and GGUF LoRA), plus the float16 twin a quantised one is also checked with."""
     from selftune.convert.lora import convert_adapter
     from selftune.convert.model import convert_model
 
-    def writing(done: int, total: int) -> None:
-        tick(f"writing GGUF ({spec.quantize})", done, total)
+    def writing(label: str) -> Callable[[int, int], None]:
+        return lambda done, total: tick(f"writing {label}", done, total)
 
+    check, exact = out / CHECK, None
+    level = "f16" if spec.quantize == "served" and src.base_gguf is None else spec.quantize
     if spec.lora:
         assert src.adapter is not None
         lora = convert_adapter(src.adapter, src.base_folder, out / f"{name}-lora.gguf")
-        if spec.quantize == "served" and src.base_gguf is not None:
+        if level != "f16":
+            check.mkdir()
+            exact = convert_model(src.base_folder, check / "base-f16.gguf", "f16", writing("the f16 check"))
+        if level == "served":
+            assert src.base_gguf is not None
             tick("copying the served base GGUF", 0, 1)
             base = out / src.base_gguf.name
             shutil.copyfile(src.base_gguf, base)
-            return base, lora
-        level = "f16" if spec.quantize == "served" else spec.quantize
-        base_name = f"{safe_name(src.base_model)}-{level}.gguf"
-        return convert_model(src.base_folder, out / base_name, level, writing, src.base_model), lora
+            return base, lora, exact
+        target = out / f"{safe_name(src.base_model)}-{level}.gguf"
+        return convert_model(src.base_folder, target, level, writing(f"GGUF ({level})"), src.base_model), lora, exact
     assert spec.quantize != "served"
-    if src.adapter is None:
-        return convert_model(
-            src.base_folder, out / f"{name}-{spec.quantize}.gguf", spec.quantize, writing, src.model
-        ), None
-    merged = out / ".merged"
-    merged.mkdir()
+    folder, merged = src.base_folder, out / ".merged"
     try:
-        merge(src, merged, tokenizer, stops, tick)
-        return convert_model(merged, out / f"{name}-{spec.quantize}.gguf", spec.quantize, writing, src.model), None
+        if src.adapter is not None:
+            merged.mkdir()
+            merge(src, merged, tokenizer, stops, tick)
+            folder = merged
+        target = out / f"{name}-{spec.quantize}.gguf"
+        gguf = convert_model(folder, target, spec.quantize, writing(f"GGUF ({spec.quantize})"), src.model)
+        if spec.quantize == "f16":
+            return gguf, None, None
+        check.mkdir()
+        return gguf, None, convert_model(folder, check / "f16.gguf", "f16", writing("the f16 check"), src.model)
     finally:
         shutil.rmtree(merged, ignore_errors=True)

@@ -44,20 +44,20 @@ TOKENS = 32
 CRITERIA: dict[str, tuple[float, float | None]] = {
     "unquantised": (0.98, 0.05),
     "f16": (0.98, 0.1),
-    "q8_0": (0.90, None),
-    "q4_k_m": (0.70, None),
-    "served": (0.90, None),
+    "q8_0": (0.85, None),
+    "q4_k_m": (0.60, None),
+    "served": (0.85, None),
 }
 """Per precision: (minimum next-token agreement, the lead in nats above which any miss fails).
 
 Measured on SmolLM2 (README, Export): unquantised and f16 exports give the reference's answers
 token for token. Quantised ones are re-quantised from weights that were already 4-bit (the
 shipped Q4_1 base, de-quantised for training), onto another grid, and llama.cpp quantises
-activations too, so their misses are not all near-ties: q8_0 agreed on 94-97% of positions with
-misses up to 0.7 nats, q4_k_m on 79-90% with misses up to 0.9 nats. ``served`` is the server's
-own quantised base GGUF with the LoRA beside it (the llama.cpp engine's parity, 94-96%). These
-bars catch a broken export (a lost permutation or a wrong merge scores far lower) without
-failing an honest one."""
+activations too, so their misses are not all near-ties: q8_0 agreed on 94-98% of positions with
+misses up to 0.7 nats, q4_k_m on 74-90%; ``served`` (the server's own Q4_1 base with the LoRA
+beside it) on 95-96%. Those bars only catch a quantisation gone wrong: every quantised GGUF is
+also checked as float16 at f16's bar (``formats._gguf_check``), which catches a wrong merge or
+a lost permutation."""
 
 
 @dataclass
