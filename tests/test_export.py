@@ -32,6 +32,7 @@ import torch
 from selftune.config import Settings
 from selftune.convert.lora import convert_adapter
 from selftune.convert.model import convert_model
+from selftune.errors import InvalidRequest
 from selftune.export import verify
 from selftune.export.build import InsufficientStorage, Source, check_room
 from selftune.export.formats import _gguf_check, merge
@@ -309,6 +310,59 @@ def test_the_go_interpreter_catches_a_trimmed_newline() -> None:
     msgs = [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]
     assert go_render(good, None, msgs) == "<|im_start|>user\na<|im_end|>\n<|im_start|>assistant\nb<|im_end|>\n"
     assert go_render(bad, None, msgs) == "<|im_start|>user\na<|im_end|><|im_start|>assistant\nb<|im_end|>"
+
+
+LLAMA3 = (
+    "{{ '<|begin_of_text|>' }}{% for m in messages %}{{ '<|start_header_id|>' + m['role'] + '<|end_header_id|>\n\n'"
+    " + m['content'] + '<|eot_id|>' }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}{% endif %}"
+)
+GEMMA = (  # Gemma 3's shape: the system message becomes the start of the first user turn
+    "{% if messages[0]['role'] == 'system' %}{% set first = messages[0]['content'] + '\\n\\n' %}"
+    "{% set rest = messages[1:] %}{% else %}{% set first = '' %}{% set rest = messages %}{% endif %}"
+    "{% for m in rest %}{{ '<start_of_turn>' + ('model' if m['role'] == 'assistant' else m['role']) + '\\n'"
+    " + (first if loop.first else '') + m['content'] + '<end_of_turn>\\n' }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<start_of_turn>model\\n' }}{% endif %}"
+)
+
+
+def test_modelfile_templates_for_other_formats(tiny_model_dir: Path) -> None:
+    """A Llama-3-style template (headers, a BOS text, no default system) becomes a Go template that
+    renders what it renders; Gemma's, which folds the system message into the first user turn, is
+    refused with a message rather than written wrongly."""
+    from transformers import AutoTokenizer
+
+    from selftune.export.modelfile import TemplateNotExpressible, pieces
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    tokenizer.chat_template = LLAMA3
+    found = pieces(tokenizer)
+    assert found.default_system is None and found.user[1] == "<|eot_id|>"
+    for messages in (conversation("Hi"), conversation("Hi")[1:]):
+        system = messages[0]["content"] if messages[0]["role"] == "system" else None
+        want = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        assert go_render(found.go_template(), system, messages) == want
+    tokenizer.chat_template = GEMMA
+    with pytest.raises(TemplateNotExpressible, match="the system and user turns do not end alike"):
+        pieces(tokenizer)
+
+
+def test_what_a_model_cannot_be_exported_as_is_a_clear_error(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """A Gemma-style template as an Ollama bundle: a 400-style error naming why, and nothing left behind."""
+    from transformers import AutoTokenizer
+
+    from selftune.export.build import ExportSpec, export
+
+    folder = tmp_path / "gemma-like"
+    shutil.copytree(tiny_model_dir, folder)
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    tokenizer.chat_template = GEMMA
+    tokenizer.save_pretrained(folder)
+    src = Source("gemma-like", "gemma-like", folder, None, 4096)
+    with pytest.raises(InvalidRequest, match="cannot be exported as ollama: the system and user turns") as e:
+        export(src, ExportSpec.parse("ollama", None, False, False), tmp_path / "out")
+    assert e.value.code == "export_unsupported"
+    assert not (tmp_path / "out").exists() and not list(tmp_path.glob(".out*"))
 
 
 # --- verification catches broken exports -----------------------------------------------------------------

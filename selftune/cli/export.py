@@ -41,7 +41,8 @@ from selftune.export.build import FORMATS, MANIFEST, check_room, sha256_file
     "--quantize",
     type=click.Choice(QUANTIZE_LEVELS),
     default=None,
-    help=f"gguf and ollama: the weights' precision [default: {DEFAULT_QUANTIZE}].",
+    help=f"gguf and ollama: the weights' precision [default: {DEFAULT_QUANTIZE}; with --lora, the base GGUF "
+    "the server serves, as it is].",
 )
 @click.option("--lora", is_flag=True, help="gguf, ollama: the base GGUF and the GGUF LoRA, not one merged file.")
 @click.option("--output", "-o", type=click.Path(path_type=Path), required=True, help="Folder to create.")

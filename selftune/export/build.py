@@ -167,7 +167,9 @@ def _size(n: float) -> str:
 
 def export(src: Source, spec: ExportSpec, dest: Path, progress: Progress | None = None) -> dict[str, Any]:
     """Build, verify and place the export at ``dest`` (which must not exist); return its manifest."""
+    from selftune.convert.lora import ConversionError
     from selftune.export import formats, verify
+    from selftune.export.modelfile import TemplateNotExpressible
 
     if dest.exists():
         raise InvalidRequest(f"{dest} already exists; choose a new output folder", param="output")
@@ -179,7 +181,12 @@ def export(src: Source, spec: ExportSpec, dest: Path, progress: Progress | None 
     staging.mkdir(parents=True)
     try:
         tick(f"building the {spec.format} export", 0, 1)
-        built = formats.build(src, spec, staging, tick)
+        try:
+            built = formats.build(src, spec, staging, tick)
+        except (ConversionError, TemplateNotExpressible) as e:  # what this model cannot be written as
+            raise InvalidRequest(
+                f"{src.model} cannot be exported as {spec.format}: {e}", param="format", code="export_unsupported"
+            ) from e
         tick("reference answers (PyTorch, float32)", 0, 1)
         ref = verify.reference(src.base_folder, built.adapter)
         tick("verifying with an independent reader", 0, 1)

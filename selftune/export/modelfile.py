@@ -34,11 +34,13 @@ class Pieces:
     assistant: tuple[str, str]
     generation: str
     default_system: str | None
+    preamble: str = ""
+    """Text before every conversation (Llama 3's ``<|begin_of_text|>``)."""
 
     def render(self, messages: Sequence[dict[str, str]], generation_prompt: bool = True) -> str:
         """What the Go template below renders for ``messages`` (as Ollama fills ``.System``)."""
         system = [m["content"] for m in messages if m["role"] == "system"]
-        text = ""
+        text = self.preamble
         if system or self.default_system is not None:
             text += self.system[0] + ("\n\n".join(system) if system else str(self.default_system)) + self.system[1]
         for m in messages:
@@ -49,7 +51,7 @@ class Pieces:
 
     def go_template(self) -> str:
         return (
-            "{{ if .System }}" + self.system[0] + "{{ .System }}" + self.system[1] + "{{ end }}"
+            self.preamble + "{{ if .System }}" + self.system[0] + "{{ .System }}" + self.system[1] + "{{ end }}"
             "{{ range .Messages }}"
             '{{ if eq .Role "user" }}' + self.user[0] + "{{ .Content }}" + self.user[1] + ""
             '{{ else if eq .Role "assistant" }}' + self.assistant[0] + "{{ .Content }}" + self.assistant[1] + ""
@@ -83,18 +85,21 @@ def pieces(tokenizer: Any) -> Pieces:
     # Role blocks share one end-of-turn marker; the user prefix is what follows it after the system text.
     if not middle_1.startswith(user_suffix):
         raise TemplateNotExpressible("the system and user turns do not end alike")
-    found = Pieces(
-        (sys_prefix, user_suffix),
-        (middle_1[len(user_suffix) :], user_suffix),
-        (generation, asst_suffix),
-        generation,
-        None,
-    )
-    # A block before the user's text where no system message was given is the template's default one.
-    before_user, closing = with_default[: with_default.index(U1)], found.system[1] + found.user[0]
-    if before_user != found.user[0] and before_user.startswith(sys_prefix) and before_user.endswith(closing):
-        default = before_user[len(sys_prefix) : len(before_user) - len(closing)]
-        found = Pieces(found.system, found.user, found.assistant, generation, default)
+    user_prefix = middle_1[len(user_suffix) :]
+    # What a conversation without a system message has before its user turn: nothing, a preamble the
+    # system block also starts with (Llama 3's BOS text), or the template's default system block.
+    before_user = with_default[: with_default.index(U1)]
+    if not before_user.endswith(user_prefix):
+        raise TemplateNotExpressible("the first user turn does not open like the others")
+    rest, preamble, default = before_user[: len(before_user) - len(user_prefix)], "", None
+    if rest.startswith(sys_prefix) and rest.endswith(user_suffix):
+        default = rest[len(sys_prefix) : len(rest) - len(user_suffix)]
+    elif sys_prefix.startswith(rest):
+        preamble = rest
+    else:
+        raise TemplateNotExpressible("the template opens a conversation without a system message in its own way")
+    system = (sys_prefix[len(preamble) :], user_suffix)
+    found = Pieces(system, (user_prefix, user_suffix), (generation, asst_suffix), generation, default, preamble)
     for conversation in _CHECKS:
         for generation_prompt in (True, False):
             if found.render(conversation, generation_prompt) != render(list(conversation), generation_prompt):
