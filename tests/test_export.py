@@ -172,6 +172,8 @@ def test_gguf_lora_is_what_the_llamacpp_engine_serves(
     alike("served Q4_1 base + LoRA (llama.cpp)", answers, llamacpp_answers, at_least=7)
     manifest = json.loads((folder / "selftune-export.json").read_text())
     assert manifest["quantize"] == "served" and manifest["verification"]["precision"] == "served"
+    twin = manifest["verification"]["twin"]  # the same LoRA beside a float16 base
+    assert twin["precision"] == "f16" and twin["passed"] and twin["agreement"] >= 0.98
 
 
 def test_adapter_folder_loads_with_peft(

@@ -98,8 +98,9 @@ def _gguf_check(
     def check(ref: Reference) -> Verification:
         result = with_llamacpp(gguf, lora, ref, precision)
         if exact is not None and result.passed:
-            exact_result = with_llamacpp(exact, lora, ref, "f16")
-            result = result if exact_result.passed else exact_result
+            twin = with_llamacpp(exact, lora, ref, "f16")
+            result.twin = twin.to_dict()
+            result = result if twin.passed else twin
         return result
 
     return check
