@@ -188,5 +188,8 @@ def _report(manifest: dict[str, Any], output: Path, seconds: float) -> None:
         f"verified with {v['reader']}: {v['equal_answers']}/{v['prompts']} answers equal, "
         f"next-token agreement {v['agreement']:.1%} over {v['positions']} positions"
     )
+    if v.get("twin"):
+        t = v["twin"]
+        click.echo(f"  and as float16 (exact check): {t['equal_answers']}/{t['prompts']} equal, {t['agreement']:.1%}")
     for tool, command in manifest["run"].items():
         click.echo(f"  {tool}: (cd {output} && {command})")
