@@ -222,12 +222,16 @@ class Catalog:
             self._tokenizers[folder] = AutoTokenizer.from_pretrained(folder)
         return self._tokenizers[folder]
 
+    def context_length(self, spec: BaseModelSpec) -> int | None:
+        """The model's context length, from its config (None where the config does not say)."""
+        config = json.loads((self.materialize(spec) / "config.json").read_text())
+        context = config.get("max_position_embeddings") or config.get("n_positions")
+        return int(context) if context else None
+
     def sequence_limit(self, spec: BaseModelSpec) -> int:
         """Tokens an example may have in training: the model's context length, capped by
         ``SELFTUNE_MAX_SEQ_LEN`` (memory grows with it); longer examples are truncated, and named."""
-        config = json.loads((self.materialize(spec) / "config.json").read_text())
-        context = int(config.get("max_position_embeddings") or config.get("n_positions") or self.settings.max_seq_len)
-        return min(context, self.settings.max_seq_len)
+        return min(self.context_length(spec) or self.settings.max_seq_len, self.settings.max_seq_len)
 
     def materialize(self, spec: BaseModelSpec) -> Path:
         """A folder that ``from_pretrained`` loads fast. Converts or downloads once, atomically."""

@@ -48,7 +48,6 @@ def source(catalog: Catalog, store: Store, model: str, owner: str) -> Source:
     if resolved.adapter is not None:
         check_adapter(resolved)
     folder = catalog.materialize(resolved.base)
-    config = json.loads((folder / "config.json").read_text())
     training = None
     rec = store.find_model(owner, resolved.id) if resolved.adapter is not None else None
     if rec is not None and rec.job_id is not None:
@@ -62,7 +61,7 @@ def source(catalog: Catalog, store: Store, model: str, owner: str) -> Source:
             "seed": job.seed,
             "suffix": job.suffix,
         }
-    context = int(config.get("max_position_embeddings") or 2048)
+    context = catalog.context_length(resolved.base) or 2048
     gguf = catalog.gguf(resolved.base)
     return Source(resolved.id, resolved.base.name, folder, resolved.adapter, context, gguf, training)
 

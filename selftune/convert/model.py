@@ -23,6 +23,7 @@ from pathlib import Path
 
 from selftune.convert.lora import _ARCHES, _PERMUTED, ConversionError, permute_rows
 from selftune.convert.quantize import Quantize, file_type, quantize, tensor_type
+from selftune.data.render import generation_config
 
 _PRE = {"qwen2": "qwen2"}
 """llama.cpp's pre-tokenizer names by family, where one family has one tokenizer."""
@@ -113,9 +114,9 @@ def convert_model(
 
 
 def _end_of_turn(folder: Path, eos: int | None) -> int | None:
-    """A stop token of ``generation_config.json`` other than EOS, which llama.cpp must also stop on."""
-    path = folder / "generation_config.json"
-    ids = json.loads(path.read_text()).get("eos_token_id") if path.is_file() else None
+    """A stop token of the generation config other than EOS, which llama.cpp must also stop on."""
+    config = generation_config(folder)
+    ids = getattr(config, "eos_token_id", None)
     others = [int(i) for i in (ids if isinstance(ids, list) else [ids]) if i is not None and i != eos]
     return others[0] if others else None
 

@@ -154,6 +154,16 @@ def render_prompt(
     return _apply(tokenizer, msgs, native_tools, True)
 
 
+def generation_config(folder: str | Path) -> Any:
+    """A model folder's ``GenerationConfig`` (its extra end-of-turn tokens), or None without one."""
+    from transformers import GenerationConfig
+
+    try:
+        return GenerationConfig.from_pretrained(folder)
+    except OSError:
+        return None
+
+
 def stop_token_ids(tokenizer: Any, generation_config: Any = None) -> set[int]:
     """Every token that ends an assistant turn: the tokenizer's EOS plus the model's configured ones."""
     ids: set[int] = set()

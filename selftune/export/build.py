@@ -190,7 +190,7 @@ def export(src: Source, spec: ExportSpec, dest: Path, progress: Progress | None 
         tick("reference answers (PyTorch, float32)", 0, 1)
         ref = verify.reference(src.base_folder, built.adapter)
         tick("verifying with an independent reader", 0, 1)
-        result = built.verify(ref)
+        result = built.check(ref)
         shutil.rmtree(staging / formats.CHECK, ignore_errors=True)
         tick("verifying with an independent reader", 1, 1)
         if not result.passed:

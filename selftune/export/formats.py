@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import shutil
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from selftune.data.render import stop_token_ids
+from selftune.data.render import generation_config, stop_token_ids
 from selftune.export.build import ExportSpec, Progress, Source, safe_name
 from selftune.export.verify import Reference, Verification, verdict, with_llamacpp, with_transformers
 
@@ -22,69 +22,72 @@ CHECK = ".check"
 """The hidden folder, inside the export being built, for the float16 twin of a quantised GGUF."""
 
 
-@dataclass
+@dataclass(frozen=True)
 class Built:
     adapter: Path | None
     """The adapter the reference applies: the exported one for an adapter export, else the source's."""
     chat_template: str
     stop_tokens: list[str]
     check: Callable[[Reference], Verification]
-    run: dict[str, str] = field(default_factory=dict)
+    """Loads the export with its independent reader and compares it with the reference."""
+    run: dict[str, str]
     """Commands that run the export, from inside its folder."""
-
-    def verify(self, ref: Reference) -> Verification:
-        return self.check(ref)
 
 
 def build(src: Source, spec: ExportSpec, out: Path, tick: Progress) -> Built:
-    from transformers import AutoTokenizer, GenerationConfig
+    from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(src.base_folder)
-    try:
-        generation = GenerationConfig.from_pretrained(src.base_folder)
-    except OSError:
-        generation = None
-    stops = sorted(stop_token_ids(tokenizer, generation))
+    stops = sorted(stop_token_ids(tokenizer, generation_config(src.base_folder)))
     texts = [str(tokenizer.convert_ids_to_tokens(i)) for i in stops]
-    built = Built(src.adapter, str(tokenizer.chat_template or ""), texts, lambda ref: _unchecked(ref))
+    template = str(tokenizer.chat_template or "")
     name = safe_name(src.model)
     if spec.format == "adapter":
         assert src.adapter is not None
         for f in ("adapter_config.json", "adapter_model.safetensors"):
             shutil.copy2(src.adapter / f, out / f)
         tokenizer.save_pretrained(out)
-        built.adapter = out
-        built.check = lambda ref: verdict(
-            ref, "peft", "unquantised", [a.tokens for a in ref.answers], [a.choices for a in ref.answers]
+        # The reference is computed from the exported adapter itself, so PEFT reading it is the check.
+        return Built(
+            out,
+            template,
+            texts,
+            lambda ref: verdict(
+                ref, "peft", "unquantised", [a.tokens for a in ref.answers], [a.choices for a in ref.answers]
+            ),
+            {
+                "peft": f"PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained('{src.base_model}'), '.')",
+                "vllm": f"vllm serve {src.base_model} --enable-lora --lora-modules {name}=.",
+            },
         )
-        built.run = {
-            "peft": f"PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained('{src.base_model}'), '.')",
-            "vllm": f"vllm serve {src.base_model} --enable-lora --lora-modules {name}=.",
-        }
-    elif spec.format == "merged":
+    if spec.format == "merged":
         merge(src, out, tokenizer, stops, tick)
-        built.check = lambda ref: with_transformers(out, ref)
-        built.run = {
-            "transformers": "AutoModelForCausalLM.from_pretrained('.'); AutoTokenizer.from_pretrained('.')",
-            "vllm": "vllm serve .",
-        }
-    else:
-        gguf, lora, exact = _gguf(src, spec, out, name, tokenizer, stops, tick)
-        precision = spec.quantize
-        if precision == "served":  # the server's own base GGUF is held to the bar of what it is
-            precision = "f16" if src.base_gguf is None or _f16(gguf) else "served"
-        built.check = _gguf_check(gguf, lora, exact, precision)
-        built.run = {
-            "llama.cpp": f"llama-server -m {gguf.name}" + (f" --lora {lora.name}" if lora else ""),
-            "llama.cpp chat": f"llama-cli -m {gguf.name}" + (f" --lora {lora.name}" if lora else "") + " -cnv",
-        }
-        if spec.format == "ollama":
-            from selftune.export.modelfile import modelfile, pieces
+        return Built(
+            src.adapter,
+            template,
+            texts,
+            lambda ref: with_transformers(out, ref),
+            {
+                "transformers": "AutoModelForCausalLM.from_pretrained('.'); AutoTokenizer.from_pretrained('.')",
+                "vllm": "vllm serve .",
+            },
+        )
+    gguf, lora, exact = _gguf(src, spec, out, name, tokenizer, stops, tick)
+    precision = spec.quantize
+    if precision == "served":  # the server's own base GGUF is held to the bar of what it is
+        precision = "f16" if src.base_gguf is None or _f16(gguf) else "served"
+    with_lora = f" --lora {lora.name}" if lora else ""
+    run = {
+        "llama.cpp": f"llama-server -m {gguf.name}{with_lora}",
+        "llama.cpp chat": f"llama-cli -m {gguf.name}{with_lora} -cnv",
+    }
+    if spec.format == "ollama":
+        from selftune.export.modelfile import modelfile, pieces
 
-            text = modelfile(gguf.name, pieces(tokenizer), texts, src.context, lora.name if lora else None)
-            (out / "Modelfile").write_text(text)
-            built.run = {"ollama": f"ollama create {name.lower()} -f Modelfile && ollama run {name.lower()}"}
-    return built
+        text = modelfile(gguf.name, pieces(tokenizer), texts, src.context, lora.name if lora else None)
+        (out / "Modelfile").write_text(text)
+        run = {"ollama": f"ollama create {name.lower()} -f Modelfile && ollama run {name.lower()}"}
+    return Built(src.adapter, template, texts, _gguf_check(gguf, lora, exact, precision), run)
 
 
 def _gguf_check(
@@ -112,10 +115,6 @@ def _f16(gguf: Path) -> bool:
 
     field = g.GGUFReader(str(gguf)).fields.get("general.file_type")
     return field is not None and int(field.contents()) == int(g.LlamaFileType.MOSTLY_F16)
-
-
-def _unchecked(ref: Reference) -> Verification:
-    raise AssertionError("every format sets its check")
 
 
 def merge(src: Source, out: Path, tokenizer: Any, stops: list[int], tick: Progress) -> None:

@@ -41,7 +41,7 @@ import torch
 
 from selftune.catalog import BaseModelSpec, Catalog, Resolved
 from selftune.convert.lora import convert_adapter, gguf_path
-from selftune.data.render import render_prompt, stop_token_ids
+from selftune.data.render import generation_config, render_prompt, stop_token_ids
 from selftune.errors import InvalidRequest, NotFound, SelftuneError
 from selftune.inference.constrain import RowConstraint, Vocabulary
 from selftune.inference.generation import Generation
@@ -159,7 +159,7 @@ class LlamaCppEngine:
         folder = self.catalog.materialize(spec)  # the tokenizer and config training uses
         tokenizer = self.catalog.tokenizer(spec)
         config = json.loads((folder / "config.json").read_text())
-        stop_ids = stop_token_ids(tokenizer, _generation_config(folder))
+        stop_ids = stop_token_ids(tokenizer, generation_config(folder))
         context = int(config.get("max_position_embeddings") or 2048)
         vocab_size = int(config.get("vocab_size") or len(tokenizer))
         server = self._build(gguf, context, [])
@@ -388,16 +388,6 @@ class LlamaCppEngine:
                 finish = "stop"
             if finish is not None:
                 out.finish(finish)
-
-
-def _generation_config(folder: Path) -> Any:
-    """The model's generation config (its extra end-of-turn tokens), or None without one."""
-    from transformers import GenerationConfig
-
-    try:
-        return GenerationConfig.from_pretrained(folder)
-    except OSError:
-        return None
 
 
 def _error(chunk: dict[str, Any]) -> SelftuneError:
