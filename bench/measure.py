@@ -212,9 +212,9 @@ def native_bf16() -> bool:
     """The recipe's own test: whether this machine trains in bf16 (a CUDA GPU, or an avx512_bf16 CPU)."""
     import torch
 
-    from selftune.train.lora import bf16_supported
+    from selftune.train.memory import bf16_supported
 
-    return bf16_supported(torch.device("cuda" if torch.cuda.is_available() else "cpu"))
+    return bf16_supported("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def matmul_params(base_dir: Path) -> dict[str, int]:

@@ -17,7 +17,10 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from bench.measure import BATCH_SIZE, LORA, MAX_LENGTH, MODEL, REPO, SEED, native_bf16
 from selftune.data.render import render_file
-from selftune.train import lora
+from selftune.train.memory import EAGER_ATTENTION_MAX_TOKENS, MICRO_TOKENS_MAX
+from selftune.train.step import accumulate, batches
+
+CE_CHUNK = 1024
 
 
 def main() -> None:
@@ -29,7 +32,7 @@ def main() -> None:
     tok = AutoTokenizer.from_pretrained(base)
     rows = render_file(tok, args.work / "train200.jsonl", MAX_LENGTH).rows
     longest = max(len(ids) for ids, _ in rows)
-    attention = "eager" if longest <= lora.EAGER_ATTENTION_MAX_TOKENS else "sdpa"
+    attention = "eager" if longest <= EAGER_ATTENTION_MAX_TOKENS else "sdpa"
     bf16 = native_bf16()  # as the recipe: bf16 where the hardware has it, else fp32
     dtype = torch.bfloat16 if bf16 else torch.float32
     model = AutoModelForCausalLM.from_pretrained(base, dtype=dtype, attn_implementation=attention)
@@ -37,14 +40,15 @@ def main() -> None:
     model = get_peft_model(model, cfg)
     params = [q for q in model.parameters() if q.requires_grad]
     opt = torch.optim.AdamW(params, lr=1e-3)
-    order = lora.batches(rows, BATCH_SIZE, random.Random(SEED))
+    order = batches(rows, BATCH_SIZE, random.Random(SEED))
     pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
 
-    def step(i: int) -> None:
-        batch = lora.collate([rows[j] for j in order[i]], pad, torch.device("cpu"))
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            loss, _, _ = lora.loss_and_accuracy(model, batch)
-        loss.backward()
+    def autocast() -> torch.autocast:
+        return torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16)
+
+    def step(i: int) -> None:  # the recipe's step, in micro-batches as its memory plan cuts them
+        rows_i = [rows[j] for j in order[i]]
+        accumulate(model, rows_i, pad, torch.device("cpu"), autocast, MICRO_TOKENS_MAX["cpu"], CE_CHUNK)
         opt.step()
         opt.zero_grad(set_to_none=True)
 

@@ -21,19 +21,22 @@ they do not exist.
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import importlib.util
 import json
 import logging
+import os
 import shutil
 import time
 import tomllib
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 from selftune.config import DEFAULT_MODEL, Settings
+from selftune.data.template_check import TemplateReport
 from selftune.errors import InvalidRequest, NotFound
 from selftune.store import BaseModelRecord, Store
 
@@ -174,15 +177,83 @@ class Catalog:
 
     # --- registration and materialisation --------------------------------------------------------
 
-    def add(self, name: str, path: str) -> tuple[BaseModelSpec, Path]:
-        """Register a base model and make its weights ready (converting a GGUF now, not at first use)."""
+    def add(
+        self, name: str, paths: str | Sequence[str], *, chat_template: str | None = None, sha256: str | None = None
+    ) -> Registration:
+        """Register a base model and make it ready now, not at first use: assemble a GGUF split in
+        parts (checking ``sha256``), supply ``chat_template`` where the model has none, convert its
+        weights, check that its template can be trained and stopped with, and refuse it if not."""
         check_model_name(name)
-        spec = spec_from_path(name, path)
+        parts = [paths] if isinstance(paths, str) else list(paths)
+        slug = name.replace("/", "--")
+        overlay = self.models_dir / f"{slug}.src"
+        if len(parts) > 1:
+            spec = BaseModelSpec(name, "gguf", str(overlay), f"{slug}.gguf")
+            _assemble([Path(p).expanduser() for p in parts], overlay / f"{slug}.gguf", sha256)
+        else:
+            spec = spec_from_path(name, parts[0])
+            if sha256 and spec.source == "gguf":
+                _check_sha256(Path(spec.path) / str(spec.gguf_file), sha256)
+        if chat_template is not None:
+            spec = _with_template(spec, overlay, chat_template)
         spec = BaseModelSpec(spec.name, spec.source, spec.path, spec.gguf_file, int(time.time()))
         folder = self.materialize(spec)
-        self.gguf(spec, convert=True)
+        if spec.source == "gguf" and (Path(spec.path) / TEMPLATE_FILE).is_file():  # a new template, same weights
+            _write_atomic(folder / TEMPLATE_FILE, (Path(spec.path) / TEMPLATE_FILE).read_text("utf-8"))
+        report = self._check_family(spec, folder, overlay)
+        if spec.source == "hf":  # a folder may have changed since it was last converted
+            self._converted_gguf(spec).unlink(missing_ok=True)
+        gguf = self.gguf(spec, convert=True)
         self.store.upsert_base_model(BaseModelRecord(spec.name, spec.source, spec.path, spec.gguf_file, spec.created))
-        return spec, folder
+        return Registration(spec, folder, gguf, report)
+
+    def _converted_gguf(self, spec: BaseModelSpec) -> Path:
+        return self.models_dir / f"{spec.name.replace('/', '--')}.gguf"
+
+    def _forget_weights(self, spec: BaseModelSpec) -> None:
+        if spec.source != "hf":
+            shutil.rmtree(self.weights_dir(spec), ignore_errors=True)
+        self._converted_gguf(spec).unlink(missing_ok=True)
+
+    def _check_family(self, spec: BaseModelSpec, folder: Path, overlay: Path) -> TemplateReport:
+        """Refuse what this model cannot do before any job finds out: an architecture transformers
+        cannot train, a chat template that cannot be masked or stopped. A missing end-of-turn stop
+        token is added to the model's ``generation_config.json`` instead (in selftune's own copy)."""
+        from transformers import AutoTokenizer
+        from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+        from selftune.data.render import generation_config
+        from selftune.data.template_check import TemplateError, check_template
+
+        config = json.loads((folder / "config.json").read_text())
+        if config.get("model_type") not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
+            raise InvalidRequest(
+                f"{spec.name}: model type {config.get('model_type')!r} is not a causal language model that "
+                "transformers can train (selftune fine-tunes chat models: Llama, Qwen2, Gemma 3, Mistral, ...)",
+                param="path",
+            )
+        tokenizer = AutoTokenizer.from_pretrained(folder)
+        gen = generation_config(folder)
+        try:
+            report = check_template(
+                tokenizer,
+                gen,
+                hint=_template_hint(spec.name),
+            )
+        except TemplateError as e:
+            raise InvalidRequest(f"{spec.name}: {e}", param="chat_template", code="unsupported_chat_template") from e
+        if report.missing_stop:
+            if spec.source == "hf" and Path(spec.path) != overlay:  # the user's own folder: not ours to edit
+                raise InvalidRequest(
+                    f"{spec.name}: its end-of-turn token {tokenizer.decode([report.end_of_turn])!r} (id "
+                    f"{report.end_of_turn}) is not a stop token; add it to eos_token_id in "
+                    f"{folder}/generation_config.json, or register with --chat-template to let selftune keep a copy",
+                    param="path",
+                    code="unsupported_chat_template",
+                )
+            _add_stop_token(folder, gen, report.end_of_turn)
+        self._tokenizers.pop(folder, None)
+        return report
 
     def gguf(self, spec: BaseModelSpec, *, convert: bool = False) -> Path | None:
         """The GGUF file llama.cpp serves ``spec`` from: the file it came as, or the one converted from
@@ -191,7 +262,7 @@ class Catalog:
         if spec.source == "gguf":
             assert spec.gguf_file is not None
             return Path(spec.path) / spec.gguf_file
-        out = self.models_dir / f"{spec.name.replace('/', '--')}.gguf"
+        out = self._converted_gguf(spec)
         if out.is_file() or not convert:
             return out if out.is_file() else None
         from selftune.convert.lora import ConversionError
@@ -205,8 +276,13 @@ class Catalog:
             return None
 
     def remove(self, name: str) -> None:
+        """Unregister a model added with ``add``, and free the disk its converted weights took."""
+        spec = next((s for s in self.base_models() if s.name == name), None)
         if not self.store.remove_base_model(name):
             raise NotFound(f"no base model {name!r} was added with `selftune models add`", param="name")
+        if spec is not None:
+            self._forget_weights(spec)
+            shutil.rmtree(self.models_dir / f"{name.replace('/', '--')}.src", ignore_errors=True)
 
     def weights_dir(self, spec: BaseModelSpec) -> Path:
         if spec.source == "hf":
@@ -236,10 +312,11 @@ class Catalog:
     def materialize(self, spec: BaseModelSpec) -> Path:
         """A folder that ``from_pretrained`` loads fast. Converts or downloads once, atomically."""
         out = self.weights_dir(spec)
-        if spec.source == "hf" or (out / "config.json").is_file():
+        origin = _origin(spec)
+        if spec.source == "hf" or _converted_from(out, origin):
             return out
         with _file_lock(self.models_dir / f".{out.name}.lock"):
-            if (out / "config.json").is_file():  # another process finished while we waited
+            if _converted_from(out, origin):  # another process finished while we waited
                 return out
             tmp = self.models_dir / f".{out.name}.tmp"
             shutil.rmtree(tmp, ignore_errors=True)
@@ -248,11 +325,142 @@ class Catalog:
                     _convert_gguf(spec, tmp)
                 else:
                     _download_hub(spec, tmp)
+                _write_atomic(tmp / ORIGIN_FILE, origin)
                 shutil.rmtree(out, ignore_errors=True)
                 tmp.rename(out)
             finally:
                 shutil.rmtree(tmp, ignore_errors=True)
         return out
+
+
+@dataclass(frozen=True)
+class Registration:
+    """What ``Catalog.add`` made ready, for the CLI to report."""
+
+    spec: BaseModelSpec
+    folder: Path
+    gguf: Path | None
+    template: TemplateReport
+
+
+def _assemble(parts: list[Path], out: Path, sha256: str | None) -> None:
+    """Concatenate a GGUF shipped in parts (in the order given), checking the hash, atomically."""
+    for p in parts:
+        if not p.is_file():
+            raise InvalidRequest(f"{p}: no such file (a GGUF part)", param="path")
+    with parts[0].open("rb") as f:
+        if f.read(4) != b"GGUF":
+            raise InvalidRequest(
+                f"{parts[0]} does not start with 'GGUF': give the parts in order, the first one first", param="path"
+            )
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.partial")
+    digest = hashlib.sha256()
+    with tmp.open("wb") as dst:
+        for p in parts:
+            with p.open("rb") as src:
+                while chunk := src.read(1 << 20):
+                    digest.update(chunk)
+                    dst.write(chunk)
+    if sha256 and digest.hexdigest() != sha256.lower():
+        tmp.unlink()
+        raise InvalidRequest(
+            f"the {len(parts)} parts join into a file with SHA-256 {digest.hexdigest()}, not {sha256}: a part is "
+            "missing, damaged or out of order",
+            param="sha256",
+        )
+    mark = out.with_name(f"{out.name}.sha256")
+    if out.is_file() and mark.is_file() and mark.read_text().strip() == digest.hexdigest():
+        tmp.unlink()  # the same file as last time: keep it, and the weights converted from it
+        return
+    os.replace(tmp, out)
+    _write_atomic(mark, digest.hexdigest())
+
+
+def _check_sha256(path: Path, sha256: str) -> None:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    if digest.hexdigest() != sha256.lower():
+        raise InvalidRequest(f"{path} has SHA-256 {digest.hexdigest()}, not {sha256}", param="sha256")
+
+
+def _template_hint(name: str) -> str:
+    return (
+        f"Give it one: `selftune models add {name} PATH... --chat-template FILE` "
+        "(a Jinja file, or `gemma` for the Gemma turn format selftune ships)."
+    )
+
+
+TEMPLATE_FILE = "chat_template.jinja"
+_TEMPLATE_SOURCES = {TEMPLATE_FILE, "chat_template.json", "tokenizer_config.json"}
+
+
+def _with_template(spec: BaseModelSpec, overlay: Path, template: str) -> BaseModelSpec:
+    """The model seen through ``overlay``: selftune's folder holding the given chat template, with
+    the model's own files linked (not copied) into it, so the user's files are never changed."""
+    overlay.mkdir(parents=True, exist_ok=True)
+    _write_atomic(overlay / TEMPLATE_FILE, template)
+    source = Path(spec.path)
+    if source == overlay:
+        return spec
+    if spec.source == "gguf":
+        _link(overlay / str(spec.gguf_file), source / str(spec.gguf_file))
+        return BaseModelSpec(spec.name, "gguf", str(overlay), spec.gguf_file)
+    if spec.source != "hf":
+        raise InvalidRequest("--chat-template needs a local folder or GGUF file, not a Hub id", param="chat_template")
+    for entry in source.iterdir():
+        if entry.name not in _TEMPLATE_SOURCES:
+            _link(overlay / entry.name, entry)
+    tok_config = source / "tokenizer_config.json"
+    if tok_config.is_file():  # the same settings, without the template it may embed
+        settings = json.loads(tok_config.read_text("utf-8"))
+        settings.pop("chat_template", None)
+        _write_atomic(overlay / "tokenizer_config.json", json.dumps(settings, indent=2))
+    return BaseModelSpec(spec.name, "hf", str(overlay))
+
+
+def _link(link: Path, target: Path) -> None:
+    link.unlink(missing_ok=True)
+    link.symlink_to(target.resolve())
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text, "utf-8")
+    os.replace(tmp, path)
+
+
+def _add_stop_token(folder: Path, generation_config: Any, token: int) -> None:
+    """List ``token`` in ``eos_token_id`` of the folder's ``generation_config.json``, keeping the rest."""
+    from transformers import GenerationConfig
+
+    config = generation_config or GenerationConfig()
+    current = config.eos_token_id
+    ids = [current] if isinstance(current, int) else list(current or [])
+    config.eos_token_id = [*ids, token]
+    config.save_pretrained(folder)
+
+
+ORIGIN_FILE = "selftune-origin.txt"
+"""In a converted folder: the file it was converted from (path, size, mtime), so that a name
+registered again with another file is converted again rather than served stale."""
+
+
+def _origin(spec: BaseModelSpec) -> str:
+    if spec.source != "gguf":
+        return spec.path
+    src = (Path(spec.path) / str(spec.gguf_file)).resolve()
+    stat = src.stat() if src.is_file() else None
+    return f"{src} {stat.st_size if stat else 0} {stat.st_mtime_ns if stat else 0}"
+
+
+def _converted_from(folder: Path, origin: str) -> bool:
+    if not (folder / "config.json").is_file():
+        return False
+    mark = folder / ORIGIN_FILE
+    return not mark.is_file() or mark.read_text("utf-8") == origin  # unmarked: from before the mark existed
 
 
 @contextmanager
@@ -279,6 +487,9 @@ def _convert_gguf(spec: BaseModelSpec, out: Path) -> None:
         )
         raise NotFound(f"weights for base model {spec.name!r} are missing: {src} does not exist.{hint}")
     tok = AutoTokenizer.from_pretrained(spec.path, gguf_file=spec.gguf_file)
+    supplied = Path(spec.path) / TEMPLATE_FILE
+    if supplied.is_file():  # registered with --chat-template
+        tok.chat_template = supplied.read_text("utf-8")
     model = AutoModelForCausalLM.from_pretrained(spec.path, gguf_file=spec.gguf_file, dtype=torch.float32)
     # A model loaded from GGUF is marked quantized and refuses save_pretrained; its weights are
     # plain de-quantised float32 tensors by now, so dropping the marker is safe (logits unchanged).

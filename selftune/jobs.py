@@ -222,7 +222,13 @@ def estimate(
     training = training_file(store, owner, req.training_file, "training_file")
     limit = catalog.sequence_limit(resolved.base)
     rendered = render_file(catalog.tokenizer(resolved.base), blobs.path(training.id), limit)
-    est = estimate_job(rendered, hyperparameters(req), 0.0, load_throughput(home, resolved.base.name))
+    est = estimate_job(
+        rendered,
+        hyperparameters(req),
+        0.0,
+        load_throughput(home, resolved.base.name),
+        catalog.materialize(resolved.base),
+    )
     result = {"object": "fine_tuning.estimate", "model": resolved.id, "training_file": training.id}
     return {**result, **est.to_dict()}
 

@@ -99,7 +99,10 @@ def test_fine_tuning_teaches_smollm2_to_call_the_right_tool(smol_server: LiveSer
     upload = client.files.create(file=path.open("rb"), purpose="fine-tune")
     t0 = time.monotonic()
     job = client.fine_tuning.jobs.create(
-        model="SmolLM2-135M-Instruct", training_file=upload.id, hyperparameters={"n_epochs": 2}
+        model="SmolLM2-135M-Instruct",
+        training_file=upload.id,
+        hyperparameters={"n_epochs": 2},
+        seed=42,
     )
     while job.status not in ("succeeded", "failed", "cancelled"):
         time.sleep(2)

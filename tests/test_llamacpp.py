@@ -192,7 +192,7 @@ def test_a_folder_converted_at_registration_answers_token_for_token(
 ) -> None:
     """Without quantisation in the way (a float16 GGUF converted from the model's folder), both engines'
     greedy answers are the same 32 tokens, for the base model and the adapter."""
-    spec, _ = catalog.add("smol-f16", str(catalog.materialize(catalog.get_base(MODEL))))
+    spec = catalog.add("smol-f16", str(catalog.materialize(catalog.get_base(MODEL)))).spec
     assert catalog.gguf(spec) is not None and engines[1].serves(spec)
     torch_engine, llama = engines
     for model in (Resolved("smol-f16", spec), Resolved("ft:smol-f16:parity", spec, adapter)):

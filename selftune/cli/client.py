@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import sys
 import time
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -249,23 +250,57 @@ def models(ctx: click.Context, base_url: str, api_key: str) -> None:
 
 @models.command("add")
 @click.argument("name")
-@click.argument("path")
+@click.argument("paths", nargs=-1, required=True, metavar="PATH...")
+@click.option(
+    "--chat-template",
+    "chat_template",
+    default=None,
+    help="A Jinja chat template file, or the name of one selftune ships (gemma), for a model without one.",
+)
+@click.option("--sha256", default=None, help="Check the GGUF file (or the parts joined) against this SHA-256.")
 @home_option
 @db_option
 @friendly_errors
-def models_add(name: str, path: str, home: Path | None, database_url: str | None) -> None:
-    """Register base model NAME from PATH: a Hugging Face folder, a .gguf file, or a Hub id.
+def models_add(
+    name: str,
+    paths: tuple[str, ...],
+    chat_template: str | None,
+    sha256: str | None,
+    home: Path | None,
+    database_url: str | None,
+) -> None:
+    """Register base model NAME from PATH: a Hugging Face folder, a .gguf file (or its parts, in
+    order, joined into one), or a Hub id.
 
     GGUF files are converted once to safetensors (later loads take under a second), and folders of
     Llama, Mistral or Qwen2 models with a byte-level BPE tokenizer once to a float16 GGUF for llama.cpp.
+    The chat template is checked now (it must prompt a reply, render prefixes as prefixes and end
+    each turn with a stop token), so a model selftune cannot train is refused here, not mid-job.
     """
     t0 = time.perf_counter()
+    template = read_template(chat_template) if chat_template else None
     with console.status(f"preparing {name} ..."):
-        catalog = open_catalog(home, database_url)
-        spec, folder = catalog.add(name, path)
-        gguf = catalog.gguf(spec)
-    click.echo(f"added {spec.name} ({spec.source}) -> {folder} in {time.perf_counter() - t0:.1f}s")
-    click.echo(f"llama.cpp serves it from {gguf}" if gguf else "the PyTorch engine serves it (no GGUF conversion)")
+        done = open_catalog(home, database_url).add(name, list(paths), chat_template=template, sha256=sha256)
+    click.echo(f"added {done.spec.name} ({done.spec.source}) -> {done.folder} in {time.perf_counter() - t0:.1f}s")
+    click.echo(f"llama.cpp serves it from {done.gguf}" if done.gguf else "the PyTorch engine serves it (no GGUF)")
+    stop = done.template
+    click.echo(
+        f"chat template checked; an assistant turn ends with token {stop.end_of_turn}"
+        + (" (added to its stop tokens)" if stop.missing_stop else "")
+        + ("; it adds a default system prompt to conversations without one" if stop.injected_system else "")
+    )
+
+
+def read_template(option: str) -> str:
+    """``--chat-template``: a file, or one of the templates shipped in ``selftune/templates``."""
+    path = Path(option).expanduser()
+    if path.is_file():
+        return path.read_text("utf-8")
+    shipped = resources.files("selftune").joinpath("templates", f"{option}.jinja")
+    if shipped.is_file():
+        return shipped.read_text("utf-8")
+    names = sorted(p.name.removesuffix(".jinja") for p in resources.files("selftune").joinpath("templates").iterdir())
+    raise click.BadParameter(f"{option}: no such file, nor a shipped template ({', '.join(names)})")
 
 
 @models.command("list")

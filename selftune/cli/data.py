@@ -215,7 +215,7 @@ def estimate(
     if probe:
         _probe(name, folder, file, settings.home, auto_or_int(batch_size, "--batch-size"))
     hp = {"n_epochs": auto_or_int(epochs, "--epochs"), "batch_size": auto_or_int(batch_size, "--batch-size")}
-    est = estimate_job(rendered, hp, price_per_1k, load_throughput(settings.home, name))
+    est = estimate_job(rendered, hp, price_per_1k, load_throughput(settings.home, name), folder)
     if as_json:
         click.echo(json.dumps({"model": name, **est.to_dict()}, indent=2))
         return
@@ -223,6 +223,10 @@ def estimate(
     click.echo(f"n_epochs {est.n_epochs}, batch_size {est.batch_size}: {est.steps:,} steps")
     click.echo(f"billed tokens: {est.tokens_per_epoch:,} x {est.n_epochs} = {est.billed_tokens:,}")
     click.echo(f"cost at {price_per_1k:g} per 1K tokens: {est.cost:.4f}")
+    if est.fits_memory is not None:
+        peak = f"about {est.peak_memory_bytes / 2**30:.1f} GB at its peak; " if est.peak_memory_bytes else ""
+        verdict = "fits" if est.fits_memory else "does NOT fit"
+        click.echo(f"memory: {peak}{verdict} this machine ({est.memory_plan})")
     if est.seconds is None:
         click.echo("wall time: not measured on this machine yet; run with --probe, or finish one job first")
     else:

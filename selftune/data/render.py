@@ -6,6 +6,7 @@ trainer and ``selftune render`` so that what the model sees is the same everywhe
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -164,6 +165,13 @@ def generation_config(folder: str | Path) -> Any:
         return None
 
 
+@functools.lru_cache(maxsize=16)
+def _folder_generation_config(folder: str) -> Any:
+    """The generation config beside a tokenizer loaded from a folder (read once per folder): where
+    registration lists an end-of-turn token that is not the tokenizer's EOS (Gemma's <end_of_turn>)."""
+    return generation_config(folder) if folder and Path(folder).is_dir() else None
+
+
 def stop_token_ids(tokenizer: Any, generation_config: Any = None) -> set[int]:
     """Every token that ends an assistant turn: the tokenizer's EOS plus the model's configured ones."""
     ids: set[int] = set()
@@ -200,7 +208,7 @@ def render_training(
     msgs, native_tools = template_input(tokenizer, messages, tools)
     full = _apply(tokenizer, msgs, native_tools, False)
     labels = [IGNORE] * len(full)
-    stops = stop_token_ids(tokenizer)
+    stops = stop_token_ids(tokenizer, _folder_generation_config(str(getattr(tokenizer, "name_or_path", ""))))
     for i, m in enumerate(msgs):
         if m["role"] != "assistant" or m.get("weight", 1) == 0:
             continue

@@ -33,6 +33,12 @@ class Estimate:
     tokens_per_second: float | None
     seconds: float | None
     throughput_source: str | None
+    peak_memory_bytes: int | None = None
+    """The training process's predicted peak (``train.memory``), where the model's folder is known."""
+    memory_budget_bytes: int | None = None
+    fits_memory: bool | None = None
+    memory_plan: str | None = None
+    """The plan in words, or why the job does not fit."""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -43,8 +49,10 @@ def estimate(
     hyperparameters: dict[str, Any],
     price_per_1k: float,
     throughput: dict[str, Any] | None,
+    model_dir: str | Path | None = None,
 ) -> Estimate:
     hp = resolve_hyperparameters(hyperparameters, len(rendered.lengths))
+    memory = plan_memory(model_dir, rendered, hp["batch_size"]) if model_dir and rendered.rows else {}
     steps = math.ceil(len(rendered.rows) / hp["batch_size"]) * hp["n_epochs"]
     billed = rendered.tokens * hp["n_epochs"]
     tps = float(throughput["tokens_per_second"]) if throughput else None
@@ -59,7 +67,33 @@ def estimate(
         tokens_per_second=tps,
         seconds=billed / tps if tps else None,
         throughput_source=throughput.get("source") if throughput else None,
+        **memory,
     )
+
+
+def plan_memory(model_dir: str | Path, rendered: RenderedFile, batch_size: int) -> dict[str, Any]:
+    """The recipe's memory plan for this data on this machine, as the estimate's fields."""
+    from selftune.train.memory import InsufficientMemory, budget, plan_job
+    from selftune.train.protocol import TrainConfig
+
+    lora = TrainConfig(base_model_dir=str(model_dir), train_file="", output_dir="")
+    longest = max(len(ids) for ids, _ in rendered.rows)
+    try:
+        p = plan_job(
+            model_dir,
+            longest=longest,
+            batch_tokens=longest * min(batch_size, len(rendered.rows)),
+            lora_r=lora.lora_r,
+            lora_targets=lora.lora_targets,
+        )
+    except InsufficientMemory as e:
+        return {"memory_budget_bytes": budget()[0], "fits_memory": False, "memory_plan": str(e)}
+    return {
+        "peak_memory_bytes": p.peak,
+        "memory_budget_bytes": p.budget,
+        "fits_memory": True,
+        "memory_plan": p.describe(),
+    }
 
 
 # --- measured throughput, per base model ------------------------------------------------------------

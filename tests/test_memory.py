@@ -1,0 +1,172 @@
+"""Training that plans its memory: micro-batches and chunked cross-entropy give the one-batch step,
+the plan switches gradient checkpointing on only when it must, and a job that cannot fit is refused
+before it trains, with the numbers."""
+
+from __future__ import annotations
+
+import json
+from contextlib import nullcontext
+from pathlib import Path
+
+import httpx
+import pytest
+import torch
+
+from selftune.data.render import IGNORE
+from selftune.train.memory import InsufficientMemory, ModelShape, micro_batches, parse_bytes, plan
+from selftune.train.step import accumulate
+from tests.conftest import run_cli, start_server
+from tests.test_train import run_recipe, write_data
+
+
+def lora_model(folder: Path) -> torch.nn.Module:
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    model = get_peft_model(
+        AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32),
+        LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "down_proj"], init_lora_weights=False),
+    )
+    model.train()
+    return model
+
+
+def rows_of(folder: Path, n: int) -> list[tuple[list[int], list[int]]]:
+    from transformers import AutoTokenizer
+
+    from selftune.data.render import render_training
+
+    tok = AutoTokenizer.from_pretrained(folder)
+    return [
+        render_training(
+            tok,
+            [
+                {"role": "user", "content": "question " * (1 + i % 5)},
+                {"role": "assistant", "content": "answer " * (1 + (3 * i) % 7)},
+            ],
+        )
+        for i in range(n)
+    ]
+
+
+def grads(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    out = {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}
+    model.zero_grad(set_to_none=True)
+    return out
+
+
+def test_micro_batches_and_chunks_give_the_one_batch_gradient(tiny_model_dir: Path) -> None:
+    model = lora_model(tiny_model_dir)
+    rows = sorted(rows_of(tiny_model_dir, 6), key=lambda r: len(r[0]))
+    pad, cpu = 0, torch.device("cpu")
+
+    # The reference: one batch, the model's own full logits, mean cross-entropy over trained tokens.
+    from selftune.train.step import collate
+
+    batch = collate(rows, pad, cpu)
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1]
+    labels = batch["labels"][:, 1:]
+    reference = torch.nn.functional.cross_entropy(
+        logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=IGNORE
+    )
+    reference.backward()
+    want = grads(model)
+
+    for micro_tokens, ce_chunk in ((10_000, 10_000), (1, 3), (40, 7)):
+        loss, accuracy, tokens = accumulate(model, rows, pad, cpu, nullcontext, micro_tokens, ce_chunk)
+        got = grads(model)
+        assert abs(loss - float(reference)) < 1e-5, (micro_tokens, ce_chunk)
+        assert tokens == sum(len(ids) for ids, _ in rows) and 0 <= accuracy <= 1
+        assert got.keys() == want.keys() and len(got) == 2 * 3 * 2  # lora_A and lora_B, 3 targets, 2 layers
+        for name in want:
+            torch.testing.assert_close(got[name], want[name], rtol=1e-4, atol=1e-6, msg=lambda m, n=name: f"{n}: {m}")
+
+
+def test_micro_batches_fit_the_token_budget() -> None:
+    assert micro_batches([3, 4, 5, 9], 100) == [[0, 1, 2, 3]]
+    assert micro_batches([3, 4, 5, 9], 10) == [[0, 1], [2], [3]]  # padded: 2 x 4 = 8 fits, 3 x 5 = 15 does not
+    assert micro_batches([3, 4, 5, 9], 1) == [[0], [1], [2], [3]]  # one row is the least a micro-batch holds
+    assert parse_bytes("6G") == 6 * 2**30 and parse_bytes("512M") == 512 * 2**20 and parse_bytes("1000") == 1000
+    with pytest.raises(ValueError, match="SELFTUNE_TRAIN_MEMORY"):
+        parse_bytes("lots")
+
+
+SMOL = ModelShape(parameters=134_515_008, layers=30, hidden=576, intermediate=1536, heads=9, vocab=49_152)
+QWEN = ModelShape(parameters=630_167_424, layers=24, hidden=896, intermediate=4864, heads=14, vocab=151_936)
+
+
+def test_the_plan_uses_checkpointing_only_when_it_must() -> None:
+    common = {"bf16": True, "eager": False, "lora_parameters": 5_000_000, "budget_source": "test"}
+    roomy = plan(SMOL, longest=1000, batch_tokens=8000, budget_bytes=20 * 2**30, **common)  # type: ignore[arg-type]
+    assert roomy.fits and not roomy.checkpointing and roomy.micro_tokens == 1024 and roomy.peak < 4 * 2**30
+    budget = int(2.65 * 2**30)  # room for a little over 1,000 tokens of activations
+    tight = plan(SMOL, longest=1000, batch_tokens=8000, budget_bytes=budget, **common)  # type: ignore[arg-type]
+    assert not tight.checkpointing and 1000 <= tight.micro_tokens < 1024 and tight.peak <= budget
+    long = plan(SMOL, longest=8000, batch_tokens=8000, budget_bytes=4 * 2**30, **common)  # type: ignore[arg-type]
+    assert long.checkpointing and long.micro_tokens == 8000 and long.peak <= 4 * 2**30
+    # The cross-entropy chunk shrinks with the vocabulary: its logits stay within the same bytes.
+    assert plan(QWEN, longest=100, batch_tokens=800, budget_bytes=20 * 2**30, **common).ce_chunk < roomy.ce_chunk  # type: ignore[arg-type]
+    with pytest.raises(InsufficientMemory, match=r"needs about \d+\.\d GB .* budget is 1\.0 GB \(test\)"):
+        plan(QWEN, longest=2000, batch_tokens=2000, budget_bytes=2**30, **common)  # type: ignore[arg-type]
+
+
+def test_the_recipe_follows_its_plan(tmp_path: Path, tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from transformers import AutoTokenizer
+
+    from selftune.data.render import render_file
+
+    def plan_of(events: list[dict[str, object]]) -> dict[str, int]:
+        return next(e["data"]["memory_plan"] for e in events if "memory_plan" in e.get("data", {}))  # type: ignore[index,operator]
+
+    _, roomy = run_recipe(tmp_path, tiny_model_dir, "roomy", precision="fp32")  # bf16 would round differently
+    first = plan_of(roomy)
+    # Room for what the process holds besides activations, plus 60% of one example's: only a
+    # checkpointed model, one example at a time, fits.
+    longest = max(render_file(AutoTokenizer.from_pretrained(tiny_model_dir), tmp_path / "train.jsonl", 1024).lengths)
+    fixed = first["peak"] - first["micro_tokens"] * first["per_token"]
+    monkeypatch.setenv("SELFTUNE_TRAIN_MEMORY", str(fixed + int(0.6 * longest * first["per_token"])))
+    _, tight = run_recipe(tmp_path, tiny_model_dir, "tight", precision="fp32")
+    plans = [first, plan_of(tight)]
+    assert not plans[0]["checkpointing"] and plans[0]["budget_source"] == "free RAM"
+    assert plans[1]["checkpointing"] and plans[1]["budget_source"] == "SELFTUNE_TRAIN_MEMORY"
+    assert plans[1]["micro_tokens"] < plans[0]["micro_tokens"]
+    losses = [[e["data"]["train_loss"] for e in ev if e["type"] == "metrics"] for ev in (roomy, tight)]
+    assert losses[0] == pytest.approx(losses[1], rel=1e-3, abs=1e-4)  # the same training, in smaller pieces
+
+
+def test_a_job_that_cannot_fit_is_refused_with_the_numbers(tmp_path: Path, tiny_model_dir: Path) -> None:
+    srv = start_server(tmp_path / "home", tiny_model_dir, SELFTUNE_TRAIN_MEMORY="100M")
+    try:
+        client = srv.client()
+        upload = client.files.create(file=write_data(tmp_path / "t.jsonl", 10).open("rb"), purpose="fine-tune")
+        estimate = httpx.post(
+            srv.base_url + "/fine_tuning/jobs/estimate", json={"model": "tiny", "training_file": upload.id}
+        ).json()
+        assert estimate["fits_memory"] is False, estimate
+        assert "budget is 0.1 GB (SELFTUNE_TRAIN_MEMORY)" in estimate["memory_plan"]
+        job = client.fine_tuning.jobs.create(model="tiny", training_file=upload.id)
+        import time
+
+        while job.status not in ("succeeded", "failed", "cancelled"):
+            time.sleep(0.5)
+            job = client.fine_tuning.jobs.retrieve(job.id)
+        assert job.status == "failed" and job.error and job.error.code == "insufficient_memory"
+        assert "budget is 0.1 GB" in str(job.error.message) and "SELFTUNE_TRAIN_MEMORY" in str(job.error.message)
+        assert not any(e.message.startswith("Step ") for e in client.fine_tuning.jobs.list_events(job.id).data)
+    finally:
+        srv.stop()
+    env = {"SELFTUNE_HOME": str(tmp_path / "home"), "SELFTUNE_TRAIN_MEMORY": "100M"}
+    out = run_cli("estimate", str(tmp_path / "t.jsonl"), "--model", "tiny", env=env).stdout
+    assert "does NOT fit this machine" in out, out
+    roomy = json.loads(
+        run_cli(
+            "estimate",
+            str(tmp_path / "t.jsonl"),
+            "--model",
+            "tiny",
+            "--json",
+            env={"SELFTUNE_HOME": env["SELFTUNE_HOME"]},
+        ).stdout
+    )
+    assert roomy["fits_memory"] is True and 1 * 2**30 < roomy["peak_memory_bytes"] < roomy["memory_budget_bytes"]
