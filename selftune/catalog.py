@@ -378,12 +378,10 @@ def _assemble(parts: list[Path], out: Path, sha256: str | None) -> None:
 
 
 def _check_sha256(path: Path, sha256: str) -> None:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        while chunk := f.read(1 << 20):
-            digest.update(chunk)
-    if digest.hexdigest() != sha256.lower():
-        raise InvalidRequest(f"{path} has SHA-256 {digest.hexdigest()}, not {sha256}", param="sha256")
+    from selftune.export.build import sha256_file
+
+    if (digest := sha256_file(path)) != sha256.lower():
+        raise InvalidRequest(f"{path} has SHA-256 {digest}, not {sha256}", param="sha256")
 
 
 def _template_hint(name: str) -> str:
@@ -440,7 +438,8 @@ def _add_stop_token(folder: Path, generation_config: Any, token: int) -> None:
     current = config.eos_token_id
     ids = [current] if isinstance(current, int) else list(current or [])
     config.eos_token_id = [*ids, token]
-    config.save_pretrained(folder)
+    # Replaced, not written through: in an overlay the old file is a link to the user's own.
+    _write_atomic(folder / "generation_config.json", config.to_json_string(use_diff=True))
 
 
 ORIGIN_FILE = "selftune-origin.txt"

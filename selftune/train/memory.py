@@ -8,6 +8,9 @@ The peak of a LoRA step is, in bytes:
 
     runtime + weights + LoRA state + micro-batch tokens x activations per token + one logits chunk
 
+and the job's peak is that, or loading's if higher: the weight file, read whole, beside the weights
+built from it (a 0.5B model's float32 file is 2.5 GB).
+
 - ``weights``: every parameter at the dtype the frozen base is stored in (bf16 where autocast
   computes in bf16, else fp32); LoRA's own weights, gradients and Adam moments are fp32.
 - activations: what autograd keeps per token for the backward pass, per layer about
@@ -32,6 +35,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+LOADING_RUNTIME_BYTES = 400 * 2**20
+"""The process while it loads the model: Python, torch and transformers imported, the data rendered."""
 RUNTIME_BYTES = 1150 * 2**20
 """The recipe process besides weights and activations: Python, torch, transformers, the tokenizer,
 the data, and what the allocator keeps (measured: 1.5 GB resident between steps with SmolLM2's
@@ -56,6 +61,8 @@ class InsufficientMemory(ValueError):
 @dataclass(frozen=True)
 class ModelShape:
     parameters: int
+    file_bytes: int
+    """Size of the weight files (float32 in selftune's converted folders), all read while loading."""
     layers: int
     hidden: int
     intermediate: int
@@ -68,6 +75,7 @@ class ModelShape:
         config = config.get("text_config", config)  # multimodal wrappers keep the decoder's config inside
         return cls(
             parameters=_parameter_count(Path(folder)),
+            file_bytes=sum(f.stat().st_size for f in Path(folder).glob("*.safetensors")),
             layers=int(config["num_hidden_layers"]),
             hidden=int(config["hidden_size"]),
             intermediate=int(config.get("intermediate_size") or 4 * config["hidden_size"]),
@@ -185,18 +193,21 @@ def plan(
     ce_chunk = max(16, CE_CHUNK_BYTES // (shape.vocab * 10))
     ce_bytes = min(ce_chunk, batch_tokens) * shape.vocab * 10
     fixed = RUNTIME_BYTES + weights + lora_state + ce_bytes
-    room = budget_bytes - fixed
+    # Loading reads the whole weight file (memory-mapped, so it counts as resident while it is read)
+    # beside the weights being built at their dtype; for a 0.5B model that is the job's peak.
+    loading = LOADING_RUNTIME_BYTES + shape.file_bytes + weights
+    room = budget_bytes - fixed if loading <= budget_bytes else 0
     for checkpointing in (False, True):
         per_token = activation_bytes(shape, longest, eager=eager, checkpointing=checkpointing, bytes_per=bytes_per)
         fit = room // per_token if room > 0 else 0
         if fit >= longest:
             micro = int(min(fit, max(MICRO_TOKENS_MAX.get(device, 1024), longest), batch_tokens))
-            peak = fixed + micro * per_token
+            peak = max(fixed + micro * per_token, loading)
             return Plan(
                 budget_bytes, budget_source, weights, lora_state, per_token, micro, ce_chunk, checkpointing, peak, True
             )
     per_token = activation_bytes(shape, longest, eager=eager, checkpointing=True, bytes_per=bytes_per)
-    need = fixed + longest * per_token
+    need = max(fixed + longest * per_token, loading)
     raise InsufficientMemory(
         f"this job needs about {_gb(need)} even one example at a time with gradient checkpointing (weights "
         f"{_gb(weights)}, the longest example {longest:,} tokens), and the budget is {_gb(budget_bytes)} "
