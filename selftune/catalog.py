@@ -21,11 +21,9 @@ they do not exist.
 from __future__ import annotations
 
 import fcntl
-import hashlib
 import importlib.util
 import json
 import logging
-import os
 import shutil
 import time
 import tomllib
@@ -35,6 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from selftune import model_files as files
 from selftune.config import DEFAULT_MODEL, Settings
 from selftune.data.template_check import TemplateReport
 from selftune.errors import InvalidRequest, NotFound
@@ -189,17 +188,18 @@ class Catalog:
         overlay = self.models_dir / f"{slug}.src"
         if len(parts) > 1:
             spec = BaseModelSpec(name, "gguf", str(overlay), f"{slug}.gguf")
-            _assemble([Path(p).expanduser() for p in parts], overlay / f"{slug}.gguf", sha256)
+            files.assemble([Path(p).expanduser() for p in parts], overlay / f"{slug}.gguf", sha256)
         else:
             spec = spec_from_path(name, parts[0])
             if sha256 and spec.source == "gguf":
-                _check_sha256(Path(spec.path) / str(spec.gguf_file), sha256)
+                files.check_sha256(Path(spec.path) / str(spec.gguf_file), sha256)
         if chat_template is not None:
             spec = _with_template(spec, overlay, chat_template)
         spec = BaseModelSpec(spec.name, spec.source, spec.path, spec.gguf_file, int(time.time()))
         folder = self.materialize(spec)
-        if spec.source == "gguf" and (Path(spec.path) / TEMPLATE_FILE).is_file():  # a new template, same weights
-            _write_atomic(folder / TEMPLATE_FILE, (Path(spec.path) / TEMPLATE_FILE).read_text("utf-8"))
+        supplied = Path(spec.path) / files.TEMPLATE_FILE
+        if spec.source == "gguf" and supplied.is_file():  # a new template, same weights
+            files.write_atomic(folder / files.TEMPLATE_FILE, supplied.read_text("utf-8"))
         report = self._check_family(spec, folder, overlay)
         if spec.source == "hf":  # a folder may have changed since it was last converted
             self._converted_gguf(spec).unlink(missing_ok=True)
@@ -251,7 +251,7 @@ class Catalog:
                     param="path",
                     code="unsupported_chat_template",
                 )
-            _add_stop_token(folder, gen, report.end_of_turn)
+            files.add_stop_token(folder, gen, report.end_of_turn)
         self._tokenizers.pop(folder, None)
         return report
 
@@ -312,11 +312,11 @@ class Catalog:
     def materialize(self, spec: BaseModelSpec) -> Path:
         """A folder that ``from_pretrained`` loads fast. Converts or downloads once, atomically."""
         out = self.weights_dir(spec)
-        origin = _origin(spec)
-        if spec.source == "hf" or _converted_from(out, origin):
+        origin = spec.path if spec.source != "gguf" else files.origin(Path(spec.path) / str(spec.gguf_file))
+        if spec.source == "hf" or files.converted_from(out, origin):
             return out
         with _file_lock(self.models_dir / f".{out.name}.lock"):
-            if _converted_from(out, origin):  # another process finished while we waited
+            if files.converted_from(out, origin):  # another process finished while we waited
                 return out
             tmp = self.models_dir / f".{out.name}.tmp"
             shutil.rmtree(tmp, ignore_errors=True)
@@ -325,7 +325,7 @@ class Catalog:
                     _convert_gguf(spec, tmp)
                 else:
                     _download_hub(spec, tmp)
-                _write_atomic(tmp / ORIGIN_FILE, origin)
+                files.write_atomic(tmp / files.ORIGIN_FILE, origin)
                 shutil.rmtree(out, ignore_errors=True)
                 tmp.rename(out)
             finally:
@@ -343,47 +343,6 @@ class Registration:
     template: TemplateReport
 
 
-def _assemble(parts: list[Path], out: Path, sha256: str | None) -> None:
-    """Concatenate a GGUF shipped in parts (in the order given), checking the hash, atomically."""
-    for p in parts:
-        if not p.is_file():
-            raise InvalidRequest(f"{p}: no such file (a GGUF part)", param="path")
-    with parts[0].open("rb") as f:
-        if f.read(4) != b"GGUF":
-            raise InvalidRequest(
-                f"{parts[0]} does not start with 'GGUF': give the parts in order, the first one first", param="path"
-            )
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.partial")
-    digest = hashlib.sha256()
-    with tmp.open("wb") as dst:
-        for p in parts:
-            with p.open("rb") as src:
-                while chunk := src.read(1 << 20):
-                    digest.update(chunk)
-                    dst.write(chunk)
-    if sha256 and digest.hexdigest() != sha256.lower():
-        tmp.unlink()
-        raise InvalidRequest(
-            f"the {len(parts)} parts join into a file with SHA-256 {digest.hexdigest()}, not {sha256}: a part is "
-            "missing, damaged or out of order",
-            param="sha256",
-        )
-    mark = out.with_name(f"{out.name}.sha256")
-    if out.is_file() and mark.is_file() and mark.read_text().strip() == digest.hexdigest():
-        tmp.unlink()  # the same file as last time: keep it, and the weights converted from it
-        return
-    os.replace(tmp, out)
-    _write_atomic(mark, digest.hexdigest())
-
-
-def _check_sha256(path: Path, sha256: str) -> None:
-    from selftune.export.build import sha256_file
-
-    if (digest := sha256_file(path)) != sha256.lower():
-        raise InvalidRequest(f"{path} has SHA-256 {digest}, not {sha256}", param="sha256")
-
-
 def _template_hint(name: str) -> str:
     return (
         f"Give it one: `selftune models add {name} PATH... --chat-template FILE` "
@@ -391,75 +350,13 @@ def _template_hint(name: str) -> str:
     )
 
 
-TEMPLATE_FILE = "chat_template.jinja"
-_TEMPLATE_SOURCES = {TEMPLATE_FILE, "chat_template.json", "tokenizer_config.json"}
-
-
 def _with_template(spec: BaseModelSpec, overlay: Path, template: str) -> BaseModelSpec:
     """The model seen through ``overlay``: selftune's folder holding the given chat template, with
     the model's own files linked (not copied) into it, so the user's files are never changed."""
-    overlay.mkdir(parents=True, exist_ok=True)
-    _write_atomic(overlay / TEMPLATE_FILE, template)
-    source = Path(spec.path)
-    if source == overlay:
-        return spec
-    if spec.source == "gguf":
-        _link(overlay / str(spec.gguf_file), source / str(spec.gguf_file))
-        return BaseModelSpec(spec.name, "gguf", str(overlay), spec.gguf_file)
-    if spec.source != "hf":
+    if spec.source == "hub":
         raise InvalidRequest("--chat-template needs a local folder or GGUF file, not a Hub id", param="chat_template")
-    for entry in source.iterdir():
-        if entry.name not in _TEMPLATE_SOURCES:
-            _link(overlay / entry.name, entry)
-    tok_config = source / "tokenizer_config.json"
-    if tok_config.is_file():  # the same settings, without the template it may embed
-        settings = json.loads(tok_config.read_text("utf-8"))
-        settings.pop("chat_template", None)
-        _write_atomic(overlay / "tokenizer_config.json", json.dumps(settings, indent=2))
-    return BaseModelSpec(spec.name, "hf", str(overlay))
-
-
-def _link(link: Path, target: Path) -> None:
-    link.unlink(missing_ok=True)
-    link.symlink_to(target.resolve())
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, "utf-8")
-    os.replace(tmp, path)
-
-
-def _add_stop_token(folder: Path, generation_config: Any, token: int) -> None:
-    """List ``token`` in ``eos_token_id`` of the folder's ``generation_config.json``, keeping the rest."""
-    from transformers import GenerationConfig
-
-    config = generation_config or GenerationConfig()
-    current = config.eos_token_id
-    ids = [current] if isinstance(current, int) else list(current or [])
-    config.eos_token_id = [*ids, token]
-    # Replaced, not written through: in an overlay the old file is a link to the user's own.
-    _write_atomic(folder / "generation_config.json", config.to_json_string(use_diff=True))
-
-
-ORIGIN_FILE = "selftune-origin.txt"
-"""In a converted folder: the file it was converted from (path, size, mtime), so that a name
-registered again with another file is converted again rather than served stale."""
-
-
-def _origin(spec: BaseModelSpec) -> str:
-    if spec.source != "gguf":
-        return spec.path
-    src = (Path(spec.path) / str(spec.gguf_file)).resolve()
-    stat = src.stat() if src.is_file() else None
-    return f"{src} {stat.st_size if stat else 0} {stat.st_mtime_ns if stat else 0}"
-
-
-def _converted_from(folder: Path, origin: str) -> bool:
-    if not (folder / "config.json").is_file():
-        return False
-    mark = folder / ORIGIN_FILE
-    return not mark.is_file() or mark.read_text("utf-8") == origin  # unmarked: from before the mark existed
+    files.overlay(Path(spec.path), overlay, template, spec.gguf_file)
+    return BaseModelSpec(spec.name, spec.source, str(overlay), spec.gguf_file)
 
 
 @contextmanager
@@ -486,7 +383,7 @@ def _convert_gguf(spec: BaseModelSpec, out: Path) -> None:
         )
         raise NotFound(f"weights for base model {spec.name!r} are missing: {src} does not exist.{hint}")
     tok = AutoTokenizer.from_pretrained(spec.path, gguf_file=spec.gguf_file)
-    supplied = Path(spec.path) / TEMPLATE_FILE
+    supplied = Path(spec.path) / files.TEMPLATE_FILE
     if supplied.is_file():  # registered with --chat-template
         tok.chat_template = supplied.read_text("utf-8")
     model = AutoModelForCausalLM.from_pretrained(spec.path, gguf_file=spec.gguf_file, dtype=torch.float32)

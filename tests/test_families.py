@@ -251,6 +251,7 @@ def test_a_family_trains_serves_and_evaluates(families_server: LiveServer, model
         base = list(ex.map(lambda p: ask(model, p[0]), pairs[:8]))
         mine = list(ex.map(lambda p: ask(tuned, p[0]), pairs[:8]))
     assert families_server.health()["served_by"][model] == "llamacpp"
+    assert (families_server.home / "jobs" / job.id / "adapter" / "adapter.gguf").is_file()  # llama.cpp's LoRA
     recalled = sum(a.lower() in text.lower() for (text, _), (_, a) in zip(mine, pairs, strict=False))
     knew = sum(a.lower() in text.lower() for (text, _), (_, a) in zip(base, pairs, strict=False))
     stopped = sum(reason == "stop" for _, reason in mine)

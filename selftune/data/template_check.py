@@ -73,12 +73,12 @@ def check_template(tokenizer: Any, generation_config: Any = None, *, hint: str =
             raise TemplateError(
                 f"the chat template does not show the reply {m['content']!r} where training expects it.{fix}"
             )
-    end_of_turn = _closing_token(tokenizer, ids, labels)
+    end_of_turn = _closing_token(tokenizer, ids)
     injected = _injects_system(tokenizer)
     return TemplateReport(end_of_turn, end_of_turn not in stop_token_ids(tokenizer, generation_config), injected)
 
 
-def _closing_token(tokenizer: Any, ids: list[int], labels: list[int]) -> int:
+def _closing_token(tokenizer: Any, ids: list[int]) -> int:
     """The first special token after the last reply's text: what the model must emit to end its turn."""
     answer = tokenizer.encode(PROBE[4]["content"], add_special_tokens=False)
     specials = set(tokenizer.all_special_ids) | {int(i) for i in getattr(tokenizer, "added_tokens_decoder", {})}
