@@ -184,7 +184,7 @@ class Catalog:
         weights, check that its template can be trained and stopped with, and refuse it if not."""
         check_model_name(name)
         parts = [paths] if isinstance(paths, str) else list(paths)
-        slug = name.replace("/", "--")
+        slug = _slug(name)
         overlay = self.models_dir / f"{slug}.src"
         if len(parts) > 1:
             spec = BaseModelSpec(name, "gguf", str(overlay), f"{slug}.gguf")
@@ -197,9 +197,6 @@ class Catalog:
             spec = _with_template(spec, overlay, chat_template)
         spec = BaseModelSpec(spec.name, spec.source, spec.path, spec.gguf_file, int(time.time()))
         folder = self.materialize(spec)
-        supplied = Path(spec.path) / files.TEMPLATE_FILE
-        if spec.source == "gguf" and supplied.is_file():  # a new template, same weights
-            files.write_atomic(folder / files.TEMPLATE_FILE, supplied.read_text("utf-8"))
         report = self._check_family(spec, folder, overlay)
         if spec.source == "hf":  # a folder may have changed since it was last converted
             self._converted_gguf(spec).unlink(missing_ok=True)
@@ -208,7 +205,7 @@ class Catalog:
         return Registration(spec, folder, gguf, report)
 
     def _converted_gguf(self, spec: BaseModelSpec) -> Path:
-        return self.models_dir / f"{spec.name.replace('/', '--')}.gguf"
+        return self.models_dir / f"{_slug(spec.name)}.gguf"
 
     def _forget_weights(self, spec: BaseModelSpec) -> None:
         if spec.source != "hf":
@@ -219,7 +216,6 @@ class Catalog:
         """Refuse what this model cannot do before any job finds out: an architecture transformers
         cannot train, a chat template that cannot be masked or stopped. A missing end-of-turn stop
         token is added to the model's ``generation_config.json`` instead (in selftune's own copy)."""
-        from transformers import AutoTokenizer
         from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
         from selftune.data.render import generation_config
@@ -232,7 +228,8 @@ class Catalog:
                 "transformers can train (selftune fine-tunes chat models: Llama, Qwen2, Gemma 3, Mistral, ...)",
                 param="path",
             )
-        tokenizer = AutoTokenizer.from_pretrained(folder)
+        self._tokenizers.pop(folder, None)  # loaded again: the template may be new
+        tokenizer = self.tokenizer(spec)
         gen = generation_config(folder)
         try:
             report = check_template(
@@ -252,7 +249,6 @@ class Catalog:
                     code="unsupported_chat_template",
                 )
             files.add_stop_token(folder, gen, report.end_of_turn)
-        self._tokenizers.pop(folder, None)
         return report
 
     def gguf(self, spec: BaseModelSpec, *, convert: bool = False) -> Path | None:
@@ -282,12 +278,12 @@ class Catalog:
             raise NotFound(f"no base model {name!r} was added with `selftune models add`", param="name")
         if spec is not None:
             self._forget_weights(spec)
-            shutil.rmtree(self.models_dir / f"{name.replace('/', '--')}.src", ignore_errors=True)
+            shutil.rmtree(self.models_dir / f"{_slug(name)}.src", ignore_errors=True)
 
     def weights_dir(self, spec: BaseModelSpec) -> Path:
         if spec.source == "hf":
             return Path(spec.path)
-        return self.models_dir / spec.name.replace("/", "--")
+        return self.models_dir / _slug(spec.name)
 
     def tokenizer(self, spec: BaseModelSpec) -> Any:
         """The base model's tokenizer, loaded once per catalog: every estimate request counts with it."""
@@ -314,10 +310,10 @@ class Catalog:
         out = self.weights_dir(spec)
         origin = spec.path if spec.source != "gguf" else files.origin(Path(spec.path) / str(spec.gguf_file))
         if spec.source == "hf" or files.converted_from(out, origin):
-            return out
+            return self._with_supplied_template(spec, out)
         with _file_lock(self.models_dir / f".{out.name}.lock"):
             if files.converted_from(out, origin):  # another process finished while we waited
-                return out
+                return self._with_supplied_template(spec, out)
             tmp = self.models_dir / f".{out.name}.tmp"
             shutil.rmtree(tmp, ignore_errors=True)
             try:
@@ -330,7 +326,24 @@ class Catalog:
                 tmp.rename(out)
             finally:
                 shutil.rmtree(tmp, ignore_errors=True)
+        return self._with_supplied_template(spec, out)
+
+    @staticmethod
+    def _with_supplied_template(spec: BaseModelSpec, out: Path) -> Path:
+        """A GGUF registered with ``--chat-template`` keeps its template in its overlay; the converted
+        folder gets a copy (a new template needs no new conversion). An hf overlay is the folder."""
+        supplied = Path(spec.path) / files.TEMPLATE_FILE
+        if spec.source == "gguf" and supplied.is_file():
+            text = supplied.read_text("utf-8")
+            mine = out / files.TEMPLATE_FILE
+            if not mine.is_file() or mine.read_text("utf-8") != text:
+                files.write_atomic(mine, text)
         return out
+
+
+def _slug(name: str) -> str:
+    """A model name as a file name: ``org/model`` becomes ``org--model``."""
+    return name.replace("/", "--")
 
 
 @dataclass(frozen=True)
@@ -383,9 +396,6 @@ def _convert_gguf(spec: BaseModelSpec, out: Path) -> None:
         )
         raise NotFound(f"weights for base model {spec.name!r} are missing: {src} does not exist.{hint}")
     tok = AutoTokenizer.from_pretrained(spec.path, gguf_file=spec.gguf_file)
-    supplied = Path(spec.path) / files.TEMPLATE_FILE
-    if supplied.is_file():  # registered with --chat-template
-        tok.chat_template = supplied.read_text("utf-8")
     model = AutoModelForCausalLM.from_pretrained(spec.path, gguf_file=spec.gguf_file, dtype=torch.float32)
     # A model loaded from GGUF is marked quantized and refuses save_pretrained; its weights are
     # plain de-quantised float32 tensors by now, so dropping the marker is safe (logits unchanged).

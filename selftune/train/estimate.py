@@ -73,7 +73,7 @@ def estimate(
 
 def plan_memory(model_dir: str | Path, rendered: RenderedFile, batch_size: int) -> dict[str, Any]:
     """The recipe's memory plan for this data on this machine, as the estimate's fields."""
-    from selftune.train.memory import InsufficientMemory, budget, plan_job
+    from selftune.train.memory import InsufficientMemory, plan_job
     from selftune.train.protocol import TrainConfig
 
     lora = TrainConfig(base_model_dir=str(model_dir), train_file="", output_dir="")
@@ -87,7 +87,7 @@ def plan_memory(model_dir: str | Path, rendered: RenderedFile, batch_size: int) 
             lora_targets=lora.lora_targets,
         )
     except InsufficientMemory as e:
-        return {"memory_budget_bytes": budget()[0], "fits_memory": False, "memory_plan": str(e)}
+        return {"memory_budget_bytes": e.budget, "fits_memory": False, "memory_plan": str(e)}
     return {
         "peak_memory_bytes": p.peak,
         "memory_budget_bytes": p.budget,

@@ -57,6 +57,10 @@ HEADROOM = 0.85
 class InsufficientMemory(ValueError):
     """The job cannot fit its budget even one example at a time with gradient checkpointing."""
 
+    def __init__(self, message: str, budget: int) -> None:
+        super().__init__(message)
+        self.budget = budget
+
 
 @dataclass(frozen=True)
 class ModelShape:
@@ -211,7 +215,8 @@ def plan(
     raise InsufficientMemory(
         f"this job needs about {_gb(need)} even one example at a time with gradient checkpointing (weights "
         f"{_gb(weights)}, the longest example {longest:,} tokens), and the budget is {_gb(budget_bytes)} "
-        f"({budget_source}); free memory, set SELFTUNE_TRAIN_MEMORY, or lower SELFTUNE_MAX_SEQ_LEN"
+        f"({budget_source}); free memory, set SELFTUNE_TRAIN_MEMORY, or lower SELFTUNE_MAX_SEQ_LEN",
+        budget_bytes,
     )
 
 
