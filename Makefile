@@ -73,7 +73,7 @@ test: lint typecheck pytest
 # without bf16 (everything then runs fp32); writes BENCHMARKS.md. The peers (TRL and
 # its datasets/accelerate) are installed here only. llama.cpp is measured when llama-cpp-python is
 # installed (`.venv/bin/pip install llama-cpp-python` compiles it: about half an hour on 2 cores).
-bench: install
+bench: install models
 	$(PIP) install -e ".[bench]"
 	$(BIN)/python -m bench.run
 
