@@ -55,6 +55,8 @@ class BaseModelSpec:
     """Folder (hf), folder holding the GGUF (gguf), or Hub id (hub)."""
     gguf_file: str | None = None
     created: int = 0
+    qlora: bool = False
+    """Its jobs train on a 4-bit base (``--qlora``)."""
 
 
 @dataclass(frozen=True)
@@ -143,7 +145,7 @@ class Catalog:
                 if isinstance(entry, dict) and isinstance(entry.get("path"), str):
                     specs[name] = spec_from_path(name, entry["path"])
         for r in self.store.list_base_models():
-            specs[r.name] = BaseModelSpec(r.name, r.source, r.path, r.gguf_file, r.created)  # type: ignore[arg-type]
+            specs[r.name] = BaseModelSpec(r.name, r.source, r.path, r.gguf_file, r.created, r.qlora)  # type: ignore[arg-type]
         return list(specs.values())
 
     def aliases(self) -> dict[str, str]:
@@ -177,11 +179,18 @@ class Catalog:
     # --- registration and materialisation --------------------------------------------------------
 
     def add(
-        self, name: str, paths: str | Sequence[str], *, chat_template: str | None = None, sha256: str | None = None
+        self,
+        name: str,
+        paths: str | Sequence[str],
+        *,
+        chat_template: str | None = None,
+        sha256: str | None = None,
+        qlora: bool = False,
     ) -> Registration:
         """Register a base model and make it ready now, not at first use: assemble a GGUF split in
         parts (checking ``sha256``), supply ``chat_template`` where the model has none, convert its
-        weights, check that its template can be trained and stopped with, and refuse it if not."""
+        weights, check that its template can be trained and stopped with (and, with ``qlora``, that
+        it can train on a 4-bit base here), and refuse it if not."""
         check_model_name(name)
         parts = [paths] if isinstance(paths, str) else list(paths)
         slug = _slug(name)
@@ -195,13 +204,17 @@ class Catalog:
                 files.check_sha256(Path(spec.path) / str(spec.gguf_file), sha256)
         if chat_template is not None:
             spec = _with_template(spec, overlay, chat_template)
-        spec = BaseModelSpec(spec.name, spec.source, spec.path, spec.gguf_file, int(time.time()))
+        spec = BaseModelSpec(spec.name, spec.source, spec.path, spec.gguf_file, int(time.time()), qlora)
         folder = self.materialize(spec)
         report = self._check_family(spec, folder, overlay)
+        if qlora:
+            _check_qlora(spec, folder)
         if spec.source == "hf":  # a folder may have changed since it was last converted
             self._converted_gguf(spec).unlink(missing_ok=True)
         gguf = self.gguf(spec, convert=True)
-        self.store.upsert_base_model(BaseModelRecord(spec.name, spec.source, spec.path, spec.gguf_file, spec.created))
+        self.store.upsert_base_model(
+            BaseModelRecord(spec.name, spec.source, spec.path, spec.gguf_file, spec.created, spec.qlora)
+        )
         return Registration(spec, folder, gguf, report)
 
     def _converted_gguf(self, spec: BaseModelSpec) -> Path:
@@ -370,6 +383,15 @@ def _with_template(spec: BaseModelSpec, overlay: Path, template: str) -> BaseMod
         raise InvalidRequest("--chat-template needs a local folder or GGUF file, not a Hub id", param="chat_template")
     files.overlay(Path(spec.path), overlay, template, spec.gguf_file)
     return BaseModelSpec(spec.name, spec.source, str(overlay), spec.gguf_file)
+
+
+def _check_qlora(spec: BaseModelSpec, folder: Path) -> None:
+    """``--qlora`` on a model this machine cannot run in 4 bits is refused now, not in its first job."""
+    from selftune.train.memory import ModelShape, qlora_problem, training_device
+
+    problem = qlora_problem(ModelShape.of(folder), training_device())
+    if problem:
+        raise InvalidRequest(f"{spec.name}: --qlora: {problem}", param="qlora", code="qlora_unavailable")
 
 
 @contextmanager

@@ -228,6 +228,7 @@ def estimate(
         0.0,
         load_throughput(home, resolved.base.name),
         catalog.materialize(resolved.base),
+        qlora=resolved.base.qlora,
     )
     result = {"object": "fine_tuning.estimate", "model": resolved.id, "training_file": training.id}
     return {**result, **est.to_dict()}

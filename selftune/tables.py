@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import JSON, Boolean, Column, Float, Integer, MetaData, String, Table, Text
+from sqlalchemy import JSON, Boolean, Column, Float, Integer, MetaData, String, Table, Text, false
 
 metadata = MetaData()
 
@@ -56,6 +56,7 @@ base_models = Table(
     Column("path", Text, nullable=False),
     Column("gguf_file", Text, nullable=True),
     Column("created", Integer, nullable=False),
+    Column("qlora", Boolean, nullable=False, server_default=false()),
 )
 
 
@@ -203,3 +204,5 @@ class BaseModelRecord:
     path: str
     gguf_file: str | None
     created: int
+    qlora: bool = False
+    """Its jobs train on a 4-bit base (``selftune models add --qlora``)."""

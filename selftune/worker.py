@@ -185,6 +185,7 @@ class Worker:
             seed=job.seed,
             max_seq_len=self.catalog.sequence_limit(base),
             init_adapter=job.init_adapter,
+            qlora=base.qlora,
             eval_examples=self.settings.eval_examples,
             model_name=job.model_name,
             base_model_name=job.base_model,

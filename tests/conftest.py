@@ -41,8 +41,8 @@ CHATML = (
 # --- a tiny model, built in the test --------------------------------------------------------------
 
 
-def build_tiny_model(out: Path, *, context: int = 4096, seed: int = 0) -> Path:
-    """A random-init Llama (2 layers, width 32) with a byte-level BPE tokenizer trained right here."""
+def build_tiny_model(out: Path, *, context: int = 4096, seed: int = 0, width: int = 32) -> Path:
+    """A random-init Llama (2 layers, width 32 unless asked) with a byte-level BPE tokenizer trained right here."""
     import torch
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
@@ -71,8 +71,8 @@ def build_tiny_model(out: Path, *, context: int = 4096, seed: int = 0) -> Path:
     tok.chat_template = CHATML
     config = LlamaConfig(
         vocab_size=len(tok),
-        hidden_size=32,
-        intermediate_size=64,
+        hidden_size=width,
+        intermediate_size=2 * width,
         num_hidden_layers=2,
         num_attention_heads=4,
         num_key_value_heads=2,

@@ -5,6 +5,7 @@ before it trains, with the numbers."""
 from __future__ import annotations
 
 import json
+import time
 from contextlib import nullcontext
 from pathlib import Path
 
@@ -13,9 +14,10 @@ import pytest
 import torch
 
 from selftune.data.render import IGNORE
-from selftune.train.memory import InsufficientMemory, ModelShape, micro_batches, parse_bytes, plan
+from selftune.live import LiveServer
+from selftune.train.memory import InsufficientMemory, ModelShape, activation_bytes, micro_batches, parse_bytes, plan
 from selftune.train.step import accumulate
-from tests.conftest import run_cli, start_server
+from tests.conftest import build_tiny_model, run_cli, start_server
 from tests.test_train import run_recipe, write_data
 
 
@@ -93,26 +95,62 @@ def test_micro_batches_fit_the_token_budget() -> None:
 
 
 SMOL = ModelShape(
-    parameters=134_515_008, file_bytes=538_060_032, layers=30, hidden=576, intermediate=1536, heads=9, vocab=49_152
+    parameters=134_515_008,
+    embedding_parameters=28_311_552,
+    file_bytes=538_060_032,
+    layers=30,
+    hidden=576,
+    intermediate=1536,
+    heads=9,
+    vocab=49_152,
 )
 QWEN = ModelShape(
-    parameters=630_167_424, file_bytes=2_520_669_696, layers=24, hidden=896, intermediate=4864, heads=14, vocab=151_936
+    parameters=630_167_424,
+    embedding_parameters=136_134_656,
+    file_bytes=2_520_669_696,
+    layers=24,
+    hidden=896,
+    intermediate=4864,
+    heads=14,
+    vocab=151_936,
 )
+COMMON = {"bf16": True, "lora_parameters": 5_000_000, "budget_source": "test"}
 
 
-def test_the_plan_uses_checkpointing_only_when_it_must() -> None:
-    common = {"bf16": True, "eager": False, "lora_parameters": 5_000_000, "budget_source": "test"}
-    roomy = plan(SMOL, longest=1000, batch_tokens=8000, budget_bytes=20 * 2**30, **common)  # type: ignore[arg-type]
-    assert roomy.fits and not roomy.checkpointing and roomy.micro_tokens == 1024 and roomy.peak < 4 * 2**30
-    budget = int(2.65 * 2**30)  # room for a little over 1,000 tokens of activations
-    tight = plan(SMOL, longest=1000, batch_tokens=8000, budget_bytes=budget, **common)  # type: ignore[arg-type]
-    assert not tight.checkpointing and 1000 <= tight.micro_tokens < 1024 and tight.peak <= budget
-    long = plan(SMOL, longest=8000, batch_tokens=8000, budget_bytes=4 * 2**30, **common)  # type: ignore[arg-type]
-    assert long.checkpointing and long.micro_tokens == 8000 and long.peak <= 4 * 2**30
+def test_the_plan_takes_the_fastest_option_that_fits() -> None:
+    roomy = plan(SMOL, longest=1000, batch_tokens=8000, budget_bytes=20 * 2**30, **COMMON)  # type: ignore[arg-type]
+    assert roomy.fits and roomy.attention == "eager" and not roomy.checkpointing and not roomy.quantized
+    assert roomy.micro_tokens == 1024 and roomy.peak < 5 * 2**30
+    # Room for one example with SDPA but not with eager attention's T x T scores: SDPA, no checkpointing.
+    fixed = roomy.peak - roomy.micro_tokens * roomy.per_token
+    sdpa = activation_bytes(SMOL, 1000, eager=False, checkpointing=False, bytes_per=2)
+    assert sdpa * 1.01 < roomy.per_token
+    budget = fixed + int(1000 * sdpa * 1.01)
+    tight = plan(SMOL, longest=1000, batch_tokens=8000, budget_bytes=budget, **COMMON)  # type: ignore[arg-type]
+    assert tight.attention == "sdpa" and not tight.checkpointing and 1000 <= tight.micro_tokens < 1024
+    assert tight.peak <= budget
+    # Longer than eager attention is ever used for, and one example fits only with checkpointing.
+    long = plan(SMOL, longest=8000, batch_tokens=8000, budget_bytes=5 * 2**30, **COMMON)  # type: ignore[arg-type]
+    assert long.attention == "sdpa" and long.checkpointing and long.micro_tokens == 8000 and long.peak <= 5 * 2**30
     # The cross-entropy chunk shrinks with the vocabulary: its logits stay within the same bytes.
-    assert plan(QWEN, longest=100, batch_tokens=800, budget_bytes=20 * 2**30, **common).ce_chunk < roomy.ce_chunk  # type: ignore[arg-type]
+    assert plan(QWEN, longest=100, batch_tokens=800, budget_bytes=20 * 2**30, **COMMON).ce_chunk < roomy.ce_chunk  # type: ignore[arg-type]
     with pytest.raises(InsufficientMemory, match=r"needs about \d+\.\d GB .* budget is 1\.0 GB \(test\)"):
-        plan(QWEN, longest=2000, batch_tokens=2000, budget_bytes=2**30, **common)  # type: ignore[arg-type]
+        plan(QWEN, longest=2000, batch_tokens=2000, budget_bytes=2**30, **COMMON)  # type: ignore[arg-type]
+
+
+def test_on_cuda_a_base_that_does_not_fit_is_trained_in_4_bits() -> None:
+    gpu = {**COMMON, "device": "cuda", "longest": 100, "batch_tokens": 800, "budget_bytes": 2 * 2**30}
+    full = plan(QWEN, **{**gpu, "budget_bytes": 20 * 2**30})  # type: ignore[arg-type]
+    assert not full.quantized and full.attention == "sdpa"  # eager attention is a CPU choice
+    small = plan(QWEN, **gpu, quantize="auto")  # type: ignore[arg-type]
+    assert small.quantized and not small.checkpointing and small.peak <= 2 * 2**30
+    # bf16 blocks become NF4; the embeddings (tied to the output projection) stay bf16.
+    blocks = QWEN.parameters - QWEN.embedding_parameters
+    assert small.weights == int(blocks * 0.52) + QWEN.embedding_parameters * 2 < full.weights / 2
+    with pytest.raises(InsufficientMemory, match="register the model with --qlora"):
+        plan(QWEN, **gpu)  # type: ignore[arg-type]
+    # Asked for at registration: a 4-bit base whatever the room.
+    assert plan(QWEN, **{**gpu, "budget_bytes": 20 * 2**30}, quantize="always").quantized  # type: ignore[arg-type]
 
 
 def test_the_recipe_follows_its_plan(tmp_path: Path, tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -150,8 +188,6 @@ def test_a_job_that_cannot_fit_is_refused_with_the_numbers(tmp_path: Path, tiny_
         assert estimate["fits_memory"] is False, estimate
         assert "budget is 0.1 GB (SELFTUNE_TRAIN_MEMORY)" in estimate["memory_plan"]
         job = client.fine_tuning.jobs.create(model="tiny", training_file=upload.id)
-        import time
-
         while job.status not in ("succeeded", "failed", "cancelled"):
             time.sleep(0.5)
             job = client.fine_tuning.jobs.retrieve(job.id)
@@ -174,3 +210,40 @@ def test_a_job_that_cannot_fit_is_refused_with_the_numbers(tmp_path: Path, tiny_
         ).stdout
     )
     assert roomy["fits_memory"] is True and 1 * 2**30 < roomy["peak_memory_bytes"] < roomy["memory_budget_bytes"]
+
+
+def test_a_model_registered_with_qlora_trains_on_a_4_bit_base(tmp_path: Path, tiny_model_dir: Path) -> None:
+    """bitsandbytes' NF4 layers, on this CPU: registration checks they can run, the job's plan says
+    4-bit, training learns, and the fine-tuned model answers at full precision."""
+    env = {"SELFTUNE_HOME": str(tmp_path / "home"), "SELFTUNE_ENGINE": "torch"}
+    narrow = run_cli("models", "add", "narrow", str(tiny_model_dir), "--qlora", env=env, check=False)
+    assert narrow.returncode != 0 and "multiple of 64 wide, and this model's are 32 and 64" in narrow.stderr
+    wide = build_tiny_model(tmp_path / "wide", width=64)
+    assert "train on a 4-bit base (QLoRA)" in run_cli("models", "add", "wide", str(wide), "--qlora", env=env).stdout
+    data = write_data(tmp_path / "t.jsonl", 24)
+    out = json.loads(run_cli("estimate", str(data), "--model", "wide", "--json", env=env).stdout)
+    assert out["fits_memory"] is True and "(4-bit base, QLoRA)" in out["memory_plan"]
+
+    srv = LiveServer(tmp_path / "home", {"SELFTUNE_ENGINE": "torch", "SELFTUNE_EVAL_EXAMPLES": "0"}).start()
+    try:
+        client = srv.client()
+        upload = client.files.create(file=data.open("rb"), purpose="fine-tune")
+        job = client.fine_tuning.jobs.create(
+            model="wide", training_file=upload.id, hyperparameters={"n_epochs": 6, "batch_size": 4, "learning_rate_multiplier": 5}
+        )
+        while job.status not in ("succeeded", "failed", "cancelled"):
+            time.sleep(0.5)
+            job = client.fine_tuning.jobs.retrieve(job.id)
+        assert job.status == "succeeded", job.error
+        events = list(reversed(list(client.fine_tuning.jobs.list_events(job.id, limit=100))))
+        plan_event = next(e for e in events if e.message.startswith("Memory plan:"))
+        assert "(4-bit base, QLoRA)" in plan_event.message
+        losses = [float(e.data["train_loss"]) for e in events if e.type == "metrics"]  # type: ignore[index]
+        assert sum(losses[-3:]) < 0.9 * sum(losses[:3]), losses  # it learns (from random weights, slowly)
+        assert job.fine_tuned_model
+        reply = client.chat.completions.create(
+            model=job.fine_tuned_model, messages=[{"role": "user", "content": "question 1"}], max_tokens=5
+        )
+        assert reply.choices[0].message.content is not None
+    finally:
+        srv.stop()

@@ -258,6 +258,11 @@ def models(ctx: click.Context, base_url: str, api_key: str) -> None:
     help="A Jinja chat template file, or the name of one selftune ships (gemma), for a model without one.",
 )
 @click.option("--sha256", default=None, help="Check the GGUF file (or the parts joined) against this SHA-256.")
+@click.option(
+    "--qlora",
+    is_flag=True,
+    help="Train its jobs on a 4-bit base (QLoRA, bitsandbytes): a quarter of the weights' memory, slower steps.",
+)
 @home_option
 @db_option
 @friendly_errors
@@ -266,6 +271,7 @@ def models_add(
     paths: tuple[str, ...],
     chat_template: str | None,
     sha256: str | None,
+    qlora: bool,
     home: Path | None,
     database_url: str | None,
 ) -> None:
@@ -280,7 +286,9 @@ def models_add(
     t0 = time.perf_counter()
     template = read_template(chat_template) if chat_template else None
     with console.status(f"preparing {name} ..."):
-        done = open_catalog(home, database_url).add(name, list(paths), chat_template=template, sha256=sha256)
+        done = open_catalog(home, database_url).add(
+            name, list(paths), chat_template=template, sha256=sha256, qlora=qlora
+        )
     click.echo(f"added {done.spec.name} ({done.spec.source}) -> {done.folder} in {time.perf_counter() - t0:.1f}s")
     click.echo(f"llama.cpp serves it from {done.gguf}" if done.gguf else "the PyTorch engine serves it (no GGUF)")
     stop = done.template
@@ -289,6 +297,8 @@ def models_add(
         + (" (added to its stop tokens)" if stop.missing_stop else "")
         + ("; it adds a default system prompt to conversations without one" if stop.injected_system else "")
     )
+    if qlora:
+        click.echo("its jobs train on a 4-bit base (QLoRA); served and exported at full precision")
 
 
 def read_template(option: str) -> str:

@@ -23,6 +23,7 @@ from selftune.cli.common import (
     load_tokenizer,
     max_len_option,
     model_option,
+    open_catalog,
     settings_from,
 )
 
@@ -212,10 +213,11 @@ def estimate(
     name, folder, tok, limit = load_tokenizer(model, home, max_seq_len)
     rendered = render_file(tok, file, limit)
     settings = settings_from(home=home)
+    qlora = open_catalog(home, None).get_base(name).qlora
     if probe:
-        _probe(name, folder, file, settings.home, auto_or_int(batch_size, "--batch-size"))
+        _probe(name, folder, file, settings.home, auto_or_int(batch_size, "--batch-size"), qlora)
     hp = {"n_epochs": auto_or_int(epochs, "--epochs"), "batch_size": auto_or_int(batch_size, "--batch-size")}
-    est = estimate_job(rendered, hp, price_per_1k, load_throughput(settings.home, name), folder)
+    est = estimate_job(rendered, hp, price_per_1k, load_throughput(settings.home, name), folder, qlora=qlora)
     if as_json:
         click.echo(json.dumps({"model": name, **est.to_dict()}, indent=2))
         return
@@ -242,7 +244,7 @@ def _duration(seconds: float) -> str:
     return f"{hours}h {minutes:02d}m" if hours else f"{minutes}m {secs:02d}s" if minutes else f"{secs}s"
 
 
-def _probe(model: str, base_dir: Path, file: Path, home: Path, batch_size: str | int) -> None:
+def _probe(model: str, base_dir: Path, file: Path, home: Path, batch_size: str | int, qlora: bool) -> None:
     """Train briefly on the first examples of FILE, in the recipe's own process as a worker runs it,
     and record the speed it reports in its ``Done`` event."""
     import tempfile
@@ -257,7 +259,9 @@ def _probe(model: str, base_dir: Path, file: Path, home: Path, batch_size: str |
         sample = Path(tmp) / "probe.jsonl"
         sample.write_text("\n".join(rows[: bs * 6]) + "\n")
         files = JobDir(Path(tmp) / "out")
-        cfg = TrainConfig(str(base_dir), str(sample), str(files.root), n_epochs=1, batch_size=bs, train_name=file.name)
+        cfg = TrainConfig(
+            str(base_dir), str(sample), str(files.root), n_epochs=1, batch_size=bs, train_name=file.name, qlora=qlora
+        )
         with console.status(f"measuring training speed on {model} (batch size {bs}) ..."):
             config = save_config(cfg)
             with files.log.open("wb") as log:

@@ -50,9 +50,11 @@ def estimate(
     price_per_1k: float,
     throughput: dict[str, Any] | None,
     model_dir: str | Path | None = None,
+    *,
+    qlora: bool = False,
 ) -> Estimate:
     hp = resolve_hyperparameters(hyperparameters, len(rendered.lengths))
-    memory = plan_memory(model_dir, rendered, hp["batch_size"]) if model_dir and rendered.rows else {}
+    memory = plan_memory(model_dir, rendered, hp["batch_size"], qlora) if model_dir and rendered.rows else {}
     steps = math.ceil(len(rendered.rows) / hp["batch_size"]) * hp["n_epochs"]
     billed = rendered.tokens * hp["n_epochs"]
     tps = float(throughput["tokens_per_second"]) if throughput else None
@@ -71,9 +73,9 @@ def estimate(
     )
 
 
-def plan_memory(model_dir: str | Path, rendered: RenderedFile, batch_size: int) -> dict[str, Any]:
+def plan_memory(model_dir: str | Path, rendered: RenderedFile, batch_size: int, qlora: bool) -> dict[str, Any]:
     """The recipe's memory plan for this data on this machine, as the estimate's fields."""
-    from selftune.train.memory import InsufficientMemory, plan_job
+    from selftune.train.memory import InsufficientMemory, QuantizationUnavailable, plan_job, training_device
     from selftune.train.protocol import TrainConfig
 
     lora = TrainConfig(base_model_dir=str(model_dir), train_file="", output_dir="")
@@ -85,9 +87,13 @@ def plan_memory(model_dir: str | Path, rendered: RenderedFile, batch_size: int) 
             batch_tokens=longest * min(batch_size, len(rendered.rows)),
             lora_r=lora.lora_r,
             lora_targets=lora.lora_targets,
+            device=training_device(),
+            qlora=qlora,
         )
     except InsufficientMemory as e:
         return {"memory_budget_bytes": e.budget, "fits_memory": False, "memory_plan": str(e)}
+    except QuantizationUnavailable as e:
+        return {"fits_memory": False, "memory_plan": str(e)}
     return {
         "peak_memory_bytes": p.peak,
         "memory_budget_bytes": p.budget,

@@ -13,6 +13,8 @@ built from it (a 0.5B model's float32 file is 2.5 GB).
 
 - ``weights``: every parameter at the dtype the frozen base is stored in (bf16 where autocast
   computes in bf16, else fp32); LoRA's own weights, gradients and Adam moments are fp32.
+  With a 4-bit base (QLoRA, ``bitsandbytes``) the blocks' linear weights take half a byte each
+  (NF4 with double-quantised block scales); embeddings, norms and the output projection stay.
 - activations: what autograd keeps per token for the backward pass, per layer about
   ``ACT_HIDDEN`` hidden-sized and ``ACT_INTERMEDIATE`` MLP-sized values (counted from a Llama block
   with LoRA on every linear layer), plus eager attention's T x T scores; with gradient
@@ -22,8 +24,16 @@ built from it (a 0.5B model's float32 file is 2.5 GB).
 
 A batch larger than the budget's micro-batch is split into micro-batches whose gradients are
 accumulated, with the loss normalised over the whole batch's trained tokens, so the step equals the
-one-batch step. Gradient checkpointing is switched on only when one example would not fit without
-it. A job whose longest example does not fit even then is refused before training, with the numbers.
+one-batch step. The plan takes the first of these that fits, fastest first:
+
+1. on a CPU, eager attention (faster there than the SDPA kernels, whose backward pass is slow on
+   CPUs, but it keeps T x T scores), for examples up to ``EAGER_ATTENTION_MAX_TOKENS``;
+2. SDPA attention;
+3. SDPA with gradient checkpointing (it costs a second forward pass);
+4. a 4-bit base, without then with checkpointing: automatically on CUDA when ``bitsandbytes`` is
+   installed, and on any device when the model was registered with ``--qlora`` (then only these).
+
+A job that fits none of them is refused before training, with the numbers.
 """
 
 from __future__ import annotations
@@ -33,14 +43,15 @@ import os
 import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 LOADING_RUNTIME_BYTES = 400 * 2**20
 """The process while it loads the model: Python, torch and transformers imported, the data rendered."""
-RUNTIME_BYTES = 1150 * 2**20
-"""The recipe process besides weights and activations: Python, torch, transformers, the tokenizer,
-the data, and what the allocator keeps (measured: 1.5 GB resident between steps with SmolLM2's
-0.35 GB of weights and LoRA state)."""
+RUNTIME_BYTES = {"cpu": 1550 * 2**20, "cuda": 800 * 2**20}
+"""The recipe process besides weights and activations. On a CPU: Python, torch, transformers, the
+tokenizer, the data, and what the allocator keeps despite ``malloc_trim`` (measured, ``make bench``:
+SmolLM2's jobs of 200 and 800 examples and Qwen2.5-0.5B's peak 0.4-0.9 GB above weights and
+activations). On CUDA: the context and the caching allocator's slack (not measured here)."""
 ACT_HIDDEN = 16
 ACT_INTERMEDIATE = 5
 """Values kept per token per layer for backward, in units of hidden size and MLP width."""
@@ -50,21 +61,38 @@ MICRO_TOKENS_MAX = {"cpu": 1024, "cuda": 8192}
 """Micro-batches larger than this gain no speed, only memory. Measured on a 2-core CPU, 200 chat
 examples, batch size 8: the same loop time at 1,024 tokens as at 4,096, with a peak of 3.2 GB
 instead of 4.2 GB. A GPU needs larger ones to keep busy."""
+NF4_BYTES = 0.52
+"""Bytes per 4-bit weight: half a byte, plus a block scale per 64 weights, itself 8-bit with a float
+scale per 256 blocks (``bnb_4bit_use_double_quant``)."""
+QUANT_BLOCK = 64
+"""bitsandbytes quantises in blocks of 64 inputs; on a CPU a layer narrower than that cannot be run."""
+EAGER_ATTENTION_MAX_TOKENS = 1024
+"""Longest examples for which a CPU plan may choose eager attention (measured on ``make bench``'s
+data, longest example 373 tokens: 13% more tokens/s than SDPA, 0.6 GB more at the peak)."""
+EAGER_SCORE_BYTES = {True: 6, False: 8}
+"""Bytes eager attention keeps per score (bf16: the float32 softmax and its bf16 copy; fp32: two)."""
 HEADROOM = 0.85
 """Share of the free memory a plan may use: the server and the allocator's slack need the rest."""
 
 
 class InsufficientMemory(ValueError):
-    """The job cannot fit its budget even one example at a time with gradient checkpointing."""
+    """The job cannot fit its budget even one example at a time with gradient checkpointing (and a
+    4-bit base where that is allowed)."""
 
     def __init__(self, message: str, budget: int) -> None:
         super().__init__(message)
         self.budget = budget
 
 
+class QuantizationUnavailable(ValueError):
+    """The model's registration asks for a 4-bit base, which this machine cannot give it."""
+
+
 @dataclass(frozen=True)
 class ModelShape:
     parameters: int
+    embedding_parameters: int
+    """The input embeddings and the output projection: never quantised."""
     file_bytes: int
     """Size of the weight files (float32 in selftune's converted folders), all read while loading."""
     layers: int
@@ -77,8 +105,10 @@ class ModelShape:
     def of(cls, folder: str | Path) -> ModelShape:
         config = json.loads((Path(folder) / "config.json").read_text())
         config = config.get("text_config", config)  # multimodal wrappers keep the decoder's config inside
+        parameters, embeddings = _parameter_count(Path(folder))
         return cls(
-            parameters=_parameter_count(Path(folder)),
+            parameters=parameters,
+            embedding_parameters=embeddings,
             file_bytes=sum(f.stat().st_size for f in Path(folder).glob("*.safetensors")),
             layers=int(config["num_hidden_layers"]),
             hidden=int(config["hidden_size"]),
@@ -88,11 +118,12 @@ class ModelShape:
         )
 
 
-def _parameter_count(folder: Path) -> int:
-    """Parameters in the safetensors files, read from their headers (no weights loaded)."""
+def _parameter_count(folder: Path) -> tuple[int, int]:
+    """Parameters in the safetensors files, and how many of them are embeddings or the output
+    projection, read from their headers (no weights loaded)."""
     from safetensors import safe_open
 
-    total = 0
+    total = embeddings = 0
     for f in sorted(folder.glob("*.safetensors")):
         with safe_open(str(f), framework="np") as st:
             for name in st.keys():  # noqa: SIM118 (safe_open is not a mapping)
@@ -100,7 +131,9 @@ def _parameter_count(folder: Path) -> int:
                 for d in st.get_slice(name).get_shape():
                     n *= int(d)
                 total += n
-    return total
+                if "embed" in name or name.startswith("lm_head"):
+                    embeddings += n
+    return total, embeddings
 
 
 @dataclass(frozen=True)
@@ -116,6 +149,10 @@ class Plan:
     ce_chunk: int
     """Positions per cross-entropy chunk."""
     checkpointing: bool
+    attention: str
+    """``eager`` or ``sdpa``: how the model is loaded."""
+    quantized: bool
+    """A 4-bit base (QLoRA): the frozen linear weights in NF4, LoRA on top in full precision."""
     peak: int
     """Predicted peak resident memory of the training process."""
     fits: bool
@@ -126,9 +163,10 @@ class Plan:
     def describe(self) -> str:
         return (
             f"Memory plan: predicted peak {_gb(self.peak)} of a {_gb(self.budget)} budget ({self.budget_source}); "
-            f"weights {_gb(self.weights)}, activations {self.per_token * 1000 / 2**20:.0f} MB per 1,000 tokens, "
-            f"micro-batches of up to {self.micro_tokens:,} tokens, cross-entropy in chunks of {self.ce_chunk:,} "
-            f"positions, gradient checkpointing {'on' if self.checkpointing else 'off'}"
+            f"weights {_gb(self.weights)}{' (4-bit base, QLoRA)' if self.quantized else ''}, activations "
+            f"{self.per_token * 1000 / 2**20:.0f} MB per 1,000 tokens, micro-batches of up to {self.micro_tokens:,} "
+            f"tokens, cross-entropy in chunks of {self.ce_chunk:,} positions, {self.attention} attention, "
+            f"gradient checkpointing {'on' if self.checkpointing else 'off'}"
         )
 
 
@@ -170,11 +208,15 @@ def available_ram() -> int:
 def activation_bytes(shape: ModelShape, width: int, *, eager: bool, checkpointing: bool, bytes_per: int) -> int:
     """Bytes autograd keeps per token of a micro-batch padded to ``width``."""
     per_layer = (ACT_HIDDEN * shape.hidden + ACT_INTERMEDIATE * shape.intermediate) * bytes_per
-    if eager:  # T x T scores per head, kept as softmax input and output
-        per_layer += 2 * shape.heads * width * bytes_per
+    if eager:  # T x T scores per head
+        per_layer += shape.heads * width * EAGER_SCORE_BYTES[bytes_per == 2]
     if checkpointing:  # one hidden state per layer, plus the one layer being recomputed
         return shape.layers * shape.hidden * bytes_per + per_layer
     return shape.layers * per_layer
+
+
+Quantize = Literal["never", "auto", "always"]
+"""A 4-bit base: never, when nothing else fits (on CUDA with ``bitsandbytes``), or always (``--qlora``)."""
 
 
 def plan(
@@ -183,41 +225,74 @@ def plan(
     longest: int,
     batch_tokens: int,
     bf16: bool,
-    eager: bool,
     lora_parameters: int,
     budget_bytes: int,
     budget_source: str,
     device: str = "cpu",
+    quantize: Quantize = "never",
 ) -> Plan:
     """The plan for a job whose longest example has ``longest`` tokens and whose largest batch pads
-    to ``batch_tokens``. Raises ``InsufficientMemory`` when even one example does not fit."""
+    to ``batch_tokens``: the first option in the module's order that fits. Raises
+    ``InsufficientMemory`` when even one example does not fit."""
     bytes_per = 2 if bf16 else 4
-    weights = shape.parameters * bytes_per
     lora_state = lora_parameters * 16  # fp32 weight, gradient and two Adam moments
     ce_chunk = max(16, CE_CHUNK_BYTES // (shape.vocab * 10))
     ce_bytes = min(ce_chunk, batch_tokens) * shape.vocab * 10
-    fixed = RUNTIME_BYTES + weights + lora_state + ce_bytes
-    # Loading reads the whole weight file (memory-mapped, so it counts as resident while it is read)
-    # beside the weights being built at their dtype; for a 0.5B model that is the job's peak.
-    loading = LOADING_RUNTIME_BYTES + shape.file_bytes + weights
-    room = budget_bytes - fixed if loading <= budget_bytes else 0
-    for checkpointing in (False, True):
+    runtime = RUNTIME_BYTES.get(device, RUNTIME_BYTES["cpu"])
+    eager_ok = device == "cpu" and longest <= EAGER_ATTENTION_MAX_TOKENS
+    options: list[tuple[bool, bool, bool]] = []  # (4-bit base, eager attention, checkpointing)
+    if quantize != "always":
+        options += [(False, True, False)] if eager_ok else []
+        options += [(False, False, False), (False, False, True)]
+    if quantize != "never":
+        options += [(True, False, False), (True, False, True)]
+    need = 0
+    for quantized, eager, checkpointing in options:
+        weights = weight_bytes(shape, bytes_per, quantized)
+        fixed = runtime + weights + lora_state + ce_bytes
+        # Loading reads the whole weight file (memory-mapped, so it counts as resident while it is
+        # read) beside the weights being built; for a 0.5B model that is the job's peak on a CPU.
+        # On CUDA the file is read into host memory, not the GPU's.
+        loading = LOADING_RUNTIME_BYTES + shape.file_bytes + weights if device == "cpu" else 0
         per_token = activation_bytes(shape, longest, eager=eager, checkpointing=checkpointing, bytes_per=bytes_per)
+        need = max(fixed + longest * per_token, loading)
+        room = budget_bytes - fixed if loading <= budget_bytes else 0
         fit = room // per_token if room > 0 else 0
         if fit >= longest:
             micro = int(min(fit, max(MICRO_TOKENS_MAX.get(device, 1024), longest), batch_tokens))
             peak = max(fixed + micro * per_token, loading)
+            attention = "eager" if eager else "sdpa"
             return Plan(
-                budget_bytes, budget_source, weights, lora_state, per_token, micro, ce_chunk, checkpointing, peak, True
+                budget_bytes,
+                budget_source,
+                weights,
+                lora_state,
+                per_token,
+                micro,
+                ce_chunk,
+                checkpointing,
+                attention,
+                quantized,
+                peak,
+                True,
             )
-    per_token = activation_bytes(shape, longest, eager=eager, checkpointing=True, bytes_per=bytes_per)
-    need = max(fixed + longest * per_token, loading)
+    how = "with gradient checkpointing and a 4-bit base" if quantize != "never" else "with gradient checkpointing"
+    hint = "" if quantize != "never" else ", register the model with --qlora (a 4-bit base)"
     raise InsufficientMemory(
-        f"this job needs about {_gb(need)} even one example at a time with gradient checkpointing (weights "
-        f"{_gb(weights)}, the longest example {longest:,} tokens), and the budget is {_gb(budget_bytes)} "
-        f"({budget_source}); free memory, set SELFTUNE_TRAIN_MEMORY, or lower SELFTUNE_MAX_SEQ_LEN",
+        f"this job needs about {_gb(need)} even one example at a time {how} (the longest example "
+        f"{longest:,} tokens), and the budget is {_gb(budget_bytes)} ({budget_source}); free memory, set "
+        f"SELFTUNE_TRAIN_MEMORY{hint}, or lower SELFTUNE_MAX_SEQ_LEN",
         budget_bytes,
     )
+
+
+def weight_bytes(shape: ModelShape, bytes_per: int, quantized: bool) -> int:
+    """The frozen model's weights: every parameter at ``bytes_per``, or with the blocks' linear
+    weights in 4 bits (the embeddings, output projection and norms stay; norms are negligible)."""
+    if not quantized:
+        return shape.parameters * bytes_per
+    blocks = shape.parameters - shape.embedding_parameters
+    return int(blocks * NF4_BYTES) + shape.embedding_parameters * bytes_per
 
 
 def lora_parameters(shape: ModelShape, r: int, targets: list[str]) -> int:
@@ -227,16 +302,34 @@ def lora_parameters(shape: ModelShape, r: int, targets: list[str]) -> int:
     return shape.layers * per_layer
 
 
-EAGER_ATTENTION_MAX_TOKENS = 256
-"""Up to this length the recipe uses plain (eager) attention, faster for short examples; beyond, SDPA."""
-
-
 def bf16_supported(device: str) -> bool:
     import torch
 
     if device == "cuda":
         return bool(torch.cuda.is_bf16_supported())
     return bool(getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)())
+
+
+def training_device() -> str:
+    """Where this machine's jobs train: ``cuda`` when torch sees a GPU, else ``cpu``."""
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def qlora_problem(shape: ModelShape, device: str) -> str | None:
+    """Why this model cannot train on a 4-bit base here, or None."""
+    import importlib.util
+
+    if importlib.util.find_spec("bitsandbytes") is None:
+        return "a 4-bit base needs bitsandbytes (pip install bitsandbytes), which is not installed"
+    narrow = [n for n in (shape.hidden, shape.intermediate) if n % QUANT_BLOCK]
+    if device == "cpu" and narrow:
+        return (
+            f"bitsandbytes runs 4-bit layers on a CPU only when their inputs are a multiple of {QUANT_BLOCK} "
+            f"wide, and this model's are {shape.hidden} and {shape.intermediate}"
+        )
+    return None
 
 
 def plan_job(
@@ -248,20 +341,26 @@ def plan_job(
     lora_targets: list[str],
     device: str = "cpu",
     bf16: bool | None = None,
+    qlora: bool = False,
 ) -> Plan:
-    """The plan for a job on the model in ``folder``: what the recipe follows and the estimate shows."""
+    """The plan for a job on the model in ``folder``: what the recipe follows and the estimate shows.
+    ``qlora``: the model's registration asks for a 4-bit base."""
     shape = ModelShape.of(folder)
     budget_bytes, budget_source = budget(device)
+    problem = qlora_problem(shape, device) if qlora or device == "cuda" else None
+    if qlora and problem:
+        raise QuantizationUnavailable(f"the model is registered with --qlora, but {problem}")
+    quantize: Quantize = "always" if qlora else "auto" if device == "cuda" and problem is None else "never"
     return plan(
         shape,
         longest=longest,
         batch_tokens=batch_tokens,
         bf16=bf16_supported(device) if bf16 is None else bf16,
-        eager=longest <= EAGER_ATTENTION_MAX_TOKENS,
         lora_parameters=lora_parameters(shape, lora_r, lora_targets),
         budget_bytes=budget_bytes,
         budget_source=budget_source,
         device=device,
+        quantize=quantize,
     )
 
 

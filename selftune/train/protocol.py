@@ -140,6 +140,9 @@ class TrainConfig:
     keep_checkpoints: int = 3
     precision: str = "auto"
     """``auto`` (bf16 autocast where the CPU or GPU supports it), ``bf16`` or ``fp32``."""
+    qlora: bool = False
+    """Train on a 4-bit base (the model was registered with ``--qlora``); on CUDA the memory plan
+    also turns to one when nothing else fits."""
     init_adapter: str | None = None
     """Continue training from this adapter (an ``ft:`` model as the job's base)."""
     resume: bool = True
