@@ -86,7 +86,8 @@ def report(r: dict[str, Any], command: str) -> str:
     rows = [
         (
             "**selftune** (a job through the API)",
-            "bf16 autocast, bf16 frozen weights, no checkpointing" if bf16 else "fp32, no checkpointing",
+            ("bf16 autocast, bf16 frozen weights, " if bf16 else "fp32, ")
+            + f"{ours['memory_plan'].get('attention', 'sdpa')} attention, no checkpointing",
             200,
             ours,
             held["selftune"]["loss"],
@@ -171,8 +172,8 @@ def report(r: dict[str, Any], command: str) -> str:
         "The memory plan's predicted peak (the `Memory plan:` job event, `selftune/train/memory.py`) against the "
         "training process's measured peak RSS:",
         "",
-        "| job | predicted peak | measured peak RSS | error | micro-batch tokens | checkpointing |",
-        "|---|---|---|---|---|---|",
+        "| job | predicted peak | measured peak RSS | error | micro-batch tokens | attention | checkpointing |",
+        "|---|---|---|---|---|---|---|",
         *memory_rows,
         "",
         *_qwen(r),
@@ -266,7 +267,8 @@ def _memory(r: dict[str, Any]) -> tuple[list[str], list[str]]:
         plan = job["memory_plan"]
         rows.append(
             f"| {name} | {job['predicted_peak_mb']:.0f} MB | {job['peak_rss_mb']:.0f} MB | {err:+.0%} "
-            f"| {plan['micro_tokens']:,} | {'on' if plan['checkpointing'] else 'off'} |"
+            f"| {plan['micro_tokens']:,} | {plan.get('attention', 'sdpa')} "
+            f"| {'on' if plan['checkpointing'] else 'off'} |"
         )
     worst = max(errors, key=abs)
     rss_ok = ours["peak_rss_mb"] <= tuned["peak_rss_mb"]

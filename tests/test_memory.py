@@ -229,7 +229,9 @@ def test_a_model_registered_with_qlora_trains_on_a_4_bit_base(tmp_path: Path, ti
         client = srv.client()
         upload = client.files.create(file=data.open("rb"), purpose="fine-tune")
         job = client.fine_tuning.jobs.create(
-            model="wide", training_file=upload.id, hyperparameters={"n_epochs": 6, "batch_size": 4, "learning_rate_multiplier": 5}
+            model="wide",
+            training_file=upload.id,
+            hyperparameters={"n_epochs": 6, "batch_size": 4, "learning_rate_multiplier": 5},
         )
         while job.status not in ("succeeded", "failed", "cancelled"):
             time.sleep(0.5)
