@@ -101,7 +101,7 @@ def test_fine_tuning_teaches_smollm2_to_call_the_right_tool(smol_server: LiveSer
     job = client.fine_tuning.jobs.create(
         model="SmolLM2-135M-Instruct",
         training_file=upload.id,
-        hyperparameters={"n_epochs": 2},
+        hyperparameters={"n_epochs": 1, "learning_rate_multiplier": 3},
         seed=42,
     )
     while job.status not in ("succeeded", "failed", "cancelled"):
@@ -156,7 +156,7 @@ def test_fine_tuning_teaches_smollm2_to_call_the_right_tool(smol_server: LiveSer
         if not right_call(ch.message, t, q)
     ]
     print(
-        f"\n{len(train)} tool-calling examples x 2 epochs: {trained:.0f}s; right tool and argument on "
+        f"\n{len(train)} tool-calling examples x 1 epoch: {trained:.0f}s; right tool and argument on "
         f"{len(held)} held-out questions: {scores}; second turn answers with the tool's result: {used}/{len(held)} "
         f"({time.monotonic() - t1:.0f}s of requests); fine-tuned misses: {misses}"
     )

@@ -220,6 +220,8 @@ def test_a_model_registered_with_qlora_trains_on_a_4_bit_base(tmp_path: Path, ti
     assert narrow.returncode != 0 and "multiple of 64 wide, and this model's are 32 and 64" in narrow.stderr
     wide = build_tiny_model(tmp_path / "wide", width=64)
     assert "train on a 4-bit base (QLoRA)" in run_cli("models", "add", "wide", str(wide), "--qlora", env=env).stdout
+    listed = [line for line in run_cli("models", "list", "--local", env=env).stdout.splitlines() if "wide" in line]
+    assert "4-bit base" in listed[0], listed
     data = write_data(tmp_path / "t.jsonl", 24)
     out = json.loads(run_cli("estimate", str(data), "--model", "wide", "--json", env=env).stdout)
     assert out["fits_memory"] is True and "(4-bit base, QLoRA)" in out["memory_plan"]

@@ -330,11 +330,12 @@ def models_list(ctx: click.Context, local: bool, home: Path | None, database_url
         return
     catalog = open_catalog(home, database_url)
     aliases = catalog.aliases()
-    table = new_table("model", "source", "ready", "aliases")
+    table = new_table("model", "source", "ready", "trains on", "aliases")
     for spec in catalog.base_models():
         ready = (catalog.weights_dir(spec) / "config.json").is_file()
         names = ", ".join(sorted(a for a, t in aliases.items() if t == spec.name))
-        table.add_row(spec.name, spec.source, "yes" if ready else "on first use", names)
+        base = "4-bit base (--qlora)" if spec.qlora else "its weights"
+        table.add_row(spec.name, spec.source, "yes" if ready else "on first use", base, names)
     print_table(table)
 
 
