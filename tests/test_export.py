@@ -379,18 +379,20 @@ def trivia_source(smol_server: LiveServer, trivia_job: TriviaJob) -> Iterator[So
     core.close()
 
 
-def test_a_wrong_merge_or_a_missing_permutation_fails_verification(trivia_source: Source, tmp_path: Path) -> None:
+def test_a_wrong_merge_or_a_missing_permutation_fails_verification(
+    trivia_source: Source, exported: dict[str, Path], tmp_path: Path
+) -> None:
     src = trivia_source
     assert src.adapter is not None
     ref = verify.reference(src.base_folder, src.adapter)
-    # The merge at twice the adapter's scale (an alpha read wrongly) against transformers.
+    # The merge at twice the adapter's scale (an alpha read wrongly) against transformers, beside the
+    # right merge (the merged export).
     doubled = tmp_path / "doubled"
     shutil.copytree(src.adapter, doubled)
     config = json.loads((doubled / "adapter_config.json").read_text())
     (doubled / "adapter_config.json").write_text(json.dumps({**config, "lora_alpha": 2 * config["lora_alpha"]}))
-    for name, adapter in (("right", src.adapter), ("doubled", doubled)):
-        merge(Source(**{**src.__dict__, "adapter": adapter}), tmp_path / f"merged-{name}", ref.tokenizer, [2], _quiet)
-    right = verify.with_transformers(tmp_path / "merged-right", ref)
+    merge(Source(**{**src.__dict__, "adapter": doubled}), tmp_path / "merged-doubled", ref.tokenizer, [2], _quiet)
+    right = verify.with_transformers(exported["merged"], ref)
     wrong = verify.with_transformers(tmp_path / "merged-doubled", ref)
     print(f"\n{right.summary()}\n{wrong.summary()}")
     assert right.passed and not wrong.passed

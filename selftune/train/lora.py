@@ -117,6 +117,17 @@ def load_base(auto: Any, folder: str, plan: memory.Plan, dtype: torch.dtype, dev
     )
 
 
+def keep_activations_in_bf16(model: Any) -> None:
+    """peft casts each LoRA layer's input to its float32 weights, and autocast casts it straight back
+    to bf16 for the matmul: two copies of every activation that change no value (bf16 -> float32 ->
+    bf16 is exact). Without them a step on the bench data is about 10% faster."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    for module in model.modules():
+        if isinstance(module, BaseTunerLayer):
+            module.cast_input_dtype_enabled = False  # type: ignore[attr-defined]  # read by peft with getattr
+
+
 def orphaned(parent: int) -> bool:
     """True once the worker that started us is gone: a SIGKILLed worker must not leave us training."""
     return parent > 1 and os.getppid() != parent
@@ -211,6 +222,8 @@ def main(cfg: TrainConfig) -> int:
             task_type="CAUSAL_LM",
         )
         model = get_peft_model(model, lora)
+    if use_bf16:
+        keep_activations_in_bf16(model)
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=0.0)
