@@ -17,10 +17,9 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from bench.measure import BATCH_SIZE, LORA, MAX_LENGTH, MODEL, REPO, SEED, native_bf16
 from selftune.data.render import render_file
-from selftune.train.memory import EAGER_ATTENTION_MAX_TOKENS, MICRO_TOKENS_MAX
+from selftune.train.lora import keep_activations_in_bf16
+from selftune.train.memory import plan_job
 from selftune.train.step import accumulate, batches
-
-CE_CHUNK = 1024
 
 
 def main() -> None:
@@ -32,15 +31,22 @@ def main() -> None:
     tok = AutoTokenizer.from_pretrained(base)
     rows = render_file(tok, args.work / "train200.jsonl", MAX_LENGTH).rows
     longest = max(len(ids) for ids, _ in rows)
-    attention = "eager" if longest <= EAGER_ATTENTION_MAX_TOKENS else "sdpa"
     bf16 = native_bf16()  # as the recipe: bf16 where the hardware has it, else fp32
     dtype = torch.bfloat16 if bf16 else torch.float32
+    order = batches(rows, BATCH_SIZE, random.Random(SEED))
+    width = max(max(len(rows[j][0]) for j in idx) * len(idx) for idx in order)
+    # The recipe's own memory plan picks the attention, micro-batches and cross-entropy chunks.
+    plan = plan_job(
+        base, longest=longest, batch_tokens=width, lora_r=LORA["r"], lora_targets=LORA["targets"], bf16=bf16
+    )
+    attention = plan.attention
     model = AutoModelForCausalLM.from_pretrained(base, dtype=dtype, attn_implementation=attention)
     cfg = LoraConfig(r=LORA["r"], lora_alpha=LORA["alpha"], target_modules=LORA["targets"], task_type="CAUSAL_LM")
     model = get_peft_model(model, cfg)
+    if bf16:
+        keep_activations_in_bf16(model)
     params = [q for q in model.parameters() if q.requires_grad]
     opt = torch.optim.AdamW(params, lr=1e-3)
-    order = batches(rows, BATCH_SIZE, random.Random(SEED))
     pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
 
     def autocast() -> torch.autocast:
@@ -48,7 +54,7 @@ def main() -> None:
 
     def step(i: int) -> None:  # the recipe's step, in micro-batches as its memory plan cuts them
         rows_i = [rows[j] for j in order[i]]
-        accumulate(model, rows_i, pad, torch.device("cpu"), autocast, MICRO_TOKENS_MAX["cpu"], CE_CHUNK)
+        accumulate(model, rows_i, pad, torch.device("cpu"), autocast, plan.micro_tokens, plan.ce_chunk)
         opt.step()
         opt.zero_grad(set_to_none=True)
 

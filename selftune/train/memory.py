@@ -50,8 +50,8 @@ LOADING_RUNTIME_BYTES = 400 * 2**20
 RUNTIME_BYTES = {"cpu": 1550 * 2**20, "cuda": 800 * 2**20}
 """The recipe process besides weights and activations. On a CPU: Python, torch, transformers, the
 tokenizer, the data, and what the allocator keeps despite ``malloc_trim`` (``make bench`` on
-2026-12-01 with this value: predicted against measured peak -3% on SmolLM2's 200-example job,
--14% on its 800-example job, -0% on Qwen2.5-0.5B's). On CUDA: the context and the caching
+2026-12-01 23:20 UTC with this value: predicted against measured peak +5% on SmolLM2's
+200-example job, -10% on its 800-example job, -0% on Qwen2.5-0.5B's). On CUDA: the context and the caching
 allocator's slack, a guess: not measured, no GPU was available."""
 ACT_HIDDEN = 16
 ACT_INTERMEDIATE = 5
