@@ -33,7 +33,7 @@ def main() -> None:
     longest = max(len(ids) for ids, _ in rows)
     bf16 = native_bf16()  # as the recipe: bf16 where the hardware has it, else fp32
     dtype = torch.bfloat16 if bf16 else torch.float32
-    order = batches(rows, BATCH_SIZE, random.Random(SEED))
+    order = batches([len(ids) for ids, _ in rows], BATCH_SIZE, random.Random(SEED))
     width = max(max(len(rows[j][0]) for j in idx) * len(idx) for idx in order)
     # The recipe's own memory plan picks the attention, micro-batches and cross-entropy chunks.
     plan = plan_job(

@@ -34,7 +34,7 @@ from selftune.errors import InvalidRequest, NotFound
 from selftune.ids import now, random_id
 from selftune.schemas.fine_tuning import CreateJobRequest
 from selftune.store import CheckpointRecord, FileRecord, JobRecord, ModelRecord, Store
-from selftune.train.config import resolve_hyperparameters
+from selftune.train.config import METHODS, resolve_hyperparameters
 from selftune.train.estimate import estimate as estimate_job
 from selftune.train.estimate import load_throughput, record_throughput
 from selftune.train.protocol import Done, JobDir
@@ -170,19 +170,14 @@ def create(store: Store, blobs: Blobs, catalog: Catalog, owner: str, req: Create
     Only a malformed request is an HTTP error here; problems inside the data fail the job later,
     as on OpenAI, so that every client sees them the same way (as the job's ``error``).
     """
-    method_type = req.method.type if req.method else "supervised"
-    if method_type != "supervised":
-        raise InvalidRequest(
-            f"method.type {method_type!r} is not supported yet; selftune trains 'supervised' (SFT) jobs. "
-            "Leave method out or send {'type': 'supervised'}.",
-            param="method.type",
-        )
+    method_type = method_of(req)
     requested = hyperparameters(req)
     resolved = catalog.resolve(req.model, owner)
     training = training_file(store, owner, req.training_file, "training_file")
     validation = training_file(store, owner, req.validation_file, "validation_file") if req.validation_file else None
     verdict = ensure_validated(store, blobs, training)
-    hyper = resolve_hyperparameters(requested, int(verdict.get("n_examples", 0)))
+    hyper = resolve_hyperparameters(requested, int(verdict.get("n_examples", 0)), method_type)
+    common = {k: v for k, v in hyper.items() if k != "beta"}  # the deprecated top-level shape has no beta
     suffix = req.suffix or ""
     job = JobRecord(
         id=random_id("ftjob-"),
@@ -194,8 +189,8 @@ def create(store: Store, blobs: Blobs, catalog: Catalog, owner: str, req: Create
         init_adapter=str(resolved.adapter) if resolved.adapter else None,
         training_file=training.id,
         validation_file=validation.id if validation else None,
-        hyperparameters=hyper,
-        method={"type": "supervised", "supervised": {"hyperparameters": hyper}},
+        hyperparameters=common,
+        method={"type": method_type, method_type: {"hyperparameters": hyper}},
         suffix=req.suffix,
         seed=req.seed if req.seed is not None else secrets.randbelow(SEED_MAX),
         metadata=req.metadata,
@@ -229,21 +224,44 @@ def estimate(
         load_throughput(home, resolved.base.name),
         catalog.materialize(resolved.base),
         qlora=resolved.base.qlora,
+        method=method_of(req),
     )
     result = {"object": "fine_tuning.estimate", "model": resolved.id, "training_file": training.id}
     return {**result, **est.to_dict()}
 
 
+def method_of(req: CreateJobRequest) -> str:
+    """``method.type`` (``supervised`` when absent, as on OpenAI), refused with a 400 when selftune
+    does not train it or the request's method settings belong to another type."""
+    if req.method is None:
+        return "supervised"
+    kind = req.method.type
+    if kind not in METHODS:
+        raise InvalidRequest(
+            f"method.type {kind!r} is not supported: selftune trains 'supervised' (SFT) and 'dpo' (preference) "
+            "jobs. Reinforcement fine-tuning needs graders and sampled answers, which a LoRA trainer does not run.",
+            param="method.type",
+        )
+    for other in ("supervised", "dpo", "reinforcement"):
+        if other != kind and getattr(req.method, other) is not None:
+            raise InvalidRequest(
+                f"method.{other} was sent, but method.type is {kind!r}; put the settings under method.{kind}.",
+                param=f"method.{other}",
+            )
+    return kind
+
+
 def hyperparameters(req: CreateJobRequest) -> dict[str, Any]:
-    """Merge the deprecated top-level ``hyperparameters`` with ``method.supervised.hyperparameters``."""
+    """Merge the deprecated top-level ``hyperparameters`` with ``method.<type>.hyperparameters``."""
+    kind = method_of(req)
     top = req.hyperparameters.model_dump(exclude_none=True) if req.hyperparameters else {}
-    sup = req.method.supervised if req.method and req.method.supervised else None
-    nested = sup.hyperparameters.model_dump(exclude_none=True) if sup and sup.hyperparameters else {}
+    settings = getattr(req.method, kind, None) if req.method else None
+    nested = settings.hyperparameters.model_dump(exclude_none=True) if settings and settings.hyperparameters else {}
     for key in top.keys() & nested.keys():
         if top[key] != nested[key]:
             raise InvalidRequest(
-                f"hyperparameters.{key} ({top[key]!r}) conflicts with method.supervised.hyperparameters.{key} "
-                f"({nested[key]!r}); send it in one place (method.supervised.hyperparameters is current).",
+                f"hyperparameters.{key} ({top[key]!r}) conflicts with method.{kind}.hyperparameters.{key} "
+                f"({nested[key]!r}); send it in one place (method.{kind}.hyperparameters is current).",
                 param="hyperparameters",
             )
     return {**top, **nested}
@@ -306,17 +324,32 @@ def validate_files(store: Store, blobs: Blobs, job: JobRecord) -> JobRecord:
             return fail(store, job, "invalid_file_format", message, param)
         if not verdict.get("ok"):
             return fail(store, job, "invalid_file_format", str(verdict.get("summary", "invalid file")), param)
-        if verdict.get("format") == "preference":
-            message = (
-                f"{rec.filename} holds preference pairs (DPO format), but this is a supervised job; "
-                "upload chat examples ({'messages': [...]}) instead."
-            )
-            return fail(store, job, "invalid_file_format", message, param)
+        wrong = _format_mismatch(rec.filename, str(verdict.get("format")), str(job.method.get("type")))
+        if wrong:
+            return fail(store, job, "invalid_file_format", wrong, param)
         n = int(verdict.get("n_examples", 0))
         if param == "training_file" and n < MIN_EXAMPLES:
             message = f"Training file has {n} example(s), but must have at least {MIN_EXAMPLES} examples"
             return fail(store, job, "invalid_n_examples", message, param)
     return apply(store, job, Action.VALIDATED)
+
+
+def _format_mismatch(filename: str, fmt: str, method: str) -> str | None:
+    """Why a file of format ``fmt`` cannot train a ``method`` job, or None when it can."""
+    if method == "dpo" and fmt != "preference":
+        return (
+            f"{filename} holds chat examples, but this is a DPO job, which trains on preference pairs: "
+            '{"input": {"messages": [...]}, "preferred_output": [assistant message], "non_preferred_output": '
+            "[assistant message]} (build them with `selftune prepare --chosen COL --rejected COL`), or create "
+            "a supervised job for this file."
+        )
+    if method != "dpo" and fmt == "preference":
+        return (
+            f"{filename} holds preference pairs (DPO format), but this is a supervised job; "
+            "upload chat examples ({'messages': [...]}) instead, or create the job with method "
+            "{'type': 'dpo'}."
+        )
+    return None
 
 
 def fail(store: Store, job: JobRecord, code: str, message: str, param: str | None = None) -> JobRecord:

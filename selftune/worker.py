@@ -191,12 +191,13 @@ class Worker:
             base_model_name=job.base_model,
             train_name=train.filename,
             valid_name=valid.filename if valid else None,
-        ).with_hyperparameters(Hyperparameters.from_stored(job.hyperparameters))
+            method=job.method.get("type", "supervised"),
+        ).with_hyperparameters(Hyperparameters.of_method(job.method))
         config = save_config(cfg)
         reader = EventReader(files.events)  # from the end: an earlier run's events were relayed already
         train_log = files.log.open("ab")
         proc = subprocess.Popen(
-            recipe_command(config, job.method.get("type", "supervised")),
+            recipe_command(config, cfg.method),
             stdout=train_log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,

@@ -323,6 +323,19 @@ def conformance() -> Conformance:
     return Conformance(json.loads(SCHEMAS_PATH.read_text()))
 
 
+def preference_lines(n: int, *, offset: int = 0) -> str:
+    """``n`` small, valid preference pairs (DPO format) in JSONL."""
+    rows = [
+        {
+            "input": {"messages": [{"role": "user", "content": f"question {i}"}]},
+            "preferred_output": [{"role": "assistant", "content": f"hello world {i}"}],
+            "non_preferred_output": [{"role": "assistant", "content": f"the lazy dog {i}"}],
+        }
+        for i in range(offset, offset + n)
+    ]
+    return "".join(json.dumps(r) + "\n" for r in rows)
+
+
 def chat_lines(n: int, *, offset: int = 0) -> str:
     """``n`` small, valid chat examples in JSONL."""
     rows = [

@@ -232,7 +232,9 @@ def test_data_problems_fail_the_job_not_the_request(client: openai.OpenAI) -> No
             },
             "hyperparameters",
         ),
-        ({"method": {"type": "dpo"}}, "method.type"),
+        ({"method": {"type": "reinforcement", "reinforcement": {"grader": {}}}}, "method.type"),
+        ({"method": {"type": "dpo", "supervised": {"hyperparameters": {"n_epochs": 1}}}}, "method.supervised"),
+        ({"method": {"type": "dpo", "dpo": {"hyperparameters": {"beta": 3}}}}, "method.dpo.hyperparameters.beta"),
         ({"seed": -1}, "seed"),
     ],
 )

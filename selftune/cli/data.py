@@ -47,6 +47,8 @@ from selftune.cli.common import (
 @click.option("--assistant-col", default=None, help="Column with the answer (guessed when absent).")
 @click.option("--system", default=None, help="A system message to put first in every example.")
 @click.option("--system-col", default=None, help="Column with a per-example system message.")
+@click.option("--chosen-col", default=None, help="Preference pairs (DPO): column with the preferred answer.")
+@click.option("--rejected-col", default=None, help="Preference pairs (DPO): column with the non-preferred answer.")
 @click.option(
     "--skip-bad", is_flag=True, help="Skip records that do not convert (each is reported) instead of stopping."
 )
@@ -60,9 +62,12 @@ def prepare(
     assistant_col: str | None,
     system: str | None,
     system_col: str | None,
+    chosen_col: str | None,
+    rejected_col: str | None,
     skip_bad: bool,
 ) -> None:
-    """Convert INPUT (CSV, TSV, JSON, JSONL, Parquet, YAML; Alpaca, ShareGPT or columns) to chat JSONL.
+    """Convert INPUT (CSV, TSV, JSON, JSONL, Parquet, YAML; Alpaca, ShareGPT or columns) to chat JSONL,
+    or, from prompt, chosen and rejected columns, to preference pairs for DPO jobs.
 
     Removes exact duplicates, optionally splits off a validation set, and checks the result with
     `selftune validate`. Nothing is written unless every record converts.
@@ -72,7 +77,8 @@ def prepare(
     from selftune.data.validate import validate_file
 
     try:
-        result = convert(input, Mapping(user_col, assistant_col, system, system_col), val_split=val_split, seed=seed)
+        mapping = Mapping(user_col, assistant_col, system, system_col, chosen_col, rejected_col)
+        result = convert(input, mapping, val_split=val_split, seed=seed)
     except PrepareError as e:
         raise click.ClickException(str(e)) from e
     for problem in result.problems[:50]:

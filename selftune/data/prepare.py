@@ -9,7 +9,11 @@ Each record is recognised by its keys:
 - ShareGPT: ``conversations: [{"from": "human" | "gpt" | "system", "value": ...}]``;
 - a chatterbot conversation (a list of turns, alternating user and assistant);
 - anything else through column mapping: ``--user-col`` and ``--assistant-col`` (guessed from
-  common names such as ``question``/``answer`` or ``prompt``/``completion`` when not given).
+  common names such as ``question``/``answer`` or ``prompt``/``completion`` when not given);
+- preference pairs for DPO: a prompt column with ``--chosen-col`` and ``--rejected-col`` (guessed
+  from ``chosen``/``rejected`` as TRL's data sets name them), written in OpenAI's preference format
+  (``input``, ``preferred_output``, ``non_preferred_output``). A chosen or rejected value may be a
+  string or, as in TRL's conversational sets, a list of messages ending with the answer.
 
 Exact duplicates are removed, the rest is shuffled with a seed and split, and overlap between the
 training and validation sets (the same prompt in both) is reported. Problems name the input file
@@ -30,6 +34,8 @@ from selftune.blobs import write_atomic
 
 USER_COLUMNS = ("user", "prompt", "question", "q", "input", "query", "instruction")
 ASSISTANT_COLUMNS = ("assistant", "completion", "answer", "a", "output", "response", "reply")
+CHOSEN_COLUMNS = ("chosen", "preferred", "preferred_output", "accepted")
+REJECTED_COLUMNS = ("rejected", "non_preferred", "non_preferred_output", "dispreferred")
 SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system"}
 
 
@@ -39,6 +45,8 @@ class Mapping:
     assistant_col: str | None = None
     system: str | None = None
     system_col: str | None = None
+    chosen_col: str | None = None
+    rejected_col: str | None = None
 
 
 @dataclass
@@ -150,6 +158,50 @@ def to_messages(record: Any, mapping: Mapping) -> tuple[str, list[dict[str, str]
     ]
 
 
+def to_example(record: Any, mapping: Mapping) -> tuple[str, dict[str, Any]]:
+    """(format name, one JSONL line): a preference pair when the record has chosen and rejected
+    columns (named, or guessed), else a chat example (``to_messages``)."""
+    if isinstance(record, dict) and not (mapping.chosen_col or mapping.rejected_col):
+        chosen, rejected = _guess(record, CHOSEN_COLUMNS), _guess(record, REJECTED_COLUMNS)
+    else:
+        chosen, rejected = mapping.chosen_col, mapping.rejected_col
+    if not isinstance(record, dict) or (chosen is None and rejected is None):
+        fmt, messages = to_messages(record, mapping)
+        if not any(m.get("role") == "assistant" and str(m.get("content") or "").strip() for m in messages):
+            raise PrepareError("no assistant answer (empty or missing); fill it in or drop the record")
+        return fmt, {"messages": messages}
+    missing = [
+        f"no {side} column (name it with {flag})" if c is None else f"no column {c!r} (from {flag})"
+        for c, side, flag in ((chosen, "chosen", "--chosen-col"), (rejected, "rejected", "--rejected-col"))
+        if c is None or c not in record
+    ]
+    if missing or chosen is None or rejected is None:
+        raise PrepareError(
+            f"{'; '.join(missing)} (columns: {', '.join(map(str, record))}); a preference pair needs both answers"
+        )
+    rest = {k: v for k, v in record.items() if k not in (chosen, rejected)}
+    # The prompt through the same column mapping as chat examples, with a placeholder answer.
+    _, messages = to_messages(
+        {**rest, "__answer__": ""}, Mapping(mapping.user_col, "__answer__", mapping.system, mapping.system_col)
+    )
+    outputs = [_answer(record[c], c) for c in (chosen, rejected)]
+    return "preference", {
+        "input": {"messages": messages[:-1]},
+        "preferred_output": [{"role": "assistant", "content": outputs[0]}],
+        "non_preferred_output": [{"role": "assistant", "content": outputs[1]}],
+    }
+
+
+def _answer(value: Any, column: str) -> str:
+    """A chosen or rejected answer: a string, or the last message of a list of messages (TRL's
+    conversational format)."""
+    if isinstance(value, list) and value and isinstance(value[-1], dict):
+        value = value[-1].get("content")
+    if not isinstance(value, str) or not value.strip():
+        raise PrepareError(f"column {column!r} is empty; a preference pair needs both answers")
+    return value
+
+
 def _guess(record: dict[str, Any], names: tuple[str, ...]) -> str | None:
     lowered = {str(k).lower(): k for k in record}
     return next((lowered[n] for n in names if n in lowered), None)
@@ -162,20 +214,22 @@ def prepare(path: Path, mapping: Mapping, *, val_split: float = 0.0, seed: int =
     for where, record in read_records(path):
         out.read += 1
         try:
-            fmt, messages = to_messages(record, mapping)
+            fmt, example = to_example(record, mapping)
         except PrepareError as e:
             out.problems.append(f"{where}: {e}")
             continue
-        if not any(m.get("role") == "assistant" and str(m.get("content") or "").strip() for m in messages):
-            out.problems.append(f"{where}: no assistant answer (empty or missing); fill it in or drop the record")
-            continue
         out.formats.add(fmt)
-        key = json.dumps(messages, sort_keys=True)
+        key = json.dumps(example, sort_keys=True)
         if key in seen:
             out.duplicates += 1
             continue
         seen.add(key)
-        examples.append({"messages": messages})
+        examples.append(example)
+    if len({"preference"} & out.formats) and len(out.formats) > 1:
+        raise PrepareError(
+            f"{path}: some records are preference pairs and some are not ({', '.join(sorted(out.formats))}); "
+            "a file holds one format"
+        )
     random.Random(seed).shuffle(examples)
     n_valid = round(len(examples) * val_split) if val_split > 0 else 0
     out.valid, out.train = examples[:n_valid], examples[n_valid:]
@@ -185,6 +239,8 @@ def prepare(path: Path, mapping: Mapping, *, val_split: float = 0.0, seed: int =
 
 
 def _prompt(example: dict[str, Any]) -> str:
+    if "input" in example:
+        return json.dumps(example["input"]["messages"], sort_keys=True)
     return json.dumps([m for m in example["messages"] if m.get("role") != "assistant"], sort_keys=True)
 
 

@@ -226,16 +226,38 @@ def render_training(
     return full, labels
 
 
+def render_preference(
+    tokenizer: Any, example: dict[str, Any], max_tokens: int | None = None
+) -> tuple[tuple[list[int], list[int]], tuple[list[int], list[int]]]:
+    """A preference line as two training rows, preferred then non-preferred: the input conversation
+    followed by each output, with only the output trained (the input's own assistant turns are
+    context, as ``weight: 0`` makes them). Both go through ``render_training``, so the completion is
+    scored through the model's own chat template, tool calls included, up to its end-of-turn token."""
+    inp = example["input"]
+    tools = normalize_tools(inp.get("tools"), inp.get("functions"))
+    context = [{**m, "weight": 0} if m.get("role") == "assistant" else m for m in inp["messages"]]
+    chosen, rejected = (
+        render_training(tokenizer, [*context, example[key][0]], max_tokens, tools)
+        for key in ("preferred_output", "non_preferred_output")
+    )
+    return chosen, rejected
+
+
 @dataclass
 class RenderedFile:
-    """A JSONL file as the trainer sees it: what it trains on, and what it had to cut or skip."""
+    """A JSONL file as the trainer sees it: what it trains on, and what it had to cut or skip.
+
+    A preference file's rows come in pairs, preferred then non-preferred output of the same line
+    (``rows[2k]``, ``rows[2k + 1]``): ``per_example`` is 2 and ``examples`` counts lines."""
 
     rows: list[tuple[list[int], list[int]]] = field(default_factory=list)
     """(ids, labels) of every example that has something to train, truncated to the limit."""
+    format: str = "chat"
+    """``chat`` or ``preference`` (one per file, as validation requires)."""
     lines: list[int] = field(default_factory=list)
     """The line number of each row."""
     lengths: list[int] = field(default_factory=list)
-    """Tokens of every example before truncation, in file order."""
+    """Tokens of every example before truncation, in file order (of a preference line, its longer row)."""
     truncated: list[int] = field(default_factory=list)
     """Lines of examples longer than the limit (cut from the end)."""
     empty: list[int] = field(default_factory=list)
@@ -245,8 +267,18 @@ class RenderedFile:
 
     @property
     def tokens(self) -> int:
-        """Tokens the trainer processes in one epoch (``trained_tokens`` counts these)."""
+        """Tokens the trainer processes in one epoch (``trained_tokens`` counts these): for
+        preference pairs, the input twice, once with each output."""
         return sum(len(ids) for ids, _ in self.rows)
+
+    @property
+    def per_example(self) -> int:
+        return 2 if self.format == "preference" else 1
+
+    @property
+    def examples(self) -> int:
+        """Examples (lines) that will be trained."""
+        return len(self.rows) // self.per_example
 
 
 def renders_names(tokenizer: Any) -> bool:
@@ -257,7 +289,8 @@ def renders_names(tokenizer: Any) -> bool:
 
 
 def render_file(tokenizer: Any, path: str | Path, max_tokens: int) -> RenderedFile:
-    """Render every example of a (valid) chat JSONL file for training, truncating to ``max_tokens``.
+    """Render every example of a (valid) chat or preference JSONL file for training, truncating to
+    ``max_tokens``.
 
     The one implementation behind the trainer, ``selftune validate``, ``estimate`` and ``render``,
     so that what they count and show is what is trained. Raises ``ValueError("LINE: why")`` for a
@@ -271,19 +304,25 @@ def render_file(tokenizer: Any, path: str | Path, max_tokens: int) -> RenderedFi
                 continue
             try:
                 example = json.loads(line)
-                tools = normalize_tools(example.get("tools"), example.get("functions"))
-                ids, labels = render_training(tokenizer, example["messages"], tools=tools)
-            except (ValueError, KeyError, TypeError) as e:  # only files that skipped validation get here
+                if "messages" in example:
+                    messages = example["messages"]
+                    tools = normalize_tools(example.get("tools"), example.get("functions"))
+                    rows = [render_training(tokenizer, messages, tools=tools)]
+                else:
+                    out.format = "preference"
+                    messages = example["input"]["messages"]
+                    rows = list(render_preference(tokenizer, example))
+            except (ValueError, KeyError, TypeError, IndexError) as e:  # only files that skipped validation
                 raise ValueError(f"{lineno}: cannot render this example: {e}") from e
-            out.lengths.append(len(ids))
-            if not shows_names and any(isinstance(m, dict) and m.get("name") for m in example["messages"]):
+            out.lengths.append(max(len(ids) for ids, _ in rows))
+            if not shows_names and any(isinstance(m, dict) and m.get("name") for m in messages):
                 out.unshown_names.append(lineno)
-            if len(ids) > max_tokens:
+            if any(len(ids) > max_tokens for ids, _ in rows):
                 out.truncated.append(lineno)
-                ids, labels = ids[:max_tokens], labels[:max_tokens]
-            if all(label == IGNORE for label in labels[1:]):
+                rows = [(ids[:max_tokens], labels[:max_tokens]) for ids, labels in rows]
+            if any(all(label == IGNORE for label in labels[1:]) for _, labels in rows):
                 out.empty.append(lineno)
                 continue
-            out.rows.append((ids, labels))
-            out.lines.append(lineno)
+            out.rows.extend(rows)
+            out.lines.extend([lineno] * len(rows))
     return out

@@ -78,9 +78,18 @@ def _check_call(call: Any, at: str, names: set[str] | None, line: int, report: R
         report.add(line, "error", "invalid_tool_call_arguments", f"{at} ({name}): arguments must be a JSON object")
 
 
-def check_tools(obj: dict[str, Any], messages: list[Any], line: int, report: Report, *, where: str) -> None:
-    """Function calling: what cannot be trained as written is reported, never silently trained otherwise."""
-    names = _function_names(obj, line, report)
+def check_tools(
+    obj: dict[str, Any], messages: list[Any], line: int, report: Report, *, where: str, tools_checked: bool = False
+) -> None:
+    """Function calling: what cannot be trained as written is reported, never silently trained otherwise.
+    ``tools_checked``: ``obj``'s tools were reported on already (a preference line's outputs are
+    checked against its input's tools after the input)."""
+    if tools_checked:
+        from selftune.data.validate import Report as Scratch  # validate imports this module
+
+        names = _function_names(obj, line, Scratch("<tools>"))
+    else:
+        names = _function_names(obj, line, report)
     one_call = obj.get("parallel_tool_calls") is False
     call_ids: set[str] = set()
     warned = False

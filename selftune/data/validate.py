@@ -258,6 +258,7 @@ def _check_preference(obj: dict[str, Any], line: int, report: Report) -> None:
         last = inp["messages"][-1]
         if isinstance(last, dict) and last.get("role") == "assistant":
             report.add(line, "error", "invalid_input", "input messages must end with a user turn, not assistant")
+    outputs = []
     for key in ("preferred_output", "non_preferred_output"):
         out = obj.get(key)
         if not isinstance(out, list) or len(out) != 1 or not isinstance(out[0], dict):
@@ -271,8 +272,27 @@ def _check_preference(obj: dict[str, Any], line: int, report: Report) -> None:
         msg = out[0]
         if msg.get("role") != "assistant":
             report.add(line, "error", f"invalid_{key}", f'the message in "{key}" must have role "assistant"')
-        if not isinstance(msg.get("content"), str) or not msg["content"].strip():
-            report.add(line, "error", "missing_content", f'the message in "{key}" needs non-empty string content')
+        elif "weight" in msg:
+            report.add(line, "error", "invalid_weight", f'the message in "{key}" cannot have a "weight"; it is trained')
+        else:
+            # Text, tool calls or both, checked as any assistant turn is (against the input's tools).
+            _check_messages([msg], line, report, where=f"{key} ")
+            if isinstance(inp, dict) and (msg.get("tool_calls") or msg.get("function_call")):
+                check_tools(inp, [msg], line, report, where=f"{key} ", tools_checked=True)
+            outputs.append(msg)
+    if len(outputs) == 2 and _same_output(*outputs):
+        report.add(
+            line,
+            "warning",
+            "identical_outputs",
+            "preferred_output and non_preferred_output are the same, so this pair teaches nothing",
+        )
+
+
+def _same_output(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    return content_text(a.get("content")).strip() == content_text(b.get("content")).strip() and a.get(
+        "tool_calls"
+    ) == b.get("tool_calls")
 
 
 def _check_messages(messages: list[Any], line: int, report: Report, *, where: str) -> None:

@@ -40,6 +40,8 @@ METRICS: dict[str, tuple[str, str]] = {
     "embedding": ("embedding similarity", SCORE),
     "json_valid": ("valid JSON", RATE),
     "label_accuracy": ("label accuracy", RATE),
+    "prefers": ("leans to preferred", RATE),
+    "preference_margin": ("preferred minus non-preferred similarity", SCORE),
 }
 """Every metric: its display name and whether it is a rate (shown as %) or a 0-1 score."""
 
@@ -49,6 +51,8 @@ class Example:
     line: int
     prompt: Messages
     reference: str
+    rejected: str | None = None
+    """A preference line's non-preferred output (its preferred one is the reference)."""
 
 
 @dataclass
@@ -103,6 +107,8 @@ class EvalReport:
     def summary(self) -> str:
         """One line, e.g. ``Eval: exact match 12% → 78%, ROUGE-L 0.21 → 0.66 (n=40)``."""
         extra = ("exact_match", "rouge_l") if self.kind in ("short", "labels") else ("token_f1", "embedding")
+        if self.primary == "prefers":
+            extra = ("preference_margin", "embedding")
         keys = [self.primary] + [k for k in extra if k != self.primary and k in self.metric_keys]
         parts = [f"{METRICS[k][0]} " + " → ".join(fmt(k, self.stats[mod][k].mean) for mod in self.models) for k in keys]
         return f"Eval: {', '.join(parts)} (n={len(self.examples)})"
@@ -168,12 +174,14 @@ def load_examples(path: str | Path, *, limit: int | None = None, filename: str |
             if not raw.strip():
                 continue
             obj = json.loads(raw)
+            rejected: str | None = None
             if "messages" in obj:
                 messages = obj["messages"]
                 last = max(i for i, msg in enumerate(messages) if msg.get("role") == "assistant")
                 prompt, answer = messages[:last], messages[last]
             else:  # preference format: the preferred output is the reference
                 prompt, answer = obj["input"]["messages"], obj["preferred_output"][-1]
+                rejected = content_text(obj["non_preferred_output"][-1].get("content"))
             prompt = [{"role": msg["role"], "content": content_text(msg.get("content"))} for msg in prompt]
             if not any(msg["role"] == "user" for msg in prompt):
                 raise InvalidFile(
@@ -181,7 +189,7 @@ def load_examples(path: str | Path, *, limit: int | None = None, filename: str |
                     "message, so there is no question to ask; put the user's turn before the answer.",
                     [{"line": line_no, "level": "error", "key": "missing_prompt", "message": "no user message"}],
                 )
-            examples.append(Example(line_no, prompt, content_text(answer.get("content"))))
+            examples.append(Example(line_no, prompt, content_text(answer.get("content")), rejected))
             if limit is not None and len(examples) >= limit:
                 break
     return examples
@@ -213,6 +221,11 @@ def score(
     refs = [ex.reference for ex in examples]
     kind, labels = _kind(refs)
     primary = {"labels": "label_accuracy", "json": "json_valid", "short": "contains", "long": "rouge_l"}[kind]
+    pairs = bool(examples) and all(ex.rejected is not None for ex in examples)
+    if pairs and embedder is not None:
+        primary = "prefers"
+    elif pairs:
+        notes = [*notes, "leans-to-preferred skipped: it needs the embedding model"]
     report = EvalReport(
         data=data,
         models=list(outputs),
@@ -237,6 +250,9 @@ def score(
         }
         if embedder is not None:
             per["embedding"] = embedder.similarity(outs, refs)
+            if pairs:
+                per["preference_margin"] = preference_margins(embedder, outs, examples)
+                per["prefers"] = [float(v > 0) for v in per["preference_margin"]]
         if kind == "json":
             per["json_valid"] = [m.json_valid(o) for o in outs]
         if labels is not None:
@@ -248,6 +264,17 @@ def score(
         report.scores[model] = per
         report.stats[model] = {k: Stat(_mean(v), *m.bootstrap_ci(v, seed=seed), n=len(v)) for k, v in per.items()}
     return report
+
+
+def preference_margins(embedder: Embedder, outputs: Sequence[str], examples: Sequence[Example]) -> list[float]:
+    """Per answer: its cosine similarity to the mean of the preferred outputs minus that to the mean
+    of the non-preferred ones. Means over the whole set, because a preference is usually a style
+    (tone, length, format) more than one right answer, and one pair is a noisy sample of it."""
+    torch = embedder.torch
+    answers = embedder.embed(outputs)
+    preferred = torch.nn.functional.normalize(embedder.embed([ex.reference for ex in examples]).mean(0), dim=-1)
+    others = torch.nn.functional.normalize(embedder.embed([ex.rejected or "" for ex in examples]).mean(0), dim=-1)
+    return [float(v) for v in answers @ preferred - answers @ others]
 
 
 def _mean(values: Sequence[float]) -> float:

@@ -30,9 +30,22 @@ class SupervisedMethod(Request):
     hyperparameters: Hyperparameters | None = None
 
 
+Beta = Annotated[float, Field(gt=0, le=2)]
+
+
+class DpoHyperparameters(Hyperparameters):
+    beta: Auto | Beta | None = Field(default=None, union_mode="left_to_right")
+
+
+class DpoMethod(Request):
+    hyperparameters: DpoHyperparameters | None = None
+
+
 class Method(Request):
     type: Literal["supervised", "dpo", "reinforcement"]
     supervised: SupervisedMethod | None = None
+    dpo: DpoMethod | None = None
+    reinforcement: dict[str, Any] | None = None
 
 
 class CreateJobRequest(Request):

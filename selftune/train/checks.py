@@ -21,11 +21,15 @@ from selftune.train.protocol import Message, TrainConfig
 
 
 def smoke_prompt(path: str) -> tuple[list[dict[str, Any]], str] | None:
-    """The first training conversation cut before its last assistant message, and that message."""
+    """The first training conversation cut before its last assistant message, and that message
+    (of a preference line: its input, and the preferred output)."""
     with open(path, encoding="utf-8") as f:
         for line in f:
             if line.strip():
-                messages = json.loads(line)["messages"]
+                example = json.loads(line)
+                if "messages" not in example:
+                    return example["input"]["messages"], str(example["preferred_output"][0].get("content") or "")
+                messages = example["messages"]
                 last = max((i for i, m in enumerate(messages) if m.get("role") == "assistant"), default=None)
                 if last:
                     return messages[:last], str(messages[last].get("content") or "")

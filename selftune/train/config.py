@@ -10,7 +10,9 @@ Resolution of ``"auto"`` (documented in the README):
 - ``batch_size``: about 1 per 32 examples, from 1 up to 8. Small sets keep many optimizer steps;
   larger ones use batches that keep the CPU's matrix units busy.
 - ``learning_rate_multiplier``: 1.0, which means a LoRA learning rate of ``BASE_LEARNING_RATE``
-  scaled by the multiplier.
+  scaled by the multiplier; for DPO ``DPO_LEARNING_RATE_MULTIPLIER`` (preference steps move the
+  model much further per step than next-token steps do).
+- ``beta`` (DPO only): ``DPO_BETA``, the value of the DPO paper and of TRL's default.
 """
 
 from __future__ import annotations
@@ -28,6 +30,15 @@ BASE_LEARNING_RATE = 1e-3
 """LoRA learning rate at ``learning_rate_multiplier = 1``. LoRA tolerates (and small models on
 small data need) rates well above full fine-tuning's; 1e-3 fits 135M-parameter models on 10-1000
 examples in a few epochs without diverging."""
+
+
+DPO_BETA = 0.1
+"""``beta: "auto"``: how far the model may move from the reference (larger keeps it closer)."""
+DPO_LEARNING_RATE_MULTIPLIER = 0.5
+"""``learning_rate_multiplier: "auto"`` on DPO jobs."""
+
+METHODS = ("supervised", "dpo")
+"""The ``method.type`` values selftune trains (``reinforcement`` needs graders and sampling)."""
 
 
 def auto_epochs(n_examples: int) -> int:
@@ -53,6 +64,8 @@ class Hyperparameters:
     n_epochs: int
     batch_size: int
     learning_rate_multiplier: float
+    beta: float | None = None
+    """DPO only."""
 
     @classmethod
     def from_stored(cls, stored: dict[str, Any]) -> Hyperparameters:
@@ -60,13 +73,21 @@ class Hyperparameters:
             n_epochs=int(stored["n_epochs"]),
             batch_size=int(stored["batch_size"]),
             learning_rate_multiplier=float(stored["learning_rate_multiplier"]),
+            beta=float(stored["beta"]) if stored.get("beta") is not None else None,
         )
 
+    @classmethod
+    def of_method(cls, method: dict[str, Any]) -> Hyperparameters:
+        """The resolved numbers inside a job's stored ``method`` (``method[type].hyperparameters``)."""
+        return cls.from_stored(method[method["type"]]["hyperparameters"])
+
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return {k: v for k, v in asdict(self).items() if v is not None}
 
 
-def resolve_hyperparameters(requested: dict[str, Any] | None, n_examples: int) -> dict[str, Any]:
+def resolve_hyperparameters(
+    requested: dict[str, Any] | None, n_examples: int, method: str = "supervised"
+) -> dict[str, Any]:
     """Turn ``"auto"`` (or missing) hyperparameters into the numbers that will be used, as stored."""
     req = requested or {}
 
@@ -74,8 +95,14 @@ def resolve_hyperparameters(requested: dict[str, Any] | None, n_examples: int) -
         value = req.get(key)
         return auto if value in (None, "auto") else value
 
-    return {
+    dpo = method == "dpo"
+    resolved = {
         "n_epochs": int(pick("n_epochs", auto_epochs(n_examples))),
         "batch_size": int(pick("batch_size", auto_batch_size(n_examples))),
-        "learning_rate_multiplier": float(pick("learning_rate_multiplier", 1.0)),
+        "learning_rate_multiplier": float(
+            pick("learning_rate_multiplier", DPO_LEARNING_RATE_MULTIPLIER if dpo else 1.0)
+        ),
     }
+    if dpo:
+        resolved["beta"] = float(pick("beta", DPO_BETA))
+    return resolved

@@ -39,6 +39,9 @@ class Estimate:
     fits_memory: bool | None = None
     memory_plan: str | None = None
     """The plan in words, or why the job does not fit."""
+    method: str = "supervised"
+    beta: float | None = None
+    """DPO's beta, resolved."""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -52,14 +55,17 @@ def estimate(
     model_dir: str | Path | None = None,
     *,
     qlora: bool = False,
+    method: str | None = None,
 ) -> Estimate:
-    hp = resolve_hyperparameters(hyperparameters, len(rendered.lengths))
+    """``method`` defaults to the file's: ``dpo`` for preference pairs, else ``supervised``."""
+    method = method or ("dpo" if rendered.format == "preference" else "supervised")
+    hp = resolve_hyperparameters(hyperparameters, len(rendered.lengths), method)
     memory = plan_memory(model_dir, rendered, hp["batch_size"], qlora) if model_dir and rendered.rows else {}
-    steps = math.ceil(len(rendered.rows) / hp["batch_size"]) * hp["n_epochs"]
+    steps = math.ceil(rendered.examples / hp["batch_size"]) * hp["n_epochs"]
     billed = rendered.tokens * hp["n_epochs"]
     tps = float(throughput["tokens_per_second"]) if throughput else None
     return Estimate(
-        examples=len(rendered.rows),
+        examples=rendered.examples,
         n_epochs=hp["n_epochs"],
         batch_size=hp["batch_size"],
         steps=steps,
@@ -69,6 +75,8 @@ def estimate(
         tokens_per_second=tps,
         seconds=billed / tps if tps else None,
         throughput_source=throughput.get("source") if throughput else None,
+        method=method,
+        beta=hp.get("beta"),
         **memory,
     )
 
@@ -84,11 +92,12 @@ def plan_memory(model_dir: str | Path, rendered: RenderedFile, batch_size: int, 
         p = plan_job(
             model_dir,
             longest=longest,
-            batch_tokens=longest * min(batch_size, len(rendered.rows)),
+            batch_tokens=longest * min(batch_size, rendered.examples) * rendered.per_example,
             lora_r=lora.lora_r,
             lora_targets=lora.lora_targets,
             device=training_device(),
             qlora=qlora,
+            rows_per_example=rendered.per_example,
         )
     except InsufficientMemory as e:
         return {"memory_budget_bytes": e.budget, "fits_memory": False, "memory_plan": str(e)}

@@ -1,5 +1,9 @@
 """The LoRA training recipe. It reads top to bottom: config, data, model, resume, loop, checks, result.
 
+One recipe trains both methods: ``supervised`` (``step.NextToken``, the next-token loss on the
+assistant messages) and ``dpo`` (``dpo.Preference``, preference pairs). The objective is the only
+part that differs; checkpoints, pause and resume, events and result files are the same code.
+
     python -m selftune.train.lora JOB_DIR/job.json
 
 It keeps the worker-recipe contract of ``selftune.train.protocol``: its only input is ``job.json``
@@ -24,6 +28,7 @@ import signal
 import sys
 import time
 from contextlib import nullcontext, suppress
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -32,6 +37,7 @@ from selftune.convert.lora import convert_if_supported
 from selftune.data.render import RenderedFile, render_file
 from selftune.train import memory
 from selftune.train.checks import evaluate_job, smoke_test
+from selftune.train.dpo import Preference
 from selftune.train.protocol import (
     Checkpoint,
     DataError,
@@ -45,7 +51,7 @@ from selftune.train.protocol import (
     TrainConfig,
     load_config,
 )
-from selftune.train.step import accumulate, batches, evaluate
+from selftune.train.step import NextToken, Objective, StepContext, batches
 
 
 def load_examples(path: str, tokenizer: Any, max_len: int, events: EventWriter, name: str, what: str) -> RenderedFile:
@@ -172,15 +178,24 @@ def main(cfg: TrainConfig) -> int:
             f"{train_name}:{rendered.empty[0] if rendered.empty else 1}: no training example has a trainable "
             "token; every example needs an assistant message to learn from",
         )
-    train = rendered.rows
-    valid = []
+    valid = RenderedFile()
     if cfg.valid_file:
         valid_name = cfg.valid_name or os.path.basename(cfg.valid_file)
-        valid = load_examples(cfg.valid_file, tokenizer, cfg.max_seq_len, events, valid_name, "validation").rows
+        valid = load_examples(cfg.valid_file, tokenizer, cfg.max_seq_len, events, valid_name, "validation")
+    for name, data in ((train_name, rendered), (cfg.valid_name, valid)):
+        if data.rows and data.per_example != (2 if cfg.method == "dpo" else 1):  # the worker checked; job.json may not
+            raise DataError("invalid_file_format", f"{name}: {data.format} examples cannot train a {cfg.method} job")
+    objective: Objective
+    if cfg.method == "dpo":
+        objective = Preference(rendered.rows, valid.rows, cfg.beta, new_adapter=not cfg.init_adapter)
+    else:
+        objective = NextToken(rendered.rows, valid.rows)
+    n_train, n_valid = objective.size("train"), objective.size("valid")
     # The whole run's batch order is fixed by the seed up front, so a resumed run takes exactly the
     # batches an uninterrupted one would have: the data position is just the step number.
     rng = random.Random(cfg.seed)
-    schedule = [(epoch, idx) for epoch in range(cfg.n_epochs) for idx in batches(train, cfg.batch_size, rng)]
+    order = batches(objective.lengths(), cfg.batch_size, rng)
+    schedule = [(epoch, idx) for epoch in range(cfg.n_epochs) for idx in order]
     total_steps = len(schedule)
     steps_per_epoch = total_steps // cfg.n_epochs
     eval_every = cfg.eval_every or max(1, total_steps // 10)
@@ -190,8 +205,8 @@ def main(cfg: TrainConfig) -> int:
     # see the same values, without re-casting 135M+ weights every step. LoRA weights stay fp32.
     base_dtype = torch.bfloat16 if use_bf16 else torch.float32
     # The plan picks the attention (eager where it is faster and fits), checkpointing and a 4-bit base.
-    longest = max(len(ids) for ids, _ in train + valid)
-    width = max(max(len(train[i][0]) for i in idx) * len(idx) for _, idx in schedule)
+    longest = max(len(ids) for ids, _ in rendered.rows + valid.rows)
+    width = max(max(len(ids) for ids, _ in rows) * len(rows) for rows in (objective.rows("train", i) for i in order))
     try:
         plan = memory.plan_job(
             cfg.base_model_dir,
@@ -202,6 +217,7 @@ def main(cfg: TrainConfig) -> int:
             device=device.type,
             bf16=use_bf16,
             qlora=cfg.qlora,
+            rows_per_example=rendered.per_example,
         )
     except memory.InsufficientMemory as e:
         raise DataError("insufficient_memory", str(e)) from e
@@ -240,6 +256,7 @@ def main(cfg: TrainConfig) -> int:
     step, trained_tokens = 0, 0
     metrics_rows: list[dict[str, Any]] = []
     checkpoints: list[str] = []
+    state: dict[str, Any] | None = None
     if cfg.resume and files.state.is_file():
         state = torch.load(files.state, map_location=device, weights_only=False)
         set_peft_model_state_dict(model, state["adapter"])
@@ -252,14 +269,19 @@ def main(cfg: TrainConfig) -> int:
     else:
         events.emit(
             Message(
-                f"Fine-tuning job started: {len(train)} examples, {cfg.n_epochs} epoch(s), batch size "
-                f"{cfg.batch_size}, learning rate {cfg.learning_rate:g}, {'bf16' if use_bf16 else 'fp32'} on "
+                f"Fine-tuning job started: {n_train} {'preference pairs' if cfg.method == 'dpo' else 'examples'}, "
+                f"{cfg.n_epochs} epoch(s), batch size {cfg.batch_size}, learning rate {cfg.learning_rate:g}"
+                f"{f', beta {cfg.beta:g}' if cfg.method == 'dpo' else ''}, {'bf16' if use_bf16 else 'fp32'} on "
                 f"{device.type}",
-                extra={"total_steps": total_steps, "examples": len(train)},
+                extra={"total_steps": total_steps, "examples": n_train, "method": cfg.method},
             )
         )
 
     events.emit(Message(plan.describe(), extra={"memory_plan": plan.to_dict()}))
+    ctx = StepContext(pad_id, device, autocast, plan.micro_tokens, plan.ce_chunk, cfg.batch_size)
+    if cfg.method == "dpo" and state is None:
+        events.emit(Message(f"Scoring {n_train + n_valid} preference pair(s) with the reference model"))
+    prepared = objective.prepare(model, ctx, state.get("objective") if state else None)
 
     def save_state() -> None:
         """Adapter, optimizer, scheduler, RNG and position, written to a temporary file then renamed."""
@@ -272,6 +294,7 @@ def main(cfg: TrainConfig) -> int:
             "trained_tokens": trained_tokens,
             "metrics_rows": metrics_rows,
             "checkpoints": checkpoints,
+            "objective": prepared,
         }
         tmp = files.state.with_suffix(".tmp")
         torch.save(state, tmp)
@@ -288,9 +311,7 @@ def main(cfg: TrainConfig) -> int:
         if orphaned(parent):
             return Exit.FAILED
         epoch, idx = schedule[step]
-        loss, accuracy, tokens = accumulate(
-            model, [train[i] for i in idx], pad_id, device, autocast, plan.micro_tokens, plan.ce_chunk
-        )
+        values, tokens = objective.step(model, idx, ctx)
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()
         scheduler.step()
@@ -299,17 +320,16 @@ def main(cfg: TrainConfig) -> int:
         step += 1
         # Like OpenAI's billing: every token of every example seen, not only the trained ones.
         trained_tokens += tokens
-        row: dict[str, Any] = {"step": step, "train_loss": loss, "train_mean_token_accuracy": accuracy}
+        row: dict[str, Any] = {"step": step, **_prefixed("train_", values)}
         message = f"Step {step}/{total_steps}: training loss={row['train_loss']:.2f}"
-        if valid and (step % eval_every == 0 or step == total_steps):
+        if n_valid and (step % eval_every == 0 or step == total_steps):
             # Like OpenAI: valid_loss on one small batch of the validation data (the next one in turn),
             # full_valid_loss on all of it at each epoch end. A full pass every few steps would cost
             # more than the training itself once the validation file is large.
             start = (step // eval_every - 1) * cfg.batch_size
-            v_batch = [valid[(start + k) % len(valid)] for k in range(min(cfg.batch_size, len(valid)))]
-            v_loss, v_acc = evaluate(model, v_batch, cfg.batch_size, pad_id, device, autocast, plan.ce_chunk)
-            row.update(valid_loss=v_loss, valid_mean_token_accuracy=v_acc)
-            message += f", validation loss={v_loss:.2f}"
+            v_idx = [(start + k) % n_valid for k in range(min(cfg.batch_size, n_valid))]
+            row.update(_prefixed("valid_", objective.evaluate(model, "valid", v_idx, ctx)))
+            message += f", validation loss={row['valid_loss']:.2f}"
         metrics_rows.append(row)
         if speed_from is None:  # model loading and the first step's warm-up are not training speed
             speed_from = (time.perf_counter(), trained_tokens)
@@ -323,9 +343,9 @@ def main(cfg: TrainConfig) -> int:
             convert_if_supported(ckpt, cfg.base_model_dir)  # servable by llama.cpp at once
             checkpoints.append(str(ckpt))
             ckpt_metrics = dict(row)
-            if valid:
-                full_loss, full_acc = evaluate(model, valid, cfg.batch_size, pad_id, device, autocast, plan.ce_chunk)
-                ckpt_metrics.update(full_valid_loss=full_loss, full_valid_mean_token_accuracy=full_acc)
+            if n_valid:
+                full = objective.evaluate(model, "valid", range(n_valid), ctx)
+                ckpt_metrics.update(_prefixed("full_valid_", full))
             while len(checkpoints) > cfg.keep_checkpoints:
                 shutil.rmtree(checkpoints.pop(0), ignore_errors=True)
             save_state()
@@ -350,19 +370,7 @@ def main(cfg: TrainConfig) -> int:
     # --- result -----------------------------------------------------------------------------------
     model.save_pretrained(files.adapter)
     convert_if_supported(files.adapter, cfg.base_model_dir)
-    with files.metrics.open("w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["step", "train_loss", "train_accuracy", "valid_loss", "valid_mean_token_accuracy"])
-        for r in metrics_rows:
-            w.writerow(
-                [
-                    r["step"],
-                    _fmt(r["train_loss"]),
-                    _fmt(r["train_mean_token_accuracy"]),
-                    _fmt(r.get("valid_loss")),
-                    _fmt(r.get("valid_mean_token_accuracy")),
-                ]
-            )
+    write_metrics_csv(files.metrics, metrics_rows, objective.columns)
     elapsed = time.perf_counter() - t_start
     speed = None
     if speed_from is not None and trained_tokens > speed_from[1]:
@@ -379,6 +387,27 @@ def main(cfg: TrainConfig) -> int:
     )
     events.emit(done)
     return Exit.DONE
+
+
+def _prefixed(prefix: str, values: dict[str, float]) -> dict[str, float]:
+    return {prefix + k: v for k, v in values.items()}
+
+
+def write_metrics_csv(path: Path, rows: list[dict[str, Any]], columns: tuple[str, ...]) -> None:
+    """The result file: OpenAI's five columns first (its ``train_accuracy`` is our
+    ``train_mean_token_accuracy``), then the objective's own (DPO's rewards), train then valid."""
+    extra = [c for c in columns if c not in ("loss", "mean_token_accuracy")]
+    header = ["step", "train_loss", "train_accuracy", "valid_loss", "valid_mean_token_accuracy"]
+    keys = ["step", "train_loss", "train_mean_token_accuracy", "valid_loss", "valid_mean_token_accuracy"]
+    header += [f"{split}_{c}" for split in ("train", "valid") for c in extra]
+    keys += [f"{split}_{c}" for split in ("train", "valid") for c in extra]
+    tmp = path.with_suffix(".tmp")
+    with tmp.open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(header)
+        for r in rows:
+            w.writerow([r["step"], *(_fmt(r.get(k)) for k in keys[1:])])
+    os.replace(tmp, path)
 
 
 def _fmt(v: float | None) -> str:

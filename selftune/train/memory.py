@@ -231,10 +231,12 @@ def plan(
     budget_source: str,
     device: str = "cpu",
     quantize: Quantize = "never",
+    rows_per_example: int = 1,
 ) -> Plan:
-    """The plan for a job whose longest example has ``longest`` tokens and whose largest batch pads
-    to ``batch_tokens``: the first option in the module's order that fits. Raises
-    ``InsufficientMemory`` when even one example does not fit."""
+    """The plan for a job whose longest row has ``longest`` tokens and whose largest batch pads
+    to ``batch_tokens``: the first option in the module's order that fits. An example is
+    ``rows_per_example`` rows that go through the model together (2 for a DPO pair: the loss needs
+    both log-probabilities). Raises ``InsufficientMemory`` when even one example does not fit."""
     bytes_per = 2 if bf16 else 4
     lora_state = lora_parameters * 16  # fp32 weight, gradient and two Adam moments
     ce_chunk = max(16, CE_CHUNK_BYTES // (shape.vocab * 10))
@@ -256,11 +258,12 @@ def plan(
         # On CUDA the file is read into host memory, not the GPU's.
         loading = LOADING_RUNTIME_BYTES + shape.file_bytes + weights if device == "cpu" else 0
         per_token = activation_bytes(shape, longest, eager=eager, checkpointing=checkpointing, bytes_per=bytes_per)
-        need = max(fixed + longest * per_token, loading)
+        example = longest * rows_per_example
+        need = max(fixed + example * per_token, loading)
         room = budget_bytes - fixed if loading <= budget_bytes else 0
         fit = room // per_token if room > 0 else 0
-        if fit >= longest:
-            micro = int(min(fit, max(MICRO_TOKENS_MAX.get(device, 1024), longest), batch_tokens))
+        if fit >= example:
+            micro = int(min(fit, max(MICRO_TOKENS_MAX.get(device, 1024), example), max(batch_tokens, example)))
             peak = max(fixed + micro * per_token, loading)
             attention = "eager" if eager else "sdpa"
             return Plan(
@@ -343,6 +346,7 @@ def plan_job(
     device: str = "cpu",
     bf16: bool | None = None,
     qlora: bool = False,
+    rows_per_example: int = 1,
 ) -> Plan:
     """The plan for a job on the model in ``folder``: what the recipe follows and the estimate shows.
     ``qlora``: the model's registration asks for a 4-bit base."""
@@ -362,6 +366,7 @@ def plan_job(
         budget_source=budget_source,
         device=device,
         quantize=quantize,
+        rows_per_example=rows_per_example,
     )
 
 

@@ -7,7 +7,8 @@ a recipe can be replaced (DPO beside LoRA SFT), and a worker can run on another 
 1. **Input.** ``JOB_DIR/job.json`` is a ``TrainConfig`` (``save_config`` / ``load_config``). The
    worker writes it before each start; the data files it names were validated at upload, so the
    recipe renders them and does not validate them again.
-2. **Command.** ``recipe_command(job_dir, method)``: ``python -m selftune.train.lora JOB_DIR/job.json``.
+2. **Command.** ``recipe_command(job_dir, method)``: ``python -m selftune.train.lora JOB_DIR/job.json``
+   (one recipe trains both methods: ``TrainConfig.method`` picks the objective).
 3. **Events.** The recipe appends one JSON object per line to ``JOB_DIR/events.jsonl`` and flushes
    each line: ``{"type", "level", "message", "data", "time"}``. The types are the records below
    (``Message``, ``Metrics``, ``Checkpoint``, ``Paused``, ``Done``, ``Error``); ``EventWriter``
@@ -36,11 +37,11 @@ from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 from selftune.blobs import write_atomic
-from selftune.train.config import BASE_LEARNING_RATE, Hyperparameters
+from selftune.train.config import BASE_LEARNING_RATE, DPO_BETA, Hyperparameters
 
 Level = Literal["info", "warn", "error"]
 
-RECIPES = {"supervised": "selftune.train.lora"}
+RECIPES = {"supervised": "selftune.train.lora", "dpo": "selftune.train.lora"}
 """``method.type`` -> the recipe module that trains it."""
 
 
@@ -120,6 +121,10 @@ class TrainConfig:
     output_dir: str
     """The job folder (``JobDir``)."""
     valid_file: str | None = None
+    method: str = "supervised"
+    """``supervised`` (next-token loss on the assistant messages) or ``dpo`` (preference pairs)."""
+    beta: float = DPO_BETA
+    """DPO's beta: the strength of the pull back towards the reference model."""
     n_epochs: int = 3
     batch_size: int = 1
     learning_rate_multiplier: float = 1.0
@@ -246,6 +251,12 @@ class Metrics(RecipeEvent):
     train_mean_token_accuracy: float = 0.0
     valid_loss: float | None = None
     valid_mean_token_accuracy: float | None = None
+    train_reward_accuracy: float | None = None
+    """DPO: the share of pairs whose preferred output the model rates above the other (implicit reward)."""
+    train_reward_margin: float | None = None
+    """DPO: the mean of preferred minus non-preferred reward, in units of beta times log-probability."""
+    valid_reward_accuracy: float | None = None
+    valid_reward_margin: float | None = None
 
     def data(self) -> dict[str, Any]:
         return {k: v for k, v in super().data().items() if v is not None}

@@ -1,6 +1,8 @@
 """One training step's arithmetic: batches, micro-batches, and the loss over the vocabulary in chunks.
 
-The recipe (``train.lora``) calls ``accumulate`` once per optimizer step. It splits the batch into
+The recipe (``train.lora``) trains an ``Objective``: ``NextToken`` here (supervised), or DPO's
+(``train.dpo``), which builds on the same pieces. ``NextToken`` calls ``accumulate`` once per
+optimizer step. It splits the batch into
 the memory plan's micro-batches (``train.memory``), runs forward and backward on each with the loss
 divided by the whole batch's trained-token count, so the accumulated gradient is the one-batch
 gradient, and returns the batch's mean loss and accuracy.
@@ -15,8 +17,9 @@ frozen under LoRA, so no weight gradient is needed, and nothing is recomputed.
 from __future__ import annotations
 
 import random
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
 
 import torch
 
@@ -26,16 +29,94 @@ from selftune.train.memory import micro_batches
 Rows = list[tuple[list[int], list[int]]]
 
 
-def batches(examples: Rows, batch_size: int, rng: random.Random) -> list[list[int]]:
-    """Index batches for one epoch: shuffled, then grouped by length inside windows of 50 batches,
-    so each batch pads to a similar length while the order stays random. Rows in a batch are in
-    length order, so micro-batches cut from it pad little."""
-    order = list(range(len(examples)))
+@dataclass(frozen=True)
+class StepContext:
+    """What every step needs besides the model and the data: where and how to compute."""
+
+    pad_id: int
+    device: torch.device
+    autocast: Callable[[], Any]
+    micro_tokens: int
+    ce_chunk: int
+    batch_size: int
+    """For evaluation passes (no gradients, so any size fits that training fits)."""
+
+
+class Objective(Protocol):
+    """What the recipe trains: the data as examples, one optimizer step's forward and backward, and
+    an evaluation. ``NextToken`` (supervised) and ``train.dpo.Preference`` (DPO) are the two; the
+    recipe's loop, checkpoints, pause and resume are the same for both.
+
+    Metrics are plain names (``loss``, ``mean_token_accuracy``, ...); the recipe prefixes them with
+    ``train_``, ``valid_`` or ``full_valid_`` as OpenAI's metrics events do."""
+
+    columns: tuple[str, ...]
+    """The metrics this objective reports, in the result CSV's column order."""
+
+    def lengths(self) -> list[int]:
+        """Each training example's length, for batching."""
+        ...
+
+    def rows(self, split: str, idx: Sequence[int]) -> Rows:
+        """The rows that ``idx`` of ``split`` (train or valid) go through the model as."""
+        ...
+
+    def size(self, split: str) -> int: ...
+
+    def prepare(self, model: Any, ctx: StepContext, saved: dict[str, Any] | None) -> dict[str, Any]:
+        """Anything computed once before the first step (or taken back from a resumed state); what it
+        returns is saved with the resumable state."""
+        ...
+
+    def step(self, model: Any, idx: Sequence[int], ctx: StepContext) -> tuple[dict[str, float], int]:
+        """Forward and backward over training examples ``idx``: their metrics and token count."""
+        ...
+
+    def evaluate(self, model: Any, split: str, idx: Sequence[int], ctx: StepContext) -> dict[str, float]: ...
+
+
+class NextToken:
+    """Supervised fine-tuning: the mean cross-entropy of the trained tokens of every example."""
+
+    columns: tuple[str, ...] = ("loss", "mean_token_accuracy")
+
+    def __init__(self, train: Rows, valid: Rows) -> None:
+        self.data = {"train": train, "valid": valid}
+
+    def lengths(self) -> list[int]:
+        return [len(ids) for ids, _ in self.data["train"]]
+
+    def rows(self, split: str, idx: Sequence[int]) -> Rows:
+        return [self.data[split][i] for i in idx]
+
+    def size(self, split: str) -> int:
+        return len(self.data[split])
+
+    def prepare(self, model: Any, ctx: StepContext, saved: dict[str, Any] | None) -> dict[str, Any]:
+        return {}
+
+    def step(self, model: Any, idx: Sequence[int], ctx: StepContext) -> tuple[dict[str, float], int]:
+        loss, accuracy, tokens = accumulate(
+            model, self.rows("train", idx), ctx.pad_id, ctx.device, ctx.autocast, ctx.micro_tokens, ctx.ce_chunk
+        )
+        return {"loss": loss, "mean_token_accuracy": accuracy}, tokens
+
+    def evaluate(self, model: Any, split: str, idx: Sequence[int], ctx: StepContext) -> dict[str, float]:
+        rows = self.rows(split, idx)
+        loss, accuracy = evaluate(model, rows, ctx.batch_size, ctx.pad_id, ctx.device, ctx.autocast, ctx.ce_chunk)
+        return {"loss": loss, "mean_token_accuracy": accuracy}
+
+
+def batches(lengths: list[int], batch_size: int, rng: random.Random) -> list[list[int]]:
+    """Index batches for one epoch of examples of these lengths: shuffled, then grouped by length
+    inside windows of 50 batches, so each batch pads to a similar length while the order stays
+    random. Examples in a batch are in length order, so micro-batches cut from it pad little."""
+    order = list(range(len(lengths)))
     rng.shuffle(order)
     window = batch_size * 50
     out: list[list[int]] = []
     for w in range(0, len(order), window):
-        chunk = sorted(order[w : w + window], key=lambda i: len(examples[i][0]))
+        chunk = sorted(order[w : w + window], key=lambda i: lengths[i])
         out.extend(chunk[i : i + batch_size] for i in range(0, len(chunk), batch_size))
     rng.shuffle(out)
     return out
@@ -59,23 +140,24 @@ def trained_count(rows: Rows) -> int:
 
 
 class ChunkedCrossEntropy(torch.autograd.Function):
-    """Summed cross-entropy of ``hidden @ weight.T`` against ``target``, a chunk of positions at a
-    time, and the number of positions predicted right. Backward returns the gradient computed in
-    forward (softmax minus one-hot, times the weight), scaled by the incoming gradient."""
+    """Cross-entropy of ``hidden @ weight.T`` against ``target`` at each position, a chunk of
+    positions at a time, and whether each position was predicted right. Backward returns the
+    gradient computed in forward (softmax minus one-hot, times the weight), scaled per position by
+    the incoming gradient: 1/n for a mean loss, a pair's weight for DPO."""
 
     @staticmethod
     def forward(
         ctx: Any, hidden: torch.Tensor, weight: torch.Tensor, target: torch.Tensor, chunk: int
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        total = torch.zeros((), dtype=torch.float32, device=hidden.device)
-        correct = torch.zeros((), dtype=torch.long, device=hidden.device)
+        losses = torch.empty(hidden.shape[0], dtype=torch.float32, device=hidden.device)
+        correct = torch.empty(hidden.shape[0], dtype=torch.bool, device=hidden.device)
         grad = torch.empty_like(hidden) if ctx.needs_input_grad[0] else None
         for s in range(0, hidden.shape[0], chunk):
             t = target[s : s + chunk]
             logits = (hidden[s : s + chunk] @ weight.t()).float()
             lse = torch.logsumexp(logits, dim=-1)
-            total += (lse - logits.gather(1, t[:, None]).squeeze(1)).sum()
-            correct += (logits.argmax(-1) == t).sum()
+            losses[s : s + chunk] = lse - logits.gather(1, t[:, None]).squeeze(1)
+            correct[s : s + chunk] = logits.argmax(-1) == t
             if grad is not None:
                 probs = torch.exp(logits.sub_(lse[:, None]))  # softmax, in place of the logits
                 probs[torch.arange(t.shape[0], device=t.device), t] -= 1
@@ -84,33 +166,54 @@ class ChunkedCrossEntropy(torch.autograd.Function):
             del logits
         ctx.save_for_backward(grad if grad is not None else hidden.new_empty(0))
         ctx.mark_non_differentiable(correct)
-        return total, correct
+        return losses, correct
 
     @staticmethod
-    def backward(ctx: Any, grad_total: torch.Tensor, _grad_correct: torch.Tensor) -> tuple[Any, ...]:
+    def backward(ctx: Any, grad_losses: torch.Tensor, _grad_correct: torch.Tensor) -> tuple[Any, ...]:
         (grad,) = ctx.saved_tensors
-        return grad * grad_total.to(grad.dtype), None, None, None
+        return grad * grad_losses[:, None].to(grad.dtype), None, None, None
 
 
-def loss_sums(model: Any, batch: dict[str, torch.Tensor], ce_chunk: int) -> tuple[torch.Tensor, int, int]:
-    """Summed cross-entropy over the trained tokens of ``batch``, how many were predicted right, and
-    their count."""
+def token_losses(model: Any, batch: dict[str, torch.Tensor], ce_chunk: int) -> tuple[torch.Tensor, ...]:
+    """The cross-entropy at every trained position of ``batch`` (float32), whether each was predicted
+    right, and the row each position belongs to."""
     labels = batch["labels"][:, 1:]
     trained = labels != IGNORE
     target = labels[trained]
+    row_of = trained.nonzero()[:, 0]
     causal = model.get_base_model() if hasattr(model, "get_base_model") else model
     if _plain_lm_head(causal):
         hidden = causal.get_decoder()(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
         head = causal.get_output_embeddings()
-        total, correct = ChunkedCrossEntropy.apply(
+        losses, correct = ChunkedCrossEntropy.apply(
             hidden.last_hidden_state[:, :-1][trained], head.weight, target, ce_chunk
         )
     else:  # heads that scale or cap their logits: take them from the model itself
         full = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
         logits = full[:, :-1][trained].float()
-        total = torch.nn.functional.cross_entropy(logits, target, reduction="sum")
-        correct = (logits.argmax(-1) == target).sum()
-    return total, int(correct), int(target.numel())
+        losses = torch.nn.functional.cross_entropy(logits, target, reduction="none")
+        correct = logits.argmax(-1) == target
+    return losses, correct, row_of
+
+
+def loss_sums(model: Any, batch: dict[str, torch.Tensor], ce_chunk: int) -> tuple[torch.Tensor, int, int]:
+    """Summed cross-entropy over the trained tokens of ``batch``, how many were predicted right, and
+    their count."""
+    losses, correct, _ = token_losses(model, batch, ce_chunk)
+    return losses.sum(), int(correct.sum()), int(losses.numel())
+
+
+def sequence_sums(
+    model: Any, batch: dict[str, torch.Tensor], ce_chunk: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per row of ``batch``: the log-probability of its trained tokens (differentiable), how many of
+    them were predicted right, and how many there are."""
+    losses, correct, row_of = token_losses(model, batch, ce_chunk)
+    n_rows = batch["input_ids"].shape[0]
+    logps = torch.zeros(n_rows, dtype=torch.float32, device=losses.device).index_add(0, row_of, -losses)
+    right = torch.zeros(n_rows, device=losses.device).index_add_(0, row_of, correct.float())
+    count = torch.zeros(n_rows, device=losses.device).index_add_(0, row_of, torch.ones_like(losses))
+    return logps, right, count
 
 
 def _plain_lm_head(causal: Any) -> bool:

@@ -1,0 +1,160 @@
+"""Direct preference optimisation (``method: dpo``): the loss, the reference model's scores, and the
+objective the recipe (``train.lora``) trains with.
+
+A preference line becomes two rows (``data.render.render_preference``): the input followed by the
+preferred output, and by the non-preferred one, with only the output's tokens trained. A row's
+score is the sum of the log-probabilities of those tokens. With the same scores under the
+reference model, the loss of a pair is (Rafailov et al., 2023)::
+
+    loss = -log sigmoid(beta * ((policy_preferred - reference_preferred)
+                                - (policy_non_preferred - reference_non_preferred)))
+
+``beta * (policy - reference)`` is a completion's implicit reward: ``reward_accuracy`` is the share
+of pairs whose preferred output has the higher reward, ``reward_margin`` the mean difference.
+
+The reference model is the starting model: the base with the new adapter switched off (so no
+second copy of the weights is loaded), or the ``ft:`` model a job continues from (its adapter as
+loaded, before the first step). Its scores are computed once per example before training and kept
+in the resumable state, so a resumed run uses the very same numbers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from contextlib import nullcontext
+from typing import Any
+
+import torch
+
+from selftune.train.memory import micro_batches
+from selftune.train.step import Rows, StepContext, collate, sequence_sums
+
+
+def dpo_loss(
+    policy_preferred: torch.Tensor,
+    policy_non_preferred: torch.Tensor,
+    reference_preferred: torch.Tensor,
+    reference_non_preferred: torch.Tensor,
+    beta: float,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per pair: the DPO loss, and the implicit rewards of the preferred and non-preferred outputs."""
+    preferred = beta * (policy_preferred - reference_preferred)
+    non_preferred = beta * (policy_non_preferred - reference_non_preferred)
+    losses = -torch.nn.functional.logsigmoid(preferred - non_preferred)
+    return losses, preferred.detach(), non_preferred.detach()
+
+
+class Preference:
+    """The DPO objective over preference pairs (rows ``2k`` and ``2k + 1`` of each split)."""
+
+    columns: tuple[str, ...] = ("loss", "mean_token_accuracy", "reward_accuracy", "reward_margin")
+    """``mean_token_accuracy`` is that of the preferred outputs: how well the model predicts them."""
+
+    def __init__(self, train: Rows, valid: Rows, beta: float, *, new_adapter: bool) -> None:
+        self.data = {"train": train, "valid": valid}
+        self.beta = beta
+        self.new_adapter = new_adapter
+        self.reference: dict[str, torch.Tensor] = {}
+        """Per split, ``[pairs, 2]``: the reference scores of each pair's preferred and non-preferred output."""
+
+    def lengths(self) -> list[int]:
+        return self._lengths("train")
+
+    def _lengths(self, split: str) -> list[int]:
+        rows = self.data[split]
+        return [max(len(rows[2 * k][0]), len(rows[2 * k + 1][0])) for k in range(len(rows) // 2)]
+
+    def rows(self, split: str, idx: Sequence[int]) -> Rows:
+        rows = self.data[split]
+        return [rows[2 * i + j] for i in idx for j in (0, 1)]
+
+    def size(self, split: str) -> int:
+        return len(self.data[split]) // 2
+
+    def prepare(self, model: Any, ctx: StepContext, saved: dict[str, Any] | None) -> dict[str, Any]:
+        if saved and "reference" in saved:
+            self.reference = {k: torch.tensor(v, dtype=torch.float32) for k, v in saved["reference"].items()}
+        else:
+            # A new adapter starts as a no-op, so the base is the starting model; switching it off
+            # skips its arithmetic. An ft: model's adapter is part of the starting model: keep it.
+            off = model.disable_adapter() if self.new_adapter and hasattr(model, "disable_adapter") else nullcontext()
+            model.eval()
+            with off, torch.no_grad():
+                for split in self.data:
+                    scores = [self._scores(model, split, chunk, ctx)[0] for chunk in self._chunks(split, ctx)]
+                    self.reference[split] = torch.cat(scores).float().cpu() if scores else torch.zeros((0, 2))
+            model.train()
+        return {"reference": {k: v.tolist() for k, v in self.reference.items()}}
+
+    def _chunks(self, split: str, ctx: StepContext) -> list[list[int]]:
+        n = self.size(split)
+        return [list(range(i, min(n, i + ctx.batch_size))) for i in range(0, n, ctx.batch_size)]
+
+    def _scores(
+        self, model: Any, split: str, idx: Sequence[int], ctx: StepContext
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``[len(idx), 2]`` scores of the pairs ``idx`` (with gradients unless under ``no_grad``),
+        and the preferred outputs' right-predicted and trained token counts."""
+        batch = collate(self.rows(split, idx), ctx.pad_id, ctx.device)
+        with ctx.autocast():
+            logps, right, count = sequence_sums(model, batch, ctx.ce_chunk)
+        return logps.view(-1, 2), right[0::2], count[0::2]
+
+    def step(self, model: Any, idx: Sequence[int], ctx: StepContext) -> tuple[dict[str, float], int]:
+        """Micro-batches of whole pairs (the loss needs both scores of a pair); each adds its pairs'
+        loss divided by the batch's pair count, so the accumulated gradient is the whole batch's."""
+        lengths = self._lengths("train")
+        sums = _Sums()
+        for group in micro_batches([lengths[i] for i in idx], max(1, ctx.micro_tokens // 2)):
+            sub = [idx[j] for j in group]
+            scores, right, count = self._scores(model, "train", sub, ctx)
+            losses = sums.add(self, scores, self.reference["train"][sub].to(scores.device), right, count)
+            (losses.sum() / len(idx)).backward()
+        return sums.metrics(), sum(len(ids) for ids, _ in self.rows("train", idx))
+
+    def evaluate(self, model: Any, split: str, idx: Sequence[int], ctx: StepContext) -> dict[str, float]:
+        model.eval()
+        sums = _Sums()
+        with torch.no_grad():
+            for k in range(0, len(idx), ctx.batch_size):
+                sub = list(idx[k : k + ctx.batch_size])
+                scores, right, count = self._scores(model, split, sub, ctx)
+                sums.add(self, scores, self.reference[split][sub].to(scores.device), right, count)
+        model.train()
+        return sums.metrics()
+
+
+class _Sums:
+    """Running totals of a step's or an evaluation's pairs."""
+
+    def __init__(self) -> None:
+        self.loss = self.wins = self.margin = self.right = self.count = 0.0
+        self.pairs = 0
+
+    def add(
+        self,
+        objective: Preference,
+        scores: torch.Tensor,
+        reference: torch.Tensor,
+        right: torch.Tensor,
+        count: torch.Tensor,
+    ) -> torch.Tensor:
+        losses, preferred, non_preferred = dpo_loss(
+            scores[:, 0], scores[:, 1], reference[:, 0], reference[:, 1], objective.beta
+        )
+        self.loss += float(losses.detach().sum())
+        self.wins += float((preferred > non_preferred).sum())
+        self.margin += float((preferred - non_preferred).sum())
+        self.right += float(right.sum())
+        self.count += float(count.sum())
+        self.pairs += int(scores.shape[0])
+        return losses
+
+    def metrics(self) -> dict[str, float]:
+        n = max(1, self.pairs)
+        return {
+            "loss": self.loss / n,
+            "mean_token_accuracy": self.right / max(1.0, self.count),
+            "reward_accuracy": self.wins / n,
+            "reward_margin": self.margin / n,
+        }
