@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import REPO, LiveServer, chat_lines
+from tests.conftest import REPO, LiveServer, chat_lines, preference_lines
 
 CHROMIUM = os.environ.get("SELFTUNE_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
 ARTIFACTS = REPO / "test-artifacts" / "dashboard"
@@ -187,6 +187,27 @@ def test_upload_train_watch_reload_and_compare(page: Any, server: LiveServer, tm
         assert width <= 390, (route, width)
     shot(pg, "8-phone-new-job")
     (ARTIFACTS / "flow.json").write_text(json.dumps({"job": job_id, "model": model, "steps": steps}))
+
+
+def test_a_dpo_job_charts_its_rewards(page: Any, server: LiveServer) -> None:
+    client = server.client()
+    train = client.files.create(file=("pairs.jsonl", preference_lines(12).encode()), purpose="fine-tune")
+    valid = client.files.create(file=("held.jsonl", preference_lines(4, offset=50).encode()), purpose="fine-tune")
+    job = client.fine_tuning.jobs.create(
+        model="tiny",
+        training_file=train.id,
+        validation_file=valid.id,
+        method={"type": "dpo", "dpo": {"hyperparameters": {"n_epochs": 1, "batch_size": 2}}},
+    )
+    page.goto(server.url + f"/#/jobs/{job.id}")
+    page.wait_for_selector("h1 [data-status=succeeded]", timeout=300_000)
+    page.reload()
+    page.wait_for_function("Number(document.querySelector('#margin-chart')?.dataset.points || 0) === 6")
+    assert "Reward accuracy" in page.inner_text("#accuracy-chart")
+    assert "Reward margin" in page.inner_text("#margin-chart")
+    assert "dpo (beta 0.1)" in page.inner_text(".grid")
+    assert "valid reward accuracy" in page.inner_text("#checkpoints thead")
+    shot(page, "7-dpo-job")
 
 
 def test_a_wrong_key_is_asked_for_again(browser: Any, keyed_server: LiveServer) -> None:

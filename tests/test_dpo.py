@@ -273,7 +273,9 @@ def test_dpo_pause_resume_matches_an_uninterrupted_run_and_cancel_stops_it(clien
     assert final.status == "cancelled" and final.fine_tuned_model is None
 
 
-def test_prepare_builds_preference_pairs_from_columns(tmp_path: Path) -> None:
+def test_prepare_builds_preference_pairs_from_columns(
+    server: LiveServer, client: openai.OpenAI, tmp_path: Path
+) -> None:
     table = tmp_path / "pairs.csv"
     table.write_text(
         "question,good,bad\n" + "".join(f"question {i},hello world {i},the lazy dog {i}\n" for i in range(12))
@@ -289,6 +291,17 @@ def test_prepare_builds_preference_pairs_from_columns(tmp_path: Path) -> None:
     run_cli("prepare", str(guessed), "-o", str(tmp_path / "trl_out.jsonl"))
     line = json.loads((tmp_path / "trl_out.jsonl").read_text())
     assert line["non_preferred_output"] == [{"role": "assistant", "content": "go away"}]
+    # The CLI client sees a file of pairs and creates a DPO job from it.
+    env = {"OPENAI_BASE_URL": server.base_url, "OPENAI_API_KEY": "sk-test"}
+    job_id = run_cli(
+        "jobs", "create", "--model", "tiny", "--training-file", str(out), "--beta", "0.3", "--epochs", "1", env=env
+    ).stdout.strip()
+    job = wait(client, job_id)
+    assert job.status == "succeeded" and job.method.type == "dpo" and job.method.dpo.hyperparameters.beta == 0.3
+    wrong = run_cli(
+        "jobs", "create", "--model", "tiny", "--training-file", job.training_file, "--beta", "1", env=env, check=False
+    )
+    assert wrong.returncode != 0 and "--method dpo" in wrong.stderr
     bad = run_cli("prepare", str(table), "-o", str(tmp_path / "x.jsonl"), "--chosen-col", "good", check=False)
     assert bad.returncode != 0 and "no rejected column" in bad.stderr and "pairs.csv:2" in bad.stderr
     assert not (tmp_path / "x.jsonl").exists()

@@ -235,6 +235,7 @@ def test_data_problems_fail_the_job_not_the_request(client: openai.OpenAI) -> No
         ({"method": {"type": "reinforcement", "reinforcement": {"grader": {}}}}, "method.type"),
         ({"method": {"type": "dpo", "supervised": {"hyperparameters": {"n_epochs": 1}}}}, "method.supervised"),
         ({"method": {"type": "dpo", "dpo": {"hyperparameters": {"beta": 3}}}}, "method.dpo.hyperparameters.beta"),
+        ({"hyperparameters": {"learning_rate_multiplier": 0}}, "hyperparameters.learning_rate_multiplier"),
         ({"seed": -1}, "seed"),
     ],
 )

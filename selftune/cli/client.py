@@ -3,6 +3,7 @@ models (``models add`` and ``--local`` act on this machine's catalog instead).""
 
 from __future__ import annotations
 
+import json
 import sys
 import time
 from importlib import resources
@@ -72,6 +73,13 @@ def files_rm(ctx: click.Context, file_id: str) -> None:
 @click.option("--epochs", default=None, help="n_epochs: a number or 'auto'.")
 @click.option("--batch-size", default=None, help="batch_size: a number or 'auto'.")
 @click.option("--lr-multiplier", type=float, default=None, help="learning_rate_multiplier.")
+@click.option(
+    "--method",
+    type=click.Choice(["supervised", "dpo"]),
+    default=None,
+    help="[default: dpo for a local file of preference pairs, else supervised]",
+)
+@click.option("--beta", type=float, default=None, help="DPO's beta, in (0, 2] [default: auto, 0.1].")
 @click.option("--suffix", default=None, help="Up to 64 characters in the model name.")
 @click.option("--seed", type=int, default=None)
 @click.option("--follow", is_flag=True, help="Then follow it to the end (as `jobs follow`).")
@@ -85,6 +93,8 @@ def jobs_create(
     epochs: str | None,
     batch_size: str | None,
     lr_multiplier: float | None,
+    method: str | None,
+    beta: float | None,
     suffix: str | None,
     seed: int | None,
     follow: bool,
@@ -102,11 +112,16 @@ def jobs_create(
         hp["batch_size"] = auto_or_int(batch_size, "--batch-size")
     if lr_multiplier is not None:
         hp["learning_rate_multiplier"] = lr_multiplier
+    method = method or ("dpo" if Path(training).is_file() and _holds_pairs(Path(training)) else "supervised")
+    if beta is not None:
+        if method != "dpo":
+            raise click.UsageError("--beta is a DPO hyperparameter; pass --method dpo with it")
+        hp["beta"] = beta
     kwargs: dict[str, Any] = {"model": model, "training_file": file_id(training)}
     if validation:
         kwargs["validation_file"] = file_id(validation)
-    if hp:
-        kwargs["method"] = {"type": "supervised", "supervised": {"hyperparameters": hp}}
+    if hp or method != "supervised":
+        kwargs["method"] = {"type": method, method: {"hyperparameters": hp}}
     if suffix:
         kwargs["suffix"] = suffix
     if seed is not None:
@@ -115,6 +130,16 @@ def jobs_create(
     click.echo(job.id)
     if follow:
         _follow(client, job.id)
+
+
+def _holds_pairs(path: Path) -> bool:
+    """Whether a (validated) JSONL file is in the preference format: its first example says."""
+    with path.open(encoding="utf-8-sig") as f:
+        first = next((line for line in f if line.strip()), "{}")
+    try:
+        return "preferred_output" in json.loads(first)
+    except ValueError:
+        return False
 
 
 @jobs.command("list")

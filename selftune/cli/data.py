@@ -221,7 +221,8 @@ def estimate(
     settings = settings_from(home=home)
     qlora = open_catalog(home, None).get_base(name).qlora
     if probe:
-        _probe(name, folder, file, settings.home, auto_or_int(batch_size, "--batch-size"), qlora)
+        method = "dpo" if rendered.format == "preference" else "supervised"
+        _probe(name, folder, file, settings.home, auto_or_int(batch_size, "--batch-size"), qlora, method)
     hp = {"n_epochs": auto_or_int(epochs, "--epochs"), "batch_size": auto_or_int(batch_size, "--batch-size")}
     est = estimate_job(rendered, hp, price_per_1k, load_throughput(settings.home, name), folder, qlora=qlora)
     if as_json:
@@ -250,7 +251,7 @@ def _duration(seconds: float) -> str:
     return f"{hours}h {minutes:02d}m" if hours else f"{minutes}m {secs:02d}s" if minutes else f"{secs}s"
 
 
-def _probe(model: str, base_dir: Path, file: Path, home: Path, batch_size: str | int, qlora: bool) -> None:
+def _probe(model: str, base_dir: Path, file: Path, home: Path, batch_size: str | int, qlora: bool, method: str) -> None:
     """Train briefly on the first examples of FILE, in the recipe's own process as a worker runs it,
     and record the speed it reports in its ``Done`` event."""
     import tempfile
@@ -266,13 +267,20 @@ def _probe(model: str, base_dir: Path, file: Path, home: Path, batch_size: str |
         sample.write_text("\n".join(rows[: bs * 6]) + "\n")
         files = JobDir(Path(tmp) / "out")
         cfg = TrainConfig(
-            str(base_dir), str(sample), str(files.root), n_epochs=1, batch_size=bs, train_name=file.name, qlora=qlora
+            str(base_dir),
+            str(sample),
+            str(files.root),
+            method=method,
+            n_epochs=1,
+            batch_size=bs,
+            train_name=file.name,
+            qlora=qlora,
         )
         with console.status(f"measuring training speed on {model} (batch size {bs}) ..."):
             config = save_config(cfg)
             with files.log.open("wb") as log:
                 rc = subprocess.run(
-                    recipe_command(config), stdout=log, stderr=subprocess.STDOUT, check=False
+                    recipe_command(config, method), stdout=log, stderr=subprocess.STDOUT, check=False
                 ).returncode
         events = read_events(files.events)
         done = next((e for e in events if isinstance(e, Done)), None)

@@ -141,7 +141,10 @@ async def _validation_error(_: Request, exc: Exception) -> JSONResponse:
 
 def _union_tag(part: object) -> bool:
     """Pydantic's names for union members in an error location (``literal['auto']``, ``int``)."""
-    return isinstance(part, str) and ("[" in part or part in ("int", "float", "str", "bool", "constrained-int"))
+    return isinstance(part, str) and (
+        "[" in part
+        or part in ("int", "float", "str", "bool", "constrained-int", "constrained-float", "constrained-str")
+    )
 
 
 async def _http_error(request: Request, exc: Exception) -> JSONResponse:

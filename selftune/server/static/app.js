@@ -175,6 +175,8 @@ async function jobPage(id) {
   const info = h("div", { class: "grid" });
   const lossEl = h("div", { class: "chart", id: "loss-chart" });
   const accEl = h("div", { class: "chart", id: "accuracy-chart" });
+  const marginEl = h("div", { class: "chart", id: "margin-chart" });
+  const dpo = (job.method || {}).type === "dpo";
   const ckptBody = h("tbody");
   const log = h("div", { class: "events", id: "events" });
   const evalBox = h("div", { id: "eval" });
@@ -182,15 +184,21 @@ async function jobPage(id) {
     head,
     h("div", { class: "card" }, info),
     h("div", { class: "two" }, h("div", { class: "card" }, lossEl), h("div", { class: "card" }, accEl)),
+    dpo ? h("div", { class: "two" }, h("div", { class: "card" }, marginEl)) : null,
     h("h2", {}, "Checkpoints"),
     h("div", { class: "card scroll" }, h("table", { id: "checkpoints" }, h("thead", {}, h("tr", {},
-      ["step", "model", "train loss", "valid loss", "full valid loss", "valid accuracy", ""].map((c) => h("th", {}, c)))), ckptBody)),
+      ["step", "model", "train loss", "valid loss", "full valid loss", dpo ? "valid reward accuracy" : "valid accuracy", ""].map((c) => h("th", {}, c)))), ckptBody)),
     evalBox,
     h("h2", {}, "Events"),
     h("div", { class: "card" }, log),
   );
   const loss = lossChart(lossEl, "Loss", [["train loss", "#2f6fdb"], ["validation loss", "#d9822b"]]);
-  const acc = lossChart(accEl, "Token accuracy", [["train accuracy", "#1f8a4c"], ["validation accuracy", "#8e44ad"]]);
+  // DPO jobs chart what preference training moves: how often the preferred output wins, and by how much.
+  const acc = dpo
+    ? lossChart(accEl, "Reward accuracy", [["train reward accuracy", "#1f8a4c"], ["validation reward accuracy", "#8e44ad"]])
+    : lossChart(accEl, "Token accuracy", [["train accuracy", "#1f8a4c"], ["validation accuracy", "#8e44ad"]]);
+  const margin = dpo ? lossChart(marginEl, "Reward margin", [["train margin", "#2f6fdb"], ["validation margin", "#d9822b"]]) : null;
+  const accKeys = dpo ? ["train_reward_accuracy", "valid_reward_accuracy"] : ["train_mean_token_accuracy", "valid_mean_token_accuracy"];
 
   const action = (verb) => guard(async () => {
     job = await api(`/fine_tuning/jobs/${id}/${verb}`, { method: "POST", body: {} });
@@ -207,12 +215,15 @@ async function jobPage(id) {
       ),
     );
     const hp = job.hyperparameters || {};
+    const method = job.method || { type: "supervised" };
+    const beta = ((method[method.type] || {}).hyperparameters || {}).beta;
     const item = (k, v) => h("div", {}, h("div", { class: "muted" }, k), h("div", { class: "mono" }, v === null || v === undefined || v === "" ? "—" : String(v)));
     info.replaceChildren(...[
       item("base model", job.model),
       item("fine-tuned model", job.fine_tuned_model),
       item("training file", job.training_file),
       item("validation file", job.validation_file),
+      item("method", method.type === "dpo" ? `dpo (beta ${beta})` : method.type),
       item("epochs · batch size · LR multiplier", `${hp.n_epochs} · ${hp.batch_size} · ${hp.learning_rate_multiplier}`),
       item("trained tokens", num(job.trained_tokens)),
       item("created", when(job.created_at)),
@@ -240,8 +251,9 @@ async function jobPage(id) {
     for (const e of ordered) if (e.type === "metrics" && e.data && !byStep.has(e.data.step)) byStep.set(e.data.step, e.data);
     const points = [...byStep.values()].sort((a, b) => a.step - b.step);
     loss.setData(chartData(points, ["train_loss", "valid_loss"]));
-    acc.setData(chartData(points, ["train_mean_token_accuracy", "valid_mean_token_accuracy"]));
-    lossEl.dataset.points = String(points.length);
+    acc.setData(chartData(points, accKeys));
+    if (margin) margin.setData(chartData(points, ["train_reward_margin", "valid_reward_margin"]));
+    lossEl.dataset.points = marginEl.dataset.points = String(points.length);
     // Every message, and about 50 of the step lines (the chart has them all).
     const stride = Math.max(1, Math.ceil(points.length / 50));
     log.replaceChildren(...ordered.filter((e) => e.type !== "metrics" || e.data.step % stride === 0 || e.data.step === points.length)
@@ -256,7 +268,8 @@ async function jobPage(id) {
       h("td", { class: "num" }, fixed(c.metrics.train_loss)),
       h("td", { class: "num" }, fixed(c.metrics.valid_loss)),
       h("td", { class: "num" }, fixed(c.metrics.full_valid_loss)),
-      h("td", { class: "num" }, fixed(c.metrics.full_valid_mean_token_accuracy ?? c.metrics.valid_mean_token_accuracy)),
+      h("td", { class: "num" }, fixed(dpo ? c.metrics.full_valid_reward_accuracy ?? c.metrics.valid_reward_accuracy
+        : c.metrics.full_valid_mean_token_accuracy ?? c.metrics.valid_mean_token_accuracy)),
       h("td", {}, job.status === "succeeded" ? h("a", { href: `#/playground?a=${encodeURIComponent(job.model)}&b=${encodeURIComponent(c.fine_tuned_model_checkpoint)}` }, "try") : ""),
     )));
   }
