@@ -98,3 +98,14 @@ def test_bad_data_fails_with_a_code(tmp_path: Path, tiny_model_dir: Path) -> Non
     assert (
         last["type"] == "error" and last["data"]["code"] == "invalid_file_format" and "bad.jsonl:1" in last["message"]
     )
+
+
+def test_every_epoch_sees_every_example_once_in_its_own_order() -> None:
+    from selftune.train.step import plan_epochs
+
+    lengths = [5 + (7 * i) % 40 for i in range(60)]
+    schedule = plan_epochs(lengths, 3, 4, seed=11)
+    epochs = [[i for e, idx in schedule if e == k for i in idx] for k in range(3)]
+    assert all(sorted(order) == list(range(60)) for order in epochs)
+    assert len({tuple(order) for order in epochs}) == 3  # reshuffled each epoch
+    assert plan_epochs(lengths, 3, 4, seed=11) == schedule != plan_epochs(lengths, 3, 4, seed=12)

@@ -51,7 +51,7 @@ from selftune.train.protocol import (
     TrainConfig,
     load_config,
 )
-from selftune.train.step import NextToken, Objective, StepContext, batches
+from selftune.train.step import NextToken, Objective, StepContext, plan_epochs
 
 
 def load_examples(path: str, tokenizer: Any, max_len: int, events: EventWriter, name: str, what: str) -> RenderedFile:
@@ -193,9 +193,7 @@ def main(cfg: TrainConfig) -> int:
     n_train, n_valid = objective.size("train"), objective.size("valid")
     # The whole run's batch order is fixed by the seed up front, so a resumed run takes exactly the
     # batches an uninterrupted one would have: the data position is just the step number.
-    rng = random.Random(cfg.seed)
-    order = batches(objective.lengths(), cfg.batch_size, rng)
-    schedule = [(epoch, idx) for epoch in range(cfg.n_epochs) for idx in order]
+    schedule = plan_epochs(objective.lengths(), cfg.n_epochs, cfg.batch_size, cfg.seed)
     total_steps = len(schedule)
     steps_per_epoch = total_steps // cfg.n_epochs
     eval_every = cfg.eval_every or max(1, total_steps // 10)
@@ -206,7 +204,9 @@ def main(cfg: TrainConfig) -> int:
     base_dtype = torch.bfloat16 if use_bf16 else torch.float32
     # The plan picks the attention (eager where it is faster and fits), checkpointing and a 4-bit base.
     longest = max(len(ids) for ids, _ in rendered.rows + valid.rows)
-    width = max(max(len(ids) for ids, _ in rows) * len(rows) for rows in (objective.rows("train", i) for i in order))
+    width = max(
+        max(len(ids) for ids, _ in rows) * len(rows) for rows in (objective.rows("train", i) for _, i in schedule)
+    )
     try:
         plan = memory.plan_job(
             cfg.base_model_dir,

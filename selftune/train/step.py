@@ -122,6 +122,13 @@ def batches(lengths: list[int], batch_size: int, rng: random.Random) -> list[lis
     return out
 
 
+def plan_epochs(lengths: list[int], n_epochs: int, batch_size: int, seed: int) -> list[tuple[int, list[int]]]:
+    """The whole run's (epoch, batch) sequence, fixed by the seed up front: every epoch visits each
+    example once, in its own shuffled order."""
+    rng = random.Random(seed)
+    return [(epoch, idx) for epoch in range(n_epochs) for idx in batches(lengths, batch_size, rng)]
+
+
 def collate(rows: Rows, pad_id: int, device: torch.device) -> dict[str, torch.Tensor]:
     width = max(len(ids) for ids, _ in rows)
     input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
