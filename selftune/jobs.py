@@ -171,7 +171,7 @@ def create(store: Store, blobs: Blobs, catalog: Catalog, owner: str, req: Create
     as on OpenAI, so that every client sees them the same way (as the job's ``error``).
     """
     method_type = method_of(req)
-    requested = hyperparameters(req)
+    requested = hyperparameters(req, method_type)
     resolved = catalog.resolve(req.model, owner)
     training = training_file(store, owner, req.training_file, "training_file")
     validation = training_file(store, owner, req.validation_file, "validation_file") if req.validation_file else None
@@ -213,18 +213,19 @@ def estimate(
     Tokens are counted exactly as the trainer counts them (``render_file``), and the wall time
     comes from this machine's measured speed for the base model, when a job or probe measured it.
     """
+    kind = method_of(req)
     resolved = catalog.resolve(req.model, owner)
     training = training_file(store, owner, req.training_file, "training_file")
     limit = catalog.sequence_limit(resolved.base)
     rendered = render_file(catalog.tokenizer(resolved.base), blobs.path(training.id), limit)
     est = estimate_job(
         rendered,
-        hyperparameters(req),
+        hyperparameters(req, kind),
         0.0,
         load_throughput(home, resolved.base.name),
         catalog.materialize(resolved.base),
         qlora=resolved.base.qlora,
-        method=method_of(req),
+        method=kind,
     )
     result = {"object": "fine_tuning.estimate", "model": resolved.id, "training_file": training.id}
     return {**result, **est.to_dict()}
@@ -251,9 +252,8 @@ def method_of(req: CreateJobRequest) -> str:
     return kind
 
 
-def hyperparameters(req: CreateJobRequest) -> dict[str, Any]:
-    """Merge the deprecated top-level ``hyperparameters`` with ``method.<type>.hyperparameters``."""
-    kind = method_of(req)
+def hyperparameters(req: CreateJobRequest, kind: str) -> dict[str, Any]:
+    """Merge the deprecated top-level ``hyperparameters`` with ``method.<kind>.hyperparameters``."""
     top = req.hyperparameters.model_dump(exclude_none=True) if req.hyperparameters else {}
     settings = getattr(req.method, kind, None) if req.method else None
     nested = settings.hyperparameters.model_dump(exclude_none=True) if settings and settings.hyperparameters else {}

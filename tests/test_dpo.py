@@ -305,3 +305,28 @@ def test_prepare_builds_preference_pairs_from_columns(
     bad = run_cli("prepare", str(table), "-o", str(tmp_path / "x.jsonl"), "--chosen-col", "good", check=False)
     assert bad.returncode != 0 and "no rejected column" in bad.stderr and "pairs.csv:2" in bad.stderr
     assert not (tmp_path / "x.jsonl").exists()
+
+
+def test_preference_outputs_may_call_the_input_tools() -> None:
+    from selftune.data.validate import validate_lines
+
+    tools = [{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}]
+
+    def call(name: str) -> dict[str, Any]:
+        fn = {"name": name, "arguments": '{"city": "Paris"}'}
+        return {"role": "assistant", "content": None, "tool_calls": [{"id": "c1", "type": "function", "function": fn}]}
+
+    def line(preferred: dict[str, Any], other: dict[str, Any], i: int = 0) -> bytes:
+        example = {
+            "input": {"messages": [{"role": "user", "content": f"Weather in Paris? ({i})"}], "tools": tools},
+            "preferred_output": [preferred],
+            "non_preferred_output": [other],
+        }
+        return json.dumps(example).encode()
+
+    guess = {"role": "assistant", "content": "Sunny, I think."}
+    lines = [line(call("get_weather"), guess, i) for i in range(10)]
+    report = validate_lines([*lines, line(call("get_time"), guess, 10), line(guess, guess, 11)])
+    found = sorted((p.line, p.key, p.message) for p in report.problems)
+    assert [(n, key) for n, key, _ in found] == [(11, "unknown_function"), (12, "identical_outputs")]
+    assert "preferred_output message 1 tool_calls[1] calls 'get_time'" in found[0][2]

@@ -10,6 +10,7 @@ line that sets ``parallel_tool_calls: false``.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -79,24 +80,25 @@ def _check_call(call: Any, at: str, names: set[str] | None, line: int, report: R
 
 
 def check_tools(
-    obj: dict[str, Any], messages: list[Any], line: int, report: Report, *, where: str, tools_checked: bool = False
+    obj: dict[str, Any],
+    messages: list[Any],
+    line: int,
+    report: Report,
+    *,
+    where: str,
+    outputs: Sequence[tuple[str, Any]] = (),
 ) -> None:
     """Function calling: what cannot be trained as written is reported, never silently trained otherwise.
-    ``tools_checked``: ``obj``'s tools were reported on already (a preference line's outputs are
-    checked against its input's tools after the input)."""
-    if tools_checked:
-        from selftune.data.validate import Report as Scratch  # validate imports this module
-
-        names = _function_names(obj, line, Scratch("<tools>"))
-    else:
-        names = _function_names(obj, line, report)
+    ``outputs``: (label, message) answers that continue ``messages`` (a preference line's two
+    outputs), checked against the same tools."""
+    names = _function_names(obj, line, report)
     one_call = obj.get("parallel_tool_calls") is False
     call_ids: set[str] = set()
     warned = False
-    for i, m in enumerate(messages, start=1):
+    labelled = [(f"{where}message {i}", m) for i, m in enumerate(messages, start=1)]
+    for at, m in [*labelled, *outputs]:
         if not isinstance(m, dict):
             continue
-        at = f"{where}message {i}"
         calls = m.get("tool_calls")
         if "tool_calls" in m and not isinstance(calls, list):
             report.add(line, "error", "invalid_tool_call", f'{at}: "tool_calls" must be a list')

@@ -249,16 +249,7 @@ def _check_preference(obj: dict[str, Any], line: int, report: Report) -> None:
         if k not in PREFERENCE_KEYS:
             hint = " (the right names are preferred_output / non_preferred_output)" if "completion" in k else ""
             report.add(line, "error", "unrecognized_key", f'unknown key "{k}" in a preference example{hint}')
-    inp = obj.get("input")
-    if not isinstance(inp, dict) or not isinstance(inp.get("messages"), list) or not inp["messages"]:
-        report.add(line, "error", "missing_input", '"input" must be an object with a non-empty "messages" list')
-    else:
-        _check_messages(inp["messages"], line, report, where="input ")
-        check_tools(inp, inp["messages"], line, report, where="input ")
-        last = inp["messages"][-1]
-        if isinstance(last, dict) and last.get("role") == "assistant":
-            report.add(line, "error", "invalid_input", "input messages must end with a user turn, not assistant")
-    outputs = []
+    outputs: list[tuple[str, dict[str, Any]]] = []
     for key in ("preferred_output", "non_preferred_output"):
         out = obj.get(key)
         if not isinstance(out, list) or len(out) != 1 or not isinstance(out[0], dict):
@@ -277,10 +268,17 @@ def _check_preference(obj: dict[str, Any], line: int, report: Report) -> None:
         else:
             # Text, tool calls or both, checked as any assistant turn is (against the input's tools).
             _check_messages([msg], line, report, where=f"{key} ")
-            if isinstance(inp, dict) and (msg.get("tool_calls") or msg.get("function_call")):
-                check_tools(inp, [msg], line, report, where=f"{key} ", tools_checked=True)
-            outputs.append(msg)
-    if len(outputs) == 2 and _same_output(*outputs):
+            outputs.append((f"{key} message 1", msg))
+    inp = obj.get("input")
+    if not isinstance(inp, dict) or not isinstance(inp.get("messages"), list) or not inp["messages"]:
+        report.add(line, "error", "missing_input", '"input" must be an object with a non-empty "messages" list')
+    else:
+        _check_messages(inp["messages"], line, report, where="input ")
+        check_tools(inp, inp["messages"], line, report, where="input ", outputs=outputs)
+        last = inp["messages"][-1]
+        if isinstance(last, dict) and last.get("role") == "assistant":
+            report.add(line, "error", "invalid_input", "input messages must end with a user turn, not assistant")
+    if len(outputs) == 2 and _same_output(outputs[0][1], outputs[1][1]):
         report.add(
             line,
             "warning",

@@ -222,7 +222,8 @@ def score(
     kind, labels = _kind(refs)
     primary = {"labels": "label_accuracy", "json": "json_valid", "short": "contains", "long": "rouge_l"}[kind]
     pairs = bool(examples) and all(ex.rejected is not None for ex in examples)
-    if pairs and embedder is not None:
+    centroids = preference_centroids(embedder, examples) if pairs and embedder is not None else None
+    if centroids is not None:
         primary = "prefers"
     elif pairs:
         notes = [*notes, "leans-to-preferred skipped: it needs the embedding model"]
@@ -250,8 +251,8 @@ def score(
         }
         if embedder is not None:
             per["embedding"] = embedder.similarity(outs, refs)
-            if pairs:
-                per["preference_margin"] = preference_margins(embedder, outs, examples)
+            if centroids is not None:
+                per["preference_margin"] = preference_margins(embedder, outs, examples, centroids)
                 per["prefers"] = [float(v > 0) for v in per["preference_margin"]]
         if kind == "json":
             per["json_valid"] = [m.json_valid(o) for o in outs]
@@ -266,14 +267,26 @@ def score(
     return report
 
 
-def preference_margins(embedder: Embedder, outputs: Sequence[str], examples: Sequence[Example]) -> list[float]:
+def preference_centroids(embedder: Embedder, examples: Sequence[Example]) -> tuple[Any, Any]:
+    """The normalised mean embeddings of the preferred and of the non-preferred outputs."""
+    normalize = embedder.torch.nn.functional.normalize
+    preferred = normalize(embedder.embed([ex.reference for ex in examples]).mean(0), dim=-1)
+    others = normalize(embedder.embed([ex.rejected or "" for ex in examples]).mean(0), dim=-1)
+    return preferred, others
+
+
+def preference_margins(
+    embedder: Embedder,
+    outputs: Sequence[str],
+    examples: Sequence[Example],
+    centroids: tuple[Any, Any] | None = None,
+) -> list[float]:
     """Per answer: its cosine similarity to the mean of the preferred outputs minus that to the mean
     of the non-preferred ones. Means over the whole set, because a preference is usually a style
-    (tone, length, format) more than one right answer, and one pair is a noisy sample of it."""
-    torch = embedder.torch
+    (tone, length, format) more than one right answer, and one pair is a noisy sample of it.
+    ``centroids``: ``preference_centroids`` of ``examples``, when several models are scored."""
+    preferred, others = centroids or preference_centroids(embedder, examples)
     answers = embedder.embed(outputs)
-    preferred = torch.nn.functional.normalize(embedder.embed([ex.reference for ex in examples]).mean(0), dim=-1)
-    others = torch.nn.functional.normalize(embedder.embed([ex.rejected or "" for ex in examples]).mean(0), dim=-1)
     return [float(v) for v in answers @ preferred - answers @ others]
 
 

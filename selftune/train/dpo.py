@@ -52,17 +52,18 @@ class Preference:
 
     def __init__(self, train: Rows, valid: Rows, beta: float, *, new_adapter: bool) -> None:
         self.data = {"train": train, "valid": valid}
+        self.pair_lengths = {
+            split: [max(len(rows[2 * k][0]), len(rows[2 * k + 1][0])) for k in range(len(rows) // 2)]
+            for split, rows in self.data.items()
+        }
+        """Per split, each pair's longer row: what a micro-batch of pairs pads to."""
         self.beta = beta
         self.new_adapter = new_adapter
         self.reference: dict[str, torch.Tensor] = {}
         """Per split, ``[pairs, 2]``: the reference scores of each pair's preferred and non-preferred output."""
 
     def lengths(self) -> list[int]:
-        return self._lengths("train")
-
-    def _lengths(self, split: str) -> list[int]:
-        rows = self.data[split]
-        return [max(len(rows[2 * k][0]), len(rows[2 * k + 1][0])) for k in range(len(rows) // 2)]
+        return self.pair_lengths["train"]
 
     def rows(self, split: str, idx: Sequence[int]) -> Rows:
         rows = self.data[split]
@@ -81,14 +82,11 @@ class Preference:
             model.eval()
             with off, torch.no_grad():
                 for split in self.data:
-                    scores = [self._scores(model, split, chunk, ctx)[0] for chunk in self._chunks(split, ctx)]
+                    chunks = _chunks(range(self.size(split)), ctx.batch_size)
+                    scores = [self._scores(model, split, chunk, ctx)[0] for chunk in chunks]
                     self.reference[split] = torch.cat(scores).float().cpu() if scores else torch.zeros((0, 2))
             model.train()
         return {"reference": {k: v.tolist() for k, v in self.reference.items()}}
-
-    def _chunks(self, split: str, ctx: StepContext) -> list[list[int]]:
-        n = self.size(split)
-        return [list(range(i, min(n, i + ctx.batch_size))) for i in range(0, n, ctx.batch_size)]
 
     def _scores(
         self, model: Any, split: str, idx: Sequence[int], ctx: StepContext
@@ -103,7 +101,7 @@ class Preference:
     def step(self, model: Any, idx: Sequence[int], ctx: StepContext) -> tuple[dict[str, float], int]:
         """Micro-batches of whole pairs (the loss needs both scores of a pair); each adds its pairs'
         loss divided by the batch's pair count, so the accumulated gradient is the whole batch's."""
-        lengths = self._lengths("train")
+        lengths = self.pair_lengths["train"]
         sums = _Sums()
         for group in micro_batches([lengths[i] for i in idx], max(1, ctx.micro_tokens // 2)):
             sub = [idx[j] for j in group]
@@ -116,12 +114,15 @@ class Preference:
         model.eval()
         sums = _Sums()
         with torch.no_grad():
-            for k in range(0, len(idx), ctx.batch_size):
-                sub = list(idx[k : k + ctx.batch_size])
+            for sub in _chunks(idx, ctx.batch_size):
                 scores, right, count = self._scores(model, split, sub, ctx)
                 sums.add(self, scores, self.reference[split][sub].to(scores.device), right, count)
         model.train()
         return sums.metrics()
+
+
+def _chunks(idx: Sequence[int], size: int) -> list[list[int]]:
+    return [list(idx[k : k + size]) for k in range(0, len(idx), size)]
 
 
 class _Sums:

@@ -181,13 +181,12 @@ class ChunkedCrossEntropy(torch.autograd.Function):
         return grad * grad_losses[:, None].to(grad.dtype), None, None, None
 
 
-def token_losses(model: Any, batch: dict[str, torch.Tensor], ce_chunk: int) -> tuple[torch.Tensor, ...]:
-    """The cross-entropy at every trained position of ``batch`` (float32), whether each was predicted
-    right, and the row each position belongs to."""
+def token_losses(model: Any, batch: dict[str, torch.Tensor], ce_chunk: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The cross-entropy at every trained position of ``batch`` (float32, row by row), and whether
+    each was predicted right."""
     labels = batch["labels"][:, 1:]
     trained = labels != IGNORE
     target = labels[trained]
-    row_of = trained.nonzero()[:, 0]
     causal = model.get_base_model() if hasattr(model, "get_base_model") else model
     if _plain_lm_head(causal):
         hidden = causal.get_decoder()(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
@@ -200,13 +199,13 @@ def token_losses(model: Any, batch: dict[str, torch.Tensor], ce_chunk: int) -> t
         logits = full[:, :-1][trained].float()
         losses = torch.nn.functional.cross_entropy(logits, target, reduction="none")
         correct = logits.argmax(-1) == target
-    return losses, correct, row_of
+    return losses, correct
 
 
 def loss_sums(model: Any, batch: dict[str, torch.Tensor], ce_chunk: int) -> tuple[torch.Tensor, int, int]:
     """Summed cross-entropy over the trained tokens of ``batch``, how many were predicted right, and
     their count."""
-    losses, correct, _ = token_losses(model, batch, ce_chunk)
+    losses, correct = token_losses(model, batch, ce_chunk)
     return losses.sum(), int(correct.sum()), int(losses.numel())
 
 
@@ -215,7 +214,8 @@ def sequence_sums(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Per row of ``batch``: the log-probability of its trained tokens (differentiable), how many of
     them were predicted right, and how many there are."""
-    losses, correct, row_of = token_losses(model, batch, ce_chunk)
+    losses, correct = token_losses(model, batch, ce_chunk)
+    row_of = (batch["labels"][:, 1:] != IGNORE).nonzero()[:, 0]  # positions come row by row
     n_rows = batch["input_ids"].shape[0]
     logps = torch.zeros(n_rows, dtype=torch.float32, device=losses.device).index_add(0, row_of, -losses)
     right = torch.zeros(n_rows, device=losses.device).index_add_(0, row_of, correct.float())
