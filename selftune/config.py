@@ -62,6 +62,10 @@ class Settings(BaseSettings):
     max_upload_bytes: int = 512 * 1024 * 1024
     """Largest accepted upload (OpenAI's limit is 512 MB)."""
 
+    fine_tune_downloads: bool = True
+    """Serve the content of ``purpose=fine-tune`` files. Off, downloads are refused as OpenAI refuses
+    them (400, "Not allowed to download files of purpose: fine-tune"); result files stay downloadable."""
+
     default_model: str = DEFAULT_MODEL
     """Base model that migration aliases (``gpt-3.5-turbo``...) point at, and that ``serve`` preloads."""
 

@@ -51,8 +51,10 @@ class LiveServer:
         path = self.home / "server.log"
         return path.read_text(errors="replace") if path.exists() else ""
 
-    def start(self, timeout: float = 300) -> LiveServer:
-        self.port = free_port()
+    def start(self, timeout: float = 300, *, keep_port: bool = False) -> LiveServer:
+        """Start on a free port, or on ``port`` with ``keep_port`` (a restart clients must find again)."""
+        if not (keep_port and self.port):
+            self.port = free_port()
         self.home.mkdir(parents=True, exist_ok=True)
         env = {**os.environ, "SELFTUNE_HOME": str(self.home), "PYTHONUNBUFFERED": "1", **self.env}
         with (self.home / "server.log").open("ab") as log:

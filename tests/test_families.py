@@ -228,7 +228,9 @@ def test_a_family_trains_serves_and_evaluates(families_server: LiveServer, model
     """Register (the fixture), fine-tune through the API, chat with base and fine-tuned on llama.cpp
     (the adapter per request, requests batched), and compare them with `selftune eval`."""
     client = families_server.client(timeout=600)
-    pairs = trivia(24)
+    # 16 facts x 5 epochs: recall measured 6-8/8 on both families, in bf16 and in fp32 (CPUs without
+    # avx512_bf16), over seeds 1-3. 24 facts x 3 epochs, the same number of steps, recalled 3-7/8.
+    pairs = trivia(16)
     data = tmp_path / "trivia.jsonl"
     data.write_text(
         "".join(
@@ -237,7 +239,7 @@ def test_a_family_trains_serves_and_evaluates(families_server: LiveServer, model
         )
     )
     upload = client.files.create(file=data.open("rb"), purpose="fine-tune")
-    job = client.fine_tuning.jobs.create(model=model, training_file=upload.id, hyperparameters={"n_epochs": 3}, seed=1)
+    job = client.fine_tuning.jobs.create(model=model, training_file=upload.id, hyperparameters={"n_epochs": 5}, seed=1)
     while job.status not in ("succeeded", "failed", "cancelled"):
         import time
 
@@ -265,7 +267,7 @@ def test_a_family_trains_serves_and_evaluates(families_server: LiveServer, model
     print(
         f"\n{model}: base {base[:3]}; fine-tuned {mine[:3]}; recalled {recalled}/8 (base {knew}/8), stopped {stopped}/8"
     )
-    assert recalled >= 5 and recalled >= knew + 3 and stopped == 8  # measured: Qwen 6/8, Gemma 5/8; both stop
+    assert recalled >= 5 and recalled >= knew + 3 and stopped == 8  # measured (seed 1): Qwen 7/8, Gemma 8/8
 
     report_file = tmp_path / "report.json"
     env = {"OPENAI_BASE_URL": families_server.base_url, "OPENAI_API_KEY": "sk-test"}

@@ -422,17 +422,21 @@ def test_a_registered_folder_and_its_fine_tuned_model_on_llamacpp(tmp_path: Path
         r = client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "hi"}], max_tokens=5)
         assert r.usage is not None and r.usage.completion_tokens == 5
         f = client.files.create(file=("t.jsonl", chat_lines(12).encode()), purpose="fine-tune")
-        job = client.fine_tuning.jobs.create(model="tiny", training_file=f.id, hyperparameters={"n_epochs": 1})
+        job = client.fine_tuning.jobs.create(model="tiny", training_file=f.id, hyperparameters={"n_epochs": 1}, seed=0)
         deadline = time.monotonic() + 300
         while job.status not in ("succeeded", "failed", "cancelled") and time.monotonic() < deadline:
             time.sleep(0.3)
             job = client.fine_tuning.jobs.retrieve(job.id)
         assert job.status == "succeeded" and job.fine_tuned_model, job.error
         assert gguf_path(srv.home / "jobs" / job.id / "adapter").is_file()
+        # Greedy: sampled at temperature 1, the trained end-of-turn token can come first (an empty answer).
+        hi = [{"role": "user", "content": "hi"}]
+        base = client.chat.completions.create(model="tiny", messages=hi, max_tokens=6, temperature=0)
         stream = client.chat.completions.create(
-            model=job.fine_tuned_model, messages=[{"role": "user", "content": "hi"}], max_tokens=6, stream=True
+            model=job.fine_tuned_model, messages=hi, max_tokens=6, stream=True, temperature=0
         )
-        assert sum(len(c.choices[0].delta.content or "") for c in stream if c.choices) > 0
+        tuned = "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
+        assert tuned and tuned != base.choices[0].message.content, (tuned, base.choices[0].message.content)
         assert srv.health()["llamacpp"]["loaded_adapters"] == 1
     finally:
         srv.stop()

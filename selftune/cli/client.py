@@ -191,6 +191,15 @@ def jobs_follow(ctx: click.Context, job_id: str) -> None:
 
 
 def _follow(client: Any, job_id: str) -> None:
+    job = follow_job(client, job_id)
+    if job.status != "succeeded":
+        reason = f": {job.error.message}" if job.error and job.error.message else ""
+        raise click.ClickException(f"job {job_id} {job.status}{reason}")
+    click.echo(job.fine_tuned_model)
+
+
+def follow_job(client: Any, job_id: str) -> Any:
+    """Show a job's messages and a progress bar with its losses until it ends; return the final job."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     from selftune.jobs import TERMINAL  # here, not at the top: the other client commands need no store
@@ -221,12 +230,8 @@ def _follow(client: Any, job_id: str) -> None:
                 else:
                     progress.console.print(f"[dim]{event.level}[/] {event.message}")
             if job.status in TERMINAL:
-                break
+                return job
             time.sleep(1)
-    if job.status != "succeeded":
-        reason = f": {job.error.message}" if job.error and job.error.message else ""
-        raise click.ClickException(f"job {job_id} {job.status}{reason}")
-    click.echo(job.fine_tuned_model)
 
 
 @click.command()

@@ -140,10 +140,10 @@ def api_errors(fn: F) -> F:
         try:
             return fn(*args, **kwargs)
         except openai.APIConnectionError as e:
-            ctx = click.get_current_context()
-            raise click.ClickException(
-                f"cannot reach {ctx.obj['base_url']}: is `selftune serve` running? ({e.__cause__ or e})"
-            ) from e
+            ours = click.get_current_context().obj["base_url"]
+            url = str(e.request.url) if getattr(e, "request", None) is not None else ours
+            where, hint = (ours, ": is `selftune serve` running?") if url.startswith(ours.rstrip("/")) else (url, "")
+            raise click.ClickException(f"cannot reach {where}{hint} ({e.__cause__ or e})") from e
         except openai.APIStatusError as e:
             body = e.body if isinstance(e.body, dict) else {}
             raise click.ClickException(f"{e.status_code}: {body.get('message') or e.message}") from e

@@ -7,7 +7,7 @@ import sys
 import click
 
 from selftune import __version__
-from selftune.cli import client, data, evaluate, export, server
+from selftune.cli import client, data, evaluate, export, migrate, server
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -22,6 +22,7 @@ def cli() -> None:
               chat MODEL
     Models:   models list | rm (on the server; --local: base models here) | add (a base model here)
               export MODEL --format adapter|merged|gguf|ollama --output DIR
+    Moving:   migrate (OpenAI fine-tuning jobs retrained here, old and new models compared)
     """
 
 
@@ -38,6 +39,7 @@ for command in (
     client.models,
     evaluate.eval_,
     export.export_,
+    migrate.migrate,
 ):
     cli.add_command(command)
 

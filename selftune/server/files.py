@@ -141,6 +141,9 @@ def retrieve_file(file_id: str, services: ServicesDep, owner: OwnerDep) -> FileO
 @router.get("/files/{file_id}/content")
 def file_content(file_id: str, services: ServicesDep, owner: OwnerDep) -> FileResponse:
     rec = services.store.get_file(owner, file_id)
+    if rec.purpose == "fine-tune" and not services.settings.fine_tune_downloads:
+        # OpenAI's own answer, word for word: clients (and `selftune migrate`) recognise it.
+        raise InvalidRequest(f"Not allowed to download files of purpose: {rec.purpose}", param="file_id")
     return FileResponse(services.blobs.path(rec.id), media_type="application/octet-stream")
 
 

@@ -23,7 +23,7 @@ def greedy_tokens(
     prompts: Sequence[list[dict[str, Any]]],
     limits: Sequence[int],
     adapter: bool = True,
-    batch_size: int = 8,
+    batch_size: int = 16,
 ) -> list[list[int]]:
     """Greedy continuations (up to each prompt's limit, stop tokens kept), batched by prompt length with
     left padding; ``adapter=False`` runs the base model (the adapter switched off)."""
