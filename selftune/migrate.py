@@ -200,9 +200,26 @@ def upload(target: Any, name: str, content: bytes, state: State) -> str:
     digest = hashlib.sha256(content).hexdigest()
     uploads = state.data["uploads"]
     if digest not in uploads:
-        uploads[digest] = target.files.create(file=(name, content), purpose="fine-tune").id
+        uploads[digest] = (
+            _uploaded(target, name, content, digest)
+            or target.files.create(file=(name, content), purpose="fine-tune").id
+        )
         state.save()
     return str(uploads[digest])
+
+
+def _uploaded(target: Any, name: str, content: bytes, digest: str) -> str | None:
+    """A target file with this content that a run killed before recording it already uploaded."""
+    import openai
+
+    for f in target.files.list(purpose="fine-tune"):
+        if f.filename == name and f.bytes == len(content):
+            try:
+                if hashlib.sha256(target.files.content(f.id).read()).hexdigest() == digest:
+                    return str(f.id)
+            except openai.APIError:
+                continue
+    return None
 
 
 def eval_set(training: bytes, validation: bytes | None, samples: int, seed: int) -> tuple[list[str], str]:
