@@ -25,16 +25,15 @@ import hashlib
 import json
 import random
 import re
-import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from selftune.blobs import write_atomic
-from selftune.eval import evaluate, load_examples
-from selftune.eval.core import EvalReport, Example, Tick, default_max_tokens
+from selftune.eval.core import EvalReport, Example, default_max_tokens, score
+from selftune.eval.embed import load_embedder
 from selftune.eval.remote import api_answerer
 from selftune.eval.report import to_json, to_markdown
 
@@ -63,8 +62,8 @@ class SourceJob:
 
     @classmethod
     def of(cls, job: Any) -> SourceJob:
-        method = job.method.type if getattr(job, "method", None) and job.method.type else "supervised"
-        detail = getattr(job.method, method, None) if getattr(job, "method", None) else None
+        method = job.method.type if job.method and job.method.type else "supervised"
+        detail = getattr(job.method, method, None) if job.method else None
         hp = detail.hyperparameters if detail is not None and detail.hyperparameters else job.hyperparameters
         params = {k: v for k, v in (hp.model_dump() if hp is not None else {}).items() if v is not None}
         return cls(
@@ -231,17 +230,10 @@ def eval_set(training: bytes, validation: bytes | None, samples: int, seed: int)
     return lines[:samples], "validation" if validation is not None else "training"
 
 
-def examples_of(lines: Sequence[str], name: str) -> list[Example]:
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "examples.jsonl"
-        path.write_text("".join(ln + "\n" for ln in lines), encoding="utf-8")
-        return load_examples(path, filename=name)
-
-
-def record_answers(source: Any, model: str, examples: Sequence[Example], tick: Tick) -> list[str]:
+def record_answers(source: Any, model: str, examples: Sequence[Example]) -> list[str]:
     """The old model's greedy answers to each example's prompt."""
     limits = [default_max_tokens(ex.reference) for ex in examples]
-    return api_answerer(source, model, max_tokens=limits, concurrency=4)([ex.prompt for ex in examples], tick)
+    return api_answerer(source, model, max_tokens=limits, concurrency=4)([ex.prompt for ex in examples], lambda: None)
 
 
 def answers_jsonl(examples: Sequence[Example], answers: Sequence[str]) -> str:
@@ -288,28 +280,23 @@ def compare(
     examples: Sequence[Example],
     old_answers: Sequence[str],
     folder: Path,
-    tick: Tick,
 ) -> dict[str, Any]:
     """Two reports in ``folder``: base, old and new scored against the data's answers; base and new
     against the old model's answers. Returns the numbers the migration report shows."""
     limits = [default_max_tokens(ex.reference) for ex in examples]
-    ask = {m: api_answerer(target, m, max_tokens=limits, concurrency=4) for m in (base, new)}
-    answers = {m: a([ex.prompt for ex in examples], tick) for m, a in ask.items()}
-
-    def recorded(model: str) -> Callable[[Sequence[Any], Tick], list[str]]:
-        return lambda prompts, _tick: list(answers.get(model, old_answers))
-
+    prompts = [ex.prompt for ex in examples]
+    answers = {m: api_answerer(target, m, max_tokens=limits, concurrency=4)(prompts, lambda: None) for m in (base, new)}
+    embedder, why_not = load_embedder()
+    notes = [why_not] if why_not else []
     kept = [i for i, a in enumerate(old_answers) if a.strip()]
-    models = [base, old, new] if kept else [base, new]  # an old model that gave no answer is left out
-    on_data = evaluate(examples, {name: recorded(name) for name in models}, data="data")
+    if kept:  # an old model that gave no answer is left out
+        answers = {base: answers[base], old: list(old_answers), new: answers[new]}
+    on_data = score(examples, answers, embedder=embedder, data="data", notes=notes)
     agree = None
     if kept:
         refs = [Example(examples[i].line, examples[i].prompt, old_answers[i]) for i in kept]
-
-        def subset(model: str) -> Callable[[Sequence[Any], Tick], list[str]]:
-            return lambda prompts, _tick: [answers[model][i] for i in kept]
-
-        agree = evaluate(refs, {base: subset(base), new: subset(new)}, data=f"answers of {old}")
+        subset = {m: [answers[m][i] for i in kept] for m in (base, new)}
+        agree = score(refs, subset, embedder=embedder, data=f"answers of {old}", notes=notes)
     for name, report in (("against-data", on_data), ("against-old-model", agree)):
         if report is not None:
             write_atomic(folder / f"{name}.md", to_markdown(report))

@@ -190,6 +190,7 @@ def _migrate_one(
 
     from selftune import migrate as m
     from selftune.cli.client import follow_job
+    from selftune.eval import load_examples
 
     j = state.job(src.id)
     j.update(old_model=src.fine_tuned_model, error=None)
@@ -208,11 +209,11 @@ def _migrate_one(
         write_atomic(folder / "eval-set.jsonl", "".join(ln + "\n" for ln in lines))
         j.update(files=ids, eval_set_from=came_from)
         state.save()
-    examples = m.examples_of((folder / "eval-set.jsonl").read_text("utf-8").splitlines(), f"{src.id}/eval-set.jsonl")
+    examples = load_examples(folder / "eval-set.jsonl", filename=f"{src.id}/eval-set.jsonl")
     if j.get("answers") is None:
         console.print(f"{src.id}: recording {src.fine_tuned_model}'s answers to {len(examples)} prompts")
         try:
-            answers = m.record_answers(source, src.fine_tuned_model, examples, lambda: None)
+            answers = m.record_answers(source, src.fine_tuned_model, examples)
         except openai.NotFoundError as e:  # retired already: train anyway, compare with the base only
             answers = [""] * len(examples)
             j["answers_note"] = f"{src.fine_tuned_model} no longer answers ({e.message}): no comparison with it"
@@ -240,7 +241,7 @@ def _migrate_one(
     if j.get("eval") is None:
         console.print(f"{src.id}: comparing {j['base']}, {src.fine_tuned_model} and {job.fine_tuned_model}")
         j["eval"] = m.compare(
-            target, j["base"], job.fine_tuned_model, src.fine_tuned_model, examples, j["answers"], folder, lambda: None
+            target, j["base"], job.fine_tuned_model, src.fine_tuned_model, examples, j["answers"], folder
         )
         state.save()
 
