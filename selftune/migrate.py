@@ -237,9 +237,11 @@ def record_answers(source: Any, model: str, examples: Sequence[Example]) -> list
 
 
 def answers_jsonl(examples: Sequence[Example], answers: Sequence[str]) -> str:
-    """The old answers as a chat-format eval set (empty answers left out: they cannot be references)."""
+    """The old answers as an eval set in the data's format (empty answers left out: they cannot be references)."""
     rows = [
-        {"messages": [*ex.prompt, {"role": "assistant", "content": a}]}
+        {"prompt": ex.prompt, "completion": a}
+        if isinstance(ex.prompt, str)
+        else {"messages": [*ex.prompt, {"role": "assistant", "content": a}]}
         for ex, a in zip(examples, answers, strict=True)
         if a.strip()
     ]

@@ -8,7 +8,14 @@ import pytest
 from transformers import AutoTokenizer
 
 from selftune.catalog import default_spec
-from selftune.data.render import IGNORE, normalize_tools, render_prompt, render_training, supports_tools
+from selftune.data.render import (
+    IGNORE,
+    normalize_tools,
+    render_completion,
+    render_prompt,
+    render_training,
+    supports_tools,
+)
 
 
 def show(tok: object, ids: list[int], labels: list[int]) -> str:
@@ -164,3 +171,16 @@ def test_legacy_functions_render_as_tools(tiny_model_dir: Path) -> None:
     spans = trained_spans(tok, ids, labels)
     assert spans == [CALLS.split("\n<tool_call>")[0] + "<|im_end|>", "18 C.<|im_end|>"]
     assert "<tool_response>\n18 C\n</tool_response>" in tok.decode(ids)
+
+
+def test_a_prompt_completion_line_trains_the_completion_and_eos_after_the_plain_prompt(tiny_model_dir: Path) -> None:
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    prompt = "question 1\n\n###\n\n"
+    ids, labels = render_completion(tok, prompt, " the lazy dog")
+    head = render_prompt(tok, prompt)  # what /v1/completions feeds the model: no chat template
+    assert ids[: len(head)] == head and "<|im_start|>" not in tok.decode(head)
+    assert labels[: len(head)] == [IGNORE] * len(head)
+    assert labels[len(head) :] == ids[len(head) :] and ids[-1] == tok.eos_token_id
+    assert tok.decode(ids[len(head) : -1]) == " the lazy dog"
+    short_ids, short_labels = render_completion(tok, prompt, " the lazy dog", max_tokens=len(head) + 1)
+    assert len(short_ids) == len(head) + 1 and short_labels[-1] != IGNORE

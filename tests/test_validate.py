@@ -41,7 +41,7 @@ S = {"role": "system", "content": "be nice"}
         (chat(U, {**A, "weight": 2}), "invalid_weight"),
         (chat({**U, "weight": 1}, A), "invalid_weight"),
         (chat(U, {**A, "weight": 0}), "no_trainable_messages"),
-        ({"prompt": "a", "completion": "b"}, "legacy_prompt_completion"),
+        ({"prompt": "a", "completion": "b"}, "mixed_formats"),
     ],
 )
 def test_each_defect_is_reported_with_its_key_and_line(row: object, key: str) -> None:
@@ -186,3 +186,23 @@ def test_bad_encoding_blank_lines_and_empty_file() -> None:
     # A trailing newline and a UTF-8 byte-order mark are not problems.
     ok = validate_lines([b"\xef\xbb\xbf" + json.dumps(chat(U, A)).encode() + b"\n", b"\n"])
     assert ok.ok and not [p for p in ok.warnings if p.key == "blank_line"]
+
+
+def test_prompt_completion_lines_are_the_legacy_completion_format() -> None:
+    good = {"prompt": "Q: 2+2?\n\nA:", "completion": " 4\n"}
+    report = validate_lines(lines(*[good] * 10), filename="legacy.jsonl")
+    assert report.ok and report.format == "completion", report.summary()
+    assert [p.key for p in report.warnings if p.key != "duplicate_example"] == ["legacy_completion_format"]
+    assert "/v1/completions" in report.summary()
+    bad = validate_lines(
+        lines(good, {"prompt": "x"}, {"prompt": "x", "completion": " "}, {"prompt": 3, "completion": "y"}, chat(U, A)),
+        filename="legacy.jsonl",
+    )
+    found = [(p.line, p.key) for p in bad.errors]
+    assert found == [
+        (2, "invalid_completion"),
+        (3, "empty_completion"),
+        (4, "invalid_prompt"),
+        (5, "mixed_formats"),
+    ], bad.summary()
+    assert 'legacy.jsonl:2: error: "completion" must be a string, not missing' in bad.summary()

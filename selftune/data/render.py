@@ -2,6 +2,10 @@
 
 One implementation, used by the inference engine (``render_prompt``) and, for training, by the
 trainer and ``selftune render`` so that what the model sees is the same everywhere.
+
+A prompt is a list of chat messages or, for legacy Completions and ``prompt``/``completion``
+training lines, plain text (``Prompt``): text is tokenized as it is, with the tokenizer's own special
+tokens and no chat template, in training and at inference alike (``render_text``).
 """
 
 from __future__ import annotations
@@ -147,10 +151,20 @@ def _apply(tokenizer: Any, msgs: Sequence[dict[str, Any]], tools: Any, gen_promp
     return [int(i) for i in ids]
 
 
-def render_prompt(
-    tokenizer: Any, messages: Sequence[dict[str, Any]], tools: list[dict[str, Any]] | None = None
-) -> list[int]:
-    """Token ids of ``messages`` (and ``tools``) followed by the template's assistant generation prompt."""
+Prompt = Sequence[dict[str, Any]] | str
+"""Chat messages, or the plain text of a legacy completion prompt."""
+
+
+def render_text(tokenizer: Any, text: str) -> list[int]:
+    """Plain text as the model reads it without a chat template (a BOS first where the tokenizer adds one)."""
+    return [int(i) for i in tokenizer(text)["input_ids"]]
+
+
+def render_prompt(tokenizer: Any, messages: Prompt, tools: list[dict[str, Any]] | None = None) -> list[int]:
+    """Token ids of ``messages`` (and ``tools``) followed by the template's assistant generation prompt;
+    of a plain-text prompt, its tokens (``render_text``)."""
+    if isinstance(messages, str):
+        return render_text(tokenizer, messages)
     msgs, native_tools = template_input(tokenizer, messages, tools)
     return _apply(tokenizer, msgs, native_tools, True)
 
@@ -226,6 +240,22 @@ def render_training(
     return full, labels
 
 
+def render_completion(
+    tokenizer: Any, prompt: str, completion: str, max_tokens: int | None = None
+) -> tuple[list[int], list[int]]:
+    """A legacy ``prompt``/``completion`` line: the prompt as ``render_text`` gives it (what
+    ``/v1/completions`` will feed the model), then the completion and EOS, with only those trained.
+    They are tokenized apart, as generation meets them: the model continues the prompt's own tokens."""
+    head = render_text(tokenizer, prompt)
+    tail = [int(i) for i in tokenizer(completion, add_special_tokens=False)["input_ids"]]
+    if tokenizer.eos_token_id is not None:
+        tail.append(int(tokenizer.eos_token_id))
+    ids, labels = head + tail, [IGNORE] * len(head) + tail
+    if max_tokens is not None and len(ids) > max_tokens:
+        ids, labels = ids[:max_tokens], labels[:max_tokens]
+    return ids, labels
+
+
 def render_preference(
     tokenizer: Any, example: dict[str, Any], max_tokens: int | None = None
 ) -> tuple[tuple[list[int], list[int]], tuple[list[int], list[int]]]:
@@ -253,7 +283,7 @@ class RenderedFile:
     rows: list[tuple[list[int], list[int]]] = field(default_factory=list)
     """(ids, labels) of every example that has something to train, truncated to the limit."""
     format: str = "chat"
-    """``chat`` or ``preference`` (one per file, as validation requires)."""
+    """``chat``, ``preference`` or ``completion`` (one per file, as validation requires)."""
     lines: list[int] = field(default_factory=list)
     """The line number of each row."""
     lengths: list[int] = field(default_factory=list)
@@ -308,6 +338,9 @@ def render_file(tokenizer: Any, path: str | Path, max_tokens: int) -> RenderedFi
                     messages = example["messages"]
                     tools = normalize_tools(example.get("tools"), example.get("functions"))
                     rows = [render_training(tokenizer, messages, tools=tools)]
+                elif "completion" in example:
+                    out.format, messages = "completion", []
+                    rows = [render_completion(tokenizer, example.get("prompt", ""), example["completion"])]
                 else:
                     out.format = "preference"
                     messages = example["input"]["messages"]

@@ -9,11 +9,13 @@ It implements the checks of OpenAI's cookbook data-prep notebook, with the same 
 invalid JSON or encoding, the preference (DPO) format, ``weight`` values, mixed formats, duplicates,
 and function calling (``tools`` and ``functions``, call ids, names and JSON arguments).
 
-Two line formats are accepted (one per file):
+Three line formats are accepted (one per file):
 
 - chat: ``{"messages": [...], "tools"?: [...], "parallel_tool_calls"?: bool}``
 - preference: ``{"input": {"messages": [...]}, "preferred_output": [assistant message],
   "non_preferred_output": [assistant message]}``
+- completion: ``{"prompt": "...", "completion": "..."}``, the legacy format OpenAI trained
+  ``babbage-002`` and ``davinci-002`` on; the model is then called through ``/v1/completions``.
 
 The file is read as a stream; memory use does not grow with the file (beyond one digest per line
 for duplicate detection).
@@ -32,12 +34,13 @@ from typing import Any, Literal
 from selftune.data.tool_checks import check_tools
 
 Level = Literal["error", "warning"]
-Format = Literal["chat", "preference"]
+Format = Literal["chat", "preference", "completion"]
 
 ROLES = ("system", "developer", "user", "assistant", "tool", "function")
 MESSAGE_KEYS = ("role", "content", "name", "function_call", "weight", "tool_calls", "tool_call_id")
 CHAT_KEYS = ("messages", "tools", "parallel_tool_calls", "functions")
 PREFERENCE_KEYS = ("input", "preferred_output", "non_preferred_output")
+COMPLETION_KEYS = ("prompt", "completion")
 MIN_EXAMPLES = 10
 MAX_RECORDED_PROBLEMS = 10_000
 
@@ -156,6 +159,15 @@ def validate_lines(lines: Iterable[bytes], *, filename: str = "<data>") -> Repor
             report.add(0, "warning", "missing_system", f"{report.n_missing_system} example(s) have no system message")
         if report.n_missing_user:
             report.add(0, "warning", "missing_user", f"{report.n_missing_user} example(s) have no user message")
+    if report.format == "completion" and report.ok:
+        report.add(
+            0,
+            "warning",
+            "legacy_completion_format",
+            "prompt/completion lines train the model to continue text without its chat template: call "
+            "the fine-tuned model through /v1/completions (client.completions.create) with prompts written "
+            'like these, or convert the file to {"messages": [...]} with `selftune prepare` to chat with it',
+        )
     if 0 < report.n_examples < MIN_EXAMPLES:
         report.add(
             0,
@@ -186,15 +198,8 @@ def _check_example(obj: Any, line: int, report: Report) -> None:
         fmt: Format = "chat"
     elif any(k in obj for k in PREFERENCE_KEYS):
         fmt = "preference"
-    elif "prompt" in obj or "completion" in obj:
-        report.add(
-            line,
-            "error",
-            "legacy_prompt_completion",
-            "prompt/completion lines are the legacy babbage/davinci format; chat models need "
-            '{"messages": [...]} (convert with `selftune prepare`)',
-        )
-        return
+    elif any(k in obj for k in COMPLETION_KEYS):
+        fmt = "completion"
     else:
         keys = ", ".join(sorted(obj)) or "none"
         report.add(line, "error", "missing_messages_list", f'no "messages" list (keys found: {keys})')
@@ -211,6 +216,8 @@ def _check_example(obj: Any, line: int, report: Report) -> None:
         return
     if fmt == "chat":
         _check_chat(obj, line, report)
+    elif fmt == "completion":
+        _check_completion(obj, line, report)
     else:
         _check_preference(obj, line, report)
 
@@ -242,6 +249,19 @@ def _check_chat(obj: dict[str, Any], line: int, report: Report) -> None:
         )
     elif roles and roles[-1] != "assistant":
         report.add(line, "warning", "trailing_messages", "messages after the last assistant turn are not trained")
+
+
+def _check_completion(obj: dict[str, Any], line: int, report: Report) -> None:
+    for k in obj:
+        if k not in COMPLETION_KEYS:
+            report.add(line, "warning", "unrecognized_key", f'unknown key "{k}" is ignored')
+    for key in COMPLETION_KEYS:
+        value = obj.get(key)
+        if not isinstance(value, str):
+            shown = "missing" if key not in obj else f"a {type(value).__name__}"
+            report.add(line, "error", f"invalid_{key}", f'"{key}" must be a string, not {shown}')
+        elif key == "completion" and not value.strip():
+            report.add(line, "error", "empty_completion", '"completion" is empty, so there is nothing to learn')
 
 
 def _check_preference(obj: dict[str, Any], line: int, report: Report) -> None:

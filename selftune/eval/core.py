@@ -26,8 +26,10 @@ from selftune.eval import metrics as m
 from selftune.eval.embed import Embedder, load_embedder
 
 Messages = list[dict[str, Any]]
+Prompt = Messages | str
+"""What a model is asked: chat messages, or (from ``prompt``/``completion`` lines) plain text."""
 Tick = Callable[[], None]
-Answerer = Callable[[Sequence[Messages], Tick], list[str]]
+Answerer = Callable[[Sequence[Prompt], Tick], list[str]]
 """Answers each prompt in order; calls the tick once per finished answer (for progress bars)."""
 
 RATE = "rate"
@@ -49,10 +51,15 @@ METRICS: dict[str, tuple[str, str]] = {
 @dataclass
 class Example:
     line: int
-    prompt: Messages
+    prompt: Prompt
     reference: str
     rejected: str | None = None
     """A preference line's non-preferred output (its preferred one is the reference)."""
+
+
+def as_messages(prompt: Prompt) -> Messages:
+    """A prompt as turns to show or quote (plain text reads as one user turn)."""
+    return [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
 
 
 @dataclass
@@ -175,6 +182,11 @@ def load_examples(path: str | Path, *, limit: int | None = None, filename: str |
                 continue
             obj = json.loads(raw)
             rejected: str | None = None
+            if "completion" in obj and "messages" not in obj:  # legacy prompt/completion: plain text
+                examples.append(Example(line_no, obj.get("prompt", ""), obj["completion"]))
+                if limit is not None and len(examples) >= limit:
+                    break
+                continue
             if "messages" in obj:
                 messages = obj["messages"]
                 last = max(i for i, msg in enumerate(messages) if msg.get("role") == "assistant")
@@ -301,7 +313,7 @@ _VERDICT = re.compile(r"\b(A|B|TIE|Tie|tie|T)\b")
 
 
 def judge_prompt(example: Example, first: str, second: str) -> Messages:
-    question = "\n".join(f"{msg['role']}: {msg['content']}" for msg in example.prompt)
+    question = "\n".join(f"{msg['role']}: {msg['content']}" for msg in as_messages(example.prompt))
     return [
         {"role": "system", "content": JUDGE_SYSTEM},
         {

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from selftune.eval.core import Answerer, Messages, Tick
+from selftune.eval.core import Answerer, Prompt, Tick
 
 
 def api_answerer(
@@ -24,14 +24,18 @@ def api_answerer(
 ) -> Answerer:
     """An ``Answerer`` for ``model`` through ``client`` (an ``openai.OpenAI``)."""
 
-    def answer(prompts: Sequence[Messages], tick: Tick) -> list[str]:
+    def answer(prompts: Sequence[Prompt], tick: Tick) -> list[str]:
         limits = [max_tokens] * len(prompts) if isinstance(max_tokens, int) else list(max_tokens)
 
         def one(i: int) -> str:
-            extra = {"seed": seed} if seed is not None else {}
-            r = client.chat.completions.create(
-                model=model, messages=prompts[i], max_tokens=limits[i], temperature=temperature, **extra
-            )
+            extra: dict[str, Any] = {"seed": seed} if seed is not None else {}
+            extra.update(model=model, max_tokens=limits[i], temperature=temperature)
+            prompt = prompts[i]
+            if isinstance(prompt, str):  # a prompt-style fine-tune answers through legacy Completions
+                c = client.completions.create(prompt=prompt, **extra)
+                tick()
+                return str(c.choices[0].text).strip() if c.choices else ""
+            r = client.chat.completions.create(messages=prompt, **extra)
             tick()
             return str(r.choices[0].message.content or "") if r.choices else ""
 

@@ -15,11 +15,11 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from selftune.eval.core import METRICS, EvalReport, Messages, fmt
+from selftune.eval.core import METRICS, EvalReport, Prompt, as_messages, fmt
 
 
-def _last_user(prompt: Messages) -> str:
-    return next((msg["content"] for msg in reversed(prompt) if msg["role"] == "user"), "")
+def _last_user(prompt: Prompt) -> str:
+    return next((msg["content"] for msg in reversed(as_messages(prompt)) if msg["role"] == "user"), "")
 
 
 def _short(text: str, width: int) -> str:
@@ -210,7 +210,7 @@ def to_html(report: EvalReport) -> str:
         flipped = any(report.right(m, i) != report.right(report.baseline, i) for m in models[1:])
         prompt = "".join(
             f"<div><span class=role>{_e(msg['role'])}</span><div class=ans>{_e(msg['content'])}</div></div>"
-            for msg in ex.prompt
+            for msg in as_messages(ex.prompt)
         )
         answers = "".join(
             f"<td class='ans {'ok' if report.right(m, i) else 'bad'}'>{_e(report.outputs[m][i])}"

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from selftune.catalog import Resolved
+from selftune.data.render import Prompt
 
 
 @dataclass(frozen=True)
@@ -38,7 +39,8 @@ class Generation:
     """One request: ``n`` completions of ``messages`` with ``params``, reported through ``emit``."""
 
     model: Resolved
-    messages: Sequence[dict[str, Any]]
+    messages: Prompt
+    """Chat messages, or the plain text of a legacy completion prompt (``selftune.data.render``)."""
     params: SamplingParams
     emit: Callable[[Event], None]
     n: int = 1

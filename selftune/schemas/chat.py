@@ -42,7 +42,26 @@ class StreamOptions(Request):
     include_usage: bool | None = None
 
 
-class ChatCompletionRequest(Request):
+class StopSequences(Request):
+    """``stop``, shared by chat and legacy completions: up to four strings that end a choice."""
+
+    stop: str | list[str] | None = None
+
+    @field_validator("stop")
+    @classmethod
+    def _at_most_four(cls, v: str | list[str] | None) -> str | list[str] | None:
+        if isinstance(v, list) and len(v) > 4:
+            raise ValueError("at most 4 stop sequences are allowed")
+        return v
+
+    @property
+    def stop_list(self) -> tuple[str, ...]:
+        if self.stop is None:
+            return ()
+        return (self.stop,) if isinstance(self.stop, str) else tuple(self.stop)
+
+
+class ChatCompletionRequest(StopSequences):
     model: str
     messages: list[ChatMessage] = Field(min_length=1)
     temperature: float | None = Field(default=None, ge=0, le=2)
@@ -51,7 +70,6 @@ class ChatCompletionRequest(Request):
     max_tokens: int | None = Field(default=None, ge=1)
     """Deprecated by OpenAI in favour of ``max_completion_tokens``; both are honoured."""
     max_completion_tokens: int | None = Field(default=None, ge=1)
-    stop: str | list[str] | None = None
     seed: int | None = None
     stream: bool | None = False
     stream_options: StreamOptions | None = None
@@ -101,19 +119,6 @@ class ChatCompletionRequest(Request):
         if self.web_search_options is not None:
             out.append(("web_search_options", "web search is not available on a self-hosted model"))
         return out
-
-    @field_validator("stop")
-    @classmethod
-    def _at_most_four(cls, v: str | list[str] | None) -> str | list[str] | None:
-        if isinstance(v, list) and len(v) > 4:
-            raise ValueError("at most 4 stop sequences are allowed")
-        return v
-
-    @property
-    def stop_list(self) -> tuple[str, ...]:
-        if self.stop is None:
-            return ()
-        return (self.stop,) if isinstance(self.stop, str) else tuple(self.stop)
 
 
 class FunctionCall(Response):

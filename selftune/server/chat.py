@@ -7,19 +7,13 @@ are parsed out of the answer (``selftune.inference.tools``) into ``tool_calls``,
 OpenAI does (id and name first, then argument fragments), with ``finish_reason: "tool_calls"``;
 a request with ``functions`` gets ``function_call`` back. Parameters selftune cannot honour are 400s.
 
-Generation runs on the engine's thread; this module only bridges its events onto the event loop.
-We wait for the first event before answering, so that errors found before any output (an unknown
-adapter, a prompt longer than the context) still get a proper HTTP status instead of a broken
-stream. A client that disconnects cancels its generation at the next token.
+Generation runs on the engine's thread, reached through ``selftune.server.bridge``. A client that
+disconnects cancels its generation at the next token.
 """
 
 from __future__ import annotations
 
-import asyncio
-import json
 from collections.abc import AsyncIterator, Iterator
-from concurrent.futures import Future
-from contextlib import suppress
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Request
@@ -28,10 +22,9 @@ from fastapi.responses import StreamingResponse
 from pydantic import ValidationError
 
 from selftune.data.render import normalize_tools
-from selftune.errors import InvalidRequest, SelftuneError, Unavailable
+from selftune.errors import InvalidRequest
 from selftune.ids import now, random_id
-from selftune.inference.engines import Engines
-from selftune.inference.generation import Event, Generation, SamplingParams
+from selftune.inference.generation import Event, SamplingParams
 from selftune.inference.tools import ParsedCall, ToolPlan, ToolStream, parse_calls
 from selftune.inference.tools import plan as tools_plan
 from selftune.schemas.chat import (
@@ -42,45 +35,17 @@ from selftune.schemas.chat import (
     Choice,
     ChoiceDelta,
     ChunkChoice,
-    CompletionUsage,
     DeltaFunction,
     DeltaToolCall,
     FunctionCall,
     ToolCall,
 )
+from selftune.server.bridge import Bridge, collect, sse_error, usage
 from selftune.server.deps import OwnerDep, ServicesDep
 
 router = APIRouter(tags=["chat"])
 
 DISCONNECT_POLL_S = 0.5
-
-
-class _Bridge:
-    """Runs one ``Generation`` on the engine and carries its events (or its exception) onto the loop."""
-
-    def __init__(self, engine: Engines, **generation: Any) -> None:
-        self.loop = asyncio.get_running_loop()
-        self.queue: asyncio.Queue[Event | BaseException] = asyncio.Queue()
-        self.gen = Generation(emit=self._emit, **generation)
-        engine.submit(self.gen).add_done_callback(self._done)
-
-    def _emit(self, item: Event | BaseException) -> None:
-        try:
-            self.loop.call_soon_threadsafe(self.queue.put_nowait, item)
-        except RuntimeError:  # the loop is gone (server shutting down): stop generating
-            self.gen.cancel.set()
-
-    def _done(self, future: Future[None]) -> None:
-        if future.cancelled():
-            self._emit(Unavailable("the server is shutting down; try again"))
-        elif (exc := future.exception()) is not None:
-            self._emit(exc)
-
-    async def next(self) -> Event:
-        item = await self.queue.get()
-        if isinstance(item, BaseException):
-            raise item
-        return item
 
 
 @router.post("/chat/completions", response_model=None)
@@ -109,7 +74,7 @@ async def create_chat_completion(
     )
     n = body.n or 1
     messages = [m.model_dump(exclude_none=True) for m in body.messages]
-    bridge = _Bridge(
+    bridge = Bridge(
         services.engine,
         model=resolved,
         messages=messages,
@@ -119,11 +84,7 @@ async def create_chat_completion(
         grammar=plan.grammar,
         lazy_grammar=plan.lazy_grammar,
     )
-    try:
-        first = await bridge.next()
-    except BaseException:
-        bridge.gen.cancel.set()
-        raise
+    first = await bridge.first()
     meta = {"id": random_id("chatcmpl-"), "created": now(), "model": resolved.id}
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
@@ -132,7 +93,9 @@ async def create_chat_completion(
             media_type="text/event-stream",
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         )
-    return await _collect(bridge, first, n, meta, request, plan)
+    got = await collect(bridge, first, n, request.is_disconnected)
+    choices = [_choice(i, got.texts[i], got.finish[i], plan) for i in range(n)]
+    return ChatCompletion(choices=choices, usage=usage(got.prompt_tokens, got.completion_tokens), **meta)
 
 
 @router.post("/engines/{engine}/chat/completions", response_model=None, include_in_schema=False)
@@ -145,32 +108,6 @@ async def create_chat_completion_engine(
     except ValidationError as e:
         raise RequestValidationError(e.errors()) from e
     return await create_chat_completion(body, request, services, owner)
-
-
-async def _collect(
-    bridge: _Bridge, first: Event, n: int, meta: dict[str, object], request: Request, plan: ToolPlan
-) -> ChatCompletion:
-    texts, finish, done, tokens = [""] * n, ["stop"] * n, 0, 0
-    event = first
-    try:
-        while True:
-            texts[event.index] += event.text
-            if event.finish_reason:
-                finish[event.index] = event.finish_reason
-                tokens += event.completion_tokens
-                done += 1
-                if done == n:
-                    break
-            event = await _next_or_disconnect(bridge, request)
-    finally:
-        bridge.gen.cancel.set()
-    choices = [_choice(i, texts[i], finish[i], plan) for i in range(n)]
-    usage = CompletionUsage(
-        prompt_tokens=bridge.gen.prompt_tokens,
-        completion_tokens=tokens,
-        total_tokens=bridge.gen.prompt_tokens + tokens,
-    )
-    return ChatCompletion(choices=choices, usage=usage, **meta)
 
 
 def _choice(index: int, text: str, finish: str, plan: ToolPlan) -> Choice:
@@ -191,22 +128,12 @@ def _choice(index: int, text: str, finish: str, plan: ToolPlan) -> Choice:
     return Choice(index=index, message=message, finish_reason="tool_calls" if finish == "stop" else finish)
 
 
-async def _next_or_disconnect(bridge: _Bridge, request: Request) -> Event:
-    """Wait for the next event, but give up (and cancel) if the client has gone away."""
-    while True:
-        with suppress(TimeoutError):
-            return await asyncio.wait_for(bridge.next(), DISCONNECT_POLL_S)
-        if await request.is_disconnected():
-            bridge.gen.cancel.set()
-            raise asyncio.CancelledError
-
-
 def _data(obj: ChatCompletionChunk) -> str:
     return f"data: {obj.model_dump_json(exclude_unset=True)}\n\n"
 
 
 async def _sse(
-    bridge: _Bridge, first: Event, n: int, meta: dict[str, object], include_usage: bool, plan: ToolPlan
+    bridge: Bridge, first: Event, n: int, meta: dict[str, object], include_usage: bool, plan: ToolPlan
 ) -> AsyncIterator[str]:
     extra = {"usage": None} if include_usage else {}
     streams = [ToolStream() for _ in range(n)] if plan.parse else []
@@ -260,14 +187,10 @@ async def _sse(
             try:
                 event = await bridge.next()
             except Exception as e:
-                # Mid-stream the status line is gone; the SDKs raise on a data event holding "error".
-                err = e if isinstance(e, SelftuneError) else SelftuneError(f"generation failed: {e}")
-                yield f"data: {json.dumps({'error': err.to_dict()})}\n\n"
+                yield sse_error(e)
                 return
         if include_usage:
-            prompt = bridge.gen.prompt_tokens
-            usage = CompletionUsage(prompt_tokens=prompt, completion_tokens=tokens, total_tokens=prompt + tokens)
-            yield _data(ChatCompletionChunk(choices=[], usage=usage, **meta))
+            yield _data(ChatCompletionChunk(choices=[], usage=usage(bridge.gen.prompt_tokens, tokens), **meta))
         yield "data: [DONE]\n\n"
     finally:
         # Runs on normal end, on error, and when Starlette cancels us because the client left.

@@ -15,18 +15,20 @@ from typing import Any
 import torch
 
 from selftune.blobs import write_atomic
-from selftune.data.render import stop_token_ids
+from selftune.data.render import Prompt, stop_token_ids
 from selftune.train.generate import generate_answers, greedy_tokens
 from selftune.train.protocol import Message, TrainConfig
 
 
-def smoke_prompt(path: str) -> tuple[list[dict[str, Any]], str] | None:
+def smoke_prompt(path: str) -> tuple[Prompt, str] | None:
     """The first training conversation cut before its last assistant message, and that message
-    (of a preference line: its input, and the preferred output)."""
+    (of a preference line: its input, and the preferred output; of a prompt/completion line, both)."""
     with open(path, encoding="utf-8") as f:
         for line in f:
             if line.strip():
                 example = json.loads(line)
+                if "completion" in example and "messages" not in example:
+                    return str(example.get("prompt", "")), str(example["completion"])
                 if "messages" not in example:
                     return example["input"]["messages"], str(example["preferred_output"][0].get("content") or "")
                 messages = example["messages"]

@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from selftune.data.render import render_prompt, stop_token_ids
+from selftune.data.render import Prompt, render_prompt, stop_token_ids
 
 
 def greedy_tokens(
@@ -20,7 +20,7 @@ def greedy_tokens(
     tokenizer: Any,
     device: torch.device,
     autocast: Any,
-    prompts: Sequence[list[dict[str, Any]]],
+    prompts: Sequence[Prompt],
     limits: Sequence[int],
     adapter: bool = True,
     batch_size: int = 16,
@@ -58,7 +58,7 @@ def generate_answers(
     autocast: Any,
     limits: list[int],
     adapter: bool,
-    prompts: Sequence[list[dict[str, Any]]],
+    prompts: Sequence[Prompt],
     tick: Callable[[], None],
 ) -> list[str]:
     """An evaluation ``Answerer``: greedy answers as text, cut at the first stop token."""

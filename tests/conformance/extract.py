@@ -20,14 +20,17 @@ import yaml
 HERE = Path(__file__).resolve().parent
 OUT = HERE / "openai-schemas.json"
 CHECKED = [
+    "Batch",
     "CreateChatCompletionResponse",
     "CreateChatCompletionStreamResponse",
+    "CreateCompletionResponse",
     "DeleteFileResponse",
     "DeleteModelResponse",
     "ErrorResponse",
     "FineTuningJob",
     "FineTuningJobCheckpoint",
     "FineTuningJobEvent",
+    "ListBatchesResponse",
     "ListFilesResponse",
     "ListFineTuningJobCheckpointsResponse",
     "ListFineTuningJobEventsResponse",
@@ -35,6 +38,9 @@ CHECKED = [
     "ListPaginatedFineTuningJobsResponse",
     "Model",
     "OpenAIFile",
+    "Response",
+    "Upload",
+    "UploadPart",
 ]
 PREFIX = "#/components/schemas/"
 

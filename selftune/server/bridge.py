@@ -1,0 +1,115 @@
+"""From the engine's thread to the event loop: run a ``Generation`` and await its events.
+
+Every route that generates (chat, completions, responses, and the batch runner through them) starts
+one ``Bridge`` per prompt, waits for the first event before answering (so errors found before any
+output, an unknown adapter or a prompt longer than the context, still get a proper HTTP status
+instead of a broken stream), then either collects the choices (``collect``) or streams them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Awaitable, Callable
+from concurrent.futures import Future
+from contextlib import suppress
+from dataclasses import dataclass
+from typing import Any
+
+from selftune.errors import SelftuneError, Unavailable
+from selftune.inference.engines import Engines
+from selftune.inference.generation import Event, Generation
+from selftune.schemas.chat import CompletionUsage
+
+DISCONNECT_POLL_S = 0.5
+
+Disconnected = Callable[[], Awaitable[bool]]
+"""``Request.is_disconnected``: polled while collecting, so a client that leaves cancels its work."""
+
+
+class Bridge:
+    """Runs one ``Generation`` on the engine and carries its events (or its exception) onto the loop."""
+
+    def __init__(self, engine: Engines, **generation: Any) -> None:
+        self.loop = asyncio.get_running_loop()
+        self.queue: asyncio.Queue[Event | BaseException] = asyncio.Queue()
+        self.gen = Generation(emit=self._emit, **generation)
+        engine.submit(self.gen).add_done_callback(self._done)
+
+    def _emit(self, item: Event | BaseException) -> None:
+        try:
+            self.loop.call_soon_threadsafe(self.queue.put_nowait, item)
+        except RuntimeError:  # the loop is gone (server shutting down): stop generating
+            self.gen.cancel.set()
+
+    def _done(self, future: Future[None]) -> None:
+        if future.cancelled():
+            self._emit(Unavailable("the server is shutting down; try again"))
+        elif (exc := future.exception()) is not None:
+            self._emit(exc)
+
+    async def next(self) -> Event:
+        item = await self.queue.get()
+        if isinstance(item, BaseException):
+            raise item
+        return item
+
+    async def first(self) -> Event:
+        """The first event; on an error the generation is cancelled and the error raised."""
+        try:
+            return await self.next()
+        except BaseException:
+            self.gen.cancel.set()
+            raise
+
+    async def next_or_disconnect(self, disconnected: Disconnected | None) -> Event:
+        """The next event, but give up (and cancel) if the client has gone away."""
+        if disconnected is None:
+            return await self.next()
+        while True:
+            with suppress(TimeoutError):
+                return await asyncio.wait_for(self.next(), DISCONNECT_POLL_S)
+            if await disconnected():
+                self.gen.cancel.set()
+                raise asyncio.CancelledError
+
+
+@dataclass
+class Collected:
+    """Every choice of a finished generation."""
+
+    texts: list[str]
+    finish: list[str]
+    completion_tokens: int
+    prompt_tokens: int
+
+
+def sse_error(e: Exception) -> str:
+    """An error after the stream began: the status line is gone, and the SDKs raise on a data event
+    holding "error"."""
+    err = e if isinstance(e, SelftuneError) else SelftuneError(f"generation failed: {e}")
+    return f"data: {json.dumps({'error': err.to_dict()})}\n\n"
+
+
+def usage(prompt_tokens: int, completion_tokens: int) -> CompletionUsage:
+    return CompletionUsage(
+        prompt_tokens=prompt_tokens, completion_tokens=completion_tokens, total_tokens=prompt_tokens + completion_tokens
+    )
+
+
+async def collect(bridge: Bridge, first: Event, n: int, disconnected: Disconnected | None) -> Collected:
+    texts, finish, done, tokens = [""] * n, ["stop"] * n, 0, 0
+    event = first
+    try:
+        while True:
+            texts[event.index] += event.text
+            if event.finish_reason:
+                finish[event.index] = event.finish_reason
+                tokens += event.completion_tokens
+                done += 1
+                if done == n:
+                    break
+            event = await bridge.next_or_disconnect(disconnected)
+    finally:
+        bridge.gen.cancel.set()
+    return Collected(texts, finish, tokens, bridge.gen.prompt_tokens)
