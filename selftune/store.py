@@ -31,6 +31,7 @@ from selftune.tables import (
     FileRecord,
     JobRecord,
     ModelRecord,
+    ObjectRecord,
     base_models,
     checkpoints,
     files,
@@ -38,6 +39,7 @@ from selftune.tables import (
     jobs,
     metadata,
     models_table,
+    objects,
 )
 
 __all__ = [
@@ -47,6 +49,7 @@ __all__ = [
     "FileRecord",
     "JobRecord",
     "ModelRecord",
+    "ObjectRecord",
     "Store",
     "metadata",
 ]
@@ -133,6 +136,64 @@ class Store:
             ).rowcount
         if not n:
             raise NotFound(f"No such File object: {file_id}", param="id", code="file_not_found")
+
+    # --- stored responses, batches, uploads (``tables.objects``) ----------------------------------
+
+    def insert_object(self, rec: ObjectRecord) -> None:
+        with self._tx() as c:
+            c.execute(insert(objects).values(**rec.__dict__, deleted=False))
+
+    def get_object(self, kind: str, owner: str | None, object_id: str, what: str) -> ObjectRecord:
+        """An owner's object (``owner=None``: the server's own runners, which see every owner's)."""
+        with self._tx() as c:
+            q = select(objects).where(objects.c.id == object_id, objects.c.kind == kind, ~objects.c.deleted)
+            if owner is not None:
+                q = q.where(objects.c.owner == owner)
+            row = c.execute(q).first()
+        if row is None:
+            raise NotFound(f"No such {what}: {object_id}", param="id", code=f"{kind}_not_found")
+        return _row(ObjectRecord, row)  # type: ignore[no-any-return]
+
+    def list_objects(
+        self, kind: str, owner: str, *, limit: int = 20, after: str | None = None
+    ) -> tuple[list[ObjectRecord], bool]:
+        """One page of an owner's objects of a kind, newest first; ``after`` is an id cursor."""
+        with self._tx() as c:
+            q = select(objects).where(objects.c.kind == kind, objects.c.owner == owner, ~objects.c.deleted)
+            if after:
+                seq = c.execute(select(objects.c.seq).where(objects.c.id == after, objects.c.owner == owner)).scalar()
+                if seq is None:
+                    raise InvalidRequest(f"Unknown cursor: no {kind} {after!r} to list after", param="after")
+                q = q.where(objects.c.seq < seq)
+            rows = c.execute(q.order_by(objects.c.seq.desc()).limit(limit + 1)).all()
+        return [_row(ObjectRecord, r) for r in rows[:limit]], len(rows) > limit
+
+    def objects_in(self, kind: str, *statuses: str) -> list[ObjectRecord]:
+        """Every owner's objects of a kind in these statuses, oldest first (the batch runner's queue)."""
+        with self._tx() as c:
+            q = select(objects).where(objects.c.kind == kind, objects.c.status.in_(statuses), ~objects.c.deleted)
+            rows = c.execute(q.order_by(objects.c.seq)).all()
+        return [_row(ObjectRecord, r) for r in rows]
+
+    def update_object(
+        self, object_id: str, status: str, data: dict[str, Any], from_statuses: Sequence[str] | None = None
+    ) -> bool:
+        """Replace an object's status and data; with ``from_statuses``, only if its status is one of them."""
+        with self._tx() as c:
+            q = update(objects).where(objects.c.id == object_id)
+            if from_statuses is not None:
+                q = q.where(objects.c.status.in_(from_statuses))
+            return bool(c.execute(q.values(status=status, data=data)).rowcount)
+
+    def delete_object(self, kind: str, owner: str, object_id: str, what: str) -> None:
+        with self._tx() as c:
+            n = c.execute(
+                update(objects)
+                .where(objects.c.id == object_id, objects.c.kind == kind, objects.c.owner == owner, ~objects.c.deleted)
+                .values(deleted=True)
+            ).rowcount
+        if not n:
+            raise NotFound(f"No such {what}: {object_id}", param="id", code=f"{kind}_not_found")
 
     # --- fine-tuned models ------------------------------------------------------------------------
 

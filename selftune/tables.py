@@ -116,6 +116,32 @@ checkpoints = Table(
     Column("adapter_path", Text, nullable=False),
 )
 
+objects = Table(
+    "objects",
+    metadata,
+    # The API's smaller resources, kept whole as their JSON: stored responses, batches and uploads.
+    # ``kind`` names the resource; ``status`` is a column so that compare-and-set and the batch
+    # runner's queue can query it.
+    Column("seq", Integer, primary_key=True, autoincrement=True),
+    Column("id", String(64), nullable=False, unique=True),
+    Column("kind", String(16), nullable=False, index=True),
+    Column("owner", String(128), nullable=False, index=True),
+    Column("created_at", Integer, nullable=False),
+    Column("status", String(32), nullable=False),
+    Column("data", JSON, nullable=False),
+    Column("deleted", Boolean, nullable=False, default=False),
+)
+
+
+@dataclass(frozen=True)
+class ObjectRecord:
+    id: str
+    kind: str
+    owner: str
+    created_at: int
+    status: str
+    data: dict[str, Any]
+
 
 @dataclass(frozen=True)
 class JobRecord:

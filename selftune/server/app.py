@@ -31,7 +31,7 @@ from selftune.errors import InvalidRequest, NotFound, SelftuneError
 from selftune.exports import Exports
 from selftune.ids import random_id
 from selftune.inference.engines import Engines
-from selftune.server import chat, completions, exports, files, fine_tuning, models
+from selftune.server import chat, completions, exports, files, fine_tuning, models, responses
 from selftune.server.deps import Services, get_owner, get_services
 from selftune.services import open_core
 from selftune.worker import Worker
@@ -71,7 +71,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.add_middleware(_PathAndRequestId)
 
     api = APIRouter(prefix="/v1", dependencies=[Depends(get_owner)])
-    for module in (files, models, chat, completions, fine_tuning, exports):
+    for module in (files, models, chat, completions, responses, fine_tuning, exports):
         api.include_router(module.router)
     app.include_router(api)
 
