@@ -84,6 +84,9 @@ class Settings(BaseSettings):
     default_max_tokens: int = 1024
     """Completion length when a request sets neither ``max_tokens`` nor ``max_completion_tokens``."""
 
+    batch_concurrency: int = Field(default=2, ge=1)
+    """Lines of a batch in the engine at once: the rest of its batch is left to interactive requests."""
+
     worker: bool = True
     """Run the training worker inside ``selftune serve``. Turn off when ``selftune worker`` runs elsewhere."""
 

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Any
+
 from pydantic import BaseModel, ConfigDict
+
+from selftune.errors import InvalidRequest
 
 
 def is_none(value: object) -> bool:
@@ -21,3 +26,31 @@ class Request(BaseModel):
     parameters faster than servers learn them, and OpenAI ignores what it does not know."""
 
     model_config = ConfigDict(extra="allow")
+
+
+def invalid_request(errors: Sequence[Any]) -> InvalidRequest:
+    """Pydantic's errors about a request body as one 400 (OpenAI answers 400, never 422), naming the
+    first offending parameter; used at the HTTP edge and for each line of a batch."""
+    # For "auto" | number fields pydantic reports one error per union member; the number's
+    # constraint ("greater than or equal to 1") says more than "should be 'auto'".
+    first: dict[str, Any] = min(errors, key=lambda e: e.get("type") == "literal_error", default={})
+    loc = [str(p) for p in first.get("loc", ()) if p not in ("body", "query", "path") and not _union_tag(p)]
+    param = ".".join(loc) or None
+    rest = [e for e in errors if e.get("type") != "literal_error" or e is first]
+    if first.get("type") == "json_invalid":
+        message = "We could not parse the JSON body of your request. Send valid JSON."
+    elif first.get("type") == "missing":
+        message = f"Missing required parameter: '{param}'."
+    else:
+        message = f"Invalid value for '{param}': {first.get('msg', 'invalid')}."
+    if len(rest) > 1:
+        message += f" ({len(rest) - 1} more problem(s) in the request.)"
+    return InvalidRequest(message, param=param)
+
+
+def _union_tag(part: object) -> bool:
+    """Pydantic's names for union members in an error location (``literal['auto']``, ``int``)."""
+    return isinstance(part, str) and (
+        "[" in part
+        or part in ("int", "float", "str", "bool", "constrained-int", "constrained-float", "constrained-str")
+    )

@@ -31,7 +31,9 @@ from selftune.errors import InvalidRequest, NotFound, SelftuneError
 from selftune.exports import Exports
 from selftune.ids import random_id
 from selftune.inference.engines import Engines
-from selftune.server import chat, completions, exports, files, fine_tuning, models, responses
+from selftune.schemas.common import invalid_request
+from selftune.server import batches, chat, completions, exports, files, fine_tuning, models, responses
+from selftune.server.batch_runner import BatchRunner
 from selftune.server.deps import Services, get_owner, get_services
 from selftune.services import open_core
 from selftune.worker import Worker
@@ -53,6 +55,7 @@ def create_app(settings: Settings) -> FastAPI:
         services = build_services(settings)
         app.state.services = services
         worker = Worker(settings, services.store, services.blobs, services.catalog) if settings.worker else None
+        runner = BatchRunner(services)
         try:
             if settings.preload:
                 spec = services.catalog.get_base(settings.default_model)
@@ -60,8 +63,10 @@ def create_app(settings: Settings) -> FastAPI:
                 await asyncio.wrap_future(services.engine.preload(spec))
             if worker is not None:
                 worker.start()
+            runner.start()
             yield
         finally:
+            await runner.stop()
             if worker is not None:
                 # Lets running jobs save their state (up to SHUTDOWN_GRACE_SECONDS) and requeues them.
                 await asyncio.to_thread(worker.stop)
@@ -71,7 +76,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.add_middleware(_PathAndRequestId)
 
     api = APIRouter(prefix="/v1", dependencies=[Depends(get_owner)])
-    for module in (files, models, chat, completions, responses, fine_tuning, exports):
+    for module in (files, models, chat, completions, responses, batches, fine_tuning, exports):
         api.include_router(module.router)
     app.include_router(api)
 
@@ -121,30 +126,7 @@ async def _selftune_error(_: Request, exc: Exception) -> JSONResponse:
 
 async def _validation_error(_: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
-    errors = exc.errors()
-    # For "auto" | number fields pydantic reports one error per union member; the number's
-    # constraint ("greater than or equal to 1") says more than "should be 'auto'".
-    first: dict[str, Any] = min(errors, key=lambda e: e.get("type") == "literal_error", default={})
-    loc = [str(p) for p in first.get("loc", ()) if p not in ("body", "query", "path") and not _union_tag(p)]
-    param = ".".join(loc) or None
-    errors = [e for e in errors if e.get("type") != "literal_error" or e is first]
-    if first.get("type") == "json_invalid":
-        message = "We could not parse the JSON body of your request. Send valid JSON."
-    elif first.get("type") == "missing":
-        message = f"Missing required parameter: '{param}'."
-    else:
-        message = f"Invalid value for '{param}': {first.get('msg', 'invalid')}."
-    if len(errors) > 1:
-        message += f" ({len(errors) - 1} more problem(s) in the request.)"
-    return _error_response(InvalidRequest(message, param=param))
-
-
-def _union_tag(part: object) -> bool:
-    """Pydantic's names for union members in an error location (``literal['auto']``, ``int``)."""
-    return isinstance(part, str) and (
-        "[" in part
-        or part in ("int", "float", "str", "bool", "constrained-int", "constrained-float", "constrained-str")
-    )
+    return _error_response(invalid_request(exc.errors()))
 
 
 async def _http_error(request: Request, exc: Exception) -> JSONResponse:

@@ -40,8 +40,8 @@ from selftune.schemas.chat import (
     FunctionCall,
     ToolCall,
 )
-from selftune.server.bridge import Bridge, collect, sse_error, usage
-from selftune.server.deps import OwnerDep, ServicesDep
+from selftune.server.bridge import Bridge, Disconnected, collect, sse_error, usage
+from selftune.server.deps import OwnerDep, Services, ServicesDep
 
 router = APIRouter(tags=["chat"])
 
@@ -52,6 +52,13 @@ DISCONNECT_POLL_S = 0.5
 async def create_chat_completion(
     body: ChatCompletionRequest, request: Request, services: ServicesDep, owner: OwnerDep
 ) -> ChatCompletion | StreamingResponse:
+    return await chat(body, services, owner, request.is_disconnected)
+
+
+async def chat(
+    body: ChatCompletionRequest, services: Services, owner: str, disconnected: Disconnected | None
+) -> ChatCompletion | StreamingResponse:
+    """A chat completion, or its stream; ``disconnected`` cancels a collected answer whose client left."""
     for param, why in body.unsupported():
         raise InvalidRequest(why, param=param, code="unsupported_parameter")
     legacy = bool(body.functions) and not body.tools
@@ -93,7 +100,7 @@ async def create_chat_completion(
             media_type="text/event-stream",
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         )
-    got = await collect(bridge, first, n, request.is_disconnected)
+    got = await collect(bridge, first, n, disconnected)
     choices = [_choice(i, got.texts[i], got.finish[i], plan) for i in range(n)]
     return ChatCompletion(choices=choices, usage=usage(got.prompt_tokens, got.completion_tokens), **meta)
 

@@ -1,0 +1,296 @@
+"""Runs batches in the background of the server: validate, answer every line, write the files.
+
+One batch at a time, oldest first, with at most ``SELFTUNE_BATCH_CONCURRENCY`` of its lines in the
+engine at once, so interactive requests always find room in the engine's batch beside them.
+Each line goes through the same function as its endpoint's route (``chat``, ``complete``,
+``respond``), with the batch owner's models and limits.
+
+Progress lives in two files under ``SELFTUNE_HOME/batches/<id>/``, appended one fsynced line per
+answered request: ``output.jsonl`` (status 200) and ``errors.jsonl`` (everything else). After a
+restart the runner reads the ``custom_id``s already there (dropping a half-written last line) and
+answers only the rest, so no line is answered twice in the results. At the end both files become
+``purpose=batch_output`` files (``output_file_id``, ``error_file_id``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+from collections.abc import Iterator
+from contextlib import suppress
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
+
+from selftune.errors import InvalidRequest, SelftuneError
+from selftune.ids import now, random_id
+from selftune.schemas.batches import ACTIVE, Batch, BatchError, BatchErrors, RequestCounts
+from selftune.schemas.chat import ChatCompletionRequest
+from selftune.schemas.common import invalid_request
+from selftune.schemas.completions import CompletionRequest
+from selftune.schemas.responses import ResponseCreateRequest
+from selftune.server.batches import KIND, dump
+from selftune.server.chat import chat
+from selftune.server.completions import complete
+from selftune.server.deps import Services
+from selftune.server.responses import respond
+from selftune.store import FileRecord, ObjectRecord
+
+log = logging.getLogger("selftune.batches")
+
+POLL_S = 0.5
+MAX_REPORTED_ERRORS = 100
+
+
+class BatchRunner:
+    def __init__(self, services: Services) -> None:
+        self.services = services
+        self.root = services.settings.home / "batches"
+        self.concurrency = services.settings.batch_concurrency
+        self.task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self.task = asyncio.get_running_loop().create_task(self._loop())
+
+    async def stop(self) -> None:
+        """Answers in flight are dropped unwritten; a restart asks them again."""
+        if self.task is not None:
+            self.task.cancel()
+            with suppress(asyncio.CancelledError):
+                await self.task
+
+    async def _loop(self) -> None:
+        while True:
+            try:
+                queue = self.services.store.objects_in(KIND, *ACTIVE)
+                for rec in queue:
+                    await self._advance(rec)
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # a bug must not stop every later batch; the next poll tries again
+                log.exception("batch runner error")
+            await asyncio.sleep(POLL_S)
+
+    async def _advance(self, rec: ObjectRecord) -> None:
+        batch = Batch.model_validate(rec.data)
+        if batch.status == "validating":
+            batch = self._validate(rec.owner, batch)
+            if batch.status != "in_progress":
+                return
+        if batch.status == "in_progress":
+            if batch.expires_at is not None and now() > batch.expires_at:
+                await self._finish(rec.owner, batch, "expired")
+                return
+            await self._answer_all(rec.owner, batch)
+            return
+        await self._finish(rec.owner, batch, "cancelled" if batch.status == "cancelling" else "completed")
+
+    # --- validating -------------------------------------------------------------------------------
+
+    def _validate(self, owner: str, batch: Batch) -> Batch:
+        errors: list[BatchError] = []
+        total = 0
+        try:
+            for line, obj, problem in self._lines(owner, batch):
+                total += 1
+                if problem is None:
+                    problem = _check_line(obj, batch.endpoint, line)
+                if problem is not None:
+                    errors.append(problem)
+        except SelftuneError as e:  # the input file is gone
+            errors.append(BatchError(code="invalid_file", message=e.message, param="input_file_id"))
+        seen: dict[str, int] = {}
+        if not errors:
+            for line, obj, _ in self._lines(owner, batch):
+                custom = obj["custom_id"]
+                if custom in seen:
+                    msg = f"custom_id {custom!r} is used again (first on line {seen[custom]}); make each unique"
+                    errors.append(BatchError(code="duplicate_custom_id", message=msg, param="custom_id", line=line))
+                seen.setdefault(custom, line)
+        if total == 0 and not errors:
+            errors.append(BatchError(code="empty_file", message="The input file has no requests.", line=None))
+        if errors:
+            moved = batch.moved("failed", now(), errors=BatchErrors(data=errors[:MAX_REPORTED_ERRORS]))
+        else:
+            moved = batch.moved("in_progress", now(), request_counts=RequestCounts(total=total))
+        self.services.store.update_object(batch.id, moved.status, dump(moved), from_statuses=["validating"])
+        return moved
+
+    def _lines(self, owner: str, batch: Batch) -> Iterator[tuple[int, dict[str, Any], BatchError | None]]:
+        """(line number, request, problem) for every non-blank line of the input file."""
+        rec = self.services.store.get_file(owner, batch.input_file_id)
+        with self.services.blobs.path(rec.id).open("rb") as f:
+            for line, raw in enumerate(f, start=1):
+                if not raw.strip():
+                    continue
+                try:
+                    obj = json.loads(raw)
+                except (json.JSONDecodeError, UnicodeDecodeError) as e:
+                    yield line, {}, BatchError(code="invalid_json", message=f"not valid JSON: {e}", line=line)
+                    continue
+                yield (
+                    line,
+                    obj if isinstance(obj, dict) else {},
+                    None
+                    if isinstance(obj, dict)
+                    else BatchError(code="invalid_request", message="each line must be a JSON object", line=line),
+                )
+
+    # --- answering --------------------------------------------------------------------------------
+
+    async def _answer_all(self, owner: str, batch: Batch) -> None:
+        folder = self.root / batch.id
+        folder.mkdir(parents=True, exist_ok=True)
+        out, err = folder / "output.jsonl", folder / "errors.jsonl"
+        done = _done_ids(out) | _done_ids(err)
+        counts = {"completed": _count(out), "failed": _count(err)}
+        slots = asyncio.Semaphore(self.concurrency)
+        cancelled = asyncio.Event()
+
+        async def one(obj: dict[str, Any]) -> None:
+            try:
+                status, body = await self._call(owner, batch.endpoint, obj["body"])
+                ok = status == 200
+                record = {
+                    "id": random_id("batch_req_"),
+                    "custom_id": obj["custom_id"],
+                    "response": {"status_code": status, "request_id": random_id("req_", 32), "body": body},
+                    "error": None,
+                }
+                _append(out if ok else err, record)
+                counts["completed" if ok else "failed"] += 1
+                current = batch.model_copy(update={"request_counts": RequestCounts(total=total, **counts)})
+                if not self.services.store.update_object(batch.id, "in_progress", dump(current), ["in_progress"]):
+                    cancelled.set()  # cancelled (or deleted) meanwhile: take no more lines
+            finally:
+                slots.release()
+
+        total = batch.request_counts.total
+        running: set[asyncio.Task[None]] = set()
+        try:
+            # A line is read only once a slot is free: memory stays bounded whatever the file's size.
+            for _, obj, _ in self._lines(owner, batch):
+                if obj["custom_id"] in done:
+                    continue
+                await slots.acquire()
+                if cancelled.is_set():
+                    slots.release()
+                    break
+                task = asyncio.create_task(one(obj))
+                running.add(task)
+                task.add_done_callback(running.discard)
+            await asyncio.gather(*running)
+        finally:
+            for t in list(running):
+                t.cancel()
+        latest = Batch.model_validate(self.services.store.get_object(KIND, None, batch.id, "batch").data)
+        await self._finish(owner, latest, "cancelled" if latest.status == "cancelling" else "completed")
+
+    async def _call(self, owner: str, endpoint: str, body: Any) -> tuple[int, dict[str, Any]]:
+        """One line through its endpoint's own function: (HTTP status, response body or error envelope)."""
+        try:
+            result: BaseModel
+            if endpoint == "/v1/chat/completions":
+                req = ChatCompletionRequest.model_validate(body)
+                _no_stream(req.stream)
+                answer = await chat(req, self.services, owner, None)
+                assert isinstance(answer, BaseModel)
+                result = answer
+            elif endpoint == "/v1/completions":
+                creq = CompletionRequest.model_validate(body)
+                _no_stream(creq.stream)
+                result = await complete(creq, self.services, owner, None)
+            else:
+                rreq = ResponseCreateRequest.model_validate(body)
+                _no_stream(rreq.stream)
+                result = await respond(rreq, self.services, owner, None)
+            return 200, result.model_dump(mode="json")
+        except ValidationError as e:
+            err = invalid_request(e.errors())
+            return err.status_code, {"error": err.to_dict()}
+        except SelftuneError as e:
+            return e.status_code, {"error": e.to_dict()}
+        except Exception as e:
+            log.exception("batch line failed")
+            return 500, {"error": SelftuneError(f"The server had an error: {e.__class__.__name__}: {e}").to_dict()}
+
+    # --- finishing --------------------------------------------------------------------------------
+
+    async def _finish(self, owner: str, batch: Batch, final: str) -> None:
+        folder = self.root / batch.id
+        if batch.status != "finalizing" and final == "completed":
+            batch = batch.moved("finalizing", now())
+            self.services.store.update_object(batch.id, batch.status, dump(batch))
+        out, err = folder / "output.jsonl", folder / "errors.jsonl"
+        counts = RequestCounts(total=batch.request_counts.total, completed=_count(out), failed=_count(err))
+        files = {
+            "output_file_id": self._register(owner, batch, out, "output") if _count(out) else None,
+            "error_file_id": self._register(owner, batch, err, "error") if _count(err) else None,
+        }
+        done = batch.moved(final, now(), request_counts=counts, **files)
+        self.services.store.update_object(batch.id, done.status, dump(done))
+
+    def _register(self, owner: str, batch: Batch, path: Path, which: str) -> str:
+        blobs = self.services.blobs
+        with path.open("rb") as f:
+            tmp, size, checksum = blobs.copy_to_temp(f, None)
+        file_id = random_id("file-")
+        rec = FileRecord(
+            id=file_id,
+            owner=owner,
+            filename=f"{batch.id}_{which}.jsonl",
+            purpose="batch_output",
+            size_bytes=size,
+            created_at=now(),
+            expires_at=None,
+            status="processed",
+            status_details=None,
+            checksum=checksum,
+        )
+        blobs.commit(tmp, file_id)
+        self.services.store.insert_file(rec)
+        return file_id
+
+
+def _check_line(obj: dict[str, Any], endpoint: str, line: int) -> BatchError | None:
+    if not isinstance(obj.get("custom_id"), str) or not obj["custom_id"]:
+        return BatchError(code="missing_custom_id", message="each line needs a string custom_id", line=line)
+    if obj.get("method") != "POST":
+        return BatchError(code="invalid_method", message='method must be "POST"', param="method", line=line)
+    if obj.get("url") != endpoint:
+        msg = f"url {obj.get('url')!r} is not this batch's endpoint {endpoint!r}; one endpoint per batch"
+        return BatchError(code="mismatched_url", message=msg, param="url", line=line)
+    if not isinstance(obj.get("body"), dict):
+        return BatchError(code="invalid_body", message="body must be a JSON object", param="body", line=line)
+    return None
+
+
+def _no_stream(stream: bool | None) -> None:
+    if stream:
+        raise InvalidRequest("stream is not available in a batch; leave it out", param="stream")
+
+
+def _done_ids(path: Path) -> set[str]:
+    """custom_ids already answered in a progress file; a torn last line (a crash mid-write) is cut."""
+    if not path.exists():
+        return set()
+    data = path.read_bytes()
+    keep = data[: data.rfind(b"\n") + 1]
+    if len(keep) != len(data):
+        with path.open("r+b") as f:
+            f.truncate(len(keep))
+    return {json.loads(line)["custom_id"] for line in keep.splitlines() if line.strip()}
+
+
+def _count(path: Path) -> int:
+    return len(_done_ids(path))
+
+
+def _append(path: Path, record: dict[str, Any]) -> None:
+    with path.open("ab") as f:
+        f.write((json.dumps(record, ensure_ascii=False) + "\n").encode())
+        f.flush()
+        os.fsync(f.fileno())

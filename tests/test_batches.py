@@ -1,0 +1,167 @@
+"""The Batch API through the real SDK: chat, completions and responses lines answered in the
+background as the routes answer them, OpenAI's output and error line format, validation, cancel,
+and a server killed mid-batch that resumes without answering a line twice."""
+
+from __future__ import annotations
+
+import io
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import openai
+import pytest
+
+from tests.conftest import Conformance, LiveServer, start_server
+
+FINAL = ("completed", "failed", "cancelled", "expired")
+
+
+def batch_file(client: openai.OpenAI, lines: list[dict[str, Any]]) -> str:
+    data = "".join(json.dumps(x) + "\n" for x in lines).encode()
+    return client.files.create(file=("requests.jsonl", io.BytesIO(data)), purpose="batch").id
+
+
+def chat_line(i: int, **body: Any) -> dict[str, Any]:
+    messages = [{"role": "user", "content": f"question {i}"}]
+    return {
+        "custom_id": f"q{i}",
+        "method": "POST",
+        "url": "/v1/chat/completions",
+        "body": {"model": "tiny", "messages": messages, "max_tokens": 5, "temperature": 0, **body},
+    }
+
+
+def wait(client: openai.OpenAI, batch_id: str, until: tuple[str, ...] = FINAL, timeout: float = 120) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        batch = client.batches.retrieve(batch_id)
+        if batch.status in until:
+            return batch
+        time.sleep(0.2)
+    raise AssertionError(f"batch {batch_id} still {batch.status}")
+
+
+def results(client: openai.OpenAI, file_id: str | None) -> list[dict[str, Any]]:
+    return [json.loads(x) for x in client.files.content(file_id).text.splitlines()] if file_id else []
+
+
+def test_a_chat_batch_answers_like_the_route(
+    client: openai.OpenAI, server: LiveServer, conformance: Conformance
+) -> None:
+    lines = [chat_line(i) for i in range(5)] + [chat_line(9, temperature=7)]
+    batch = client.batches.create(
+        input_file_id=batch_file(client, lines),
+        endpoint="/v1/chat/completions",
+        completion_window="24h",
+        metadata={"run": "nightly"},
+    )
+    assert batch.status == "validating" and batch.object == "batch" and batch.metadata == {"run": "nightly"}
+    done = wait(client, batch.id)
+    assert done.status == "completed", done.errors
+    assert (done.request_counts.total, done.request_counts.completed, done.request_counts.failed) == (6, 5, 1)
+    assert done.completed_at and done.in_progress_at and done.finalizing_at
+    conformance.check("Batch", httpx.get(f"{server.base_url}/batches/{batch.id}").json())
+    out = results(client, done.output_file_id)
+    assert sorted(r["custom_id"] for r in out) == [f"q{i}" for i in range(5)]
+    for r in out:
+        assert r["response"]["status_code"] == 200 and r["error"] is None and r["id"].startswith("batch_req_")
+        i = int(r["custom_id"][1:])
+        direct = client.chat.completions.create(**chat_line(i)["body"])
+        assert r["response"]["body"]["choices"][0]["message"]["content"] == direct.choices[0].message.content
+    (bad,) = results(client, done.error_file_id)
+    assert bad["custom_id"] == "q9" and bad["response"]["status_code"] == 400
+    assert bad["response"]["body"]["error"]["param"] == "temperature"
+    assert client.files.retrieve(done.output_file_id).purpose == "batch_output"
+    listed = client.batches.list(limit=50)
+    assert batch.id in [b.id for b in listed.data]
+    conformance.check("ListBatchesResponse", httpx.get(f"{server.base_url}/batches").json())
+    with pytest.raises(openai.BadRequestError):
+        client.batches.cancel(batch.id)  # already completed
+
+
+@pytest.mark.parametrize(
+    ("endpoint", "body", "pick"),
+    [
+        ("/v1/completions", {"prompt": "hello world"}, lambda b: b["choices"][0]["text"]),
+        ("/v1/responses", {"input": "hello world"}, lambda b: b["output"][0]["content"][0]["text"]),
+    ],
+)
+def test_completions_and_responses_batch_too(
+    client: openai.OpenAI, endpoint: str, body: dict[str, Any], pick: Any
+) -> None:
+    kwargs = {"model": "tiny", "temperature": 0, **body}
+    kwargs["max_output_tokens" if endpoint == "/v1/responses" else "max_tokens"] = 4
+    line = {"custom_id": "only", "method": "POST", "url": endpoint, "body": kwargs}
+    done = wait(
+        client,
+        client.batches.create(input_file_id=batch_file(client, [line]), endpoint=endpoint, completion_window="24h").id,
+    )  # type: ignore[arg-type]
+    (r,) = results(client, done.output_file_id)
+    direct = httpx.post(f"{client.base_url}{endpoint.removeprefix('/v1/')}", json=kwargs).json()
+    assert pick(r["response"]["body"]) == pick(direct)
+
+
+def test_a_bad_input_file_fails_the_batch_naming_lines(client: openai.OpenAI) -> None:
+    lines = [chat_line(0), {**chat_line(1), "url": "/v1/completions"}, chat_line(0)]
+    file_id = batch_file(client, lines)
+    failed = wait(
+        client,
+        client.batches.create(input_file_id=file_id, endpoint="/v1/chat/completions", completion_window="24h").id,
+    )
+    assert failed.status == "failed" and failed.failed_at
+    assert [(e.code, e.line) for e in failed.errors.data] == [("mismatched_url", 2)]
+    dup = batch_file(client, [chat_line(0), chat_line(0)])
+    failed = wait(
+        client, client.batches.create(input_file_id=dup, endpoint="/v1/chat/completions", completion_window="24h").id
+    )
+    assert [(e.code, e.line) for e in failed.errors.data] == [("duplicate_custom_id", 2)]
+    with pytest.raises(openai.BadRequestError) as e:
+        client.batches.create(input_file_id=dup, endpoint="/v1/embeddings", completion_window="24h")  # type: ignore[arg-type]
+    assert e.value.param == "endpoint"
+    train = client.files.create(
+        file=("t.jsonl", io.BytesIO(b'{"prompt": "a", "completion": "b"}\n')), purpose="fine-tune"
+    )
+    with pytest.raises(openai.BadRequestError) as e:
+        client.batches.create(input_file_id=train.id, endpoint="/v1/chat/completions", completion_window="24h")
+    assert e.value.param == "input_file_id"
+
+
+def test_cancel_keeps_what_was_answered(client: openai.OpenAI) -> None:
+    lines = [chat_line(i, max_tokens=200) for i in range(40)]
+    batch = client.batches.create(
+        input_file_id=batch_file(client, lines), endpoint="/v1/chat/completions", completion_window="24h"
+    )
+    wait(client, batch.id, until=("in_progress",))
+    cancelling = client.batches.cancel(batch.id)
+    assert cancelling.status in ("cancelling", "cancelled")
+    done = wait(client, batch.id)
+    assert done.status == "cancelled" and done.cancelled_at
+    answered = results(client, done.output_file_id)
+    assert done.request_counts.completed == len(answered) < 40
+
+
+def test_a_killed_server_resumes_its_batch_without_answering_a_line_twice(tmp_path: Path, tiny_model_dir: Path) -> None:
+    srv = start_server(tmp_path / "home", tiny_model_dir, SELFTUNE_BATCH_CONCURRENCY="1")
+    try:
+        client = srv.client()
+        lines = [chat_line(i, max_tokens=60) for i in range(30)]
+        batch = client.batches.create(
+            input_file_id=batch_file(client, lines), endpoint="/v1/chat/completions", completion_window="24h"
+        )
+        deadline = time.monotonic() + 60
+        while client.batches.retrieve(batch.id).request_counts.completed < 3:  # type: ignore[union-attr]
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        assert srv.proc is not None
+        srv.proc.kill()
+        srv.proc.wait()
+        srv.start(keep_port=True)  # the same address, the same home
+        done = wait(srv.client(), batch.id)
+        assert done.status == "completed" and done.request_counts.completed == 30, done
+        ids = [r["custom_id"] for r in results(srv.client(), done.output_file_id)]
+        assert sorted(ids) == sorted(f"q{i}" for i in range(30)) and len(ids) == len(set(ids))
+    finally:
+        srv.stop()
