@@ -32,7 +32,7 @@ from selftune.exports import Exports
 from selftune.ids import random_id
 from selftune.inference.engines import Engines
 from selftune.schemas.common import invalid_request
-from selftune.server import batches, chat, completions, exports, files, fine_tuning, models, responses
+from selftune.server import batches, chat, completions, exports, files, fine_tuning, models, responses, uploads
 from selftune.server.batch_runner import BatchRunner
 from selftune.server.deps import Services, get_owner, get_services
 from selftune.services import open_core
@@ -56,6 +56,7 @@ def create_app(settings: Settings) -> FastAPI:
         app.state.services = services
         worker = Worker(settings, services.store, services.blobs, services.catalog) if settings.worker else None
         runner = BatchRunner(services)
+        sweeper: asyncio.Task[None] | None = None
         try:
             if settings.preload:
                 spec = services.catalog.get_base(settings.default_model)
@@ -64,8 +65,11 @@ def create_app(settings: Settings) -> FastAPI:
             if worker is not None:
                 worker.start()
             runner.start()
+            sweeper = asyncio.get_running_loop().create_task(_expire_uploads(services))
             yield
         finally:
+            if sweeper is not None:
+                sweeper.cancel()
             await runner.stop()
             if worker is not None:
                 # Lets running jobs save their state (up to SHUTDOWN_GRACE_SECONDS) and requeues them.
@@ -76,7 +80,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.add_middleware(_PathAndRequestId)
 
     api = APIRouter(prefix="/v1", dependencies=[Depends(get_owner)])
-    for module in (files, models, chat, completions, responses, batches, fine_tuning, exports):
+    for module in (files, uploads, models, chat, completions, responses, batches, fine_tuning, exports):
         api.include_router(module.router)
     app.include_router(api)
 
@@ -108,6 +112,16 @@ def create_app(settings: Settings) -> FastAPI:
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(Exception, _unexpected_error)
     return app
+
+
+async def _expire_uploads(services: Services) -> None:
+    """Unfinished multipart uploads past their hour lose their parts (checked once a minute)."""
+    while True:
+        try:
+            await asyncio.to_thread(uploads.expire_uploads, services)
+        except Exception:
+            log.exception("expiring uploads failed")
+        await asyncio.sleep(60)
 
 
 def _error_response(exc: SelftuneError, status: int | None = None) -> JSONResponse:

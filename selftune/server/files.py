@@ -9,7 +9,7 @@ every upload ``file``), and a bad file is answered with every problem and its li
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, BinaryIO, Literal
 
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import FileResponse
@@ -61,13 +61,15 @@ async def create_file(request: Request, services: ServicesDep, owner: OwnerDep) 
                 param="purpose",
             )
         filename = upload.filename or "file"
-        return await run_in_threadpool(_store_upload, services, owner, upload, filename, purpose, expires)
+        return await run_in_threadpool(store_file, services, owner, upload.file, filename, purpose, expires)
 
 
-def _store_upload(
-    services: Services, owner: str, upload: UploadFile, filename: str, purpose: str, expires: int | None
+def store_file(
+    services: Services, owner: str, src: BinaryIO, filename: str, purpose: str, expires: int | None
 ) -> FileObject:
-    tmp, size, checksum = services.blobs.copy_to_temp(upload.file, services.settings.max_upload_bytes)
+    """Stream ``src`` into a new file (validated first when it is for fine-tuning); also the end of
+    a completed multipart upload (``selftune.server.uploads``)."""
+    tmp, size, checksum = services.blobs.copy_to_temp(src, services.settings.max_upload_bytes)
     try:
         validation = None
         if purpose == "fine-tune":  # validated here once; later stages read this verdict
