@@ -27,6 +27,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
+from selftune import integrations
 from selftune.blobs import Blobs
 from selftune.catalog import Catalog
 from selftune.data.render import render_file
@@ -171,6 +172,7 @@ def create(store: Store, blobs: Blobs, catalog: Catalog, owner: str, req: Create
     as on OpenAI, so that every client sees them the same way (as the job's ``error``).
     """
     method_type = method_of(req)
+    integrations.check(req.integrations)
     requested = hyperparameters(req, method_type)
     resolved = catalog.resolve(req.model, owner)
     training = training_file(store, owner, req.training_file, "training_file")

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-from selftune import jobs
+from selftune import integrations, jobs
 from selftune.blobs import Blobs
 from selftune.catalog import Catalog
 from selftune.config import Settings
@@ -192,6 +192,7 @@ class Worker:
             train_name=train.filename,
             valid_name=valid.filename if valid else None,
             method=job.method.get("type", "supervised"),
+            wandb=integrations.wandb_run(job.integrations, job.id),
         ).with_hyperparameters(Hyperparameters.of_method(job.method))
         config = save_config(cfg)
         reader = EventReader(files.events)  # from the end: an earlier run's events were relayed already

@@ -52,6 +52,7 @@ from selftune.train.protocol import (
     load_config,
 )
 from selftune.train.step import NextToken, Objective, StepContext, plan_epochs
+from selftune.train.tracking import open_events
 
 
 def load_examples(path: str, tokenizer: Any, max_len: int, events: EventWriter, name: str, what: str) -> RenderedFile:
@@ -153,7 +154,7 @@ def main(cfg: TrainConfig) -> int:
 
     files = cfg.job_dir
     files.root.mkdir(parents=True, exist_ok=True)
-    events = EventWriter(files.events)
+    events = open_events(cfg)  # also logs to W&B when the job has that integration
     parent = os.getppid()
     exit_with_parent()
     t_start = time.perf_counter()

@@ -160,6 +160,8 @@ class TrainConfig:
     train_name: str | None = None
     valid_name: str | None = None
     """The files' names as uploaded, for messages (the paths above are storage paths)."""
+    wandb: dict[str, Any] | None = None
+    """The W&B run to log to (``selftune.integrations.wandb_run``: project, name, entity, tags, id)."""
 
     @property
     def learning_rate(self) -> float:
