@@ -29,7 +29,7 @@ def test_a_job_logs_its_metrics_to_an_offline_wandb_run(client: openai.OpenAI, s
     folder = Path(re.search(r"offline in (\S+)", said[0]).group(1))  # type: ignore[union-attr]
     (log,) = folder.glob("run-*.wandb")  # what `wandb sync` uploads: protobuf records, strings kept as they are
     records = log.read_bytes()
-    assert records.count(b'"train_loss"') + records.count(b"train_loss") >= 12  # a history row per step
+    assert records.count(b"train_loss") >= 12  # a history row per step (and the summary)
     for text in (b"tiny-run", b"selftune-tests", b"ci", b"learning_rate_multiplier", b"checkpoint/train_loss"):
         assert text in records, text
 
