@@ -201,6 +201,14 @@ def test_eval_cli_compares_models_with_a_judge(server: LiveServer, tmp_path: Pat
         for answer in ex["outputs"].values():
             assert _html(answer) in page
     assert "answer 55" in out["md"].read_text()
+    # The same comparison sent as one Batch per model (the judge's too) gives the same answers.
+    batched = tmp_path / "batched.json"
+    args = ["--models", "tiny", tuned, "--data", str(held), "--judge", "tiny", "--max-tokens", "6"]
+    run_cli("eval", *args, "--batch", "--json", str(batched), env=env)
+    again = json.loads(batched.read_text())
+    assert [ex["outputs"] for ex in again["examples"]] == [ex["outputs"] for ex in report["examples"]]
+    assert again["judge"]["results"][tuned]["verdicts"] == verdicts["verdicts"]
+    assert client.batches.list().data[0].endpoint == "/v1/chat/completions"
     missing = run_cli("eval", "--models", "tiny", "--data", str(tmp_path / "nope.jsonl"), env=env, check=False)
     assert missing.returncode == 2 and "does not exist" in missing.stderr
     unknown = run_cli("eval", "-m", "no-such-model", "--data", str(held), env=env, check=False)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import click
 from rich.console import Console
@@ -22,6 +23,9 @@ from selftune.cli.common import api_errors, client_options, console, friendly_er
 @click.option("--limit", type=int, default=None, help="Only the first N examples.")
 @click.option("--judge", default=None, help="Also have this model pick the better answer of each pair.")
 @click.option("--concurrency", type=int, default=4, show_default=True, help="Requests in flight per model.")
+@click.option(
+    "--batch", "use_batch", is_flag=True, help="Send each model's prompts as one Batch (/v1/batches) instead."
+)
 @click.option("--max-tokens", type=int, default=None, help="Answer length limit [default: about 2x the reference].")
 @click.option("--temperature", type=float, default=0.0, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True, help="For sampling, bootstrap and the judge's order.")
@@ -42,6 +46,7 @@ def eval_(
     limit: int | None,
     judge: str | None,
     concurrency: int,
+    use_batch: bool,
     max_tokens: int | None,
     temperature: float,
     seed: int,
@@ -67,7 +72,7 @@ def eval_(
     from selftune.blobs import write_atomic
     from selftune.eval import evaluate, load_examples
     from selftune.eval.core import default_max_tokens
-    from selftune.eval.remote import api_answerer
+    from selftune.eval.remote import api_answerer, batch_answerer
     from selftune.eval.report import print_report, to_html, to_json, to_markdown
 
     names = list(dict.fromkeys([*models_, *more_models]))
@@ -79,13 +84,14 @@ def eval_(
     if not examples:
         raise click.ClickException(f"{data} has no examples")
     limits = [max_tokens or default_max_tokens(ex.reference) for ex in examples]
-    answerers = {
-        name: api_answerer(client, name, max_tokens=limits, concurrency=concurrency, temperature=temperature, seed=seed)
-        for name in names
-    }
-    judge_with = None
-    if judge:
-        judge_with = (judge, api_answerer(client, judge, max_tokens=16, concurrency=concurrency, seed=seed))
+
+    def answerer(name: str, limit: int | list[int], temperature: float = 0.0) -> Any:
+        if use_batch:
+            return batch_answerer(client, name, max_tokens=limit, temperature=temperature, seed=seed)
+        return api_answerer(client, name, max_tokens=limit, concurrency=concurrency, temperature=temperature, seed=seed)
+
+    answerers = {name: answerer(name, limits, temperature) for name in names}
+    judge_with = (judge, answerer(judge, 16)) if judge else None
     total = len(examples) * (len(names) + (len(names) - 1 if judge else 0))
     with Progress(
         TextColumn("evaluating"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), console=console
