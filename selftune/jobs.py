@@ -405,15 +405,18 @@ def succeed(store: Store, blobs: Blobs, home: Path, job: JobRecord, files: JobDi
     return job
 
 
-def upload_result(store: Store, blobs: Blobs, owner: str, path: Path, filename: str) -> FileRecord:
-    """A result file (purpose ``fine-tune-results``), registered only once its bytes are in place."""
+def upload_result(
+    store: Store, blobs: Blobs, owner: str, path: Path, filename: str, purpose: str = "fine-tune-results"
+) -> FileRecord:
+    """A result file (a job's ``fine-tune-results``, a batch's ``batch_output``), registered only once
+    its bytes are in place."""
     with path.open("rb") as src:
         tmp, size, checksum = blobs.copy_to_temp(src, None)
     rec = FileRecord(
         id=random_id("file-"),
         owner=owner,
         filename=filename,
-        purpose="fine-tune-results",
+        purpose=purpose,
         size_bytes=size,
         created_at=now(),
         expires_at=None,

@@ -27,6 +27,7 @@ from pydantic import BaseModel, ValidationError
 
 from selftune.errors import InvalidRequest, SelftuneError
 from selftune.ids import now, random_id
+from selftune.jobs import upload_result
 from selftune.schemas.batches import ACTIVE, Batch, BatchError, BatchErrors, RequestCounts
 from selftune.schemas.chat import ChatCompletionRequest
 from selftune.schemas.common import invalid_request
@@ -37,7 +38,7 @@ from selftune.server.chat import chat
 from selftune.server.completions import complete
 from selftune.server.deps import Services
 from selftune.server.responses import respond
-from selftune.store import FileRecord, ObjectRecord
+from selftune.store import ObjectRecord
 
 log = logging.getLogger("selftune.batches")
 
@@ -234,25 +235,8 @@ class BatchRunner:
         self.services.store.update_object(batch.id, done.status, dump(done))
 
     def _register(self, owner: str, batch: Batch, path: Path, which: str) -> str:
-        blobs = self.services.blobs
-        with path.open("rb") as f:
-            tmp, size, checksum = blobs.copy_to_temp(f, None)
-        file_id = random_id("file-")
-        rec = FileRecord(
-            id=file_id,
-            owner=owner,
-            filename=f"{batch.id}_{which}.jsonl",
-            purpose="batch_output",
-            size_bytes=size,
-            created_at=now(),
-            expires_at=None,
-            status="processed",
-            status_details=None,
-            checksum=checksum,
-        )
-        blobs.commit(tmp, file_id)
-        self.services.store.insert_file(rec)
-        return file_id
+        name = f"{batch.id}_{which}.jsonl"
+        return upload_result(self.services.store, self.services.blobs, owner, path, name, "batch_output").id
 
 
 def _check_line(obj: dict[str, Any], endpoint: str, line: int) -> BatchError | None:

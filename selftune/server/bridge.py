@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import Future
 from contextlib import suppress
 from dataclasses import dataclass
@@ -97,19 +97,28 @@ def usage(prompt_tokens: int, completion_tokens: int) -> CompletionUsage:
     )
 
 
+async def events(
+    bridge: Bridge, first: Event, n: int, disconnected: Disconnected | None = None
+) -> AsyncIterator[Event]:
+    """Every event from ``first`` on, until all ``n`` choices have finished; an engine error raises."""
+    event, done = first, 0
+    while True:
+        yield event
+        if event.finish_reason:
+            done += 1
+            if done == n:
+                return
+        event = await bridge.next_or_disconnect(disconnected)
+
+
 async def collect(bridge: Bridge, first: Event, n: int, disconnected: Disconnected | None) -> Collected:
-    texts, finish, done, tokens = [""] * n, ["stop"] * n, 0, 0
-    event = first
+    texts, finish, tokens = [""] * n, ["stop"] * n, 0
     try:
-        while True:
+        async for event in events(bridge, first, n, disconnected):
             texts[event.index] += event.text
             if event.finish_reason:
                 finish[event.index] = event.finish_reason
                 tokens += event.completion_tokens
-                done += 1
-                if done == n:
-                    break
-            event = await bridge.next_or_disconnect(disconnected)
     finally:
         bridge.gen.cancel.set()
     return Collected(texts, finish, tokens, bridge.gen.prompt_tokens)

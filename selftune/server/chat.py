@@ -40,7 +40,7 @@ from selftune.schemas.chat import (
     FunctionCall,
     ToolCall,
 )
-from selftune.server.bridge import Bridge, Disconnected, collect, sse_error, usage
+from selftune.server.bridge import Bridge, Disconnected, collect, events, sse_error, usage
 from selftune.server.deps import OwnerDep, Services, ServicesDep
 
 router = APIRouter(tags=["chat"])
@@ -178,24 +178,20 @@ async def _sse(
     try:
         for i in range(n):
             yield chunk(i, ChoiceDelta(role="assistant", content=""))
-        done, tokens, event = 0, 0, first
-        while True:
-            for line in pieces(event):
-                yield line
-            if event.finish_reason:
-                finish = event.finish_reason
-                if streams and streams[event.index].calls and finish == "stop":
-                    finish = "function_call" if plan.legacy else "tool_calls"
-                yield chunk(event.index, ChoiceDelta(), finish)
-                tokens += event.completion_tokens
-                done += 1
-                if done == n:
-                    break
-            try:
-                event = await bridge.next()
-            except Exception as e:
-                yield sse_error(e)
-                return
+        tokens = 0
+        try:
+            async for event in events(bridge, first, n):
+                for line in pieces(event):
+                    yield line
+                if event.finish_reason:
+                    finish = event.finish_reason
+                    if streams and streams[event.index].calls and finish == "stop":
+                        finish = "function_call" if plan.legacy else "tool_calls"
+                    yield chunk(event.index, ChoiceDelta(), finish)
+                    tokens += event.completion_tokens
+        except Exception as e:
+            yield sse_error(e)
+            return
         if include_usage:
             yield _data(ChatCompletionChunk(choices=[], usage=usage(bridge.gen.prompt_tokens, tokens), **meta))
         yield "data: [DONE]\n\n"

@@ -18,7 +18,7 @@ from selftune.errors import InvalidRequest
 from selftune.ids import now, random_id
 from selftune.inference.generation import Event, SamplingParams
 from selftune.schemas.completions import Completion, CompletionChoice, CompletionRequest
-from selftune.server.bridge import Bridge, Disconnected, collect, sse_error, usage
+from selftune.server.bridge import Bridge, Disconnected, collect, events, sse_error, usage
 from selftune.server.deps import OwnerDep, Services, ServicesDep
 
 router = APIRouter(tags=["completions"])
@@ -124,19 +124,13 @@ async def _sse(
             if echoes[i]:
                 for j in range(n):
                     yield _chunk(meta, i * n + j, echoes[i])
-            event, done = firsts[i], 0
-            while True:
-                yield _chunk(meta, i * n + event.index, event.text, event.finish_reason)
-                if event.finish_reason:
-                    tokens += event.completion_tokens
-                    done += 1
-                    if done == n:
-                        break
-                try:
-                    event = await bridge.next()
-                except Exception as e:
-                    yield sse_error(e)
-                    return
+            try:
+                async for event in events(bridge, firsts[i], n):
+                    yield _chunk(meta, i * n + event.index, event.text, event.finish_reason)
+                    tokens += event.completion_tokens if event.finish_reason else 0
+            except Exception as e:
+                yield sse_error(e)
+                return
         if include_usage:
             prompt = sum(b.gen.prompt_tokens for b in bridges)
             yield f"data: {Completion(choices=[], usage=usage(prompt, tokens), **meta).model_dump_json()}\n\n"

@@ -37,7 +37,7 @@ from selftune.schemas.responses import (
     ResponseObject,
     ResponseUsage,
 )
-from selftune.server.bridge import Bridge, Disconnected, collect
+from selftune.server.bridge import Bridge, Disconnected, collect, events
 from selftune.server.deps import OwnerDep, Services, ServicesDep
 from selftune.store import ObjectRecord
 
@@ -352,17 +352,16 @@ async def _sse(turn: _Turn, first: Event, services: Services, owner: str) -> Asy
     started = _dump(turn.template)
     yield ev.event("response.created", response=started)
     yield ev.event("response.in_progress", response=started)
-    event, whole = first, ""
+    last = first
     try:
-        while True:
-            whole += event.text
-            final = bool(event.finish_reason)
-            if stream is None:
-                if event.text:
-                    for line in ev.text(event.text):
-                        yield line
-            else:
-                content, calls = stream.feed(event.text, final=final)
+        try:
+            async for event in events(turn.bridge, first, 1):
+                last = event
+                calls: list[ParsedCall] = []
+                if stream is None:
+                    content = event.text
+                else:
+                    content, calls = stream.feed(event.text, final=bool(event.finish_reason))
                 if content:
                     for line in ev.text(content):
                         yield line
@@ -372,18 +371,14 @@ async def _sse(turn: _Turn, first: Event, services: Services, owner: str) -> Asy
                     turn.calls.append(call)
                     for line in ev.call(call):
                         yield line
-            if final:
-                break
-            try:
-                event = await turn.bridge.next()
-            except Exception as e:
-                err = e if isinstance(e, SelftuneError) else SelftuneError(f"generation failed: {e}")
-                failed = turn.template.model_copy(
-                    update={"status": "failed", "error": {"code": "server_error", "message": err.message}}
-                )
-                yield ev.event("error", code=err.code, message=err.message, param=err.param)
-                yield ev.event("response.failed", response=_dump(failed))
-                return
+        except Exception as e:
+            err = e if isinstance(e, SelftuneError) else SelftuneError(f"generation failed: {e}")
+            error = {"code": "server_error", "message": err.message}
+            failed = turn.template.model_copy(update={"status": "failed", "error": error})
+            yield ev.event("error", code=err.code, message=err.message, param=err.param)
+            yield ev.event("response.failed", response=_dump(failed))
+            return
+        event = last
         finish = event.finish_reason or "stop"
         if not ev.output:
             for line in ev.text(""):
