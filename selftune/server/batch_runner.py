@@ -83,34 +83,36 @@ class BatchRunner:
                 return
         if batch.status == "in_progress":
             if batch.expires_at is not None and now() > batch.expires_at:
-                await self._finish(rec.owner, batch, "expired")
+                self._finish(rec.owner, batch, "expired")
                 return
             await self._answer_all(rec.owner, batch)
             return
-        await self._finish(rec.owner, batch, "cancelled" if batch.status == "cancelling" else "completed")
+        self._finish(rec.owner, batch, "cancelled" if batch.status == "cancelling" else "completed")
 
     # --- validating -------------------------------------------------------------------------------
 
     def _validate(self, owner: str, batch: Batch) -> Batch:
+        """One pass over the input file. Repeated ``custom_id``s are reported only for a file whose
+        lines are otherwise all well formed."""
         errors: list[BatchError] = []
+        repeats: list[BatchError] = []
+        seen: dict[str, int] = {}
         total = 0
         try:
             for line, obj, problem in self._lines(owner, batch):
                 total += 1
-                if problem is None:
-                    problem = _check_line(obj, batch.endpoint, line)
+                problem = problem or _check_line(obj, batch.endpoint, line)
                 if problem is not None:
                     errors.append(problem)
+                elif obj["custom_id"] in seen:
+                    first = seen[obj["custom_id"]]
+                    msg = f"custom_id {obj['custom_id']!r} is used again (first on line {first}); make each unique"
+                    repeats.append(BatchError(code="duplicate_custom_id", message=msg, param="custom_id", line=line))
+                else:
+                    seen[obj["custom_id"]] = line
         except SelftuneError as e:  # the input file is gone
             errors.append(BatchError(code="invalid_file", message=e.message, param="input_file_id"))
-        seen: dict[str, int] = {}
-        if not errors:
-            for line, obj, _ in self._lines(owner, batch):
-                custom = obj["custom_id"]
-                if custom in seen:
-                    msg = f"custom_id {custom!r} is used again (first on line {seen[custom]}); make each unique"
-                    errors.append(BatchError(code="duplicate_custom_id", message=msg, param="custom_id", line=line))
-                seen.setdefault(custom, line)
+        errors = errors or repeats
         if total == 0 and not errors:
             errors.append(BatchError(code="empty_file", message="The input file has no requests.", line=None))
         if errors:
@@ -132,13 +134,11 @@ class BatchRunner:
                 except (json.JSONDecodeError, UnicodeDecodeError) as e:
                     yield line, {}, BatchError(code="invalid_json", message=f"not valid JSON: {e}", line=line)
                     continue
-                yield (
-                    line,
-                    obj if isinstance(obj, dict) else {},
-                    None
-                    if isinstance(obj, dict)
-                    else BatchError(code="invalid_request", message="each line must be a JSON object", line=line),
-                )
+                if not isinstance(obj, dict):
+                    msg = "each line must be a JSON object"
+                    yield line, {}, BatchError(code="invalid_request", message=msg, line=line)
+                    continue
+                yield line, obj, None
 
     # --- answering --------------------------------------------------------------------------------
 
@@ -146,8 +146,9 @@ class BatchRunner:
         folder = self.root / batch.id
         folder.mkdir(parents=True, exist_ok=True)
         out, err = folder / "output.jsonl", folder / "errors.jsonl"
-        done = _done_ids(out) | _done_ids(err)
-        counts = {"completed": _count(out), "failed": _count(err)}
+        answered, refused = _done_ids(out), _done_ids(err)
+        done = answered | refused
+        counts = {"completed": len(answered), "failed": len(refused)}
         slots = asyncio.Semaphore(self.concurrency)
         cancelled = asyncio.Event()
 
@@ -188,7 +189,7 @@ class BatchRunner:
             for t in list(running):
                 t.cancel()
         latest = Batch.model_validate(self.services.store.get_object(KIND, None, batch.id, "batch").data)
-        await self._finish(owner, latest, "cancelled" if latest.status == "cancelling" else "completed")
+        self._finish(owner, latest, "cancelled" if latest.status == "cancelling" else "completed")
 
     async def _call(self, owner: str, endpoint: str, body: Any) -> tuple[int, dict[str, Any]]:
         """One line through its endpoint's own function: (HTTP status, response body or error envelope)."""
@@ -220,16 +221,17 @@ class BatchRunner:
 
     # --- finishing --------------------------------------------------------------------------------
 
-    async def _finish(self, owner: str, batch: Batch, final: str) -> None:
+    def _finish(self, owner: str, batch: Batch, final: str) -> None:
         folder = self.root / batch.id
         if batch.status != "finalizing" and final == "completed":
             batch = batch.moved("finalizing", now())
             self.services.store.update_object(batch.id, batch.status, dump(batch))
         out, err = folder / "output.jsonl", folder / "errors.jsonl"
-        counts = RequestCounts(total=batch.request_counts.total, completed=_count(out), failed=_count(err))
+        answered, refused = len(_done_ids(out)), len(_done_ids(err))
+        counts = RequestCounts(total=batch.request_counts.total, completed=answered, failed=refused)
         files = {
-            "output_file_id": self._register(owner, batch, out, "output") if _count(out) else None,
-            "error_file_id": self._register(owner, batch, err, "error") if _count(err) else None,
+            "output_file_id": self._register(owner, batch, out, "output") if answered else None,
+            "error_file_id": self._register(owner, batch, err, "error") if refused else None,
         }
         done = batch.moved(final, now(), request_counts=counts, **files)
         self.services.store.update_object(batch.id, done.status, dump(done))
@@ -267,10 +269,6 @@ def _done_ids(path: Path) -> set[str]:
         with path.open("r+b") as f:
             f.truncate(len(keep))
     return {json.loads(line)["custom_id"] for line in keep.splitlines() if line.strip()}
-
-
-def _count(path: Path) -> int:
-    return len(_done_ids(path))
 
 
 def _append(path: Path, record: dict[str, Any]) -> None:

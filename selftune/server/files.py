@@ -9,6 +9,7 @@ every upload ``file``), and a bad file is answered with every problem and its li
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Annotated, Any, BinaryIO, Literal
 
 from fastapi import APIRouter, Query, Request
@@ -65,12 +66,21 @@ async def create_file(request: Request, services: ServicesDep, owner: OwnerDep) 
 
 
 def store_file(
-    services: Services, owner: str, src: BinaryIO, filename: str, purpose: str, expires: int | None
+    services: Services,
+    owner: str,
+    src: BinaryIO,
+    filename: str,
+    purpose: str,
+    expires: int | None,
+    verify: Callable[[], None] | None = None,
 ) -> FileObject:
     """Stream ``src`` into a new file (validated first when it is for fine-tuning); also the end of
-    a completed multipart upload (``selftune.server.uploads``)."""
+    a completed multipart upload (``selftune.server.uploads``), whose ``verify`` checks what it
+    hashed on the way before anything is registered."""
     tmp, size, checksum = services.blobs.copy_to_temp(src, services.settings.max_upload_bytes)
     try:
+        if verify is not None:
+            verify()
         validation = None
         if purpose == "fine-tune":  # validated here once; later stages read this verdict
             report, validation = validate_upload(tmp, filename)

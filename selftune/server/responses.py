@@ -201,7 +201,7 @@ def _finish(
     turn: _Turn, output: list[OutputMessage | FunctionCallItem], finish: str, usage: ResponseUsage
 ) -> ResponseObject:
     incomplete = finish == "length"
-    resp = turn.template.model_copy(
+    return turn.template.model_copy(
         update={
             "status": "incomplete" if incomplete else "completed",
             "completed_at": None if incomplete else now(),
@@ -210,7 +210,6 @@ def _finish(
             "usage": usage,
         }
     )
-    return resp
 
 
 def _store(services: Services, owner: str, turn: _Turn, resp: ResponseObject, text: str | None) -> None:

@@ -105,16 +105,25 @@ async def complete_upload(
             param="part_ids",
         )
     reader = _Parts(paths)
+
+    def check_md5() -> None:
+        if body.md5 and reader.md5.hexdigest() != body.md5.lower():
+            why = f"The parts' MD5 is {reader.md5.hexdigest()}, not {body.md5}: a part was corrupted or left out"
+            raise InvalidRequest(why, param="md5")
+
     try:
-        file = await run_in_threadpool(store_file, services, owner, reader, upload.filename, upload.purpose, None)  # type: ignore[arg-type]
+        file = await run_in_threadpool(
+            store_file,
+            services,
+            owner,
+            reader,  # type: ignore[arg-type]  # read() is all copy_to_temp uses
+            upload.filename,
+            upload.purpose,
+            None,
+            check_md5,
+        )
     finally:
         reader.close()
-    if body.md5 and reader.md5.hexdigest() != body.md5.lower():
-        services.store.delete_file(owner, file.id)
-        services.blobs.delete(file.id)
-        raise InvalidRequest(
-            f"The parts' MD5 is {reader.md5.hexdigest()}, not {body.md5}: a part was corrupted or left out", param="md5"
-        )
     done = upload.model_copy(update={"status": "completed", "file": file})
     services.store.update_object(upload_id, "completed", _dump(done), from_statuses=["pending"])
     shutil.rmtree(folder, ignore_errors=True)
