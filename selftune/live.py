@@ -8,6 +8,7 @@ The test suite and ``make bench`` both use this one helper, so they start server
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -83,6 +84,9 @@ class LiveServer:
             try:
                 self.proc.wait(timeout=20)
             except subprocess.TimeoutExpired:
+                # Stuck: its threads' stacks go to its log (``selftune serve`` registers SIGUSR1) first.
+                self.proc.send_signal(signal.SIGUSR1)
+                time.sleep(1)
                 self.proc.kill()
                 self.proc.wait()
 

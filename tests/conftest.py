@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import signal
 import subprocess
 import sys
 import time
@@ -36,6 +37,21 @@ CHATML = (
     "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}"
     "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
 )
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
+    """A failed test that used a live server gets that server's log in its report, with every thread's
+    stack at the moment of failure (SIGUSR1: ``selftune serve`` registers faulthandler), so a hang in CI
+    says what the server was waiting on."""
+    report = yield
+    if report.failed and call.when == "call":
+        for name, value in getattr(item, "funcargs", {}).items():
+            if isinstance(value, LiveServer) and value.proc is not None and value.proc.poll() is None:
+                value.proc.send_signal(signal.SIGUSR1)
+                time.sleep(1)
+                report.sections.append((f"server log ({name}, last 8000 characters)", value.log[-8000:]))
+    return report
 
 
 # --- a tiny model, built in the test --------------------------------------------------------------

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import faulthandler
 import logging
+import signal
 from pathlib import Path
 
 import click
@@ -52,6 +54,8 @@ def serve(
     )
     settings.check_bind()
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # `kill -USR1 <pid>` prints every thread's stack to stderr: what a server that stopped answering waits on.
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
     url = f"http://{settings.host}:{settings.port}"
     if settings.local_mode:
         console.print(

@@ -103,6 +103,9 @@ class LlamaCppEngine:
         self.threads = threads or os.cpu_count() or 2
         self._bases: dict[str, _Base] = {}
         self._lock = threading.Lock()
+        # One base loads at a time: the first requests for a model not yet loaded arrive together, and
+        # each would otherwise build its own llama.cpp server on the same GGUF, all but one then dropped.
+        self._loading = threading.Lock()
         # handle_completions blocks its thread for a whole answer; llama.cpp's own loop does the work.
         self._pool = ThreadPoolExecutor(max_workers=4 * self.max_batch + 4, thread_name_prefix="selftune-llamacpp")
         self._closed = False
@@ -152,6 +155,13 @@ class LlamaCppEngine:
         with self._lock:
             if spec.name in self._bases:
                 return self._bases[spec.name]
+        with self._loading:
+            with self._lock:
+                if spec.name in self._bases:  # loaded while this request waited
+                    return self._bases[spec.name]
+            return self._load(spec)
+
+    def _load(self, spec: BaseModelSpec) -> _Base:
         gguf = self.catalog.gguf(spec)
         if gguf is None or not gguf.is_file():
             raise NotFound(f"weights for base model {spec.name!r} are missing: {gguf} does not exist")
@@ -167,7 +177,8 @@ class LlamaCppEngine:
         base.special_ids = set(tokenizer.all_special_ids) - stop_ids
         log.info("llama.cpp serves %s from %s (%.2fs)", spec.name, gguf, time.perf_counter() - t0)
         with self._lock:
-            return self._bases.setdefault(spec.name, base)
+            self._bases[spec.name] = base
+        return base
 
     def _build(self, gguf: Path, context: int, adapters: list[str]) -> _Server:
         x = self._x
