@@ -143,25 +143,46 @@ def test_cancel_keeps_what_was_answered(client: openai.OpenAI) -> None:
     assert done.request_counts.completed == len(answered) < 40
 
 
+def start_then_kill(srv: LiveServer, lines: int, *, delete_input: bool = False) -> str:
+    """A chat batch of ``lines`` lines, the server SIGKILLed once 3 are answered (the input file deleted
+    first with ``delete_input``), then started again on the same address and home; the batch id."""
+    client = srv.client()
+    file_id = batch_file(client, [chat_line(i, max_tokens=60) for i in range(lines)])
+    batch = client.batches.create(input_file_id=file_id, endpoint="/v1/chat/completions", completion_window="24h")
+    deadline = time.monotonic() + 60
+    while client.batches.retrieve(batch.id).request_counts.completed < 3:  # type: ignore[union-attr]
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    if delete_input:
+        client.files.delete(file_id)
+    assert srv.proc is not None
+    srv.proc.kill()
+    srv.proc.wait()
+    srv.start(keep_port=True)
+    return batch.id
+
+
 def test_a_killed_server_resumes_its_batch_without_answering_a_line_twice(tmp_path: Path, tiny_model_dir: Path) -> None:
     srv = start_server(tmp_path / "home", tiny_model_dir, SELFTUNE_BATCH_CONCURRENCY="1")
     try:
-        client = srv.client()
-        lines = [chat_line(i, max_tokens=60) for i in range(30)]
-        batch = client.batches.create(
-            input_file_id=batch_file(client, lines), endpoint="/v1/chat/completions", completion_window="24h"
-        )
-        deadline = time.monotonic() + 60
-        while client.batches.retrieve(batch.id).request_counts.completed < 3:  # type: ignore[union-attr]
-            assert time.monotonic() < deadline
-            time.sleep(0.05)
-        assert srv.proc is not None
-        srv.proc.kill()
-        srv.proc.wait()
-        srv.start(keep_port=True)  # the same address, the same home
-        done = wait(srv.client(), batch.id)
+        done = wait(srv.client(), start_then_kill(srv, 30))
         assert done.status == "completed" and done.request_counts.completed == 30, done
         ids = [r["custom_id"] for r in results(srv.client(), done.output_file_id)]
         assert sorted(ids) == sorted(f"q{i}" for i in range(30)) and len(ids) == len(set(ids))
+    finally:
+        srv.stop()
+
+
+def test_an_input_file_deleted_before_the_batch_resumed_fails_it_keeping_the_answers(
+    tmp_path: Path, tiny_model_dir: Path
+) -> None:
+    srv = start_server(tmp_path / "home", tiny_model_dir, SELFTUNE_BATCH_CONCURRENCY="1")
+    try:
+        done = wait(srv.client(), start_then_kill(srv, 20, delete_input=True))
+        assert done.status == "failed" and done.failed_at and done.errors is not None, done
+        (error,) = done.errors.data or []
+        assert error.code == "invalid_file" and error.param == "input_file_id" and "was deleted" in str(error.message)
+        kept = [r["custom_id"] for r in results(srv.client(), done.output_file_id)]
+        assert 3 <= len(kept) < 20 and done.request_counts is not None and done.request_counts.completed == len(kept)
     finally:
         srv.stop()

@@ -39,7 +39,9 @@ def test_a_response_is_what_chat_answers(client: openai.OpenAI, server: LiveServ
     assert sys.output_text == chat_text(client, [{"role": "system", "content": "answer briefly"}, *HELLO])
 
 
-def test_stored_responses_chain_retrieve_and_delete(client: openai.OpenAI, server: LiveServer) -> None:
+def test_stored_responses_chain_retrieve_and_delete(
+    client: openai.OpenAI, server: LiveServer, conformance: Conformance
+) -> None:
     first = client.responses.create(model="tiny", input="hello", max_output_tokens=4, temperature=0)
     assert client.responses.retrieve(first.id).output_text == first.output_text
     second = client.responses.create(
@@ -49,6 +51,23 @@ def test_stored_responses_chain_retrieve_and_delete(client: openai.OpenAI, serve
     assert second.previous_response_id == first.id
     assert second.output_text == chat_text(client, convo, 4)
     assert second.usage.input_tokens > first.usage.input_tokens  # type: ignore[union-attr]
+
+    # input_items: this response's own input (not the chain's), newest first unless asked, in pages.
+    (said,) = client.responses.input_items.list(first.id).data
+    assert said.type == "message" and said.role == "user" and said.content[0].text == "hello"  # type: ignore[union-attr]
+    turns = [{"role": "user", "content": f"turn {i}"} for i in range(3)]
+    third = client.responses.create(model="tiny", input=turns, previous_response_id=first.id, max_output_tokens=2)  # type: ignore[arg-type]
+    body = httpx.get(
+        f"{server.base_url}/responses/{third.id}/input_items", headers={"Authorization": "Bearer x"}
+    ).json()
+    conformance.check("ResponseItemList", body)
+    assert [x["content"][0]["text"] for x in body["data"]] == ["turn 2", "turn 1", "turn 0"]
+    page = client.responses.input_items.list(third.id, order="asc", limit=2)
+    assert [x.content[0].text for x in page.data] == ["turn 0", "turn 1"] and page.has_more  # type: ignore[union-attr]
+    rest = client.responses.input_items.list(third.id, order="asc", after=page.data[-1].id)
+    assert [x.content[0].text for x in rest.data] == ["turn 2"] and not rest.has_more  # type: ignore[union-attr]
+    every = [x.content[0].text for x in client.responses.input_items.list(third.id, order="asc", limit=1)]  # type: ignore[union-attr]
+    assert every == ["turn 0", "turn 1", "turn 2"]  # the SDK's auto-pagination follows after/has_more
 
     gone = client.responses.delete(first.id)
     assert gone is None or getattr(gone, "deleted", True)
@@ -122,6 +141,9 @@ def test_function_tools_call_and_take_results(client: openai.OpenAI, stream: boo
         max_output_tokens=4,
     )
     assert follow.status == "incomplete" and follow.output[0].type == "message"
+    (result,) = client.responses.input_items.list(follow.id).data
+    assert result.type == "function_call_output" and result.call_id == calls[0].call_id
+    assert result.output == "sunny, 21 C" and result.id.startswith("fco_")
 
 
 @pytest.mark.parametrize(
@@ -150,3 +172,5 @@ def test_an_owner_never_sees_another_owners_responses(keyed_server: LiveServer) 
         bob.responses.retrieve(r.id)
     with pytest.raises(openai.NotFoundError):
         bob.responses.create(model="tiny", input="x", previous_response_id=r.id)
+    with pytest.raises(openai.NotFoundError):
+        bob.responses.input_items.list(r.id)

@@ -1,9 +1,9 @@
 """Batches: the create request, the ``batch`` object and its list page (openai ``types/batch.py``).
 
 The status machine is written down here, once: ``validating`` -> ``in_progress`` -> ``finalizing``
--> ``completed``, or ``failed`` (a bad input file), ``cancelling`` -> ``cancelled``, ``expired``
-(past ``completion_window``). ``selftune.server.batch_runner`` moves batches along it.
-"""
+-> ``completed``, or ``failed`` (a bad input file, or one deleted before every line was answered),
+``cancelling`` -> ``cancelled``, ``expired`` (past ``completion_window``).
+``selftune.server.batch_runner`` moves batches along it."""
 
 from __future__ import annotations
 

@@ -101,6 +101,40 @@ class FunctionCallItem(Response):
     status: Literal["in_progress", "completed", "incomplete"] = "completed"
 
 
+class InputText(Response):
+    type: Literal["input_text"] = "input_text"
+    text: str
+
+
+class InputMessageItem(Response):
+    """A user, system or developer message of a response's ``input``, as ``input_items`` lists it."""
+
+    type: Literal["message"] = "message"
+    id: str
+    status: Literal["completed"] = "completed"
+    role: Literal["user", "system", "developer"]
+    content: list[InputText]
+
+
+class FunctionCallOutputItem(Response):
+    type: Literal["function_call_output"] = "function_call_output"
+    id: str
+    call_id: str
+    output: str
+    status: Literal["completed"] = "completed"
+
+
+InputItem = InputMessageItem | OutputMessage | FunctionCallItem | FunctionCallOutputItem
+
+
+class InputItemList(Response):
+    object: Literal["list"] = "list"
+    data: list[InputItem]
+    first_id: str | None
+    last_id: str | None
+    has_more: bool
+
+
 class InputTokensDetails(Response):
     cached_tokens: int = 0
     cache_write_tokens: int = 0

@@ -172,6 +172,7 @@ class BatchRunner:
 
         total = batch.request_counts.total
         running: set[asyncio.Task[None]] = set()
+        lost: SelftuneError | None = None
         try:
             # A line is read only once a slot is free: memory stays bounded whatever the file's size.
             for _, obj, _ in self._lines(owner, batch):
@@ -185,10 +186,21 @@ class BatchRunner:
                 running.add(task)
                 task.add_done_callback(running.discard)
             await asyncio.gather(*running)
+        except SelftuneError as e:  # the input file was deleted before the runner (re)opened it
+            await asyncio.gather(*running)
+            lost = e
         finally:
             for t in list(running):
                 t.cancel()
         latest = Batch.model_validate(self.services.store.get_object(KIND, None, batch.id, "batch").data)
+        if lost is not None and latest.status == "in_progress":
+            msg = (
+                f"The input file {batch.input_file_id} was deleted before every line was answered ({lost.message}); "
+                "the lines answered are in output_file_id and error_file_id. Upload the rest as a new batch."
+            )
+            errors = BatchErrors(data=[BatchError(code="invalid_file", message=msg, param="input_file_id")])
+            self._finish(owner, latest, "failed", errors=errors)
+            return
         self._finish(owner, latest, "cancelled" if latest.status == "cancelling" else "completed")
 
     async def _call(self, owner: str, endpoint: str, body: Any) -> tuple[int, dict[str, Any]]:
@@ -221,7 +233,7 @@ class BatchRunner:
 
     # --- finishing --------------------------------------------------------------------------------
 
-    def _finish(self, owner: str, batch: Batch, final: str) -> None:
+    def _finish(self, owner: str, batch: Batch, final: str, **changes: Any) -> None:
         folder = self.root / batch.id
         if batch.status != "finalizing" and final == "completed":
             batch = batch.moved("finalizing", now())
@@ -233,7 +245,7 @@ class BatchRunner:
             "output_file_id": self._register(owner, batch, out, "output") if answered else None,
             "error_file_id": self._register(owner, batch, err, "error") if refused else None,
         }
-        done = batch.moved(final, now(), request_counts=counts, **files)
+        done = batch.moved(final, now(), request_counts=counts, **files, **changes)
         self.services.store.update_object(batch.id, done.status, dump(done))
 
     def _register(self, owner: str, batch: Batch, path: Path, which: str) -> str:

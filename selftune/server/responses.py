@@ -16,10 +16,11 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Query, Request
 from fastapi.responses import StreamingResponse
+from pydantic import TypeAdapter
 
 from selftune.data.render import normalize_tools
 from selftune.errors import InvalidRequest, SelftuneError
@@ -30,6 +31,11 @@ from selftune.inference.tools import plan as tools_plan
 from selftune.schemas.responses import (
     TEXT_PARTS,
     FunctionCallItem,
+    FunctionCallOutputItem,
+    InputItem,
+    InputItemList,
+    InputMessageItem,
+    InputText,
     OutputMessage,
     OutputText,
     ResponseCreateRequest,
@@ -44,6 +50,7 @@ from selftune.store import ObjectRecord
 router = APIRouter(tags=["responses"])
 
 KIND, WHAT = "response", "response"
+_INPUT_ITEM: TypeAdapter[InputItem] = TypeAdapter(InputItem)
 
 
 @router.post("/responses", response_model=None)
@@ -59,6 +66,40 @@ async def create_response(
 def retrieve_response(response_id: str, services: ServicesDep, owner: OwnerDep) -> ResponseObject:
     rec = services.store.get_object(KIND, owner, response_id, WHAT)
     return ResponseObject.model_validate(rec.data["response"])
+
+
+@router.get("/responses/{response_id}/input_items")
+def list_input_items(
+    response_id: str,
+    services: ServicesDep,
+    owner: OwnerDep,
+    limit: Annotated[int, Query(ge=1, le=100)] = 20,
+    order: Literal["asc", "desc"] = "desc",
+    after: str | None = None,
+    include: Annotated[list[str] | None, Query(alias="include[]")] = None,
+) -> InputItemList:
+    """The items of this response's own ``input`` (not those of the responses it chains on), newest first
+    by default, as OpenAI lists them."""
+    if include:
+        raise InvalidRequest(
+            f"nothing extra can be included ({', '.join(include)}); leave include out", param="include"
+        )
+    rec = services.store.get_object(KIND, owner, response_id, WHAT)
+    items = [_INPUT_ITEM.validate_python(x) for x in rec.data.get("input_items", [])]
+    if order == "desc":
+        items.reverse()
+    if after is not None:
+        ids = [item.id for item in items]
+        if after not in ids:
+            raise InvalidRequest(f"No input item {after!r} in response {response_id}", param="after")
+        items = items[ids.index(after) + 1 :]
+    page = items[:limit]
+    return InputItemList(
+        data=page,
+        first_id=page[0].id if page else None,
+        last_id=page[-1].id if page else None,
+        has_more=len(items) > limit,
+    )
 
 
 @router.delete("/responses/{response_id}")
@@ -77,6 +118,8 @@ class _Turn:
     body: ResponseCreateRequest
     conversation: list[dict[str, Any]]
     """The stored conversation before this turn's answer (no instructions)."""
+    items: list[InputItem]
+    """This turn's ``input`` as ``GET /responses/{id}/input_items`` lists it."""
     plan: ToolPlan
     bridge: Bridge
     template: ResponseObject
@@ -89,7 +132,8 @@ def _start(body: ResponseCreateRequest, services: Services, owner: str) -> _Turn
     history: list[dict[str, Any]] = []
     if body.previous_response_id:
         history = services.store.get_object(KIND, owner, body.previous_response_id, WHAT).data["conversation"]
-    conversation = [*history, *input_messages(body.input)]
+    said, items = read_input(body.input)
+    conversation = [*history, *said]
     chat_tools = [
         {"type": "function", "function": {k: v for k, v in t.items() if k not in ("type",)}} for t in body.tools or []
     ]
@@ -133,44 +177,58 @@ def _start(body: ResponseCreateRequest, services: Services, owner: str) -> _Turn
         metadata=body.metadata or {},
         user=body.user,
     )
-    return _Turn(body, conversation, plan, bridge, template)
+    return _Turn(body, conversation, items, plan, bridge, template)
 
 
-def input_messages(items: str | list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """``input`` as chat messages: text is one user turn; function calls join the assistant turn
-    they follow, and their outputs become tool turns."""
+def read_input(items: str | list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[InputItem]]:
+    """``input`` as chat messages (text is one user turn; function calls join the assistant turn they
+    follow, and their outputs become tool turns) and as the items ``input_items`` lists later (with
+    the ids the client gave them, or new ones)."""
     if isinstance(items, str):
-        return [{"role": "user", "content": items}]
+        return [{"role": "user", "content": items}], [_input_message("user", items, None)]
     out: list[dict[str, Any]] = []
+    listed: list[InputItem] = []
     for i, item in enumerate(items):
         kind = item.get("type") or "message"
+        given = item.get("id") if isinstance(item.get("id"), str) else None
         if kind == "message":
             role = item.get("role")
             if role not in ("user", "system", "developer", "assistant"):
                 raise InvalidRequest(
                     f"input[{i}].role must be user, system, developer or assistant", param=f"input[{i}]"
                 )
-            out.append({"role": role, "content": _text(item.get("content"), i)})
+            text = _text(item.get("content"), i)
+            out.append({"role": role, "content": text})
+            listed.append(_message(text, item_id=given) if role == "assistant" else _input_message(role, text, given))
         elif kind == "function_call":
-            call = {
-                "id": item.get("call_id"),
-                "type": "function",
-                "function": {"name": item.get("name"), "arguments": item.get("arguments", "{}")},
-            }
+            name, arguments = str(item.get("name")), str(item.get("arguments", "{}"))
+            call = {"id": item.get("call_id"), "type": "function", "function": {"name": name, "arguments": arguments}}
             if out and out[-1]["role"] == "assistant" and "tool_calls" in out[-1]:
                 out[-1]["tool_calls"].append(call)
             else:
                 out.append({"role": "assistant", "content": None, "tool_calls": [call]})
+            listed.append(
+                FunctionCallItem(
+                    id=given or random_id("fc_"), call_id=str(item.get("call_id")), name=name, arguments=arguments
+                )
+            )
         elif kind == "function_call_output":
             output = item.get("output")
             text = output if isinstance(output, str) else _text(output, i)
             out.append({"role": "tool", "tool_call_id": item.get("call_id"), "content": text})
+            listed.append(
+                FunctionCallOutputItem(id=given or random_id("fco_"), call_id=str(item.get("call_id")), output=text)
+            )
         else:
             raise InvalidRequest(
                 f"input[{i}] is a {kind!r} item; send messages, function_call and function_call_output items",
                 param=f"input[{i}]",
             )
-    return out
+    return out, listed
+
+
+def _input_message(role: str, text: str, item_id: str | None) -> InputMessageItem:
+    return InputMessageItem(id=item_id or random_id("msg_"), role=role, content=[InputText(text=text)])
 
 
 def _text(content: Any, i: int) -> str:
@@ -226,7 +284,11 @@ def _store(services: Services, owner: str, turn: _Turn, resp: ResponseObject, te
         owner=owner,
         created_at=resp.created_at,
         status=resp.status,
-        data={"response": resp.model_dump(mode="json"), "conversation": [*turn.conversation, answer]},
+        data={
+            "response": resp.model_dump(mode="json"),
+            "conversation": [*turn.conversation, answer],
+            "input_items": [item.model_dump(mode="json") for item in turn.items],
+        },
     )
     services.store.insert_object(rec)
 

@@ -39,6 +39,7 @@ CHECKED = [
     "Model",
     "OpenAIFile",
     "Response",
+    "ResponseItemList",
     "Upload",
     "UploadPart",
 ]
