@@ -66,6 +66,11 @@ def test_a_chat_batch_answers_like_the_route(
     conformance.check("Batch", httpx.get(f"{server.base_url}/batches/{batch.id}").json())
     out = results(client, done.output_file_id)
     assert sorted(r["custom_id"] for r in out) == [f"q{i}" for i in range(5)]
+    # usage sums the answered lines' tokens; model names the model that answered them.
+    prompt = sum(r["response"]["body"]["usage"]["prompt_tokens"] for r in out)
+    answer = sum(r["response"]["body"]["usage"]["completion_tokens"] for r in out)
+    assert done.usage is not None and (done.usage.input_tokens, done.usage.output_tokens) == (prompt, answer) != (0, 0)
+    assert done.usage.total_tokens == prompt + answer and done.model == out[0]["response"]["body"]["model"]
     for r in out:
         assert r["response"]["status_code"] == 200 and r["error"] is None and r["id"].startswith("batch_req_")
         i = int(r["custom_id"][1:])
@@ -100,6 +105,7 @@ def test_completions_and_responses_batch_too(
         client.batches.create(input_file_id=batch_file(client, [line]), endpoint=endpoint, completion_window="24h").id,
     )  # type: ignore[arg-type]
     (r,) = results(client, done.output_file_id)
+    assert done.usage is not None and done.usage.output_tokens == 4, done.usage  # each endpoint's own usage names
     direct = httpx.post(f"{client.base_url}{endpoint.removeprefix('/v1/')}", json=kwargs).json()
     assert pick(r["response"]["body"]) == pick(direct)
 

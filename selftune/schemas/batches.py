@@ -12,6 +12,7 @@ from typing import Any, Literal
 from pydantic import Field
 
 from selftune.schemas.common import Request, Response, is_none
+from selftune.schemas.responses import ResponseUsage
 
 BatchStatus = Literal[
     "validating", "failed", "in_progress", "finalizing", "completed", "expired", "cancelling", "cancelled"
@@ -71,6 +72,10 @@ class Batch(Response):
     cancelled_at: int | None = Field(default=None, exclude_if=is_none)
     request_counts: RequestCounts = Field(default_factory=RequestCounts)
     metadata: dict[str, str] | None = None
+    model: str | None = Field(default=None, exclude_if=is_none)
+    """The model that answered (the first answered line's), set when the batch ends."""
+    usage: ResponseUsage | None = Field(default=None, exclude_if=is_none)
+    """Tokens of the answered lines, summed when the batch ends."""
 
     def moved(self, status: str, at: int, **changes: Any) -> Batch:
         """This batch in ``status`` since ``at`` (the matching ``<status>_at`` field is set)."""

@@ -20,6 +20,7 @@ import logging
 import os
 from collections.abc import Iterator
 from contextlib import suppress
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +33,7 @@ from selftune.schemas.batches import ACTIVE, Batch, BatchError, BatchErrors, Req
 from selftune.schemas.chat import ChatCompletionRequest
 from selftune.schemas.common import invalid_request
 from selftune.schemas.completions import CompletionRequest
-from selftune.schemas.responses import ResponseCreateRequest
+from selftune.schemas.responses import ResponseCreateRequest, ResponseUsage
 from selftune.server.batches import KIND, dump
 from selftune.server.chat import chat
 from selftune.server.completions import complete
@@ -146,7 +147,7 @@ class BatchRunner:
         folder = self.root / batch.id
         folder.mkdir(parents=True, exist_ok=True)
         out, err = folder / "output.jsonl", folder / "errors.jsonl"
-        answered, refused = _done_ids(out), _done_ids(err)
+        answered, refused = _progress(out).ids, _progress(err).ids
         done = answered | refused
         counts = {"completed": len(answered), "failed": len(refused)}
         slots = asyncio.Semaphore(self.concurrency)
@@ -239,13 +240,15 @@ class BatchRunner:
             batch = batch.moved("finalizing", now())
             self.services.store.update_object(batch.id, batch.status, dump(batch))
         out, err = folder / "output.jsonl", folder / "errors.jsonl"
-        answered, refused = len(_done_ids(out)), len(_done_ids(err))
-        counts = RequestCounts(total=batch.request_counts.total, completed=answered, failed=refused)
+        answered, refused = _progress(out), _progress(err)
+        counts = RequestCounts(total=batch.request_counts.total, completed=len(answered.ids), failed=len(refused.ids))
         files = {
-            "output_file_id": self._register(owner, batch, out, "output") if answered else None,
-            "error_file_id": self._register(owner, batch, err, "error") if refused else None,
+            "output_file_id": self._register(owner, batch, out, "output") if answered.ids else None,
+            "error_file_id": self._register(owner, batch, err, "error") if refused.ids else None,
         }
-        done = batch.moved(final, now(), request_counts=counts, **files, **changes)
+        tokens = answered.input_tokens, answered.output_tokens
+        usage = ResponseUsage(input_tokens=tokens[0], output_tokens=tokens[1], total_tokens=sum(tokens))
+        done = batch.moved(final, now(), request_counts=counts, model=answered.model, usage=usage, **files, **changes)
         self.services.store.update_object(batch.id, done.status, dump(done))
 
     def _register(self, owner: str, batch: Batch, path: Path, which: str) -> str:
@@ -271,16 +274,39 @@ def _no_stream(stream: bool | None) -> None:
         raise InvalidRequest("stream is not available in a batch; leave it out", param="stream")
 
 
-def _done_ids(path: Path) -> set[str]:
-    """custom_ids already answered in a progress file; a torn last line (a crash mid-write) is cut."""
+@dataclass
+class _Progress:
+    """What a progress file holds: the ``custom_id``s answered, and the tokens and model of its answers."""
+
+    ids: set[str] = field(default_factory=set)
+    input_tokens: int = 0
+    output_tokens: int = 0
+    model: str | None = None
+
+
+def _progress(path: Path) -> _Progress:
+    """A progress file read line by line; a torn last line (a crash mid-write) is cut."""
+    out = _Progress()
     if not path.exists():
-        return set()
-    data = path.read_bytes()
-    keep = data[: data.rfind(b"\n") + 1]
-    if len(keep) != len(data):
+        return out
+    good = 0
+    with path.open("rb") as f:
+        for raw in f:
+            if not raw.endswith(b"\n"):
+                break
+            good += len(raw)
+            record = json.loads(raw)
+            out.ids.add(record["custom_id"])
+            body = record["response"]["body"]
+            usage = body.get("usage") or {}
+            # chat and completions count prompt/completion tokens; responses count input/output tokens.
+            out.input_tokens += int(usage.get("prompt_tokens", usage.get("input_tokens", 0)))
+            out.output_tokens += int(usage.get("completion_tokens", usage.get("output_tokens", 0)))
+            out.model = out.model or body.get("model")
+    if good != path.stat().st_size:
         with path.open("r+b") as f:
-            f.truncate(len(keep))
-    return {json.loads(line)["custom_id"] for line in keep.splitlines() if line.strip()}
+            f.truncate(good)
+    return out
 
 
 def _append(path: Path, record: dict[str, Any]) -> None:
