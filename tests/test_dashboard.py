@@ -4,7 +4,7 @@ is ever downloaded), against a live server with the tiny model.
 One user's flow: a rejected upload shows its problems line by line; a job made in the form shows an
 estimate, trains with a live chart, and after a reload shows its whole curve and its evaluation; a
 long job pauses, keeps its curve through a reload, resumes and is cancelled; the playground
-streams two models side by side; the pages fit a phone. Screenshots land in ``test-artifacts/dashboard/``.
+streams two models side by side; a batch runs from its page; the pages fit a phone. Screenshots land in ``test-artifacts/dashboard/``.
 """
 
 from __future__ import annotations
@@ -221,3 +221,40 @@ def test_a_wrong_key_is_asked_for_again(browser: Any, keyed_server: LiveServer) 
     pg.wait_for_selector("#jobs")
     assert pg.is_hidden("#banner")
     context.close()
+
+
+def test_a_batch_runs_from_the_dashboard(page: Any, server: LiveServer, tmp_path: Path) -> None:
+    """Upload a file of requests on the Batches page, start it, watch it finish, download its output;
+    a file with a wrong line fails and says which line and why."""
+    pg = page
+
+    def request(i: int, url: str = "/v1/chat/completions") -> str:
+        body = {"model": "tiny", "messages": [{"role": "user", "content": f"question {i}"}], "max_tokens": 3}
+        return json.dumps({"custom_id": f"r{i}", "method": "POST", "url": url, "body": body}) + "\n"
+
+    good, bad = tmp_path / "requests.jsonl", tmp_path / "wrong.jsonl"
+    good.write_text("".join(request(i) for i in range(3)))
+    bad.write_text(request(0) + request(1, url="/v1/completions"))
+    pg.goto(server.url + "/#/batches")
+    for path in (good, bad):
+        pg.set_input_files("#batch-upload", str(path))
+        pg.wait_for_function(
+            f"document.querySelector('#batch-file').selectedOptions[0]?.text.startsWith('{path.name}')"
+        )
+        pg.click("#start-batch")
+        pg.wait_for_function(f"document.querySelectorAll('#batches tr[data-batch]').length === {1 + (path == bad)}")
+    done = pg.locator("#batches tr[data-batch]:has([data-status=completed])")
+    done.wait_for(timeout=120_000)
+    assert done.locator("td.progress").inner_text() == "3 / 3"
+    with pg.expect_download() as download:
+        done.locator("button:text-is('Output')").click()
+    lines = [json.loads(x) for x in Path(download.value.path()).read_text().splitlines()]
+    assert sorted(x["custom_id"] for x in lines) == ["r0", "r1", "r2"]
+    assert all(x["response"]["status_code"] == 200 for x in lines)
+    pg.wait_for_selector("#batches [data-status=failed]", timeout=120_000)
+    problem = pg.inner_text(".batch-errors")
+    assert "2" in problem.split() and "mismatched_url" in problem, problem
+    shot(pg, "9-batches")
+    pg.set_viewport_size({"width": 390, "height": 844})
+    pg.wait_for_timeout(800)
+    assert pg.evaluate("document.documentElement.scrollWidth") <= 390

@@ -31,6 +31,7 @@ from selftune.errors import InvalidRequest, NotFound, SelftuneError
 from selftune.exports import Exports
 from selftune.ids import random_id
 from selftune.inference.engines import Engines
+from selftune.schemas import batches as batch_schemas
 from selftune.schemas.common import invalid_request
 from selftune.server import batches, chat, completions, exports, files, fine_tuning, models, responses, uploads
 from selftune.server.batch_runner import BatchRunner
@@ -98,13 +99,17 @@ def create_app(settings: Settings) -> FastAPI:
 
     @app.get("/job-statuses.js", include_in_schema=False)
     def job_statuses() -> Response:
-        """The status machine of ``selftune.jobs`` for the dashboard: final statuses, and where each
-        button's move is allowed from."""
+        """The status machines for the dashboard: a job's (``selftune.jobs``: final statuses, and where
+        each button's move is allowed from) and a batch's (``schemas.batches``: still running, cancellable)."""
         machine = {
             "terminal": sorted(jobs.TERMINAL),
             "actions": {a.value: jobs.sources(a) for a in (jobs.Action.PAUSE, jobs.Action.RESUME, jobs.Action.CANCEL)},
         }
-        body = f"window.SELFTUNE_JOB_STATUSES = {json.dumps(machine)};\n"
+        batch_machine = {"active": list(batch_schemas.ACTIVE), "cancellable": list(batch_schemas.CANCELLABLE)}
+        body = (
+            f"window.SELFTUNE_JOB_STATUSES = {json.dumps(machine)};\n"
+            f"window.SELFTUNE_BATCH_STATUSES = {json.dumps(batch_machine)};\n"
+        )
         return Response(body, media_type="text/javascript", headers={"Cache-Control": "no-cache"})
 
     app.add_exception_handler(SelftuneError, _selftune_error)

@@ -6,6 +6,7 @@
 const KEY_STORAGE = "selftune.apiKey";
 // The job status machine comes from the server (selftune.jobs, via /job-statuses.js), never restated here.
 const STATUSES = window.SELFTUNE_JOB_STATUSES;
+const BATCHES = window.SELFTUNE_BATCH_STATUSES;
 const isFinal = (status) => STATUSES.terminal.includes(status);
 const can = (action, status) => STATUSES.actions[action].includes(status);
 const POLL_MS = 1500;
@@ -107,6 +108,7 @@ const routes = [
   [/^#\/jobs$/, jobsPage],
   [/^#\/new$/, newJobPage],
   [/^#\/files$/, filesPage],
+  [/^#\/batches$/, batchesPage],
   [/^#\/models$/, modelsPage],
   [/^#\/playground(\?.*)?$/, playgroundPage],
 ];
@@ -411,6 +413,13 @@ async function uploadFile(file, purpose, reportEl) {
   }
 }
 
+async function download(fileId, name) {
+  const text = await api(`/files/${fileId}/content`);
+  const a = h("a", { href: URL.createObjectURL(new Blob([text])), download: name });
+  a.click();
+  URL.revokeObjectURL(a.href);
+}
+
 async function filesPage() {
   const body = h("tbody");
   const report = h("div", { id: "upload-report" });
@@ -424,18 +433,12 @@ async function filesPage() {
   drop.addEventListener("dragover", (e) => { e.preventDefault(); drop.classList.add("over"); });
   drop.addEventListener("dragleave", () => drop.classList.remove("over"));
   drop.addEventListener("drop", guard(async (e) => { e.preventDefault(); drop.classList.remove("over"); await uploadAll(e.dataTransfer.files); }));
-  async function download(f) {
-    const text = await api(`/files/${f.id}/content`);
-    const a = h("a", { href: URL.createObjectURL(new Blob([text])), download: f.filename });
-    a.click();
-    URL.revokeObjectURL(a.href);
-  }
   async function refresh() {
     const files = await all("/files");
     body.replaceChildren(...files.map((f) => h("tr", { "data-file": f.id },
       h("td", { class: "mono" }, f.id), h("td", {}, f.filename), h("td", {}, f.purpose), h("td", { class: "num" }, num(f.bytes)),
       h("td", { class: "num" }, when(f.created_at)),
-      h("td", { class: "row" }, h("button", { class: "secondary", onclick: guard(() => download(f)) }, "Download"),
+      h("td", { class: "row" }, h("button", { class: "secondary", onclick: guard(() => download(f.id, f.filename)) }, "Download"),
         h("button", { class: "danger", onclick: guard(async () => { if (confirm(`Delete ${f.filename}?`)) { await api(`/files/${f.id}`, { method: "DELETE" }); await refresh(); } }) }, "Delete")))));
   }
   view().replaceChildren(
@@ -444,6 +447,73 @@ async function filesPage() {
     h("div", { class: "card scroll" }, h("table", { id: "files" }, h("thead", {}, h("tr", {}, ["id", "name", "purpose", "bytes", "created", ""].map((c) => h("th", {}, c)))), body)),
   );
   await refresh();
+}
+
+// --- batches: a purpose=batch file through POST /batches, followed until its files are ready ----------------
+
+const ENDPOINTS = ["/v1/chat/completions", "/v1/responses", "/v1/completions"];
+
+async function batchesPage() {
+  const body = h("tbody");
+  const input = h("select", { id: "batch-file", "aria-label": "batch input file" });
+  const endpoint = h("select", { id: "batch-endpoint", "aria-label": "endpoint" }, ENDPOINTS.map((e) => h("option", { value: e }, e)));
+  const upload = h("input", { type: "file", id: "batch-upload", onchange: guard(async (ev) => {
+    const f = await uploadFile(ev.target.files[0], "batch", null);
+    ev.target.value = "";
+    if (f) await files(f.id);
+  }) });
+  async function files(select) {
+    const list = await all("/files?purpose=batch");
+    input.replaceChildren(...list.map((f) => h("option", { value: f.id }, `${f.filename} (${f.id})`)));
+    if (select) input.value = select;
+  }
+  const start = h("button", { id: "start-batch", onclick: guard(async () => {
+    if (!input.value) throw new Error("Upload a JSONL file of requests first (one {custom_id, method, url, body} per line).");
+    await api("/batches", { method: "POST", body: { input_file_id: input.value, endpoint: endpoint.value, completion_window: "24h" } });
+    await refresh();
+  }) }, "Start batch");
+  const fileButton = (id, label, name) => (id ? h("button", { class: "secondary", onclick: guard(() => download(id, name)) }, label) : null);
+  function row(b) {
+    const c = b.request_counts || {};
+    const done = (c.completed || 0) + (c.failed || 0);
+    const rows = [h("tr", { "data-batch": b.id },
+      h("td", { class: "mono" }, b.id), h("td", { class: "mono" }, b.endpoint), h("td", {}, badge(b.status)),
+      h("td", { class: "num progress" }, c.total ? `${num(done)} / ${num(c.total)}${c.failed ? ` (${num(c.failed)} failed)` : ""}` : ""),
+      h("td", { class: "mono" }, b.model || ""), h("td", { class: "num" }, b.usage ? num(b.usage.total_tokens) : ""),
+      h("td", { class: "num" }, when(b.created_at)),
+      h("td", { class: "row" },
+        fileButton(b.output_file_id, "Output", `${b.id}_output.jsonl`),
+        fileButton(b.error_file_id, "Errors", `${b.id}_error.jsonl`),
+        BATCHES.cancellable.includes(b.status) ? h("button", { class: "danger", onclick: guard(async () => {
+          await api(`/batches/${b.id}/cancel`, { method: "POST" });
+          await refresh();
+        }) }, "Cancel") : null))];
+    const errors = (b.errors && b.errors.data) || [];
+    if (errors.length) {
+      rows.push(h("tr", { class: "batch-errors" }, h("td", { colspan: 8 }, h("table", { class: "problems" },
+        h("tbody", {}, errors.map((e) => h("tr", {}, h("td", { class: "num" }, e.line || "file"), h("td", { class: "error" }, e.code), h("td", {}, e.message))))))));
+    }
+    return rows;
+  }
+  async function refresh() {
+    const batches = await all("/batches");
+    body.replaceChildren(...batches.flatMap(row));
+    return batches.some((b) => BATCHES.active.includes(b.status));
+  }
+  view().replaceChildren(
+    h("h1", {}, "Batches"),
+    h("div", { class: "card" },
+      h("p", { class: "muted" }, "Run a file of requests in the background, beside interactive requests: one JSON object per line, {\"custom_id\", \"method\": \"POST\", \"url\", \"body\"}."),
+      h("div", { class: "form" },
+        h("div", {}, h("label", { for: "batch-file" }, "Input file (purpose batch)"), input),
+        h("div", {}, h("label", { for: "batch-endpoint" }, "Endpoint"), endpoint),
+        h("div", {}, h("label", { for: "batch-upload" }, "Upload a new one"), upload)),
+      h("p", {}), start),
+    h("div", { class: "card scroll" }, h("table", { id: "batches" }, h("thead", {}, h("tr", {}, ["id", "endpoint", "status", "answered", "model", "tokens", "created", ""].map((c) => h("th", {}, c)))), body)),
+  );
+  await files();
+  await refresh();
+  every(guard(refresh));
 }
 
 // --- models -------------------------------------------------------------------------------------------
