@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
+import threading
 from pathlib import Path
 
 import httpx
@@ -27,6 +29,53 @@ def test_a_chunked_upload_becomes_a_validated_file(client: openai.OpenAI, server
     job = client.fine_tuning.jobs.create(model="tiny", training_file=upload.file.id, hyperparameters={"n_epochs": 1})
     client.fine_tuning.jobs.cancel(job.id)  # the file is accepted like any fine-tune upload
     assert not (server.home / "files" / ".uploads" / upload.id).exists()  # its parts are gone
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError("no VmRSS")
+
+
+def test_a_300_mb_upload_keeps_the_servers_memory_flat(
+    client: openai.OpenAI, server: LiveServer, tmp_path: Path
+) -> None:
+    """The SDK's chunked upload of a 300 MB batch file (its default 64 MB parts): parts go to disk and
+    are joined to disk, so the server's resident memory, sampled every 20 ms, grows by under 100 MB."""
+    path = tmp_path / "big.jsonl"
+    line = {"custom_id": "", "method": "POST", "url": "/v1/chat/completions", "body": {"model": "tiny"}}
+    block = "".join(json.dumps({**line, "custom_id": f"r{i}"}) + "\n" for i in range(10_000)).encode()
+    md5 = hashlib.md5(usedforsecurity=False)
+    with path.open("wb") as f:
+        while f.tell() < 300 * 1024 * 1024:
+            f.write(block)
+            md5.update(block)
+    size = path.stat().st_size
+    assert server.proc is not None
+    pid = server.proc.pid
+    before, peak, done = rss_mb(pid), [0.0], threading.Event()
+
+    def sample() -> None:
+        while not done.is_set():
+            peak[0] = max(peak[0], rss_mb(pid))
+            done.wait(0.02)
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    try:
+        upload = client.uploads.upload_file_chunked(
+            file=path, mime_type="application/jsonl", purpose="batch", md5=md5.hexdigest()
+        )
+    finally:
+        done.set()
+        sampler.join()
+    assert upload.status == "completed" and upload.file is not None and upload.file.bytes == size
+    print(f"\n300 MB upload: server RSS {before:.0f} MB before, {peak[0]:.0f} MB at most")
+    assert peak[0] - before < 100, (before, peak[0])
+    with client.files.with_streaming_response.content(upload.file.id) as r:
+        assert sum(len(chunk) for chunk in r.iter_bytes()) == size
+    client.files.delete(upload.file.id)
 
 
 def raw_upload(server: LiveServer, data: bytes, purpose: str = "fine-tune") -> tuple[str, list[str]]:
