@@ -245,14 +245,15 @@ def test_sft_then_dpo_from_the_fine_tuned_model(client: openai.OpenAI) -> None:
 def test_dpo_pause_resume_matches_an_uninterrupted_run_and_cancel_stops_it(client: openai.OpenAI) -> None:
     spec: dict[str, Any] = {
         "model": "tiny",
-        "training_file": upload(client, preference_lines(40), "pairs.jsonl"),
+        "training_file": upload(client, preference_lines(60), "pairs.jsonl"),
         "seed": 5,
         "method": {"type": "dpo", "dpo": {"hyperparameters": {"n_epochs": 3, "batch_size": 1}}},
     }
     straight = wait(client, client.fine_tuning.jobs.create(**spec).id)
     assert straight.status == "succeeded"
     job = client.fine_tuning.jobs.create(**spec)
-    wait_for_step(client, job.id, 30)
+    # Paused early: the tiny model trains tens of steps a second, and the pause must land before the end.
+    wait_for_step(client, job.id, 10)
     client.fine_tuning.jobs.pause(job.id)
     assert wait(client, job.id, until=("paused", *FINAL)).status == "paused" and not trainer_pids(job.id)
     client.fine_tuning.jobs.resume(job.id)
@@ -262,7 +263,7 @@ def test_dpo_pause_resume_matches_an_uninterrupted_run_and_cancel_stops_it(clien
         return {e.data["step"]: e.data["train_loss"] for e in all_events(client, job_id) if e.type == "metrics"}
 
     a, b = losses(straight.id), losses(job.id)
-    assert sorted(a) == sorted(b) == list(range(1, 121))
+    assert sorted(a) == sorted(b) == list(range(1, 181))
     assert max(abs(a[s] - b[s]) for s in a) < 1e-4
     assert any(e.message.startswith("Training resumed at step") for e in all_events(client, job.id))
 

@@ -384,7 +384,7 @@ def test_a_wrong_merge_or_a_missing_permutation_fails_verification(
 ) -> None:
     src = trivia_source
     assert src.adapter is not None
-    ref = verify.reference(src.base_folder, src.adapter)
+    ref = verify.reference(src.base_folder, src.adapter, cache=src.adapter)  # the exports above computed it
     # The merge at twice the adapter's scale (an alpha read wrongly) against transformers, beside the
     # right merge (the merged export).
     doubled = tmp_path / "doubled"
@@ -414,6 +414,35 @@ def test_a_wrong_merge_or_a_missing_permutation_fails_verification(
     both = _gguf_check(src.base_gguf, tmp_path / "unpermuted.gguf", base, "served")(ref)
     print(f"unpermuted beside Q4_1: {loose.summary()}\n  with the f16 check: {both.summary()}")
     assert _gguf_check(src.base_gguf, lora, base, "served")(ref).passed and not both.passed
+
+
+def test_a_models_reference_is_computed_once_per_adapter(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """Exports of one model in several formats share its reference (kept in the adapter folder); a
+    changed adapter gets a new one."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    model = get_peft_model(
+        AutoModelForCausalLM.from_pretrained(tiny_model_dir), LoraConfig(r=4, target_modules=["q_proj", "v_proj"])
+    )
+    for name, param in model.named_parameters():
+        if "lora_B" in name:
+            torch.nn.init.normal_(param, std=0.5)  # a LoRA that changes the answers
+    adapter = tmp_path / "adapter"
+    model.save_pretrained(adapter)
+    first = verify.reference(tiny_model_dir, adapter, cache=adapter)
+    kept = (adapter / verify.CACHE).read_text()
+    again = verify.reference(tiny_model_dir, adapter, cache=adapter)
+    assert [a.tokens for a in again.answers] == [a.tokens for a in first.answers]
+    assert [a.leads for a in again.answers] == [a.leads for a in first.answers]
+    assert (adapter / verify.CACHE).read_text() == kept  # read, not written again
+    config = json.loads((adapter / "adapter_config.json").read_text())
+    (adapter / "adapter_config.json").write_text(json.dumps({**config, "lora_alpha": 4 * config["lora_alpha"]}))
+    changed = verify.reference(tiny_model_dir, adapter, cache=adapter)
+    assert json.loads((adapter / verify.CACHE).read_text())["key"] != json.loads(kept)["key"]
+    fresh = verify.reference(tiny_model_dir, adapter)  # no cache: computed from scratch
+    assert [a.leads for a in changed.answers] == [a.leads for a in fresh.answers] != [a.leads for a in first.answers]
 
 
 def _quiet(stage: str, done: int, total: int) -> None:

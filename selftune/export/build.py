@@ -188,7 +188,7 @@ def export(src: Source, spec: ExportSpec, dest: Path, progress: Progress | None 
                 f"{src.model} cannot be exported as {spec.format}: {e}", param="format", code="export_unsupported"
             ) from e
         tick("reference answers (PyTorch, float32)", 0, 1)
-        ref = verify.reference(src.base_folder, built.adapter)
+        ref = verify.reference(src.base_folder, built.adapter, cache=src.adapter or src.base_folder)
         tick("verifying with an independent reader", 0, 1)
         result = built.check(ref)
         shutil.rmtree(staging / formats.CHECK, ignore_errors=True)

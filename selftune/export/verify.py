@@ -22,6 +22,9 @@ a wrongly merged or wrongly permuted one misses everywhere.
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -107,12 +110,63 @@ class Verification:
         return asdict(self)
 
 
-def reference(base_folder: Path, adapter: Path | None, prompts: Sequence[str] = GOLDEN) -> Reference:
-    """Greedy answers of base + adapter in float32 PyTorch, with the lead at each position."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+CACHE = ".export-reference.json"
+"""Written in ``reference``'s ``cache`` folder (the model's own adapter folder): several exports of one
+model (each format, each precision) compute its reference once."""
+
+
+def reference(
+    base_folder: Path, adapter: Path | None, prompts: Sequence[str] = GOLDEN, *, cache: Path | None = None
+) -> Reference:
+    """Greedy answers of base + adapter in float32 PyTorch, with the lead at each position; kept in
+    ``cache/CACHE`` under a key of everything they depend on (the adapter's bytes, the base's weight
+    files, the prompts, the libraries' versions), and read from there when the key matches."""
+    from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(base_folder)
+    key = _reference_key(base_folder, adapter, prompts)
+    path = cache / CACHE if cache is not None else None
+    if path is not None and path.is_file():
+        try:
+            saved = json.loads(path.read_text())
+            if saved.get("key") == key:
+                return Reference([Answer(**a) for a in saved["answers"]], set(saved["stop_ids"]), tokenizer)
+        except (OSError, ValueError, TypeError, KeyError):
+            pass  # unreadable or from another layout: computed again below
+    ref = _compute_reference(base_folder, adapter, prompts, tokenizer)
+    if path is not None:
+        data = {"key": key, "answers": [asdict(a) for a in ref.answers], "stop_ids": sorted(ref.stop_ids)}
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        try:
+            tmp.write_text(json.dumps(data))
+            tmp.replace(path)
+        except OSError:  # a read-only model folder: the reference just is not kept
+            tmp.unlink(missing_ok=True)
+    return ref
+
+
+def _reference_key(base_folder: Path, adapter: Path | None, prompts: Sequence[str]) -> str:
+    import peft
+    import torch
+    import transformers
+
+    digest = hashlib.sha256(
+        json.dumps([list(prompts), TOKENS, torch.__version__, transformers.__version__, peft.__version__]).encode()
+    )
+    for f in sorted(base_folder.iterdir()):  # weights by size and time (hashing GBs would cost more than it saves)
+        if f.is_file() and not f.name.startswith("."):  # not this cache itself
+            st = f.stat()
+            digest.update(f"{f.name}:{st.st_size}:{st.st_mtime_ns}".encode())
+    if adapter is not None:
+        for name in ("adapter_config.json", "adapter_model.safetensors"):
+            digest.update((adapter / name).read_bytes())
+    return digest.hexdigest()
+
+
+def _compute_reference(base_folder: Path, adapter: Path | None, prompts: Sequence[str], tokenizer: Any) -> Reference:
+    import torch
+    from transformers import AutoModelForCausalLM
+
     model: Any = AutoModelForCausalLM.from_pretrained(base_folder, dtype=torch.float32)
     model.eval()
     stops = stop_token_ids(tokenizer, model.generation_config)
