@@ -236,14 +236,22 @@ def test_a_batch_runs_from_the_dashboard(page: Any, server: LiveServer, tmp_path
     good.write_text("".join(request(i) for i in range(3)))
     bad.write_text(request(0) + request(1, url="/v1/completions"))
     pg.goto(server.url + "/#/batches")
+    ids: dict[Path, str] = {}  # the server is shared: other tests' batches are listed too
     for path in (good, bad):
         pg.set_input_files("#batch-upload", str(path))
         pg.wait_for_function(
             f"document.querySelector('#batch-file').selectedOptions[0]?.text.startsWith('{path.name}')"
         )
+        file_id = pg.input_value("#batch-file")
         pg.click("#start-batch")
-        pg.wait_for_function(f"document.querySelectorAll('#batches tr[data-batch]').length === {1 + (path == bad)}")
-    done = pg.locator("#batches tr[data-batch]:has([data-status=completed])")
+        for _ in range(100):  # the click's request is on its way
+            started = [b.id for b in server.client().batches.list(limit=100) if b.input_file_id == file_id]
+            if started:
+                break
+            pg.wait_for_timeout(100)
+        (ids[path],) = started
+        pg.wait_for_selector(f"#batches tr[data-batch='{ids[path]}']")
+    done = pg.locator(f"#batches tr[data-batch='{ids[good]}']:has([data-status=completed])")
     done.wait_for(timeout=120_000)
     assert done.locator("td.progress").inner_text() == "3 / 3"
     with pg.expect_download() as download:
@@ -251,8 +259,8 @@ def test_a_batch_runs_from_the_dashboard(page: Any, server: LiveServer, tmp_path
     lines = [json.loads(x) for x in Path(download.value.path()).read_text().splitlines()]
     assert sorted(x["custom_id"] for x in lines) == ["r0", "r1", "r2"]
     assert all(x["response"]["status_code"] == 200 for x in lines)
-    pg.wait_for_selector("#batches [data-status=failed]", timeout=120_000)
-    problem = pg.inner_text(".batch-errors")
+    pg.wait_for_selector(f"#batches tr[data-batch='{ids[bad]}'] [data-status=failed]", timeout=120_000)
+    problem = pg.inner_text(f"#batches tr[data-batch='{ids[bad]}'] + tr.batch-errors")
     assert "2" in problem.split() and "mismatched_url" in problem, problem
     shot(pg, "9-batches")
     pg.set_viewport_size({"width": 390, "height": 844})
