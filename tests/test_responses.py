@@ -174,3 +174,6 @@ def test_an_owner_never_sees_another_owners_responses(keyed_server: LiveServer) 
         bob.responses.create(model="tiny", input="x", previous_response_id=r.id)
     with pytest.raises(openai.NotFoundError):
         bob.responses.input_items.list(r.id)
+    with pytest.raises(openai.BadRequestError) as e:
+        alice.responses.input_items.list(r.id, include=["message.input_image.image_url"])
+    assert e.value.param == "include"

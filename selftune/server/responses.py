@@ -71,15 +71,17 @@ def retrieve_response(response_id: str, services: ServicesDep, owner: OwnerDep) 
 @router.get("/responses/{response_id}/input_items")
 def list_input_items(
     response_id: str,
+    request: Request,
     services: ServicesDep,
     owner: OwnerDep,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
     order: Literal["asc", "desc"] = "desc",
     after: str | None = None,
-    include: Annotated[list[str] | None, Query(alias="include[]")] = None,
 ) -> InputItemList:
     """The items of this response's own ``input`` (not those of the responses it chains on), newest first
     by default, as OpenAI lists them."""
+    # SDKs send a list as include[]=a (brackets) or include=a (repeated): either is refused, by name.
+    include = request.query_params.getlist("include") + request.query_params.getlist("include[]")
     if include:
         raise InvalidRequest(
             f"nothing extra can be included ({', '.join(include)}); leave include out", param="include"
