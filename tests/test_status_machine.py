@@ -11,6 +11,7 @@ import pytest
 
 from selftune import jobs
 from selftune.jobs import TERMINAL, TRANSITIONS, Action, InvalidJobStatus, Status
+from selftune.schemas import batches as batch_schemas
 from selftune.store import JobRecord, Store
 from tests.conftest import REPO, LiveServer
 
@@ -96,7 +97,11 @@ def test_a_stale_record_is_decided_again_from_where_the_job_is(store: Store) -> 
 
 def test_the_dashboard_reads_the_machine_from_the_server(server: LiveServer) -> None:
     body = httpx.get(server.url + "/job-statuses.js", timeout=5).text
-    machine = json.loads(body.split("=", 1)[1].strip().rstrip(";"))
+    # One `window.NAME = {json};` assignment a line: the job machine and the batch machine.
+    assigned = dict(line.removeprefix("window.").rstrip(";").split(" = ", 1) for line in body.splitlines())
+    machine = json.loads(assigned["SELFTUNE_JOB_STATUSES"])
+    batches = json.loads(assigned["SELFTUNE_BATCH_STATUSES"])
+    assert batches == {"active": list(batch_schemas.ACTIVE), "cancellable": list(batch_schemas.CANCELLABLE)}
     assert set(machine["terminal"]) == set(TERMINAL)
     assert machine["actions"]["resume"] == ["paused"] and machine["actions"]["pause"] == ["queued", "running"]
     app_js = (REPO / "selftune" / "server" / "static" / "app.js").read_text()
