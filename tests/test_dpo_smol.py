@@ -157,7 +157,6 @@ def test_dpo_on_mood_pairs_moves_answers_toward_the_preferred_style(smol_server:
         print(f"  base:  {b[:110]!r}\n  tuned: {t[:110]!r}")
     assert mean(p_tuned) > mean(p_base) + 0.05
     assert sum(p > 0.5 for p in p_tuned) > sum(p > 0.5 for p in p_base)
-    assert mean(after) > mean(before)
 
     # The job's own evaluation compared base and fine-tuned on the held-out inputs the same way.
     report = json.loads(client.files.content(job.result_files[2]).text)

@@ -22,6 +22,7 @@ import tarfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from statistics import mean
 from typing import Any
 
 import httpx
@@ -33,6 +34,7 @@ from selftune.config import Settings
 from selftune.convert.lora import convert_adapter
 from selftune.convert.model import convert_model
 from selftune.errors import InvalidRequest
+from selftune.eval.metrics import token_f1
 from selftune.export import verify
 from selftune.export.build import InsufficientStorage, Source, check_room
 from selftune.export.formats import _gguf_check, merge
@@ -96,6 +98,12 @@ def answers_of(server: LiveServer, model: str) -> list[str]:
 def server_answers(torch_server: LiveServer, trivia_job: TriviaJob) -> list[str]:
     """What selftune answers with the weights as trained (the PyTorch engine)."""
     return answers_of(torch_server, trivia_job.model)
+
+
+@pytest.fixture(scope="module")
+def base_answers(torch_server: LiveServer) -> list[str]:
+    """What the fine-tuned model's base answers, on the same engine."""
+    return answers_of(torch_server, "SmolLM2-135M-Instruct")
 
 
 @pytest.fixture(scope="module")
@@ -280,7 +288,7 @@ def modelfile(folder: Path) -> dict[str, list[str]]:
 
 
 def test_ollama_modelfile_matches_the_chat_template_and_stop_tokens(
-    exported: dict[str, Path], server_answers: list[str]
+    exported: dict[str, Path], server_answers: list[str], base_answers: list[str]
 ) -> None:
     from transformers import AutoTokenizer
 
@@ -300,8 +308,15 @@ def test_ollama_modelfile_matches_the_chat_template_and_stop_tokens(
             system = messages[0]["content"] if messages[0]["role"] == "system" else default_system
             want = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
             assert go_render(template, system, messages) == want
+    # Four bits a weight move a 135M model's greedy answers a lot (2 or 3 of 8 equal to the server's, from
+    # run to run), so equality is not the measure here: the quantised export must answer more like the
+    # fine-tuned model than its own base does (a GGUF that lost the merge answers like the base).
+    # Measured: token F1 0.33 against the base's 0.08.
     answers = llamacpp_chat(gguf, None, [q for q, _ in HELD_OUT])
-    alike("ollama's q4_k_m GGUF (llama.cpp)", answers, server_answers, at_least=3)
+    export_f1 = mean(token_f1(a, b) for a, b in zip(answers, server_answers, strict=True))
+    base_f1 = mean(token_f1(a, b) for a, b in zip(base_answers, server_answers, strict=True))
+    print(f"\nollama's q4_k_m GGUF: token F1 to the server's answers {export_f1:.2f}, the base model's {base_f1:.2f}")
+    assert export_f1 > base_f1 + 0.1, (answers, base_answers, server_answers)
     assert "ollama create" in json.loads((folder / "selftune-export.json").read_text())["run"]["ollama"]
 
 
