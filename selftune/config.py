@@ -87,6 +87,11 @@ class Settings(BaseSettings):
     batch_concurrency: int = Field(default=2, ge=1)
     """Lines of a batch in the engine at once: the rest of its batch is left to interactive requests."""
 
+    batch_window_seconds: int | None = Field(default=None, ge=1)
+    """How long a batch has before it expires, instead of its ``completion_window`` (``24h``, the only
+    window the API accepts, as OpenAI's does): a large batch on a slow machine may need longer. The
+    lines not answered by then go to the batch's error file as ``batch_expired``."""
+
     worker: bool = True
     """Run the training worker inside ``selftune serve``. Turn off when ``selftune worker`` runs elsewhere."""
 
@@ -98,10 +103,11 @@ class Settings(BaseSettings):
     """Jobs one worker trains at once. One per device is fastest: two jobs on one CPU share its cores."""
 
     eval_examples: int = Field(default=32, ge=0)
-    max_seq_len: int = Field(default=4096, ge=16)
-    """The longest training example, in tokens: the base model's context length, capped by this."""
     """At the end of a job with a validation file, base and fine-tuned model answer up to this many
     validation examples and the report is attached to the job (0 turns it off)."""
+
+    max_seq_len: int = Field(default=4096, ge=16)
+    """The longest training example, in tokens: the base model's context length, capped by this."""
 
     max_loaded_adapters: int = 8
     """Fine-tuned adapters kept loaded on their base model (least recently used is dropped)."""

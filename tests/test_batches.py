@@ -1,6 +1,6 @@
 """The Batch API through the real SDK: chat, completions and responses lines answered in the
 background as the routes answer them, OpenAI's output and error line format, validation, cancel,
-and a server killed mid-batch that resumes without answering a line twice."""
+a server killed mid-batch that resumes without answering a line twice, and a batch that expires."""
 
 from __future__ import annotations
 
@@ -190,5 +190,35 @@ def test_an_input_file_deleted_before_the_batch_resumed_fails_it_keeping_the_ans
         assert error.code == "invalid_file" and error.param == "input_file_id" and "was deleted" in str(error.message)
         kept = [r["custom_id"] for r in results(srv.client(), done.output_file_id)]
         assert 3 <= len(kept) < 20 and done.request_counts is not None and done.request_counts.completed == len(kept)
+    finally:
+        srv.stop()
+
+
+def test_a_batch_past_its_window_expires_naming_every_line_it_did_not_answer(
+    tmp_path: Path, tiny_model_dir: Path, conformance: Conformance
+) -> None:
+    # A 3-second window instead of 24 h: 400 lines of 60 tokens one at a time cannot all fit in it.
+    srv = start_server(
+        tmp_path / "home", tiny_model_dir, SELFTUNE_BATCH_CONCURRENCY="1", SELFTUNE_BATCH_WINDOW_SECONDS="3"
+    )
+    try:
+        client = srv.client()
+        lines = [chat_line(i, max_tokens=60) for i in range(400)]
+        batch = client.batches.create(
+            input_file_id=batch_file(client, lines), endpoint="/v1/chat/completions", completion_window="24h"
+        )
+        assert batch.expires_at == batch.created_at + 3 and batch.completion_window == "24h"
+        done = wait(client, batch.id)
+        assert done.status == "expired" and done.expired_at and done.expired_at >= batch.expires_at, done
+        conformance.check("Batch", httpx.get(f"{srv.base_url}/batches/{batch.id}").json())
+        answered = results(client, done.output_file_id)
+        expired = results(client, done.error_file_id)
+        assert 1 <= len(answered) < 400 and len(answered) + len(expired) == 400
+        assert sorted(r["custom_id"] for r in answered + expired) == sorted(f"q{i}" for i in range(400))
+        for r in expired:
+            assert r["response"] is None and r["error"]["code"] == "batch_expired", r
+        counts = done.request_counts
+        assert (counts.total, counts.completed, counts.failed) == (400, len(answered), len(expired))
+        assert done.usage is not None and done.usage.output_tokens > 0
     finally:
         srv.stop()

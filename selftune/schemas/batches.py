@@ -2,7 +2,7 @@
 
 The status machine is written down here, once: ``validating`` -> ``in_progress`` -> ``finalizing``
 -> ``completed``, or ``failed`` (a bad input file, or one deleted before every line was answered),
-``cancelling`` -> ``cancelled``, ``expired`` (past ``completion_window``).
+``cancelling`` -> ``cancelled``, ``expired`` (past ``expires_at``, its unanswered lines ``batch_expired``).
 ``selftune.server.batch_runner`` moves batches along it."""
 
 from __future__ import annotations

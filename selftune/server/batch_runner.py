@@ -10,6 +10,9 @@ answered request: ``output.jsonl`` (status 200) and ``errors.jsonl`` (everything
 restart the runner reads the ``custom_id``s already there (dropping a half-written last line) and
 answers only the rest, so no line is answered twice in the results. At the end both files become
 ``purpose=batch_output`` files (``output_file_id``, ``error_file_id``).
+
+A batch past its ``expires_at`` takes no more lines (the ones in the engine finish); as OpenAI's
+does, it ends ``expired`` with every line not answered in its error file as ``batch_expired``.
 """
 
 from __future__ import annotations
@@ -83,9 +86,6 @@ class BatchRunner:
             if batch.status != "in_progress":
                 return
         if batch.status == "in_progress":
-            if batch.expires_at is not None and now() > batch.expires_at:
-                self._finish(rec.owner, batch, "expired")
-                return
             await self._answer_all(rec.owner, batch)
             return
         self._finish(rec.owner, batch, "cancelled" if batch.status == "cancelling" else "completed")
@@ -174,13 +174,15 @@ class BatchRunner:
         total = batch.request_counts.total
         running: set[asyncio.Task[None]] = set()
         lost: SelftuneError | None = None
+        expired = False
         try:
             # A line is read only once a slot is free: memory stays bounded whatever the file's size.
             for _, obj, _ in self._lines(owner, batch):
                 if obj["custom_id"] in done:
                     continue
                 await slots.acquire()
-                if cancelled.is_set():
+                expired = _past(batch)
+                if cancelled.is_set() or expired:
                     slots.release()
                     break
                 task = asyncio.create_task(one(obj))
@@ -202,7 +204,34 @@ class BatchRunner:
             errors = BatchErrors(data=[BatchError(code="invalid_file", message=msg, param="input_file_id")])
             self._finish(owner, latest, "failed", errors=errors)
             return
-        self._finish(owner, latest, "cancelled" if latest.status == "cancelling" else "completed")
+        if latest.status == "cancelling":
+            self._finish(owner, latest, "cancelled")
+        elif expired or _past(latest):
+            self._expire(owner, latest)
+        else:
+            self._finish(owner, latest, "completed")
+
+    def _expire(self, owner: str, batch: Batch) -> None:
+        """Every line not answered (output or error file) gets a ``batch_expired`` line in the error file."""
+        folder = self.root / batch.id
+        err = folder / "errors.jsonl"
+        done = _progress(folder / "output.jsonl").ids | _progress(err).ids
+        error = {
+            "code": "batch_expired",
+            "message": "This request could not be executed before the completion window expired.",
+        }
+        left = 0
+        # One write and one fsync for them all: a large batch may have many lines left.
+        with err.open("ab") as f:
+            with suppress(SelftuneError):  # the input file deleted meanwhile: its lines cannot be named
+                for _, obj, _ in self._lines(owner, batch):
+                    if obj["custom_id"] not in done:
+                        left += 1
+                        record = {"id": random_id("batch_req_"), "custom_id": obj["custom_id"], "response": None}
+                        f.write(_line({**record, "error": error}))
+            f.flush()
+            os.fsync(f.fileno())
+        self._finish(owner, batch, "expired" if left else "completed")  # all answered: it made it after all
 
     async def _call(self, owner: str, endpoint: str, body: Any) -> tuple[int, dict[str, Any]]:
         """One line through its endpoint's own function: (HTTP status, response body or error envelope)."""
@@ -269,6 +298,10 @@ def _check_line(obj: dict[str, Any], endpoint: str, line: int) -> BatchError | N
     return None
 
 
+def _past(batch: Batch) -> bool:
+    return batch.expires_at is not None and now() > batch.expires_at
+
+
 def _no_stream(stream: bool | None) -> None:
     if stream:
         raise InvalidRequest("stream is not available in a batch; leave it out", param="stream")
@@ -297,6 +330,8 @@ def _progress(path: Path) -> _Progress:
             good += len(raw)
             record = json.loads(raw)
             out.ids.add(record["custom_id"])
+            if record["response"] is None:  # a line that never ran (batch_expired)
+                continue
             body = record["response"]["body"]
             usage = body.get("usage") or {}
             # chat and completions count prompt/completion tokens; responses count input/output tokens.
@@ -309,8 +344,12 @@ def _progress(path: Path) -> _Progress:
     return out
 
 
+def _line(record: dict[str, Any]) -> bytes:
+    return (json.dumps(record, ensure_ascii=False) + "\n").encode()
+
+
 def _append(path: Path, record: dict[str, Any]) -> None:
     with path.open("ab") as f:
-        f.write((json.dumps(record, ensure_ascii=False) + "\n").encode())
+        f.write(_line(record))
         f.flush()
         os.fsync(f.fileno())

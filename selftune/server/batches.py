@@ -44,7 +44,7 @@ def create_batch(body: BatchCreateRequest, services: ServicesDep, owner: OwnerDe
         completion_window=body.completion_window,
         status="validating",
         created_at=created,
-        expires_at=created + WINDOW_SECONDS[body.completion_window],
+        expires_at=created + (services.settings.batch_window_seconds or WINDOW_SECONDS[body.completion_window]),
         metadata=body.metadata,
     )
     services.store.insert_object(
