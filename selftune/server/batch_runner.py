@@ -157,13 +157,8 @@ class BatchRunner:
             try:
                 status, body = await self._call(owner, batch.endpoint, obj["body"])
                 ok = status == 200
-                record = {
-                    "id": random_id("batch_req_"),
-                    "custom_id": obj["custom_id"],
-                    "response": {"status_code": status, "request_id": random_id("req_", 32), "body": body},
-                    "error": None,
-                }
-                _append(out if ok else err, record)
+                response = {"status_code": status, "request_id": random_id("req_", 32), "body": body}
+                _append(out if ok else err, _result(obj["custom_id"], response=response))
                 counts["completed" if ok else "failed"] += 1
                 current = batch.model_copy(update={"request_counts": RequestCounts(total=total, **counts)})
                 if not self.services.store.update_object(batch.id, "in_progress", dump(current), ["in_progress"]):
@@ -174,15 +169,13 @@ class BatchRunner:
         total = batch.request_counts.total
         running: set[asyncio.Task[None]] = set()
         lost: SelftuneError | None = None
-        expired = False
         try:
             # A line is read only once a slot is free: memory stays bounded whatever the file's size.
             for _, obj, _ in self._lines(owner, batch):
                 if obj["custom_id"] in done:
                     continue
                 await slots.acquire()
-                expired = _past(batch)
-                if cancelled.is_set() or expired:
+                if cancelled.is_set() or _past(batch):
                     slots.release()
                     break
                 task = asyncio.create_task(one(obj))
@@ -206,7 +199,7 @@ class BatchRunner:
             return
         if latest.status == "cancelling":
             self._finish(owner, latest, "cancelled")
-        elif expired or _past(latest):
+        elif _past(latest):  # also why the loop above stopped taking lines, if it did
             self._expire(owner, latest)
         else:
             self._finish(owner, latest, "completed")
@@ -227,8 +220,7 @@ class BatchRunner:
                 for _, obj, _ in self._lines(owner, batch):
                     if obj["custom_id"] not in done:
                         left += 1
-                        record = {"id": random_id("batch_req_"), "custom_id": obj["custom_id"], "response": None}
-                        f.write(_line({**record, "error": error}))
+                        f.write(_line(_result(obj["custom_id"], error=error)))
             f.flush()
             os.fsync(f.fileno())
         self._finish(owner, batch, "expired" if left else "completed")  # all answered: it made it after all
@@ -342,6 +334,13 @@ def _progress(path: Path) -> _Progress:
         with path.open("r+b") as f:
             f.truncate(good)
     return out
+
+
+def _result(
+    custom_id: str, response: dict[str, Any] | None = None, error: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """One line of an output or error file, in OpenAI's format."""
+    return {"id": random_id("batch_req_"), "custom_id": custom_id, "response": response, "error": error}
 
 
 def _line(record: dict[str, Any]) -> bytes:
