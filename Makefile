@@ -1,6 +1,6 @@
 # selftune: two commands set up a fresh machine.
 #   make serve   install, then run the server with the default model on 127.0.0.1:8000
-#   make test    install, then lint, type-check and run the whole test suite
+#   make test    install, then lint, type-check, build the docs strictly and run the whole test suite
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
@@ -10,7 +10,7 @@ LEGACY := $(VENV)/legacy-openai
 TORCH_VERSION ?= 2.13.0
 PIP := $(BIN)/python -m pip --disable-pip-version-check -q
 
-.PHONY: install serve test lint typecheck pytest test-data models bench clean
+.PHONY: install serve test lint typecheck docs docs-serve pytest test-data models bench clean
 
 install: $(STAMP)
 
@@ -64,10 +64,18 @@ lint: install
 typecheck: install
 	$(BIN)/mypy
 
+# The documentation site (mkdocs-material), from docs/ and mkdocs.yml, into site/. Strict: a broken
+# link, anchor or page fails the build, and make test builds it.
+docs: install
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet --site-dir site
+
+docs-serve: install
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs serve
+
 pytest: install test-data models
 	$(BIN)/pytest $(PYTEST_ARGS)
 
-test: lint typecheck pytest
+test: lint typecheck docs pytest
 
 # Not part of `make test`: about 30 minutes on a 2-core avx512_bf16 CPU, longer on a 2-core CPU
 # without bf16 (everything then runs fp32); writes BENCHMARKS.md. The peers (TRL and
@@ -78,4 +86,4 @@ bench: install models
 	$(BIN)/python -m bench.run
 
 clean:
-	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache *.egg-info .bench
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache *.egg-info .bench site

@@ -2,7 +2,7 @@
 
     python -m bench.decode [--tokens 512] [--model SmolLM2-135M-Instruct]
 
-It drives ``selftune.inference.engine.Engine`` directly (no HTTP), sampling with a fixed seed and
+It drives ``selftune.inference.torch_engine.TorchEngine`` directly (no HTTP), sampling with a fixed seed and
 retrying with the next seed until an answer runs the full length, so every window is measured on
 the same answer. A detokenizer whose cost grows with the answer shows as later windows slowing down.
 """
@@ -15,8 +15,8 @@ from pathlib import Path
 
 from selftune.catalog import Catalog
 from selftune.config import LOCAL_OWNER, Settings
-from selftune.inference.engine import Engine
 from selftune.inference.generation import Event, Generation, SamplingParams
+from selftune.inference.torch_engine import TorchEngine
 from selftune.store import Store
 
 PROMPT = [{"role": "user", "content": "Write a very long story about a lighthouse keeper and the sea."}]
@@ -27,7 +27,7 @@ def run(model: str, tokens: int, home: Path | None) -> list[float]:
     settings = Settings(home=home) if home else Settings()
     settings.home.mkdir(parents=True, exist_ok=True)
     catalog = Catalog(settings, Store(settings.db_url))
-    engine = Engine(catalog, max_batch=1)
+    engine = TorchEngine(catalog, max_batch=1)
     resolved = catalog.resolve(model, LOCAL_OWNER)
     engine.preload(resolved.base).result()
     try:

@@ -21,8 +21,8 @@ from typing import Any
 from bench.inference import transformers_loop
 from bench.serving import latency_while_training, llamacpp_alone, through_server
 from selftune.catalog import default_spec
-from selftune.jobs import TERMINAL
 from selftune.live import LiveServer
+from selftune.statuses import JOBS, JobStatus
 from selftune.train.protocol import Done, JobDir, Message, Metrics, read_events
 
 REPO = Path(__file__).resolve().parent.parent
@@ -101,11 +101,11 @@ def selftune_job(server: LiveServer, train: Path, model: str = MODEL) -> dict[st
         hyperparameters={"n_epochs": EPOCHS, "batch_size": BATCH_SIZE},
         seed=SEED,
     )
-    while job.status not in TERMINAL:
+    while job.status not in JOBS.terminal:
         time.sleep(0.5)
         job = client.fine_tuning.jobs.retrieve(job.id)
     wall = time.monotonic() - t0
-    if job.status != "succeeded":
+    if job.status != JobStatus.SUCCEEDED:
         raise SystemExit(f"job {job.id} {job.status}: {job.error}")
     files = JobDir(server.home / "jobs" / job.id)
     events = read_events(files.events)

@@ -18,8 +18,7 @@ import openai
 
 from bench.inference import concurrent, stream_once, summarize
 from selftune.live import LiveServer
-
-TERMINAL = {"succeeded", "failed", "cancelled"}
+from selftune.statuses import JOBS
 
 
 def llamacpp_alone(gguf: Path, prompts: list[str], max_tokens: int, threads: int) -> dict[str, Any]:
@@ -127,7 +126,7 @@ def latency_while_training(server: LiveServer, model: str, train: Path, prompt: 
     while time.monotonic() < deadline:  # until the recipe is past loading and trains steps
         job = client.fine_tuning.jobs.retrieve(job.id)
         events = client.fine_tuning.jobs.list_events(job.id, limit=5).data
-        if job.status in TERMINAL:
+        if job.status in JOBS.terminal:
             raise SystemExit(f"the latency job ended early: {job.status} {job.error}")
         if any(e.type == "metrics" for e in events):
             break

@@ -1,14 +1,7 @@
 """selftune: a self-hosted, OpenAI-compatible fine-tuning platform.
 
-The package is laid out by responsibility:
-- ``config``: settings from ``SELFTUNE_*`` environment variables or CLI flags.
-- ``errors``: the typed exceptions every layer raises; the server converts them once.
-- ``store`` / ``blobs``: metadata in SQL (SQLite or PostgreSQL) and file bytes on disk.
-- ``catalog``: which base models exist, where their weights live, and model-id resolution.
-- ``data``: validation and rendering of training data, shared by CLI, server and trainer.
-- ``inference``: the generation engine, with no HTTP types.
-- ``server``: the FastAPI app, one module per OpenAI API resource.
-- ``cli``: the ``selftune`` command.
+Each module opens with a docstring saying what it owns; docs/development.md maps them all (a test
+keeps that page and this tree in step).
 """
 
 __version__ = "0.1.0"

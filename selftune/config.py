@@ -87,6 +87,9 @@ class Settings(BaseSettings):
     batch_concurrency: int = Field(default=2, ge=1)
     """Lines of a batch in the engine at once: the rest of its batch is left to interactive requests."""
 
+    export_concurrency: int = Field(default=2, ge=1)
+    """Exports one server builds at once, each in its own process (the rest wait, ``running``, for a slot)."""
+
     batch_window_seconds: int | None = Field(default=None, ge=1)
     """How long a batch has before it expires, instead of its ``completion_window`` (``24h``, the only
     window the API accepts, as OpenAI's does): a large batch on a slow machine may need longer. The
@@ -101,6 +104,11 @@ class Settings(BaseSettings):
 
     worker_slots: int = 1
     """Jobs one worker trains at once. One per device is fastest: two jobs on one CPU share its cores."""
+
+    lease_seconds: float = Field(default=60.0, ge=1.0)
+    """How long a claim on background work lasts unless renewed (a worker's on a job, a server's on a
+    batch or an export), measured on the database's clock. A process renews its leases every third of
+    this; once one lapses, another process takes the work over (``selftune.claims``)."""
 
     eval_examples: int = Field(default=32, ge=0)
     """At the end of a job with a validation file, base and fine-tuned model answer up to this many

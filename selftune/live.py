@@ -20,15 +20,13 @@ from typing import Any
 import httpx
 import openai
 
+from selftune.errors import ServerFailed
+
 
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-class ServerFailed(RuntimeError):
-    """The server exited or never became healthy; the message ends with its log."""
 
 
 @dataclass

@@ -6,9 +6,11 @@
   user's files and holds the template, so the user's own files are never changed (``overlay``);
 - a missing end-of-turn stop token is added to selftune's copy of ``generation_config.json``;
 - a converted folder records the file it came from, so a name registered again with another file
-  is converted again instead of served stale (``origin``, ``converted_from``).
+  is converted again instead of served stale (``origin``, ``converted_from``);
+- the conversion itself: a GGUF's weights de-quantised into a safetensors folder, which loads in
+  under a second (``from_gguf``), or a Hub model saved as one (``from_hub``).
 
-Every write is a temporary file, then a rename.
+Every write goes through ``selftune.atomic``.
 """
 
 from __future__ import annotations
@@ -16,10 +18,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import tempfile
 from pathlib import Path
 from typing import Any
 
-from selftune.errors import InvalidRequest
+from selftune.atomic import publish, write_atomic
+from selftune.blobs import sha256_file
+from selftune.errors import InvalidRequest, NotFound
 
 TEMPLATE_FILE = "chat_template.jinja"
 _TEMPLATE_SOURCES = {TEMPLATE_FILE, "chat_template.json", "tokenizer_config.json"}
@@ -38,32 +43,33 @@ def assemble(parts: list[Path], out: Path, sha256: str | None) -> None:
                 f"{parts[0]} does not start with 'GGUF': give the parts in order, the first one first", param="path"
             )
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.partial")
-    digest = hashlib.sha256()
-    with tmp.open("wb") as dst:
-        for p in parts:
-            with p.open("rb") as src:
-                while chunk := src.read(1 << 20):
-                    digest.update(chunk)
-                    dst.write(chunk)
-    if sha256 and digest.hexdigest() != sha256.lower():
-        tmp.unlink()
-        raise InvalidRequest(
-            f"the {len(parts)} parts join into a file with SHA-256 {digest.hexdigest()}, not {sha256}: a part is "
-            "missing, damaged or out of order",
-            param="sha256",
-        )
-    mark = out.with_name(f"{out.name}.sha256")
-    if out.is_file() and mark.is_file() and mark.read_text().strip() == digest.hexdigest():
-        tmp.unlink()  # the same file as last time: keep it, and the weights converted from it
-        return
-    os.replace(tmp, out)
-    write_atomic(mark, digest.hexdigest())
+    fd, name = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        digest = hashlib.sha256()
+        with tmp.open("wb") as dst:
+            for p in parts:
+                with p.open("rb") as src:
+                    while chunk := src.read(1 << 20):
+                        digest.update(chunk)
+                        dst.write(chunk)
+        if sha256 and digest.hexdigest() != sha256.lower():
+            raise InvalidRequest(
+                f"the {len(parts)} parts join into a file with SHA-256 {digest.hexdigest()}, not {sha256}: a part "
+                "is missing, damaged or out of order",
+                param="sha256",
+            )
+        mark = out.with_name(f"{out.name}.sha256")
+        if out.is_file() and mark.is_file() and mark.read_text().strip() == digest.hexdigest():
+            return  # the same file as last time: keep it, and the weights converted from it
+        publish(tmp, out)
+        write_atomic(mark, digest.hexdigest())
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def check_sha256(path: Path, sha256: str) -> None:
-    from selftune.export.build import sha256_file
-
     if (digest := sha256_file(path)) != sha256.lower():
         raise InvalidRequest(f"{path} has SHA-256 {digest}, not {sha256}", param="sha256")
 
@@ -94,12 +100,6 @@ def _link(link: Path, target: Path) -> None:
     link.symlink_to(target.resolve())
 
 
-def write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, "utf-8")
-    os.replace(tmp, path)
-
-
 def add_stop_token(folder: Path, generation_config: Any, token: int) -> None:
     """List ``token`` in ``eos_token_id`` of the folder's ``generation_config.json``, keeping the rest."""
     from transformers import GenerationConfig
@@ -124,3 +124,41 @@ def converted_from(folder: Path, recorded: str) -> bool:
         return False
     mark = folder / ORIGIN_FILE
     return not mark.is_file() or mark.read_text("utf-8") == recorded  # unmarked: from before the mark existed
+
+
+def from_gguf(gguf: Path, out: Path, hint: str) -> None:
+    """A GGUF file's weights, de-quantised, and its tokenizer, saved as a safetensors folder; a
+    missing file is a ``NotFound`` that ends with ``hint`` (how to get it back)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if not gguf.is_file():
+        raise NotFound(f"the weights of this base model are missing: {gguf} does not exist. {hint}")
+
+    tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    # A model loaded from GGUF is marked quantized and refuses save_pretrained; its weights are
+    # plain de-quantised float32 tensors by now, so dropping the marker is safe (logits unchanged).
+    model.hf_quantizer = None  # type: ignore[assignment]
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    model.is_quantized = False  # type: ignore[assignment]
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+
+
+def from_hub(hub_id: str, out: Path) -> None:
+    """A Hugging Face Hub model saved as a folder (when the Hub is reachable)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    try:
+        tok = AutoTokenizer.from_pretrained(hub_id)
+        model = AutoModelForCausalLM.from_pretrained(hub_id)
+    except OSError as e:
+        raise InvalidRequest(
+            f"could not fetch {hub_id!r} from the Hugging Face Hub ({e.__class__.__name__}). "
+            "Without network access, download the model elsewhere and add its folder or GGUF file.",
+            param="path",
+        ) from e
+    model.save_pretrained(out)
+    tok.save_pretrained(out)

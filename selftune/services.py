@@ -1,17 +1,32 @@
-"""The one place the stateful parts are built from ``Settings``: the store, the file blobs and the catalog.
+"""The one place the stateful parts are built from ``Settings``.
 
-The server adds its inference engine on top (``server.app.build_services``); ``selftune worker``
-and the CLI's local commands use these alone, so they never load a model they do not need.
+``Core`` is what every process needs: the store, the file blobs, the catalog, and typed access to
+the objects that follow the lifecycle pattern (batches, uploads, exports, stored responses).
+``selftune worker`` and the CLI's local commands use it alone, so they never load a model they do
+not need. ``Services`` adds what a server has on top: the API keys, the inference engine, the
+exports; ``build_services`` makes it for ``selftune serve`` (``server.app``), and route handlers,
+the serving layer (``selftune.serving``) and the batch runner receive it.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
+from typing import TYPE_CHECKING
 
 from selftune.blobs import Blobs
 from selftune.catalog import Catalog
 from selftune.config import Settings
+from selftune.lifecycle import Objects
+from selftune.schemas.batches import Batch
+from selftune.schemas.responses import StoredResponse
+from selftune.schemas.uploads import Upload
+from selftune.statuses import BATCHES, UPLOADS
 from selftune.store import Store
+
+if TYPE_CHECKING:
+    from selftune.export.service import Exports
+    from selftune.inference.engine import Engine
 
 
 @dataclass
@@ -20,6 +35,19 @@ class Core:
     store: Store
     blobs: Blobs
     catalog: Catalog
+
+    @cached_property
+    def batches(self) -> Objects[Batch]:
+        return Objects(self.store.objects, "batch", Batch, BATCHES, "batch", stamp=True)
+
+    @cached_property
+    def uploads(self) -> Objects[Upload]:
+        return Objects(self.store.objects, "upload", Upload, UPLOADS, "upload")
+
+    @cached_property
+    def responses(self) -> Objects[StoredResponse]:
+        """Stored responses: written once, finished (a response has no status machine)."""
+        return Objects(self.store.objects, "response", StoredResponse, None, "response")
 
     def close(self) -> None:
         self.store.close()
@@ -30,3 +58,28 @@ def open_core(settings: Settings) -> Core:
     settings.home.mkdir(parents=True, exist_ok=True)
     store = Store(settings.db_url)
     return Core(settings, store, Blobs(settings.home / "files"), Catalog(settings, store))
+
+
+@dataclass
+class Services(Core):
+    """Everything a request handler may call; built once in the app's lifespan."""
+
+    keys: dict[str, str]
+    engine: Engine
+    exports: Exports
+
+    def close(self) -> None:
+        self.exports.close()
+        self.engine.close()
+        super().close()
+
+
+def build_services(settings: Settings) -> Services:
+    """The server's services: ``open_core`` plus the inference engine (which imports torch) and exports."""
+    from selftune.export.service import Exports
+    from selftune.inference.router import Router
+
+    core = open_core(settings)
+    engine = Router(settings, core.catalog)
+    exports = Exports(settings, core.store, core.catalog)
+    return Services(settings, core.store, core.blobs, core.catalog, settings.keys, engine, exports)

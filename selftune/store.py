@@ -1,4 +1,5 @@
-"""Metadata in SQL: files, fine-tuning jobs (with events and checkpoints), models.
+"""Metadata in SQL: files, fine-tuning jobs (with events and checkpoints), models; and, through
+``objects`` and ``claims``, the smaller resources and who works on what.
 
 SQLAlchemy 2 Core on SQLite (default, under ``SELFTUNE_HOME``) or PostgreSQL
 (``SELFTUNE_DATABASE_URL``), through the same code path. Each public method is one transaction.
@@ -7,8 +8,8 @@ Every query about user objects takes an ``owner`` and filters on it, so one owne
 another's objects: to them those ids simply do not exist (``NotFound``).
 
 Rows are returned as the frozen records of ``selftune.tables``, which also holds the schema;
-nothing above this module sees SQL. Opening a ``Store`` builds or upgrades the database to that
-schema through ``selftune.migrations`` (Alembic).
+nothing above this module (and its two helpers, ``objects`` and ``claims``) sees SQL. Opening a
+``Store`` builds or upgrades the database to that schema through ``selftune.migrations`` (Alembic).
 """
 
 from __future__ import annotations
@@ -21,9 +22,11 @@ from typing import Any, Literal
 from sqlalchemy import Connection, Table, and_, create_engine, event, insert, or_, select, update
 from sqlalchemy.engine import Engine
 
+from selftune.claims import Claims
 from selftune.errors import InvalidRequest, NotFound
 from selftune.ids import now, random_id
 from selftune.migrations import upgrade
+from selftune.objects import ObjectStore
 from selftune.tables import (
     BaseModelRecord,
     CheckpointRecord,
@@ -39,7 +42,8 @@ from selftune.tables import (
     jobs,
     metadata,
     models_table,
-    objects,
+    record,
+    row_values,
 )
 
 __all__ = [
@@ -60,11 +64,6 @@ def _live_files() -> Any:
     return and_(~files.c.deleted, or_(files.c.expires_at.is_(None), files.c.expires_at > int(time.time())))
 
 
-def _row(cls: type[Any], row: Any) -> Any:
-    fields = cls.__dataclass_fields__
-    return cls(**{k: v for k, v in row._mapping.items() if k in fields})
-
-
 class Store:
     """All SQL lives here. Safe to share between threads; each call opens its own transaction."""
 
@@ -78,6 +77,10 @@ class Store:
         if url.startswith("sqlite"):
             event.listen(self.engine, "connect", _sqlite_pragmas)
         upgrade(self.engine)  # builds the schema of selftune.tables through the migrations; never create_all
+        self.objects = ObjectStore(self.engine)
+        """Stored responses, batches, uploads and exports (``selftune.objects``)."""
+        self.claims = Claims(self.engine)
+        """Who works on a job or an object, until when (``selftune.claims``)."""
 
     def close(self) -> None:
         self.engine.dispose()
@@ -98,7 +101,7 @@ class Store:
             row = c.execute(select(files).where(files.c.id == file_id, files.c.owner == owner, _live_files())).first()
         if row is None:
             raise NotFound(f"No such File object: {file_id}", param="id", code="file_not_found")
-        return _row(FileRecord, row)  # type: ignore[no-any-return]
+        return record(FileRecord, row)
 
     def list_files(
         self,
@@ -121,7 +124,7 @@ class Store:
                 q = q.where(files.c.seq < seq if order == "desc" else files.c.seq > seq)
             q = q.order_by(files.c.seq.desc() if order == "desc" else files.c.seq.asc()).limit(limit + 1)
             rows = c.execute(q).all()
-        return [_row(FileRecord, r) for r in rows[:limit]], len(rows) > limit
+        return [record(FileRecord, r) for r in rows[:limit]], len(rows) > limit
 
     def set_file_validation(self, file_id: str, validation: dict[str, Any], checksum: str) -> None:
         with self._tx() as c:
@@ -137,64 +140,6 @@ class Store:
         if not n:
             raise NotFound(f"No such File object: {file_id}", param="id", code="file_not_found")
 
-    # --- stored responses, batches, uploads (``tables.objects``) ----------------------------------
-
-    def insert_object(self, rec: ObjectRecord) -> None:
-        with self._tx() as c:
-            c.execute(insert(objects).values(**rec.__dict__, deleted=False))
-
-    def get_object(self, kind: str, owner: str | None, object_id: str, what: str) -> ObjectRecord:
-        """An owner's object (``owner=None``: the server's own runners, which see every owner's)."""
-        with self._tx() as c:
-            q = select(objects).where(objects.c.id == object_id, objects.c.kind == kind, ~objects.c.deleted)
-            if owner is not None:
-                q = q.where(objects.c.owner == owner)
-            row = c.execute(q).first()
-        if row is None:
-            raise NotFound(f"No such {what}: {object_id}", param="id", code=f"{kind}_not_found")
-        return _row(ObjectRecord, row)  # type: ignore[no-any-return]
-
-    def list_objects(
-        self, kind: str, owner: str, *, limit: int = 20, after: str | None = None
-    ) -> tuple[list[ObjectRecord], bool]:
-        """One page of an owner's objects of a kind, newest first; ``after`` is an id cursor."""
-        with self._tx() as c:
-            q = select(objects).where(objects.c.kind == kind, objects.c.owner == owner, ~objects.c.deleted)
-            if after:
-                seq = c.execute(select(objects.c.seq).where(objects.c.id == after, objects.c.owner == owner)).scalar()
-                if seq is None:
-                    raise InvalidRequest(f"Unknown cursor: no {kind} {after!r} to list after", param="after")
-                q = q.where(objects.c.seq < seq)
-            rows = c.execute(q.order_by(objects.c.seq.desc()).limit(limit + 1)).all()
-        return [_row(ObjectRecord, r) for r in rows[:limit]], len(rows) > limit
-
-    def objects_in(self, kind: str, *statuses: str) -> list[ObjectRecord]:
-        """Every owner's objects of a kind in these statuses, oldest first (the batch runner's queue)."""
-        with self._tx() as c:
-            q = select(objects).where(objects.c.kind == kind, objects.c.status.in_(statuses), ~objects.c.deleted)
-            rows = c.execute(q.order_by(objects.c.seq)).all()
-        return [_row(ObjectRecord, r) for r in rows]
-
-    def update_object(
-        self, object_id: str, status: str, data: dict[str, Any], from_statuses: Sequence[str] | None = None
-    ) -> bool:
-        """Replace an object's status and data; with ``from_statuses``, only if its status is one of them."""
-        with self._tx() as c:
-            q = update(objects).where(objects.c.id == object_id)
-            if from_statuses is not None:
-                q = q.where(objects.c.status.in_(from_statuses))
-            return bool(c.execute(q.values(status=status, data=data)).rowcount)
-
-    def delete_object(self, kind: str, owner: str, object_id: str, what: str) -> None:
-        with self._tx() as c:
-            n = c.execute(
-                update(objects)
-                .where(objects.c.id == object_id, objects.c.kind == kind, objects.c.owner == owner, ~objects.c.deleted)
-                .values(deleted=True)
-            ).rowcount
-        if not n:
-            raise NotFound(f"No such {what}: {object_id}", param="id", code=f"{kind}_not_found")
-
     # --- fine-tuned models ------------------------------------------------------------------------
 
     def insert_model(self, rec: ModelRecord) -> None:
@@ -208,7 +153,7 @@ class Store:
                     models_table.c.id == model_id, models_table.c.owner == owner, ~models_table.c.deleted
                 )
             ).first()
-        return None if row is None else _row(ModelRecord, row)
+        return None if row is None else record(ModelRecord, row)
 
     def list_models(self, owner: str) -> list[ModelRecord]:
         with self._tx() as c:
@@ -217,7 +162,7 @@ class Store:
                 .where(models_table.c.owner == owner, ~models_table.c.deleted)
                 .order_by(models_table.c.seq)
             ).all()
-        return [_row(ModelRecord, r) for r in rows]
+        return [record(ModelRecord, r) for r in rows]
 
     def delete_model(self, owner: str, model_id: str) -> str | None:
         """Mark a fine-tuned model deleted. Returns its adapter folder when nothing needs it any more
@@ -248,7 +193,7 @@ class Store:
     def insert_job(self, rec: JobRecord, first_events: Sequence[tuple[str, str]] = ()) -> None:
         """Insert a job and its first (level, message) events in one transaction."""
         with self._tx() as c:
-            c.execute(insert(jobs).values(**rec.__dict__))
+            c.execute(insert(jobs).values(**row_values(rec)))
             _insert_messages(c, rec.id, first_events)
 
     def get_job(self, owner: str | None, job_id: str) -> JobRecord:
@@ -260,7 +205,7 @@ class Store:
             row = c.execute(q).first()
         if row is None:
             raise NotFound(f"No such fine-tuning job: {job_id}", param="fine_tuning_job_id", code="job_not_found")
-        return _row(JobRecord, row)  # type: ignore[no-any-return]
+        return record(JobRecord, row)
 
     def list_jobs(
         self, owner: str, *, limit: int = 20, after: str | None = None, metadata: dict[str, str] | None = None
@@ -277,7 +222,7 @@ class Store:
             # Metadata is JSON, which SQLite and PostgreSQL query differently; filtering while
             # streaming rows in order keeps one code path and still stops after one page.
             for row in c.execute(q.order_by(jobs.c.seq.desc()).execution_options(yield_per=100)):
-                rec: JobRecord = _row(JobRecord, row)
+                rec: JobRecord = record(JobRecord, row)
                 if metadata and any((rec.metadata or {}).get(k) != v for k, v in metadata.items()):
                     continue
                 out.append(rec)
@@ -289,7 +234,7 @@ class Store:
         """Every owner's jobs in these statuses, oldest first (the worker's queue)."""
         with self._tx() as c:
             rows = c.execute(select(jobs).where(jobs.c.status.in_(statuses)).order_by(jobs.c.seq)).all()
-        return [_row(JobRecord, r) for r in rows]
+        return [record(JobRecord, r) for r in rows]
 
     def transition(
         self,
@@ -316,15 +261,6 @@ class Store:
     def update_job(self, job_id: str, values: dict[str, Any]) -> None:
         with self._tx() as c:
             c.execute(update(jobs).where(jobs.c.id == job_id).values(**values))
-
-    def heartbeat(self, worker_id: str, job_ids: Sequence[str]) -> None:
-        if job_ids:
-            with self._tx() as c:
-                c.execute(
-                    update(jobs)
-                    .where(jobs.c.id.in_(job_ids), jobs.c.worker_id == worker_id)
-                    .values(heartbeat_at=time.time())
-                )
 
     def add_events(self, job_id: str, items: Sequence[tuple[str, str, str, dict[str, Any] | None]]) -> None:
         """Append (level, type, message, data) events in order."""
@@ -371,7 +307,7 @@ class Store:
                     raise InvalidRequest(f"Unknown cursor: no {what} {after!r} in job {job_id}", param="after")
                 q = q.where(order < pos)
             rows = c.execute(q.order_by(order.desc()).limit(limit + 1)).all()
-        return [_row(cls, r) for r in rows[:limit]], len(rows) > limit
+        return [record(cls, r) for r in rows[:limit]], len(rows) > limit
 
     # --- base models ------------------------------------------------------------------------------
 
@@ -383,7 +319,7 @@ class Store:
     def list_base_models(self) -> Sequence[BaseModelRecord]:
         with self._tx() as c:
             rows = c.execute(select(base_models).order_by(base_models.c.created, base_models.c.name)).all()
-        return [_row(BaseModelRecord, r) for r in rows]
+        return [record(BaseModelRecord, r) for r in rows]
 
     def remove_base_model(self, name: str) -> bool:
         with self._tx() as c:

@@ -6,12 +6,24 @@ Databases are built and upgraded to these tables by ``selftune.migrations`` (Ale
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass, field, fields
+from typing import Any, TypeVar
 
 from sqlalchemy import JSON, Boolean, Column, Float, Integer, MetaData, String, Table, Text, false
 
+from selftune.methods import Hyperparameters, MethodType
+
 metadata = MetaData()
+
+
+def claim_columns() -> list[Column[Any]]:
+    """Who works on a row in the background (a worker on a job, a server on a batch or an export),
+    and until when by the database's clock, unless renewed (``selftune.claims``)."""
+    return [Column("claimed_by", String(256), nullable=True), Column("lease_until", Float, nullable=True)]
+
+
+UNCLAIMED: dict[str, Any] = {"claimed_by": None, "lease_until": None}
+"""The claim columns' values once nobody works on the row."""
 
 files = Table(
     "files",
@@ -29,7 +41,7 @@ files = Table(
     Column("status_details", Text, nullable=True),
     # Deleted rows stay (without their bytes) so a pagination cursor pointing at one still works.
     Column("deleted", Boolean, nullable=False, default=False),
-    # SHA-256 of the bytes, and the validator's verdict at upload (selftune.uploads): later stages
+    # SHA-256 of the bytes, and the validator's verdict at upload (selftune.files): later stages
     # trust the verdict while the bytes are unchanged, instead of parsing the file again.
     Column("checksum", String(64), nullable=True),
     Column("validation", JSON, nullable=True),
@@ -86,9 +98,7 @@ jobs = Table(
     Column("trained_tokens", Integer, nullable=True),
     Column("estimated_finish", Integer, nullable=True),
     Column("result_files", JSON, nullable=False),
-    # Which worker runs the job and when it last said so; a silent worker's jobs are recovered.
-    Column("worker_id", String(256), nullable=True),
-    Column("heartbeat_at", Float, nullable=True),
+    *claim_columns(),
 )
 
 job_events = Table(
@@ -130,6 +140,7 @@ objects = Table(
     Column("status", String(32), nullable=False),
     Column("data", JSON, nullable=False),
     Column("deleted", Boolean, nullable=False, default=False),
+    *claim_columns(),
 )
 
 
@@ -141,6 +152,8 @@ class ObjectRecord:
     created_at: int
     status: str
     data: dict[str, Any]
+    claimed_by: str | None = None
+    lease_until: float | None = None
 
 
 @dataclass(frozen=True)
@@ -155,8 +168,10 @@ class JobRecord:
     init_adapter: str | None
     training_file: str
     validation_file: str | None
-    hyperparameters: dict[str, Any]
+    hyperparameters: Hyperparameters
+    """Resolved at creation; stored once (the ``method.<type>`` settings hold none of them)."""
     method: dict[str, Any]
+    """``{"type": ...}`` and whatever else the method needs besides its hyperparameters."""
     suffix: str | None
     seed: int
     metadata: dict[str, str] | None
@@ -169,8 +184,22 @@ class JobRecord:
     trained_tokens: int | None = None
     estimated_finish: int | None = None
     result_files: list[str] = field(default_factory=list)
-    worker_id: str | None = None
-    heartbeat_at: float | None = None
+    claimed_by: str | None = None
+    """The worker training the job (while ``running`` or ``pausing``)."""
+    lease_until: float | None = None
+
+    def __post_init__(self) -> None:
+        if isinstance(self.hyperparameters, dict):  # a row's JSON, read back by ``record``
+            object.__setattr__(self, "hyperparameters", Hyperparameters.from_dict(self.hyperparameters))
+
+    @property
+    def method_type(self) -> MethodType:
+        return MethodType(self.method["type"])
+
+    def method_with_hyperparameters(self) -> dict[str, Any]:
+        """``method`` as OpenAI shows it: ``{"type": T, T: {"hyperparameters": {...}}}``."""
+        kind = self.method_type.value
+        return {**self.method, kind: {"hyperparameters": self.hyperparameters.to_dict()}}
 
 
 @dataclass(frozen=True)
@@ -232,3 +261,17 @@ class BaseModelRecord:
     created: int
     qlora: bool = False
     """Its jobs train on a 4-bit base (``selftune models add --qlora``)."""
+
+
+R = TypeVar("R")
+
+
+def record(cls: type[R], row: Any) -> R:
+    """A row as its frozen record (columns the record does not name, like ``seq``, are left out)."""
+    names = {f.name for f in fields(cls)}  # type: ignore[arg-type]
+    return cls(**{k: v for k, v in row._mapping.items() if k in names})
+
+
+def row_values(rec: Any) -> dict[str, Any]:
+    """A record as the values of its row (typed values back to their JSON)."""
+    return {k: v.to_dict() if isinstance(v, Hyperparameters) else v for k, v in rec.__dict__.items()}

@@ -8,13 +8,14 @@ events, pause file, exit codes), and every status change and its bookkeeping goe
 ``selftune.jobs``; this module never imports the recipe, nor torch.
 
 ``selftune serve`` runs a worker on a thread; ``selftune worker`` runs one alone, on any machine
-that shares the database and ``SELFTUNE_HOME``. A job is claimed with a compare-and-set, so only
-one worker trains it.
+that shares the database and ``SELFTUNE_HOME``. A job is claimed by the move that starts it, a
+compare-and-set that also takes a lease (``selftune.claims``), so only one worker trains it; a
+thread of the worker's own renews its leases, whatever the loop is busy with.
 
-Nothing is ever left ``running``: a worker that disappears (SIGKILL, power loss) stops sending
-heartbeats, and the next worker to start, or any live one after ``STALE_SECONDS``, puts its jobs
-back in the queue to continue from the last saved state, or fails them with a clear error when
-none was saved yet.
+Nothing is ever left ``running``: a worker that disappears (SIGKILL, power loss) stops renewing its
+leases, and the next worker to start on its host (which sees the process is gone), or any live one
+once the lease lapses by the database's clock (``SELFTUNE_LEASE_SECONDS``), puts its jobs back in the
+queue to continue from the last saved state, or fails them with a clear error when none was saved yet.
 """
 
 from __future__ import annotations
@@ -23,7 +24,6 @@ import logging
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import threading
 import time
@@ -35,12 +35,12 @@ from typing import IO, Any
 from selftune import integrations, jobs
 from selftune.blobs import Blobs
 from selftune.catalog import Catalog
+from selftune.children import lower_priority
+from selftune.claims import LeaseKeeper, dead_here, holder_id
 from selftune.config import Settings
-from selftune.errors import SelftuneError
-from selftune.ids import random_id
-from selftune.jobs import Action, InvalidJobStatus, Status
+from selftune.errors import InvalidStatus, SelftuneError
+from selftune.statuses import JOBS, JobAction, JobStatus
 from selftune.store import JobRecord, Store
-from selftune.train.config import Hyperparameters
 from selftune.train.protocol import (
     Checkpoint,
     Done,
@@ -56,9 +56,6 @@ from selftune.train.protocol import (
 
 log = logging.getLogger("selftune.worker")
 
-HEARTBEAT_SECONDS = 5.0
-STALE_SECONDS = 60.0
-"""A job whose worker has not reported for this long is taken over by another worker."""
 SHUTDOWN_GRACE_SECONDS = 20.0
 """On a clean shutdown, how long training may take to save its state before it is killed."""
 
@@ -90,11 +87,12 @@ class Worker:
         self.slots = max(1, settings.worker_slots)
         self.poll_seconds = poll_seconds
         self.jobs_dir = settings.home / "jobs"
-        self.id = f"{socket.gethostname()}:{os.getpid()}:{random_id('', 6)}"
+        self.id = holder_id()
+        self.lease_seconds = settings.lease_seconds
+        self.leases = LeaseKeeper(store.claims, "jobs", self.id, self.lease_seconds)
         self.active: dict[str, _Active] = {}
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self._last_heartbeat = 0.0
         self._last_recovery = 0.0
 
     # --- running ----------------------------------------------------------------------------------
@@ -116,6 +114,7 @@ class Worker:
     def run(self) -> None:
         """Poll until stopped; then hand running jobs back to the queue with their state saved."""
         log.info("worker %s started (%d slot(s))", self.id, self.slots)
+        self.leases.start()
         while not self._stop.is_set():
             try:
                 self.tick()
@@ -123,21 +122,19 @@ class Worker:
                 log.exception("worker tick failed")
             self._stop.wait(self.poll_seconds)
         self._shutdown()
+        self.leases.stop()
 
     def tick(self) -> None:
         clock = time.monotonic()
-        if clock - self._last_recovery > STALE_SECONDS / 4:
+        if clock - self._last_recovery > self.lease_seconds / 4:
             self._last_recovery = clock
             self._recover_orphans()
-        for job in self.store.jobs_in(Status.VALIDATING_FILES):
+        for job in self.store.jobs_in(JobStatus.VALIDATING_FILES):
             self._try(jobs.validate_files, self.store, self.blobs, job)
         for active in list(self.active.values()):
             self._follow(active)
-        if self.active and clock - self._last_heartbeat > HEARTBEAT_SECONDS:
-            self._last_heartbeat = clock
-            self.store.heartbeat(self.id, list(self.active))
         if len(self.active) < self.slots:
-            for job in self.store.jobs_in(Status.QUEUED):
+            for job in self.store.jobs_in(JobStatus.QUEUED):
                 if len(self.active) >= self.slots:
                     break
                 self._start(job)
@@ -148,7 +145,7 @@ class Worker:
         or claimed by another worker), which for a worker is not an error."""
         try:
             move(*args)
-        except InvalidJobStatus as e:
+        except InvalidStatus as e:
             log.info("%s", e.message)
             return False
         return True
@@ -159,9 +156,17 @@ class Worker:
     # --- queued -> running ------------------------------------------------------------------------
 
     def _start(self, job: JobRecord) -> None:
-        claim = {"worker_id": self.id, "heartbeat_at": time.time(), "estimated_finish": None}
-        if not self._try(jobs.apply, self.store, job, Action.START, claim):
+        if not self._try(jobs.start, self.store, job, self.id, self.lease_seconds):
             return  # another worker took it, or it was cancelled meanwhile
+        self.leases.hold(job.id)
+        try:
+            self._launch(job)
+        except Exception as e:  # after the claim, never leave the job running without a process
+            log.exception("starting %s failed", job.id)
+            self.leases.drop(job.id)
+            self._fail(job, "training_failed", f"The worker could not start training: {type(e).__name__}: {e}")
+
+    def _launch(self, job: JobRecord) -> None:
         files = JobDir(self.jobs_dir / job.id)
         files.root.mkdir(parents=True, exist_ok=True)
         files.pause.unlink(missing_ok=True)
@@ -169,12 +174,14 @@ class Worker:
             base = self.catalog.get_base(job.base_model)
             base_dir = self.catalog.materialize(base)
         except SelftuneError as e:
+            self.leases.drop(job.id)
             self._fail(job, "model_not_available", f"The base model {job.base_model} cannot be loaded: {e.message}")
             return
         try:
             train = self.store.get_file(job.owner, job.training_file)
             valid = self.store.get_file(job.owner, job.validation_file) if job.validation_file else None
         except SelftuneError as e:  # deleted after validation
+            self.leases.drop(job.id)
             self._fail(job, "file_not_found", f"A file of this job was deleted before it started: {e.message}")
             return
         cfg = TrainConfig(
@@ -182,6 +189,8 @@ class Worker:
             train_file=str(self.blobs.path(train.id)),
             valid_file=str(self.blobs.path(valid.id)) if valid else None,
             output_dir=str(files.root),
+            method=job.method_type,
+            hyperparameters=job.hyperparameters,
             seed=job.seed,
             max_seq_len=self.catalog.sequence_limit(base),
             init_adapter=job.init_adapter,
@@ -191,9 +200,8 @@ class Worker:
             base_model_name=job.base_model,
             train_name=train.filename,
             valid_name=valid.filename if valid else None,
-            method=job.method.get("type", "supervised"),
             wandb=integrations.wandb_run(job.integrations, job.id),
-        ).with_hyperparameters(Hyperparameters.of_method(job.method))
+        )
         config = save_config(cfg)
         reader = EventReader(files.events)  # from the end: an earlier run's events were relayed already
         train_log = files.log.open("ab")
@@ -213,15 +221,15 @@ class Worker:
     def _follow(self, a: _Active) -> None:
         exited = a.proc.poll() is not None  # read before draining, so no event is left behind
         current = self.store.get_job(None, a.job.id)
-        if current.status not in jobs.TRAINING or current.worker_id != self.id:
+        if current.status not in JOBS.claimed or current.claimed_by != self.id:
             # Cancelled, or (after a long stall) taken over by another worker: stop at once.
             self._kill(a)
             self._forget(a)
-            if current.status == Status.CANCELLED:
+            if current.status == JobStatus.CANCELLED:
                 self._discard(a.files)
             return
         self._relay(a)
-        if current.status == Status.PAUSING and not a.pause_requested:
+        if current.status == JobStatus.PAUSING and not a.pause_requested:
             a.files.pause.touch()
             a.pause_requested = True
         if exited:
@@ -263,7 +271,7 @@ class Worker:
         if rc == Exit.DONE and a.done is not None:
             self._try(jobs.succeed, self.store, self.blobs, self.settings.home, job, a.files, a.done)
         elif rc == Exit.PAUSED:
-            self._try(jobs.apply, self.store, job, Action.PAUSED)
+            self._try(jobs.apply, self.store, job, JobAction.PAUSED)
         elif rc == Exit.DATA_ERROR and a.error is not None:
             self._fail(job, a.error.code, a.error.message, "training_file")
         else:
@@ -281,6 +289,7 @@ class Worker:
 
     def _forget(self, a: _Active) -> None:
         self.active.pop(a.job.id, None)
+        self.leases.drop(a.job.id)
         a.log.close()
 
     @staticmethod
@@ -314,10 +323,10 @@ class Worker:
     def _requeue(self, job: JobRecord, why: str) -> None:
         """Continue from the saved state if there is one; otherwise fail with a clear error."""
         current = self.store.get_job(None, job.id)
-        if current.status not in jobs.TRAINING:
+        if current.status not in JOBS.claimed:
             return
         if JobDir(self.jobs_dir / job.id).state.is_file():
-            self._try(jobs.apply, self.store, current, Action.REQUEUE, None, [("warn", why)])
+            self._try(jobs.apply, self.store, current, JobAction.REQUEUE, None, [("warn", why)])
             return
         self._fail(
             current,
@@ -327,32 +336,16 @@ class Worker:
         )
 
     def _recover_orphans(self) -> None:
-        """Take back jobs whose worker is gone: dead on this host, or silent for ``STALE_SECONDS``."""
-        host, pid = socket.gethostname(), os.getpid()
-        for job in self.store.jobs_in(*jobs.TRAINING):
-            if job.worker_id == self.id:
+        """Take back jobs whose worker is gone: dead on this host, or its lease lapsed."""
+        lapsed = {job.id for job in self.store.claims.lapsed_jobs(JOBS.claimed)}
+        for job in self.store.jobs_in(*JOBS.claimed):
+            if job.claimed_by == self.id:
                 continue
-            w_host, _, rest = (job.worker_id or "").partition(":")
-            w_pid = int(rest.partition(":")[0] or 0)
-            dead_here = w_host == host and (w_pid == pid or not _alive(w_pid))
-            silent = time.time() - (job.heartbeat_at or 0) > STALE_SECONDS
-            if dead_here or silent:
-                log.warning("recovering %s from worker %s", job.id, job.worker_id)
+            if dead_here(job.claimed_by, self.id) or job.id in lapsed:
+                log.warning("recovering %s from worker %s", job.id, job.claimed_by)
                 self._requeue(
                     job, "The worker training this job stopped unexpectedly; it resumes from its last checkpoint"
                 )
-
-
-def _alive(pid: int) -> bool:
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _tail(path: Path, lines: int = 15) -> str:
@@ -367,18 +360,3 @@ def run_forever(worker: Worker) -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: worker.request_stop())
     worker.run()
-
-
-def lower_priority(pid: int, priority: str) -> None:
-    """Let serving go first on a shared CPU: the recipe gets the cores only when requests leave them
-    idle (``SCHED_IDLE``), or at the lowest nice level (``low``). Called at once after the spawn,
-    while the recipe is still single-threaded: its threads (torch's, OpenMP's) inherit the policy."""
-    if priority == "normal":
-        return
-    try:
-        if priority == "idle" and hasattr(os, "sched_setscheduler"):
-            os.sched_setscheduler(pid, os.SCHED_IDLE, os.sched_param(0))
-        else:
-            os.setpriority(os.PRIO_PROCESS, pid, 19)
-    except OSError as e:  # the process already ended, or the platform refuses: training goes on as it is
-        log.warning("could not lower the priority of training process %d: %s", pid, e)

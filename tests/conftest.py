@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from importlib.resources import files
 from pathlib import Path
@@ -232,9 +233,8 @@ def client(server: LiveServer) -> openai.OpenAI:
 PG_ADMIN = "host=127.0.0.1 port=5432 dbname=test connect_timeout=3"
 
 
-@pytest.fixture(scope="session")
-def pg_url() -> Iterator[str]:
-    """A fresh PostgreSQL database for this run, dropped afterwards."""
+@contextmanager
+def _new_database() -> Iterator[str]:
     psycopg = pytest.importorskip("psycopg")
     try:
         admin = psycopg.connect(PG_ADMIN, autocommit=True)
@@ -249,6 +249,20 @@ def pg_url() -> Iterator[str]:
     finally:
         admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
         admin.close()
+
+
+@pytest.fixture(scope="session")
+def pg_url() -> Iterator[str]:
+    """A fresh PostgreSQL database for this run, dropped afterwards."""
+    with _new_database() as url:
+        yield url
+
+
+@pytest.fixture
+def pg_database() -> Iterator[str]:
+    """A PostgreSQL database of one test's own (for servers that must start from an empty one)."""
+    with _new_database() as url:
+        yield url
 
 
 # --- the legacy 0.28 SDK, run in its own interpreter path ------------------------------------------

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -222,3 +223,73 @@ def test_a_batch_past_its_window_expires_naming_every_line_it_did_not_answer(
         assert done.usage is not None and done.usage.output_tokens > 0
     finally:
         srv.stop()
+
+
+def claims_in(server: LiveServer) -> list[str]:
+    """The batches a server's runner claimed, from the log (``batch ID claimed by HOST:PID:...``; two
+    servers on one home write one log, so the process id tells them apart)."""
+    assert server.proc is not None
+    return re.findall(rf"batch (batch_\w+) claimed by [^:\s]+:{server.proc.pid}:", server.log)
+
+
+def one_each(client: openai.OpenAI, done: Any, n: int) -> None:
+    """Every line of the batch answered exactly once, in the output file."""
+    assert done.status == "completed" and done.request_counts.completed == n, done
+    ids = [r["custom_id"] for r in results(client, done.output_file_id)]
+    assert sorted(ids) == sorted(f"q{i}" for i in range(n)), f"{len(ids)} answers for {n} lines"
+
+
+@pytest.mark.postgres
+def test_two_servers_on_one_postgresql_answer_each_line_once_and_take_over_a_dead_ones_batch(
+    pg_database: str, tmp_path: Path, tiny_model_dir: Path
+) -> None:
+    """Two servers share one database (and, as servers must until storage is shared, one home). Each
+    batch is claimed by one of them and answered once; a SIGKILLed server's batch is finished by the
+    other once its lease lapses (3 s here), without a line answered twice."""
+    home = tmp_path / "home"
+    env = {
+        "SELFTUNE_DATABASE_URL": pg_database,
+        "SELFTUNE_BATCH_CONCURRENCY": "1",
+        "SELFTUNE_LEASE_SECONDS": "3",
+        "SELFTUNE_WORKER": "false",
+    }
+    a = start_server(home, tiny_model_dir, **env)
+    b = LiveServer(home, {"SELFTUNE_ENGINE": "torch", "SELFTUNE_DEFAULT_MODEL": "tiny", **env}).start()
+    try:
+        clients = [a.client(), b.client()]
+        lines = [chat_line(i, max_tokens=8) for i in range(40)]
+        created = [
+            clients[k % 2].batches.create(
+                input_file_id=batch_file(clients[k % 2], lines),
+                endpoint="/v1/chat/completions",
+                completion_window="24h",
+            )
+            for k in range(6)
+        ]
+        for batch in created:
+            one_each(clients[0], wait(clients[0], batch.id, timeout=300), 40)
+        ids = sorted(x.id for x in created)
+        assert sorted(claims_in(a) + claims_in(b)) == ids, "each batch claimed once, by one server"
+        assert claims_in(a) and claims_in(b), "both servers took batches"
+
+        big = clients[0].batches.create(
+            input_file_id=batch_file(clients[0], [chat_line(i, max_tokens=8) for i in range(300)]),
+            endpoint="/v1/chat/completions",
+            completion_window="24h",
+        )
+        started = wait(clients[0], big.id, until=("in_progress",))
+        while (started := clients[0].batches.retrieve(big.id)).request_counts.completed < 20:  # type: ignore[union-attr]
+            assert started.status == "in_progress", started
+            time.sleep(0.1)
+        holder, other = (a, b) if big.id in claims_in(a) else (b, a)
+        assert big.id not in claims_in(other)
+        assert holder.proc is not None
+        holder.proc.kill()  # SIGKILL: no clean shutdown, no release of the claim
+        holder.proc.wait()
+        done = wait(other.client(), big.id, timeout=300)
+        one_each(other.client(), done, 300)
+        assert big.id in claims_in(other), "the surviving server took the dead one's batch over"
+        assert done.request_counts.total == 300 and done.request_counts.failed == 0
+    finally:
+        a.stop()
+        b.stop()

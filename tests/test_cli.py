@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from selftune.methods import Hyperparameters
 from selftune.train import lora
 from selftune.train.protocol import TrainConfig
 from tests.conftest import LiveServer, chat_lines, run_cli
@@ -80,7 +81,8 @@ def test_estimate_counts_what_the_trainer_counts(home: dict[str, str], tmp_path:
     est = json.loads(run_cli("estimate", str(data), "--model", "tiny", "--epochs", "2", "--json", env=home).stdout)
     assert est["n_epochs"] == 2 and est["batch_size"] == 1 and est["steps"] == 40
     assert est["cost"] == pytest.approx(est["billed_tokens"] / 1000 * 0.008)
-    cfg = TrainConfig(str(tiny_model_dir), str(data), str(tmp_path / "run"), n_epochs=2, batch_size=1)
+    hp = Hyperparameters(n_epochs=2, batch_size=1, learning_rate_multiplier=1.0)
+    cfg = TrainConfig(str(tiny_model_dir), str(data), str(tmp_path / "run"), hyperparameters=hp)
     (tmp_path / "job.json").write_text(json.dumps(cfg.to_dict()))
     assert lora.run(str(tmp_path / "job.json")) == 0
     done = json.loads((tmp_path / "run" / "events.jsonl").read_text().splitlines()[-1])

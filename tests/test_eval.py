@@ -12,7 +12,8 @@ import pytest
 
 from selftune.errors import InvalidFile
 from selftune.eval import metrics as m
-from selftune.eval.core import EvalReport, Example, Messages, Tick, judge, load_examples, parse_verdict, score
+from selftune.eval.core import EvalReport, Example, Messages, Tick, load_examples, score
+from selftune.eval.judge import judge, parse_verdict
 from selftune.eval.report import to_html, to_markdown
 from tests.conftest import LiveServer, chat_lines, run_cli
 

@@ -33,11 +33,11 @@ import torch
 from selftune.config import Settings
 from selftune.convert.lora import convert_adapter
 from selftune.convert.model import convert_model
-from selftune.errors import InvalidRequest
+from selftune.errors import InsufficientStorage, InvalidRequest
 from selftune.eval.metrics import token_f1
 from selftune.export import verify
-from selftune.export.build import InsufficientStorage, Source, check_room
 from selftune.export.formats import _gguf_check, merge
+from selftune.export.spec import Source, check_room
 from selftune.services import open_core
 from tests.conftest import ALICE, BOB, MARV, LiveServer, TriviaJob, chat_lines, run_cli, trivia_pairs
 from tests.test_llamacpp import _double_alpha, _unpermuted
@@ -349,7 +349,8 @@ def test_modelfile_templates_for_other_formats(tiny_model_dir: Path) -> None:
     refused with a message rather than written wrongly."""
     from transformers import AutoTokenizer
 
-    from selftune.export.modelfile import TemplateNotExpressible, pieces
+    from selftune.errors import TemplateNotExpressible
+    from selftune.export.modelfile import pieces
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
     tokenizer.chat_template = LLAMA3
@@ -368,7 +369,8 @@ def test_what_a_model_cannot_be_exported_as_is_a_clear_error(tiny_model_dir: Pat
     """A Gemma-style template as an Ollama bundle: a 400-style error naming why, and nothing left behind."""
     from transformers import AutoTokenizer
 
-    from selftune.export.build import ExportSpec, export
+    from selftune.export.build import export
+    from selftune.export.spec import ExportSpec
 
     folder = tmp_path / "gemma-like"
     shutil.copytree(tiny_model_dir, folder)
@@ -387,7 +389,7 @@ def test_what_a_model_cannot_be_exported_as_is_a_clear_error(tiny_model_dir: Pat
 
 @pytest.fixture(scope="module")
 def trivia_source(smol_server: LiveServer, trivia_job: TriviaJob) -> Iterator[Source]:
-    from selftune.exports import source
+    from selftune.export.service import source
 
     core = open_core(Settings(home=smol_server.home))
     yield source(core.catalog, core.store, trivia_job.model, "local")

@@ -31,9 +31,9 @@ from selftune.catalog import Catalog, Resolved
 from selftune.config import Settings
 from selftune.convert.lora import convert_adapter, gguf_path, permute_rows
 from selftune.data.render import render_prompt
-from selftune.inference.engine import Engine
 from selftune.inference.generation import Event, Generation, SamplingParams
 from selftune.inference.llamacpp import LlamaCppEngine
+from selftune.inference.torch_engine import TorchEngine
 from selftune.live import LiveServer
 from selftune.services import open_core
 from tests.conftest import chat_lines, start_server
@@ -63,8 +63,8 @@ def catalog(smol_server: LiveServer) -> Iterator[Catalog]:
 
 
 @pytest.fixture(scope="module")
-def engines(catalog: Catalog) -> Iterator[tuple[Engine, LlamaCppEngine]]:
-    torch_engine, llama = Engine(catalog, max_batch=4), LlamaCppEngine(catalog, max_batch=4)
+def engines(catalog: Catalog) -> Iterator[tuple[TorchEngine, LlamaCppEngine]]:
+    torch_engine, llama = TorchEngine(catalog, max_batch=4), LlamaCppEngine(catalog, max_batch=4)
     yield torch_engine, llama
     torch_engine.close()
     llama.close()
@@ -130,7 +130,7 @@ _ANSWERS: dict[tuple[str, str], tuple[list[int], list[float]]] = {}
 
 
 def agreement(
-    catalog: Catalog, engines: tuple[Engine, LlamaCppEngine], model: Resolved, reference_model: Resolved
+    catalog: Catalog, engines: tuple[TorchEngine, LlamaCppEngine], model: Resolved, reference_model: Resolved
 ) -> tuple[float, list[float]]:
     """llama.cpp's teacher-forced agreement with PyTorch's greedy answers of ``reference_model``,
     and the leads of PyTorch's choice wherever llama.cpp (running ``model``) disagreed."""
@@ -160,7 +160,7 @@ def ft(catalog: Catalog, adapter: Path, name: str) -> Resolved:
     return Resolved(f"ft:{MODEL}:parity:{name}", catalog.get_base(MODEL), adapter)
 
 
-def test_base_model_parity(catalog: Catalog, engines: tuple[Engine, LlamaCppEngine]) -> None:
+def test_base_model_parity(catalog: Catalog, engines: tuple[TorchEngine, LlamaCppEngine]) -> None:
     base = catalog.resolve(MODEL, "local")
     rate, misses = agreement(catalog, engines, base, base)
     print(f"base: next-token agreement {rate:.1%}, PyTorch's lead where they differ: {sorted(misses)}")
@@ -168,7 +168,7 @@ def test_base_model_parity(catalog: Catalog, engines: tuple[Engine, LlamaCppEngi
 
 
 def test_adapter_parity_and_the_converter_traps(
-    catalog: Catalog, engines: tuple[Engine, LlamaCppEngine], adapter: Path, tmp_path: Path
+    catalog: Catalog, engines: tuple[TorchEngine, LlamaCppEngine], adapter: Path, tmp_path: Path
 ) -> None:
     model = ft(catalog, adapter, "right")
     rate, misses = agreement(catalog, engines, model, model)
@@ -188,7 +188,7 @@ def test_adapter_parity_and_the_converter_traps(
 
 
 def test_a_folder_converted_at_registration_answers_token_for_token(
-    catalog: Catalog, engines: tuple[Engine, LlamaCppEngine], adapter: Path
+    catalog: Catalog, engines: tuple[TorchEngine, LlamaCppEngine], adapter: Path
 ) -> None:
     """Without quantisation in the way (a float16 GGUF converted from the model's folder), both engines'
     greedy answers are the same 32 tokens, for the base model and the adapter."""
@@ -202,7 +202,7 @@ def test_a_folder_converted_at_registration_answers_token_for_token(
 
 
 def test_an_adapter_a_request_does_not_name_is_not_applied(
-    catalog: Catalog, engines: tuple[Engine, LlamaCppEngine], adapter: Path
+    catalog: Catalog, engines: tuple[TorchEngine, LlamaCppEngine], adapter: Path
 ) -> None:
     """llama.cpp keeps every loaded adapter on its server; a base request must see none of them."""
     _, llama = engines

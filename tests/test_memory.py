@@ -14,8 +14,9 @@ import pytest
 import torch
 
 from selftune.data.render import IGNORE
+from selftune.errors import InsufficientMemory
 from selftune.live import LiveServer
-from selftune.train.memory import InsufficientMemory, ModelShape, activation_bytes, micro_batches, parse_bytes, plan
+from selftune.train.memory import ModelShape, activation_bytes, micro_batches, parse_bytes, plan
 from selftune.train.step import accumulate
 from tests.conftest import build_tiny_model, run_cli, start_server
 from tests.test_train import run_recipe, write_data

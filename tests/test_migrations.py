@@ -19,13 +19,13 @@ from sqlalchemy import create_engine, inspect, text
 
 from selftune import migrations
 from selftune.blobs import Blobs
+from selftune.files import ensure_validated
 from selftune.store import Store
-from selftune.uploads import ensure_validated
 from tests.conftest import REPO, chat_lines
 
 PREVIOUS_RELEASE = "cdc799e"
 """The last commit before migrations: its store called create_all and kept no schema version."""
-HEAD = "0004"
+HEAD = "0005"
 
 
 def old_store_module(tmp_path: Path) -> ModuleType:

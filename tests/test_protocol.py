@@ -5,12 +5,11 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from dataclasses import fields
 from pathlib import Path
 
 import pytest
 
-from selftune.train.config import Hyperparameters
+from selftune.methods import Hyperparameters, MethodType
 from selftune.train.protocol import (
     Checkpoint,
     Done,
@@ -73,18 +72,22 @@ def test_reader_takes_whole_lines_and_resumes(tmp_path: Path) -> None:
 
 
 def test_config_round_trip_and_typed_hyperparameters(tmp_path: Path) -> None:
-    hp = Hyperparameters.from_stored({"n_epochs": "3", "batch_size": 2.0, "learning_rate_multiplier": "0.5"})
-    assert hp == Hyperparameters(3, 2, 0.5)
-    cfg = TrainConfig("/m", "/t.jsonl", str(tmp_path / "job"), train_name="t.jsonl").with_hyperparameters(hp)
+    hp = Hyperparameters.from_dict({"n_epochs": "3", "batch_size": 2.0, "learning_rate_multiplier": "0.5", "beta": 1})
+    assert hp == Hyperparameters(3, 2, 0.5, 1.0)
+    cfg = TrainConfig(
+        "/m", "/t.jsonl", str(tmp_path / "job"), method=MethodType.DPO, hyperparameters=hp, train_name="t.jsonl"
+    )
     path = save_config(cfg)
-    assert path == JobDir(tmp_path / "job").config and load_config(path) == cfg
-    assert cfg.learning_rate == pytest.approx(5e-4)
+    back = load_config(path)
+    assert path == JobDir(tmp_path / "job").config and back == cfg
+    assert isinstance(back.hyperparameters, Hyperparameters) and back.method is MethodType.DPO
+    assert cfg.hyperparameters.learning_rate == pytest.approx(5e-4)
     raw = json.loads(path.read_text())
     path.write_text(json.dumps({**raw, "method_from_the_future": 1}))
     with pytest.raises(ValueError, match="method_from_the_future"):
         load_config(path)
     assert recipe_command(path)[1:] == ["-m", "selftune.train.lora", str(path)]
-    assert {f.name for f in fields(Hyperparameters)} <= {f.name for f in fields(TrainConfig)}
+    assert json.loads(path.read_text())["hyperparameters"] == hp.to_dict()  # one object, nested whole
 
 
 @pytest.mark.parametrize("module", ["selftune.worker", "selftune.jobs", "selftune.train.protocol", "selftune.cli"])

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import csv
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
+from selftune.methods import Hyperparameters, MethodType, auto_epochs
 from selftune.train import lora
-from selftune.train.config import auto_epochs, resolve_hyperparameters
 from selftune.train.protocol import TrainConfig
 
 
@@ -21,9 +22,11 @@ def test_auto_epochs_is_the_cookbook_heuristic(n: int, epochs: int) -> None:
 
 
 def test_resolution_keeps_explicit_values() -> None:
-    assert resolve_hyperparameters(None, 40) == {"n_epochs": 3, "batch_size": 1, "learning_rate_multiplier": 1.0}
-    assert resolve_hyperparameters({"n_epochs": 2, "batch_size": "auto"}, 640)["batch_size"] == 8
-    assert resolve_hyperparameters({"n_epochs": 2, "learning_rate_multiplier": 0.5}, 640)["n_epochs"] == 2
+    assert Hyperparameters.resolve(None, 40) == Hyperparameters(n_epochs=3, batch_size=1, learning_rate_multiplier=1.0)
+    assert Hyperparameters.resolve({"n_epochs": 2, "batch_size": "auto"}, 640).batch_size == 8
+    assert Hyperparameters.resolve({"n_epochs": 2, "learning_rate_multiplier": 0.5}, 640).n_epochs == 2
+    dpo = Hyperparameters.resolve({"beta": "auto"}, 40, MethodType.DPO)
+    assert (dpo.beta, dpo.learning_rate_multiplier) == (0.1, 0.5) and "beta" not in dpo.common()
 
 
 def write_data(path: Path, n: int, offset: int = 0) -> Path:
@@ -45,13 +48,14 @@ def run_recipe(
         train_file=str(write_data(tmp_path / "train.jsonl", 16)),
         valid_file=str(write_data(tmp_path / "valid.jsonl", 4, offset=100)),
         output_dir=str(tmp_path / name),
-        n_epochs=8,
-        batch_size=2,
+        hyperparameters=Hyperparameters(n_epochs=8, batch_size=2, learning_rate_multiplier=10.0),
         seed=3,
-        learning_rate_multiplier=10.0,
     )
     for k, v in overrides.items():
-        setattr(cfg, k, v)
+        if k in Hyperparameters.__dataclass_fields__:
+            cfg.hyperparameters = replace(cfg.hyperparameters, **{k: v})
+        else:
+            setattr(cfg, k, v)
     job = tmp_path / f"{name}.json"
     job.write_text(json.dumps(cfg.to_dict()))
     rc = lora.run(str(job))

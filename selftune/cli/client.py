@@ -27,9 +27,11 @@ from selftune.cli.common import (
     sdk_client,
     upload_file,
 )
+from selftune.methods import TRAINED
+from selftune.statuses import JOBS, JobStatus
 
-files = group_with_client("files", "Training files on a server: upload, list, rm.")
-jobs = group_with_client("jobs", "Fine-tuning jobs on a server: create, list, get, follow, cancel, pause, resume.")
+files = group_with_client("files", "Files on a server.")
+jobs = group_with_client("jobs", "Fine-tuning jobs on a server.")
 
 
 @files.command("upload")
@@ -75,7 +77,7 @@ def files_rm(ctx: click.Context, file_id: str) -> None:
 @click.option("--lr-multiplier", type=float, default=None, help="learning_rate_multiplier.")
 @click.option(
     "--method",
-    type=click.Choice(["supervised", "dpo"]),
+    type=click.Choice(TRAINED),
     default=None,
     help="[default: dpo for a local file of preference pairs, else supervised]",
 )
@@ -192,7 +194,7 @@ def jobs_follow(ctx: click.Context, job_id: str) -> None:
 
 def _follow(client: Any, job_id: str) -> None:
     job = follow_job(client, job_id)
-    if job.status != "succeeded":
+    if job.status != JobStatus.SUCCEEDED:
         reason = f": {job.error.message}" if job.error and job.error.message else ""
         raise click.ClickException(f"job {job_id} {job.status}{reason}")
     click.echo(job.fine_tuned_model)
@@ -201,8 +203,6 @@ def _follow(client: Any, job_id: str) -> None:
 def follow_job(client: Any, job_id: str) -> Any:
     """Show a job's messages and a progress bar with its losses until it ends; return the final job."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-    from selftune.jobs import TERMINAL  # here, not at the top: the other client commands need no store
 
     seen: set[str] = set()
     progress = Progress(
@@ -229,7 +229,7 @@ def follow_job(client: Any, job_id: str) -> Any:
                     progress.update(task, completed=d["step"], total=d.get("total_steps"), loss=loss)
                 else:
                     progress.console.print(f"[dim]{event.level}[/] {event.message}")
-            if job.status in TERMINAL:
+            if job.status in JOBS.terminal:
                 return job
             time.sleep(1)
 
@@ -274,7 +274,7 @@ def chat(
 @client_options
 @click.pass_context
 def models(ctx: click.Context, base_url: str, api_key: str) -> None:
-    """Models: list and rm on a server (--local: base models on this machine); add a base model here."""
+    """Models on a server, or with --local the base models of this machine."""
     ctx.obj = {"base_url": base_url, "api_key": api_key}
 
 

@@ -103,7 +103,6 @@ def auto_or_int(value: str, flag: str) -> str | int:
 
 
 DEFAULT_BASE_URL = "http://127.0.0.1:8000/v1"
-FINAL = ("succeeded", "failed", "cancelled")
 
 
 def client_options(fn: F) -> F:

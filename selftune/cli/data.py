@@ -26,6 +26,7 @@ from selftune.cli.common import (
     open_catalog,
     settings_from,
 )
+from selftune.methods import MethodType
 
 
 @click.command()
@@ -72,9 +73,10 @@ def prepare(
     Removes exact duplicates, optionally splits off a validation set, and checks the result with
     `selftune validate`. Nothing is written unless every record converts.
     """
-    from selftune.data.prepare import Mapping, PrepareError, write_jsonl
+    from selftune.data.prepare import Mapping, write_jsonl
     from selftune.data.prepare import prepare as convert
     from selftune.data.validate import validate_file
+    from selftune.errors import PrepareError
 
     try:
         mapping = Mapping(user_col, assistant_col, system, system_col, chosen_col, rejected_col)
@@ -221,7 +223,7 @@ def estimate(
     settings = settings_from(home=home)
     qlora = open_catalog(home, None).get_base(name).qlora
     if probe:
-        method = "dpo" if rendered.format == "preference" else "supervised"
+        method = MethodType.DPO if rendered.format == "preference" else MethodType.SUPERVISED
         _probe(name, folder, file, settings.home, auto_or_int(batch_size, "--batch-size"), qlora, method)
     hp = {"n_epochs": auto_or_int(epochs, "--epochs"), "batch_size": auto_or_int(batch_size, "--batch-size")}
     est = estimate_job(rendered, hp, price_per_1k, load_throughput(settings.home, name), folder, qlora=qlora)
@@ -251,12 +253,14 @@ def _duration(seconds: float) -> str:
     return f"{hours}h {minutes:02d}m" if hours else f"{minutes}m {secs:02d}s" if minutes else f"{secs}s"
 
 
-def _probe(model: str, base_dir: Path, file: Path, home: Path, batch_size: str | int, qlora: bool, method: str) -> None:
+def _probe(
+    model: str, base_dir: Path, file: Path, home: Path, batch_size: str | int, qlora: bool, method: MethodType
+) -> None:
     """Train briefly on the first examples of FILE, in the recipe's own process as a worker runs it,
     and record the speed it reports in its ``Done`` event."""
     import tempfile
 
-    from selftune.train.config import auto_batch_size
+    from selftune.methods import Hyperparameters, auto_batch_size
     from selftune.train.estimate import record_throughput
     from selftune.train.protocol import Done, Error, Exit, JobDir, TrainConfig, read_events, recipe_command, save_config
 
@@ -271,8 +275,7 @@ def _probe(model: str, base_dir: Path, file: Path, home: Path, batch_size: str |
             str(sample),
             str(files.root),
             method=method,
-            n_epochs=1,
-            batch_size=bs,
+            hyperparameters=Hyperparameters.resolve({"n_epochs": 1, "batch_size": bs}, len(rows), method),
             train_name=file.name,
             qlora=qlora,
         )

@@ -69,7 +69,7 @@ def eval_(
     """
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    from selftune.blobs import write_atomic
+    from selftune.atomic import write_atomic
     from selftune.eval import evaluate, load_examples
     from selftune.eval.core import default_max_tokens
     from selftune.eval.remote import api_answerer, batch_answerer

@@ -9,7 +9,6 @@ into place. ``--local`` builds from this machine's catalog with the same code th
 from __future__ import annotations
 
 import json
-import shutil
 import tarfile
 import time
 from pathlib import Path
@@ -18,6 +17,8 @@ from typing import Any
 import click
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeElapsedColumn
 
+from selftune.atomic import staged_dir
+from selftune.blobs import sha256_file
 from selftune.cli.common import (
     api_errors,
     client_options,
@@ -31,7 +32,8 @@ from selftune.cli.common import (
     settings_from,
 )
 from selftune.convert.quantize import DEFAULT_QUANTIZE, QUANTIZE_LEVELS
-from selftune.export.build import FORMATS, MANIFEST, check_room, sha256_file
+from selftune.export.spec import FORMATS, MANIFEST, check_room
+from selftune.statuses import EXPORTS, ExportStatus
 
 
 @click.command("export")
@@ -94,8 +96,9 @@ def _local(
     model: str, fmt: str, quantize: str | None, lora: bool, output: Path, home: Path | None, database_url: str | None
 ) -> dict[str, Any]:
     from selftune.config import LOCAL_OWNER
-    from selftune.export.build import ExportSpec, export
-    from selftune.exports import source
+    from selftune.export.build import export
+    from selftune.export.service import source
+    from selftune.export.spec import ExportSpec
     from selftune.services import open_core
 
     core = open_core(settings_from(home=home, database_url=database_url))
@@ -119,20 +122,18 @@ def _remote(client: Any, model: str, fmt: str, quantize: str | None, lora: bool,
     body = {"model": model, "format": fmt, "quantize": quantize, "lora": lora}
     record: dict[str, Any] = client.post("/exports", body=body, cast_to=object)
     with _bar() as bar:
-        task = bar.add_task("queued", total=1)
-        while record["status"] == "running":
+        task = bar.add_task("waiting for the server", total=1)
+        while record["status"] not in EXPORTS.terminal:
             if record.get("progress"):
                 p = record["progress"]
                 bar.update(task, description=p["stage"], completed=p["done"], total=max(p["total"], 1))
             time.sleep(0.5)
             record = client.get(f"/exports/{record['id']}", cast_to=object)
-    if record["status"] != "succeeded":
+    if record["status"] != ExportStatus.SUCCEEDED:
         error = record.get("error") or {}
         raise click.ClickException(f"export {record['id']} failed: {error.get('message', 'no reason given')}")
     check_room(output.parent, int(record["bytes"]))
-    staging = output.with_name(f".{output.name}.partial")
-    shutil.rmtree(staging, ignore_errors=True)
-    try:
+    with staged_dir(output) as staging:  # renamed to --output only once every checksum matched
         url = f"{str(client.base_url).rstrip('/')}/exports/{record['id']}/content"
         headers = {"Authorization": f"Bearer {client.api_key}"}
         with httpx.stream("GET", url, headers=headers, timeout=60) as response, _bar(download=True) as bar:
@@ -145,10 +146,7 @@ def _remote(client: Any, model: str, fmt: str, quantize: str | None, lora: bool,
                     tar.extract(member, staging, filter="data")
         manifest: dict[str, Any] = json.loads((staging / MANIFEST).read_text())
         _check_sums(staging, manifest)
-        staging.rename(output)
-        return manifest
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+    return manifest
 
 
 class _Counted:

@@ -1,5 +1,5 @@
 """``selftune migrate``: bring a team's fine-tuning jobs over from OpenAI (or any compatible server),
-record the old models' answers, retrain on selftune and compare. The steps are in ``selftune.migrate``."""
+record the old models' answers, retrain on selftune and compare. The steps are in ``selftune.job_transfer``."""
 
 from __future__ import annotations
 
@@ -11,8 +11,10 @@ from typing import Any
 
 import click
 
-from selftune.blobs import write_atomic
+from selftune.atomic import write_atomic
 from selftune.cli.common import api_errors, console, friendly_errors, new_table, print_table
+from selftune.errors import MigrationProblem
+from selftune.statuses import JobStatus
 
 OPENAI_URL = "https://api.openai.com/v1"
 
@@ -105,7 +107,7 @@ def migrate(
     """
     import openai
 
-    from selftune import migrate as m
+    from selftune import job_transfer as m
 
     if not from_api_key:
         raise click.UsageError("pass --from-api-key or set OPENAI_API_KEY: the key of the server the jobs are on")
@@ -127,7 +129,7 @@ def migrate(
         for src in jobs:
             try:
                 _migrate_one(source, target, src, mapping, state, files_dir, out, samples, seed, no_wait)
-            except (m.MigrationProblem, openai.APIError) as e:
+            except (MigrationProblem, openai.APIError) as e:
                 problems[src.id] = str(getattr(e, "message", None) or e)
                 state.job(src.id)["error"] = problems[src.id]
                 state.save()
@@ -141,13 +143,13 @@ def migrate(
 def _show_plan(
     source: Any, target: Any, jobs: list[Any], skipped: list[tuple[str, str]], mapping: dict[str, str], state: Any
 ) -> None:
-    from selftune import migrate as m
+    from selftune import job_transfer as m
 
     table = new_table("source job", "model", "trains from", "method", "hyperparameters", "seed", "files", "done")
     for src in jobs:
         try:
             base = m.map_model(target, src, mapping, state)
-        except m.MigrationProblem as e:
+        except MigrationProblem as e:
             base = f"? {e}"
         names = []
         for fid in (src.training_file, src.validation_file):
@@ -188,7 +190,7 @@ def _migrate_one(
 ) -> None:
     import openai
 
-    from selftune import migrate as m
+    from selftune import job_transfer as m
     from selftune.cli.client import follow_job
     from selftune.eval import load_examples
 
@@ -228,15 +230,15 @@ def _migrate_one(
         state.save()
         console.print(f"{src.id}: selftune job {job.id} ({job.status})")
     job = target.fine_tuning.jobs.retrieve(j["target_job"]) if no_wait else follow_job(target, j["target_job"])
-    if job.status in ("failed", "cancelled"):
+    if job.status in (JobStatus.FAILED, JobStatus.CANCELLED):
         j.update(target_job=None)  # the next run creates it again
         reason = job.error.message if job.error and job.error.message else ""
-        raise m.MigrationProblem(f"selftune job {job.id} {job.status}: {reason}")
-    if job.status != "succeeded":
+        raise MigrationProblem(f"selftune job {job.id} {job.status}: {reason}")
+    if job.status != JobStatus.SUCCEEDED:
         j.update(status=job.status)
         state.save()
         return
-    j.update(model=job.fine_tuned_model, status="succeeded")
+    j.update(model=job.fine_tuned_model, status=JobStatus.SUCCEEDED.value)
     state.save()
     if j.get("eval") is None:
         console.print(f"{src.id}: comparing {j['base']}, {src.fine_tuned_model} and {job.fine_tuned_model}")
@@ -247,7 +249,7 @@ def _migrate_one(
 
 
 def _finish(state: Any, problems: dict[str, str], out: Path, rewrite: tuple[Path, ...]) -> None:
-    from selftune import migrate as m
+    from selftune import job_transfer as m
 
     write_atomic(out / "report.md", m.report_markdown(state, problems))
     table = new_table(

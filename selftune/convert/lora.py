@@ -19,11 +19,13 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from selftune.atomic import staged
+from selftune.errors import ConversionError
 
 GGUF_NAME = "adapter.gguf"
 """The converted file, written beside PEFT's ``adapter_model.safetensors``."""
@@ -32,10 +34,6 @@ _ARCHES = {"llama": "LLAMA", "mistral": "LLAMA", "qwen2": "QWEN2", "gemma3_text"
 """Hugging Face ``model_type`` -> llama.cpp architecture, for the families selftune serves with llama.cpp."""
 _PERMUTED = {"llama", "mistral"}
 """Families whose q/k rows llama.cpp's converter permutes."""
-
-
-class ConversionError(ValueError):
-    """The adapter cannot be expressed for llama.cpp (an unsupported family or layer)."""
 
 
 def gguf_path(adapter_dir: str | Path) -> Path:
@@ -81,28 +79,28 @@ def convert_adapter(adapter_dir: str | Path, base_dir: str | Path, out: str | Pa
         raise ConversionError("per-layer ranks or alphas (rank_pattern, alpha_pattern) are not supported")
 
     tensors = load_file(str(adapter_dir / "adapter_model.safetensors"))
-    writer = gguf.GGUFWriter(str(target) + ".tmp", gguf.MODEL_ARCH_NAMES[arch])
-    writer.add_string(gguf.Keys.General.TYPE, gguf.GGUFType.ADAPTER)
-    writer.add_string(gguf.Keys.Adapter.TYPE, "lora")
-    writer.add_float32(gguf.Keys.Adapter.LORA_ALPHA, alpha)
-    for key in sorted(tensors):
-        if not key.endswith(".lora_A.weight"):
-            if not key.endswith(".lora_B.weight"):
-                raise ConversionError(f"adapter tensor {key!r} is not a LoRA matrix; llama.cpp cannot apply it")
-            continue
-        module = key.removeprefix("base_model.model.").removesuffix(".lora_A.weight")
-        name = names.get_name(module)
-        if name is None:
-            raise ConversionError(f"no llama.cpp tensor for {module!r}")
-        a = tensors[key].astype(np.float32)
-        b = tensors[key.replace(".lora_A.", ".lora_B.")].astype(np.float32)
-        if model_type in _PERMUTED and name.endswith((".attn_q", ".attn_k")):
-            b = permute_rows(b, n_head if name.endswith(".attn_q") else n_kv)
-        writer.add_tensor(f"{name}.weight.lora_a", a)
-        writer.add_tensor(f"{name}.weight.lora_b", b)
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
-    os.replace(str(target) + ".tmp", target)
+    with staged(target) as tmp:
+        writer = gguf.GGUFWriter(str(tmp), gguf.MODEL_ARCH_NAMES[arch])
+        writer.add_string(gguf.Keys.General.TYPE, gguf.GGUFType.ADAPTER)
+        writer.add_string(gguf.Keys.Adapter.TYPE, "lora")
+        writer.add_float32(gguf.Keys.Adapter.LORA_ALPHA, alpha)
+        for key in sorted(tensors):
+            if not key.endswith(".lora_A.weight"):
+                if not key.endswith(".lora_B.weight"):
+                    raise ConversionError(f"adapter tensor {key!r} is not a LoRA matrix; llama.cpp cannot apply it")
+                continue
+            module = key.removeprefix("base_model.model.").removesuffix(".lora_A.weight")
+            name = names.get_name(module)
+            if name is None:
+                raise ConversionError(f"no llama.cpp tensor for {module!r}")
+            a = tensors[key].astype(np.float32)
+            b = tensors[key.replace(".lora_A.", ".lora_B.")].astype(np.float32)
+            if model_type in _PERMUTED and name.endswith((".attn_q", ".attn_k")):
+                b = permute_rows(b, n_head if name.endswith(".attn_q") else n_kv)
+            writer.add_tensor(f"{name}.weight.lora_a", a)
+            writer.add_tensor(f"{name}.weight.lora_b", b)
+        writer.write_header_to_file()
+        writer.write_kv_data_to_file()
+        writer.write_tensors_to_file()
+        writer.close()
     return target

@@ -17,13 +17,14 @@ text; an unknown one is written as ``default``.
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Callable
 from pathlib import Path
 
-from selftune.convert.lora import _ARCHES, _PERMUTED, ConversionError, permute_rows
+from selftune.atomic import staged
+from selftune.convert.lora import _ARCHES, _PERMUTED, permute_rows
 from selftune.convert.quantize import Quantize, file_type, quantize, tensor_type
 from selftune.data.render import generation_config
+from selftune.errors import ConversionError
 
 _PRE = {"qwen2": "qwen2"}
 """llama.cpp's pre-tokenizer names by family, where one family has one tokenizer."""
@@ -58,58 +59,57 @@ def convert_model(
     head_dim = int(config.get("head_dim") or hidden // n_head)
     n_vocab = int(config.get("vocab_size") or vocab.vocab_size)
 
-    tmp = out.with_name(out.name + ".tmp")
-    w = gguf.GGUFWriter(str(tmp), gguf.MODEL_ARCH_NAMES[arch])
-    w.add_name(name or folder.name)
-    w.add_context_length(int(config.get("max_position_embeddings") or 2048))
-    w.add_embedding_length(hidden)
-    w.add_block_count(n_layers)
-    w.add_feed_forward_length(int(config["intermediate_size"]))
-    w.add_head_count(n_head)
-    w.add_head_count_kv(n_kv)
-    w.add_rope_dimension_count(head_dim)
-    w.add_rope_freq_base(_rope_theta(config))
-    w.add_layer_norm_rms_eps(float(config.get("rms_norm_eps") or 1e-6))
-    w.add_vocab_size(n_vocab)
-    w.add_file_type(file_type(level))
+    with staged(out) as tmp:
+        w = gguf.GGUFWriter(str(tmp), gguf.MODEL_ARCH_NAMES[arch])
+        w.add_name(name or folder.name)
+        w.add_context_length(int(config.get("max_position_embeddings") or 2048))
+        w.add_embedding_length(hidden)
+        w.add_block_count(n_layers)
+        w.add_feed_forward_length(int(config["intermediate_size"]))
+        w.add_head_count(n_head)
+        w.add_head_count_kv(n_kv)
+        w.add_rope_dimension_count(head_dim)
+        w.add_rope_freq_base(_rope_theta(config))
+        w.add_layer_norm_rms_eps(float(config.get("rms_norm_eps") or 1e-6))
+        w.add_vocab_size(n_vocab)
+        w.add_file_type(file_type(level))
 
-    tokens, types = _tokens(folder, vocab, n_vocab)
-    w.add_tokenizer_model("gpt2")
-    w.add_tokenizer_pre(_PRE.get(model_type, "default"))
-    w.add_token_list(tokens)
-    w.add_token_types(types)
-    special = gguf.SpecialVocab(folder, load_merges=True, n_vocab=n_vocab)
-    special.add_to_gguf(w, quiet=True)
-    eot = _end_of_turn(folder, special.special_token_ids.get("eos"))
-    if eot is not None:  # Llama 3 style: the turn ends on a token that is not EOS (<|eot_id|>)
-        w.add_eot_token_id(eot)
+        tokens, types = _tokens(folder, vocab, n_vocab)
+        w.add_tokenizer_model("gpt2")
+        w.add_tokenizer_pre(_PRE.get(model_type, "default"))
+        w.add_token_list(tokens)
+        w.add_token_types(types)
+        special = gguf.SpecialVocab(folder, load_merges=True, n_vocab=n_vocab)
+        special.add_to_gguf(w, quiet=True)
+        eot = _end_of_turn(folder, special.special_token_ids.get("eos"))
+        if eot is not None:  # Llama 3 style: the turn ends on a token that is not EOS (<|eot_id|>)
+            w.add_eot_token_id(eot)
 
-    names = gguf.get_tensor_name_map(arch, n_layers)
-    files = sorted(folder.glob("*.safetensors"))
-    if not files:
-        raise ConversionError(f"{folder} has no .safetensors weights")
-    keys = {}
-    for file in files:
-        with safe_open(str(file), framework="pt") as f:
-            keys.update({key: file for key in f.keys() if not key.endswith("rotary_emb.inv_freq")})  # noqa: SIM118
-    tied = "lm_head.weight" not in keys
-    for done, (key, file) in enumerate(sorted(keys.items()), 1):
-        with safe_open(str(file), framework="pt") as f:
-            data = f.get_tensor(key).to(torch.float32).numpy()
-        name = names.get_name(key, try_suffixes=(".weight", ".bias"))
-        if name is None:
-            raise ConversionError(f"no llama.cpp tensor for {key!r}")
-        if model_type in _PERMUTED and name.endswith(("attn_q.weight", "attn_k.weight")):
-            data = permute_rows(data, n_head if "attn_q" in name else n_kv)
-        array, raw = quantize(data, tensor_type(name, data.shape, level, n_layers, tied))
-        w.add_tensor(name, array, raw_dtype=None if raw is None else gguf.GGMLQuantizationType(raw))
-        if progress is not None:
-            progress(done, len(keys))
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
-    os.replace(tmp, out)
+        names = gguf.get_tensor_name_map(arch, n_layers)
+        files = sorted(folder.glob("*.safetensors"))
+        if not files:
+            raise ConversionError(f"{folder} has no .safetensors weights")
+        keys = {}
+        for file in files:
+            with safe_open(str(file), framework="pt") as f:
+                keys.update({key: file for key in f.keys() if not key.endswith("rotary_emb.inv_freq")})  # noqa: SIM118
+        tied = "lm_head.weight" not in keys
+        for done, (key, file) in enumerate(sorted(keys.items()), 1):
+            with safe_open(str(file), framework="pt") as f:
+                data = f.get_tensor(key).to(torch.float32).numpy()
+            name = names.get_name(key, try_suffixes=(".weight", ".bias"))
+            if name is None:
+                raise ConversionError(f"no llama.cpp tensor for {key!r}")
+            if model_type in _PERMUTED and name.endswith(("attn_q.weight", "attn_k.weight")):
+                data = permute_rows(data, n_head if "attn_q" in name else n_kv)
+            array, raw = quantize(data, tensor_type(name, data.shape, level, n_layers, tied))
+            w.add_tensor(name, array, raw_dtype=None if raw is None else gguf.GGMLQuantizationType(raw))
+            if progress is not None:
+                progress(done, len(keys))
+        w.write_header_to_file()
+        w.write_kv_data_to_file()
+        w.write_tensors_to_file()
+        w.close()
     return out
 
 

@@ -30,7 +30,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from selftune.blobs import write_atomic
+from selftune.atomic import write_atomic
+from selftune.errors import PrepareError
 
 USER_COLUMNS = ("user", "prompt", "question", "q", "input", "query", "instruction")
 ASSISTANT_COLUMNS = ("assistant", "completion", "answer", "a", "output", "response", "reply")
@@ -59,10 +60,6 @@ class Prepared:
     """Validation examples whose prompt also appears in the training set."""
     formats: set[str] = field(default_factory=set)
     problems: list[str] = field(default_factory=list)
-
-
-class PrepareError(ValueError):
-    pass
 
 
 def read_records(path: Path) -> Iterator[tuple[str, Any]]:

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from selftune.data.render import IGNORE, render_prompt, render_training, stop_token_ids
+from selftune.errors import TemplateError
 
 PROBE = [
     {"role": "system", "content": "You are a probe."},
@@ -32,10 +33,6 @@ PROBE = [
     {"role": "assistant", "content": "Second answer."},
 ]
 """A conversation with every role a training file may hold, two assistant turns deep."""
-
-
-class TemplateError(ValueError):
-    """The model's chat template cannot be trained on or stopped with; the message says how to fix it."""
 
 
 @dataclass(frozen=True)

@@ -1,9 +1,7 @@
-"""The one evaluation function: held-out examples in, answers from each model, a scored report out.
+"""Evaluation's parts: held-out examples, answers scored against their references, the report.
 
-``evaluate`` is shared by ``selftune eval`` (models reached through any OpenAI-compatible API), the
-training recipe (base and fine-tuned model in the trainer's own process, at the end of a job) and
-the dashboard (which shows the report the job attached). Models are plain functions from prompts to
-answers (``Answerer``), so the scoring never knows where the answers came from.
+``selftune.eval.evaluate`` puts them together. Models are plain functions from prompts to answers
+(``Answerer``), so the scoring never knows where the answers came from.
 
 An example is a training-format line: the conversation up to its last assistant message is the
 prompt, and that message is the reference answer.
@@ -12,8 +10,6 @@ prompt, and that message is the reference answer.
 from __future__ import annotations
 
 import json
-import random
-import re
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -23,7 +19,7 @@ from typing import Any
 from selftune.data.validate import content_text, validate_file
 from selftune.errors import InvalidFile
 from selftune.eval import metrics as m
-from selftune.eval.embed import Embedder, load_embedder
+from selftune.eval.embed import Embedder
 
 Messages = list[dict[str, Any]]
 Prompt = Messages | str
@@ -275,7 +271,7 @@ def score(
             report.predicted_labels[model] = predicted
             report.confusion[model] = m.confusion(gold, predicted, labels)
         report.scores[model] = per
-        report.stats[model] = {k: Stat(_mean(v), *m.bootstrap_ci(v, seed=seed), n=len(v)) for k, v in per.items()}
+        report.stats[model] = {k: Stat(mean(v), *m.bootstrap_ci(v, seed=seed), n=len(v)) for k, v in per.items()}
     return report
 
 
@@ -302,116 +298,8 @@ def preference_margins(
     return [float(v) for v in answers @ preferred - answers @ others]
 
 
-def _mean(values: Sequence[float]) -> float:
+def mean(values: Sequence[float]) -> float:
     return sum(values) / len(values) if values else float("nan")
-
-
-# --- the pairwise judge ---------------------------------------------------------------------------------
-
-JUDGE_SYSTEM = "You are a careful, impartial judge of answers to questions. You reply with a single letter."
-_VERDICT = re.compile(r"\b(A|B|TIE|Tie|tie|T)\b")
-
-
-def judge_prompt(example: Example, first: str, second: str) -> Messages:
-    question = "\n".join(f"{msg['role']}: {msg['content']}" for msg in as_messages(example.prompt))
-    return [
-        {"role": "system", "content": JUDGE_SYSTEM},
-        {
-            "role": "user",
-            "content": f"Conversation:\n{question}\n\nReference answer:\n{example.reference}\n\n"
-            f"Answer A:\n{first}\n\nAnswer B:\n{second}\n\n"
-            "Which answer is better: closer to the reference in content, correct and appropriate in style? "
-            "Reply with exactly one of: A, B, or T for a tie.",
-        },
-    ]
-
-
-def parse_verdict(reply: str) -> str | None:
-    """``A``, ``B``, ``T`` or None when the judge said none of them."""
-    found = _VERDICT.search(reply.strip())
-    if not found:
-        return None
-    return "T" if found.group(1).upper() in ("T", "TIE") else found.group(1)
-
-
-def judge(report: EvalReport, answer: Answerer, name: str, tick: Tick, *, seed: int = 0) -> dict[str, Any]:
-    """Pairwise verdicts of each model against the baseline, the order of each pair drawn at random
-    (per example, from ``seed``), so a judge that prefers a position gains nobody anything."""
-    base = report.baseline
-    results: dict[str, Any] = {}
-    for model in report.models[1:]:
-        swaps = [random.Random(seed * 1_000_003 + i).random() < 0.5 for i in range(len(report.examples))]
-        prompts = []
-        for i, ex in enumerate(report.examples):
-            ours, theirs = report.outputs[model][i], report.outputs[base][i]
-            prompts.append(judge_prompt(ex, *((ours, theirs) if swaps[i] else (theirs, ours))))
-        replies = answer(prompts, tick)
-        wins = losses = ties = invalid = first = 0
-        points: list[float] = []
-        verdicts = []
-        for swapped, reply in zip(swaps, replies, strict=True):
-            v = parse_verdict(reply)
-            outcome = None
-            if v is None:
-                invalid += 1
-            elif v == "T":
-                ties, outcome = ties + 1, "tie"
-                points.append(0.5)
-            else:
-                first += v == "A"
-                won = (v == "A") == swapped  # the model under test was A when swapped
-                wins, losses = wins + won, losses + (not won)
-                outcome = "win" if won else "loss"
-                points.append(float(won))
-            verdicts.append({"model_position": "A" if swapped else "B", "reply": reply[:200], "outcome": outcome})
-        low, high = m.bootstrap_ci(points, seed=seed)
-        decided = wins + losses
-        results[model] = {
-            "wins": wins,
-            "losses": losses,
-            "ties": ties,
-            "invalid": invalid,
-            "win_rate": _mean(points),
-            "low": low,
-            "high": high,
-            "first_position_rate": first / decided if decided else None,
-            "verdicts": verdicts,
-        }
-    return {"model": name, "against": base, "results": results}
-
-
-# --- the one entry point ------------------------------------------------------------------------------
-
-
-def evaluate(
-    examples: Sequence[Example],
-    answerers: Mapping[str, Answerer],
-    *,
-    judge_with: tuple[str, Answerer] | None = None,
-    embeddings: bool = True,
-    data: str = "",
-    seed: int = 0,
-    tick: Tick = lambda: None,
-) -> EvalReport:
-    """Ask every model every prompt, score the answers, and (optionally) have a judge compare them.
-
-    The first answerer is the baseline that flips and judge verdicts are measured against.
-    """
-    if len(answerers) < 1:
-        raise ValueError("evaluate needs at least one model")
-    prompts = [ex.prompt for ex in examples]
-    outputs: dict[str, list[str]] = {}
-    seconds: dict[str, float] = {}
-    for name, answer in answerers.items():
-        t0 = time.perf_counter()
-        outputs[name] = answer(prompts, tick)
-        seconds[name] = round(time.perf_counter() - t0, 2)
-    embedder, why_not = load_embedder() if embeddings else (None, None)
-    report = score(examples, outputs, embedder=embedder, data=data, notes=[why_not] if why_not else [], seed=seed)
-    report.seconds = seconds
-    if judge_with is not None and len(report.models) > 1:
-        report.judge = judge(report, judge_with[1], judge_with[0], tick, seed=seed)
-    return report
 
 
 def default_max_tokens(reference: str) -> int:

@@ -16,6 +16,7 @@ from typing import Any
 
 from selftune.errors import SelftuneError
 from selftune.eval.core import Answerer, Prompt, Tick
+from selftune.statuses import BATCHES, BatchStatus
 
 
 def api_answerer(
@@ -78,14 +79,14 @@ def batch_answerer(
         requests = client.files.create(file=("eval-requests.jsonl", "\n".join(lines).encode()), purpose="batch")
         batch = client.batches.create(input_file_id=requests.id, endpoint=endpoint, completion_window="24h")
         seen = 0
-        while batch.status not in ("completed", "failed", "cancelled", "expired"):
+        while batch.status not in BATCHES.terminal:
             time.sleep(poll_s)
             batch = client.batches.retrieve(batch.id)
             done = batch.request_counts.completed + batch.request_counts.failed if batch.request_counts else 0
             for _ in range(done - seen):
                 tick()
             seen = max(seen, done)
-        if batch.status != "completed":
+        if batch.status != BatchStatus.COMPLETED:
             why = "; ".join(e.message for e in (batch.errors.data if batch.errors else [])) or batch.status
             raise SelftuneError(f"batch {batch.id} for {model} ended {batch.status}: {why}")
         if batch.error_file_id:

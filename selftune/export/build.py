@@ -21,165 +21,28 @@ work, so a full disk is an error up front, not a half-written file.
 
 from __future__ import annotations
 
-import hashlib
 import json
-import math
 import shutil
 import time
-from collections.abc import Callable
-from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Any
 
 from selftune import __version__
-from selftune.convert.quantize import BYTES_PER_WEIGHT, DEFAULT_QUANTIZE, QUANTIZE_LEVELS, Quantize
-from selftune.errors import InvalidRequest
-
-Format = Literal["adapter", "merged", "gguf", "ollama"]
-FORMATS: tuple[str, ...] = get_args(Format)
-MANIFEST = "selftune-export.json"
-
-Progress = Callable[[str, int, int], None]
-"""``progress(stage, done, total)``: called as each stage advances."""
-
-
-class InsufficientStorage(InvalidRequest):
-    def __init__(self, message: str) -> None:
-        super().__init__(message, code="insufficient_storage")
-
-
-@dataclass(frozen=True)
-class ExportSpec:
-    format: Format
-    quantize: Quantize | Literal["served"] = DEFAULT_QUANTIZE
-    """``served`` (only with ``lora``, its default): the server's own base GGUF, copied as it is."""
-    lora: bool = False
-
-    @classmethod
-    def parse(cls, format: str, quantize: str | None, lora: bool, fine_tuned: bool) -> ExportSpec:
-        """The export asked for, or a 400 naming what cannot be done (never silently ignored)."""
-        if format not in FORMATS:
-            raise InvalidRequest(f"unknown export format {format!r}; use one of {', '.join(FORMATS)}", param="format")
-        if quantize is not None and quantize not in (*QUANTIZE_LEVELS, "served"):
-            raise InvalidRequest(
-                f"unknown quantization {quantize!r}; use one of {', '.join(QUANTIZE_LEVELS)}", param="quantize"
-            )
-        if quantize is not None and format in ("adapter", "merged"):
-            raise InvalidRequest(
-                f"quantize applies to gguf and ollama exports; a {format} export keeps the trained weights",
-                param="quantize",
-            )
-        if lora and format not in ("gguf", "ollama"):
-            raise InvalidRequest("lora applies to gguf and ollama exports", param="lora")
-        if quantize == "served" and not lora:
-            raise InvalidRequest("quantize=served (the server's own base GGUF) needs lora", param="quantize")
-        if not fine_tuned and (lora or format == "adapter"):
-            raise InvalidRequest(
-                f"a base model has no adapter; export it as merged, gguf or ollama (asked: {format}"
-                + (", lora" if lora else "")
-                + ")",
-                param="format",
-            )
-        default = "served" if lora else DEFAULT_QUANTIZE
-        return cls(format, quantize or default, lora)  # type: ignore[arg-type]
-
-
-@dataclass(frozen=True)
-class Source:
-    """What an export is built from, resolved by the caller (the catalog knows owners and paths)."""
-
-    model: str
-    base_model: str
-    base_folder: Path
-    adapter: Path | None
-    context: int
-    base_gguf: Path | None = None
-    """The GGUF the server's llama.cpp engine serves the base from, if it has one."""
-    training: dict[str, Any] | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        paths = {
-            k: str(getattr(self, k)) if getattr(self, k) else None for k in ("base_folder", "adapter", "base_gguf")
-        }
-        return {**asdict(self), **paths}
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> Source:
-        return cls(**{**data, **{k: Path(data[k]) if data.get(k) else None for k in _PATHS}})
-
-
-_PATHS = ("base_folder", "adapter", "base_gguf")
-
-
-def safe_name(model: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_." else "-" for c in model).strip("-")
-
-
-def parameter_count(folder: Path) -> int:
-    from safetensors import safe_open
-
-    total = 0
-    for file in folder.glob("*.safetensors"):
-        with safe_open(str(file), framework="pt") as f:
-            for key in f.keys():  # noqa: SIM118 (safe_open is not a mapping)
-                shape = f.get_slice(key).get_shape()
-                total += math.prod(shape)
-    return total
-
-
-def estimate_bytes(src: Source, spec: ExportSpec) -> tuple[int, int]:
-    """(bytes the export will hold, bytes needed while building it: the merged folder of a GGUF included)."""
-    weights = sum(f.stat().st_size for f in src.base_folder.glob("*.safetensors"))
-    params = parameter_count(src.base_folder)
-    tokenizer = sum(f.stat().st_size for f in src.base_folder.iterdir() if f.suffix != ".safetensors" and f.is_file())
-    adapter = sum(f.stat().st_size for f in src.adapter.glob("adapter_model.*")) if src.adapter else 0
-    if spec.format == "adapter":
-        return adapter + tokenizer, adapter + tokenizer
-    if spec.format == "merged":
-        return weights + tokenizer, weights + tokenizer
-    if spec.quantize == "served" and src.base_gguf is not None:
-        gguf = src.base_gguf.stat().st_size
-    else:
-        gguf = int(params * BYTES_PER_WEIGHT[spec.quantize if spec.quantize != "served" else "f16"]) + tokenizer
-    check = params * 2 if spec.quantize != "f16" else 0  # a quantised GGUF's float16 twin, for the check
-    if spec.lora:
-        return gguf + adapter, gguf + adapter + check
-    return gguf, gguf + check + (weights if src.adapter is not None else 0)
-
-
-def check_room(folder: Path, need: int) -> None:
-    folder.mkdir(parents=True, exist_ok=True)
-    free = shutil.disk_usage(folder).free
-    if free < need * 1.05 + 16 * 2**20:
-        raise InsufficientStorage(
-            f"not enough disk space in {folder}: the export needs about {_size(need)} and {_size(free)} are free; "
-            "free some space or choose another output folder"
-        )
-
-
-def _size(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if n < 1000 or unit == "GB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1000
-    return f"{n:.1f} GB"
+from selftune.atomic import staged_dir
+from selftune.blobs import sha256_file
+from selftune.errors import ConversionError, InvalidRequest, TemplateNotExpressible, VerificationFailed
+from selftune.export import formats, verify
+from selftune.export.spec import MANIFEST, ExportSpec, Progress, Source, check_room, estimate_bytes
 
 
 def export(src: Source, spec: ExportSpec, dest: Path, progress: Progress | None = None) -> dict[str, Any]:
     """Build, verify and place the export at ``dest`` (which must not exist); return its manifest."""
-    from selftune.convert.lora import ConversionError
-    from selftune.export import formats, verify
-    from selftune.export.modelfile import TemplateNotExpressible
-
     if dest.exists():
         raise InvalidRequest(f"{dest} already exists; choose a new output folder", param="output")
     tick = progress or (lambda stage, done, total: None)
     _, need = estimate_bytes(src, spec)
     check_room(dest.parent, need)
-    staging = dest.with_name(f".{dest.name}.partial")
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
-    try:
+    with staged_dir(dest) as staging:
         tick(f"building the {spec.format} export", 0, 1)
         try:
             built = formats.build(src, spec, staging, tick)
@@ -194,21 +57,10 @@ def export(src: Source, spec: ExportSpec, dest: Path, progress: Progress | None 
         shutil.rmtree(staging / formats.CHECK, ignore_errors=True)
         tick("verifying with an independent reader", 1, 1)
         if not result.passed:
-            raise verify.VerificationFailed(f"the export does not answer as selftune does; {result.summary()}")
+            raise VerificationFailed(f"the export does not answer as selftune does; {result.summary()}")
         manifest = _manifest(src, spec, staging, built, result)
         tick("checksums", 1, 1)
-        staging.rename(dest)
-        return manifest
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(2**20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    return manifest
 
 
 def _manifest(src: Source, spec: ExportSpec, folder: Path, built: Any, result: Any) -> dict[str, Any]:

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from selftune.data.render import generation_config, stop_token_ids
-from selftune.export.build import ExportSpec, Progress, Source, safe_name
+from selftune.export.spec import ExportSpec, Progress, Source, safe_name
 from selftune.export.verify import Reference, Verification, verdict, with_llamacpp, with_transformers
 
 CHECK = ".check"

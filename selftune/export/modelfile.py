@@ -20,11 +20,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from selftune.errors import TemplateNotExpressible
+
 S, U1, A1, U2 = "<<SYSTEM-MARK>>", "<<USER-MARK-1>>", "<<ASSISTANT-MARK-1>>", "<<USER-MARK-2>>"
-
-
-class TemplateNotExpressible(ValueError):
-    """The chat template cannot be written as an Ollama template."""
 
 
 @dataclass(frozen=True)

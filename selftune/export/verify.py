@@ -24,13 +24,15 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from collections.abc import Sequence
+from contextlib import suppress
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from selftune.atomic import write_atomic
 from selftune.data.render import render_prompt, stop_token_ids
+from selftune.errors import VerificationFailed
 
 GOLDEN = (
     "What is the capital of France?",
@@ -136,12 +138,8 @@ def reference(
     ref = _compute_reference(base_folder, adapter, prompts, tokenizer)
     if path is not None:
         data = {"key": key, "answers": [asdict(a) for a in ref.answers], "stop_ids": sorted(ref.stop_ids)}
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        try:
-            tmp.write_text(json.dumps(data))
-            tmp.replace(path)
-        except OSError:  # a read-only model folder: the reference just is not kept
-            tmp.unlink(missing_ok=True)
+        with suppress(OSError):  # a read-only model folder: the reference just is not kept
+            write_atomic(path, json.dumps(data))
     return ref
 
 
@@ -326,7 +324,3 @@ def _complete(server: Any, prompt: list[int], max_tokens: int, lora: bool) -> li
     if errors:
         raise VerificationFailed(f"llama.cpp refused the export: {errors[0]}")
     return tokens
-
-
-class VerificationFailed(RuntimeError):
-    """The export does not answer as selftune does; the message has the numbers."""

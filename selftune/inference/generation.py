@@ -21,6 +21,26 @@ class SamplingParams:
     explicit_max_tokens: bool = True
     """The client set ``max_tokens``: beyond the context it is a 400, not shortened (``output.token_budget``)."""
 
+    @classmethod
+    def requested(
+        cls,
+        max_tokens: int | None,
+        default_max_tokens: int,
+        temperature: float | None,
+        top_p: float | None,
+        stop: tuple[str, ...] = (),
+        seed: int | None = None,
+    ) -> SamplingParams:
+        """A request's values, OpenAI's defaults where it sent none (temperature and top-p 1)."""
+        return cls(
+            max_tokens=max_tokens or default_max_tokens,
+            explicit_max_tokens=max_tokens is not None,
+            temperature=1.0 if temperature is None else temperature,
+            top_p=1.0 if top_p is None else top_p,
+            stop=stop,
+            seed=seed,
+        )
+
 
 @dataclass(frozen=True)
 class Event:

@@ -11,7 +11,6 @@ A change to the tables in ``selftune.store`` comes with a new file in ``versions
 
 from __future__ import annotations
 
-import fcntl
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -20,6 +19,8 @@ from alembic import command
 from alembic.config import Config
 from sqlalchemy import Connection, inspect, text
 from sqlalchemy.engine import Engine
+
+from selftune.atomic import locked
 
 HERE = Path(__file__).parent
 FIRST = "0001"
@@ -58,10 +59,5 @@ def _locked(engine: Engine) -> Iterator[Connection]:
         with engine.begin() as conn:
             yield conn
         return
-    with open(f"{database}.migrate.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            with engine.begin() as conn:
-                yield conn
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
+    with locked(Path(f"{database}.migrate.lock")), engine.begin() as conn:
+        yield conn

@@ -1,25 +1,17 @@
 """Batches: the create request, the ``batch`` object and its list page (openai ``types/batch.py``).
 
-The status machine is written down here, once: ``validating`` -> ``in_progress`` -> ``finalizing``
--> ``completed``, or ``failed`` (a bad input file, or one deleted before every line was answered),
-``cancelling`` -> ``cancelled``, ``expired`` (past ``expires_at``, its unanswered lines ``batch_expired``).
-``selftune.server.batch_runner`` moves batches along it."""
+Its status machine is ``statuses.BATCHES``; ``selftune.batch_runner`` moves batches along it."""
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Literal
 
 from pydantic import Field
 
 from selftune.schemas.common import Request, Response, is_none
 from selftune.schemas.responses import ResponseUsage
+from selftune.statuses import BatchStatus
 
-BatchStatus = Literal[
-    "validating", "failed", "in_progress", "finalizing", "completed", "expired", "cancelling", "cancelled"
-]
-ACTIVE: tuple[str, ...] = ("validating", "in_progress", "finalizing", "cancelling")
-"""Statuses the runner still has work in (resumed from after a restart)."""
-CANCELLABLE: tuple[str, ...] = ("validating", "in_progress")
 ENDPOINTS = ("/v1/chat/completions", "/v1/responses", "/v1/completions")
 WINDOW_SECONDS = {"24h": 24 * 3600}
 
@@ -76,10 +68,6 @@ class Batch(Response):
     """The model that answered (the first answered line's), set when the batch ends."""
     usage: ResponseUsage | None = Field(default=None, exclude_if=is_none)
     """Tokens of the answered lines, summed when the batch ends."""
-
-    def moved(self, status: str, at: int, **changes: Any) -> Batch:
-        """This batch in ``status`` since ``at`` (the matching ``<status>_at`` field is set)."""
-        return self.model_copy(update={"status": status, f"{status}_at": at, **changes})
 
 
 class BatchList(Response):

@@ -7,6 +7,7 @@ from typing import Any, Literal
 from pydantic import Field
 
 from selftune.schemas.common import Request, Response
+from selftune.statuses import ExportStatus
 
 
 class ExportCreate(Request):
@@ -44,7 +45,7 @@ class Export(Response):
     format: str
     quantize: str | None
     lora: bool
-    status: Literal["running", "succeeded", "failed"]
+    status: ExportStatus
     progress: ExportProgress | None
     folder: str
     """The top folder of the downloaded archive."""

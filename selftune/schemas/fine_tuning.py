@@ -6,11 +6,11 @@ from typing import Annotated, Any, Generic, Literal, TypeVar
 
 from pydantic import Field, field_validator
 
+from selftune.methods import MethodType
 from selftune.schemas.common import Request, Response, is_none
+from selftune.statuses import JobStatus
 
 Auto = Literal["auto"]
-JobStatus = Literal["validating_files", "queued", "running", "succeeded", "failed", "cancelled", "pausing", "paused"]
-"""OpenAI's six statuses plus ``pausing`` and ``paused`` (its pause endpoint returns ``paused`` too)."""
 
 
 BatchSize = Annotated[int, Field(ge=1, le=256)]
@@ -19,7 +19,7 @@ Multiplier = Annotated[float, Field(gt=0)]
 
 
 class Hyperparameters(Request):
-    """Each value is ``"auto"`` or a number; ``"auto"`` is resolved when the job starts (train.config)."""
+    """Each value is ``"auto"`` or a number; ``"auto"`` is resolved when the job is created (``selftune.methods``)."""
 
     batch_size: Auto | BatchSize | None = Field(default=None, union_mode="left_to_right")
     learning_rate_multiplier: Auto | Multiplier | None = Field(default=None, union_mode="left_to_right")
@@ -42,7 +42,7 @@ class DpoMethod(Request):
 
 
 class Method(Request):
-    type: Literal["supervised", "dpo", "reinforcement"]
+    type: MethodType
     supervised: SupervisedMethod | None = None
     dpo: DpoMethod | None = None
     reinforcement: dict[str, Any] | None = None

@@ -13,6 +13,7 @@ from typing import Any, Literal
 from pydantic import Field, field_validator
 
 from selftune.schemas.common import Request, Response, is_none
+from selftune.statuses import ItemStatus, ResponseStatus
 
 TEXT_PARTS = ("input_text", "output_text", "text")
 
@@ -87,7 +88,7 @@ class OutputText(Response):
 class OutputMessage(Response):
     type: Literal["message"] = "message"
     id: str
-    status: Literal["in_progress", "completed", "incomplete"]
+    status: ItemStatus
     role: Literal["assistant"] = "assistant"
     content: list[OutputText]
 
@@ -98,7 +99,7 @@ class FunctionCallItem(Response):
     call_id: str
     name: str
     arguments: str
-    status: Literal["in_progress", "completed", "incomplete"] = "completed"
+    status: ItemStatus = ItemStatus.COMPLETED
 
 
 class InputText(Response):
@@ -111,7 +112,7 @@ class InputMessageItem(Response):
 
     type: Literal["message"] = "message"
     id: str
-    status: Literal["completed"] = "completed"
+    status: Literal[ItemStatus.COMPLETED] = ItemStatus.COMPLETED
     role: Literal["user", "system", "developer"]
     content: list[InputText]
 
@@ -121,7 +122,7 @@ class FunctionCallOutputItem(Response):
     id: str
     call_id: str
     output: str
-    status: Literal["completed"] = "completed"
+    status: Literal[ItemStatus.COMPLETED] = ItemStatus.COMPLETED
 
 
 InputItem = InputMessageItem | OutputMessage | FunctionCallItem | FunctionCallOutputItem
@@ -157,7 +158,7 @@ class ResponseObject(Response):
     object: Literal["response"] = "response"
     created_at: int
     completed_at: int | None = None
-    status: Literal["completed", "incomplete", "in_progress", "failed"]
+    status: ResponseStatus
     error: dict[str, Any] | None = None
     incomplete_details: dict[str, Any] | None = None
     instructions: str | None
@@ -182,3 +183,21 @@ class ResponseDeleted(Response):
     id: str
     object: Literal["response"] = "response"
     deleted: bool = True
+
+
+class StoredResponse(Response):
+    """A stored response (``store``, the default): the object as returned, the conversation a chained
+    response continues (without the instructions, which OpenAI does not carry over either), and this
+    turn's ``input`` as ``GET /responses/{id}/input_items`` lists it."""
+
+    response: ResponseObject
+    conversation: list[dict[str, Any]]
+    input_items: list[InputItem]
+
+    @property
+    def id(self) -> str:
+        return self.response.id
+
+    @property
+    def status(self) -> ResponseStatus:
+        return self.response.status

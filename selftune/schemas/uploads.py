@@ -8,8 +8,8 @@ from pydantic import Field
 
 from selftune.schemas.common import Request, Response
 from selftune.schemas.files import FileObject
+from selftune.statuses import UploadStatus
 
-UploadStatus = Literal["pending", "completed", "cancelled", "expired"]
 EXPIRES_AFTER_S = 3600
 """An upload not completed within an hour expires, as OpenAI's do; its parts are deleted."""
 MAX_PART_BYTES = 64 * 1024 * 1024

@@ -1,10 +1,12 @@
 """``create_app(settings)``: builds the FastAPI app, its services, and the one error handler.
 
-Services (store, blobs, catalog, engine) are created in the lifespan and kept on ``app.state``;
-there is no module-level state. The training worker runs on a thread of the same process unless
-``SELFTUNE_WORKER=false``. Every error, ours or the framework's, leaves through
-``_error_response`` in OpenAI's envelope ``{"error": {"message", "type", "param", "code"}}``.
-Validation failures are 400 (never FastAPI's 422), unknown URLs 404.
+Services (``selftune.services``: store, blobs, catalog, engine, exports) are created in the lifespan
+and kept on ``app.state``; there is no module-level state. The background work runs beside the API:
+the training worker on a thread (unless ``SELFTUNE_WORKER=false``), the batch runner on the event
+loop, the export runner on a thread, and a sweeper that expires unfinished uploads. Every error,
+ours or the framework's, leaves through ``_error_response`` in OpenAI's envelope
+``{"error": {"message", "type", "param", "code"}}``. Validation failures are 400 (never FastAPI's
+422), unknown URLs 404.
 """
 
 from __future__ import annotations
@@ -25,29 +27,21 @@ from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from selftune import __version__, jobs
+from selftune import __version__
+from selftune.batch_runner import BatchRunner
 from selftune.config import Settings
 from selftune.errors import InvalidRequest, NotFound, SelftuneError
-from selftune.exports import Exports
+from selftune.export.runner import ExportRunner
 from selftune.ids import random_id
-from selftune.inference.engines import Engines
-from selftune.schemas import batches as batch_schemas
 from selftune.schemas.common import invalid_request
 from selftune.server import batches, chat, completions, exports, files, fine_tuning, models, responses, uploads
-from selftune.server.batch_runner import BatchRunner
-from selftune.server.deps import Services, get_owner, get_services
-from selftune.services import open_core
+from selftune.server.deps import get_owner, get_services
+from selftune.services import Core, build_services
+from selftune.statuses import MACHINES
 from selftune.worker import Worker
 
 log = logging.getLogger("selftune.server")
 STATIC = Path(__file__).parent / "static"
-
-
-def build_services(settings: Settings) -> Services:
-    core = open_core(settings)
-    engine = Engines(settings, core.catalog)
-    exports = Exports(settings, core.catalog, core.store)
-    return Services(settings, core.store, core.blobs, core.catalog, settings.keys, engine, exports)
 
 
 def create_app(settings: Settings) -> FastAPI:
@@ -57,6 +51,7 @@ def create_app(settings: Settings) -> FastAPI:
         app.state.services = services
         worker = Worker(settings, services.store, services.blobs, services.catalog) if settings.worker else None
         runner = BatchRunner(services)
+        export_runner = ExportRunner(services.exports)
         sweeper: asyncio.Task[None] | None = None
         try:
             if settings.preload:
@@ -66,12 +61,14 @@ def create_app(settings: Settings) -> FastAPI:
             if worker is not None:
                 worker.start()
             runner.start()
+            export_runner.start()
             sweeper = asyncio.get_running_loop().create_task(_expire_uploads(services))
             yield
         finally:
             if sweeper is not None:
                 sweeper.cancel()
             await runner.stop()
+            await asyncio.to_thread(export_runner.stop)
             if worker is not None:
                 # Lets running jobs save their state (up to SHUTDOWN_GRACE_SECONDS) and requeues them.
                 await asyncio.to_thread(worker.stop)
@@ -97,19 +94,11 @@ def create_app(settings: Settings) -> FastAPI:
     def dashboard() -> FileResponse:
         return FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-cache"})
 
-    @app.get("/job-statuses.js", include_in_schema=False)
-    def job_statuses() -> Response:
-        """The status machines for the dashboard: a job's (``selftune.jobs``: final statuses, and where
-        each button's move is allowed from) and a batch's (``schemas.batches``: still running, cancellable)."""
-        machine = {
-            "terminal": sorted(jobs.TERMINAL),
-            "actions": {a.value: jobs.sources(a) for a in (jobs.Action.PAUSE, jobs.Action.RESUME, jobs.Action.CANCEL)},
-        }
-        batch_machine = {"active": list(batch_schemas.ACTIVE), "cancellable": list(batch_schemas.CANCELLABLE)}
-        body = (
-            f"window.SELFTUNE_JOB_STATUSES = {json.dumps(machine)};\n"
-            f"window.SELFTUNE_BATCH_STATUSES = {json.dumps(batch_machine)};\n"
-        )
+    @app.get("/statuses.js", include_in_schema=False)
+    def statuses() -> Response:
+        """Every status machine (``selftune.statuses``), for the dashboard: each object's statuses, the
+        final ones, the ones with work under way, and where each action (each button) is allowed from."""
+        body = f"window.SELFTUNE_MACHINES = {json.dumps({name: m.describe() for name, m in MACHINES.items()})};\n"
         return Response(body, media_type="text/javascript", headers={"Cache-Control": "no-cache"})
 
     app.add_exception_handler(SelftuneError, _selftune_error)
@@ -119,7 +108,7 @@ def create_app(settings: Settings) -> FastAPI:
     return app
 
 
-async def _expire_uploads(services: Services) -> None:
+async def _expire_uploads(services: Core) -> None:
     """Unfinished multipart uploads past their hour lose their parts (checked once a minute)."""
     while True:
         try:

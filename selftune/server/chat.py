@@ -1,19 +1,10 @@
-"""``/v1/chat/completions``: JSON responses, or Server-Sent Events when ``stream=true``.
+"""``/v1/chat/completions`` (and the legacy ``/v1/engines/{model}/chat/completions``): the route.
 
-The stream follows OpenAI's wire format exactly: ``data: {chunk}`` events only (no ``event:``
-lines, which break 1.x SDKs), a role chunk, content chunks, a finish chunk per choice, the usage
-chunk when ``stream_options.include_usage`` is set, then ``data: [DONE]``. With ``tools``, calls
-are parsed out of the answer (``selftune.inference.tools``) into ``tool_calls``, streamed as
-OpenAI does (id and name first, then argument fragments), with ``finish_reason: "tool_calls"``;
-a request with ``functions`` gets ``function_call`` back. Parameters selftune cannot honour are 400s.
-
-Generation runs on the engine's thread, reached through ``selftune.server.bridge``. A client that
-disconnects cancels its generation at the next token.
+The answer, or its stream, is ``serving.chat``'s; the batch runner calls the same function.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Request
@@ -21,88 +12,18 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import StreamingResponse
 from pydantic import ValidationError
 
-from selftune.data.render import normalize_tools
-from selftune.errors import InvalidRequest
-from selftune.ids import now, random_id
-from selftune.inference.generation import Event, SamplingParams
-from selftune.inference.tools import ParsedCall, ToolPlan, ToolStream, parse_calls
-from selftune.inference.tools import plan as tools_plan
-from selftune.schemas.chat import (
-    ChatCompletion,
-    ChatCompletionChunk,
-    ChatCompletionMessage,
-    ChatCompletionRequest,
-    Choice,
-    ChoiceDelta,
-    ChunkChoice,
-    DeltaFunction,
-    DeltaToolCall,
-    FunctionCall,
-    ToolCall,
-)
-from selftune.server.bridge import Bridge, Disconnected, collect, events, sse_error, usage
-from selftune.server.deps import OwnerDep, Services, ServicesDep
+from selftune.schemas.chat import ChatCompletion, ChatCompletionRequest
+from selftune.server.deps import OwnerDep, ServicesDep, streamed
+from selftune.serving.chat import chat
 
 router = APIRouter(tags=["chat"])
-
-DISCONNECT_POLL_S = 0.5
 
 
 @router.post("/chat/completions", response_model=None)
 async def create_chat_completion(
     body: ChatCompletionRequest, request: Request, services: ServicesDep, owner: OwnerDep
 ) -> ChatCompletion | StreamingResponse:
-    return await chat(body, services, owner, request.is_disconnected)
-
-
-async def chat(
-    body: ChatCompletionRequest, services: Services, owner: str, disconnected: Disconnected | None
-) -> ChatCompletion | StreamingResponse:
-    """A chat completion, or its stream; ``disconnected`` cancels a collected answer whose client left."""
-    for param, why in body.unsupported():
-        raise InvalidRequest(why, param=param, code="unsupported_parameter")
-    legacy = bool(body.functions) and not body.tools
-    tools = normalize_tools(body.tools, body.functions)
-    plan = tools_plan(
-        tools,
-        body.function_call if legacy else body.tool_choice,
-        body.parallel_tool_calls,
-        body.response_format,
-        legacy,
-    )
-    resolved = services.catalog.resolve(body.model, owner)
-    params = SamplingParams(
-        max_tokens=body.max_completion_tokens or body.max_tokens or services.settings.default_max_tokens,
-        explicit_max_tokens=bool(body.max_completion_tokens or body.max_tokens),
-        temperature=1.0 if body.temperature is None else body.temperature,
-        top_p=1.0 if body.top_p is None else body.top_p,
-        stop=body.stop_list,
-        seed=body.seed,
-    )
-    n = body.n or 1
-    messages = [m.model_dump(exclude_none=True) for m in body.messages]
-    bridge = Bridge(
-        services.engine,
-        model=resolved,
-        messages=messages,
-        params=params,
-        n=n,
-        tools=plan.tools,
-        grammar=plan.grammar,
-        lazy_grammar=plan.lazy_grammar,
-    )
-    first = await bridge.first()
-    meta = {"id": random_id("chatcmpl-"), "created": now(), "model": resolved.id}
-    if body.stream:
-        include_usage = bool(body.stream_options and body.stream_options.include_usage)
-        return StreamingResponse(
-            _sse(bridge, first, n, meta, include_usage, plan),
-            media_type="text/event-stream",
-            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
-        )
-    got = await collect(bridge, first, n, disconnected)
-    choices = [_choice(i, got.texts[i], got.finish[i], plan) for i in range(n)]
-    return ChatCompletion(choices=choices, usage=usage(got.prompt_tokens, got.completion_tokens), **meta)
+    return streamed(await chat(body, services, owner, request.is_disconnected))
 
 
 @router.post("/engines/{engine}/chat/completions", response_model=None, include_in_schema=False)
@@ -115,91 +36,3 @@ async def create_chat_completion_engine(
     except ValidationError as e:
         raise RequestValidationError(e.errors()) from e
     return await create_chat_completion(body, request, services, owner)
-
-
-def _choice(index: int, text: str, finish: str, plan: ToolPlan) -> Choice:
-    """A finished choice; with tools, its calls parsed out of the text into ``tool_calls``."""
-    calls: list[ParsedCall] = []
-    content: str | None = text
-    if plan.parse:
-        content, calls = parse_calls(text)
-        calls = calls if plan.parallel else calls[:1]
-    if not calls:
-        return Choice(index=index, message=ChatCompletionMessage(content=text), finish_reason=finish)
-    if plan.legacy:
-        call = FunctionCall(name=calls[0].name, arguments=calls[0].arguments)
-        message = ChatCompletionMessage(content=content, function_call=call)
-        return Choice(index=index, message=message, finish_reason="function_call")
-    tool_calls = [ToolCall(id=c.id, function=FunctionCall(name=c.name, arguments=c.arguments)) for c in calls]
-    message = ChatCompletionMessage(content=content, tool_calls=tool_calls)
-    return Choice(index=index, message=message, finish_reason="tool_calls" if finish == "stop" else finish)
-
-
-def _data(obj: ChatCompletionChunk) -> str:
-    return f"data: {obj.model_dump_json(exclude_unset=True)}\n\n"
-
-
-async def _sse(
-    bridge: Bridge, first: Event, n: int, meta: dict[str, object], include_usage: bool, plan: ToolPlan
-) -> AsyncIterator[str]:
-    extra = {"usage": None} if include_usage else {}
-    streams = [ToolStream() for _ in range(n)] if plan.parse else []
-
-    def chunk(index: int, delta: ChoiceDelta, finish: str | None = None) -> str:
-        choice = ChunkChoice(index=index, delta=delta, logprobs=None, finish_reason=finish)
-        return _data(ChatCompletionChunk(choices=[choice], **meta, **extra))
-
-    def pieces(event: Event) -> Iterator[str]:
-        """Content deltas, and each finished call as OpenAI streams one: id and name, then arguments."""
-        if not streams:
-            if event.text:
-                yield chunk(event.index, ChoiceDelta(content=event.text))
-            return
-        stream = streams[event.index]
-        before = len(stream.calls)
-        content, calls = stream.feed(event.text, final=bool(event.finish_reason))
-        if content:
-            yield chunk(event.index, ChoiceDelta(content=content))
-        for k, call in enumerate(calls, start=before):
-            if k > 0 and not plan.parallel:
-                break
-            if plan.legacy:
-                yield chunk(event.index, ChoiceDelta(function_call=DeltaFunction(name=call.name, arguments="")))
-                yield chunk(event.index, ChoiceDelta(function_call=DeltaFunction(arguments=call.arguments)))
-                continue
-            head = DeltaToolCall(
-                index=k, id=call.id, type="function", function=DeltaFunction(name=call.name, arguments="")
-            )
-            yield chunk(event.index, ChoiceDelta(tool_calls=[head]))
-            for fragment in _fragments(call.arguments):
-                tail = DeltaToolCall(index=k, function=DeltaFunction(arguments=fragment))
-                yield chunk(event.index, ChoiceDelta(tool_calls=[tail]))
-
-    try:
-        for i in range(n):
-            yield chunk(i, ChoiceDelta(role="assistant", content=""))
-        tokens = 0
-        try:
-            async for event in events(bridge, first, n):
-                for line in pieces(event):
-                    yield line
-                if event.finish_reason:
-                    finish = event.finish_reason
-                    if streams and streams[event.index].calls and finish == "stop":
-                        finish = "function_call" if plan.legacy else "tool_calls"
-                    yield chunk(event.index, ChoiceDelta(), finish)
-                    tokens += event.completion_tokens
-        except Exception as e:
-            yield sse_error(e)
-            return
-        if include_usage:
-            yield _data(ChatCompletionChunk(choices=[], usage=usage(bridge.gen.prompt_tokens, tokens), **meta))
-        yield "data: [DONE]\n\n"
-    finally:
-        # Runs on normal end, on error, and when Starlette cancels us because the client left.
-        bridge.gen.cancel.set()
-
-
-def _fragments(arguments: str, size: int = 16) -> list[str]:
-    """Arguments in pieces, as OpenAI streams them (clients must concatenate, not parse each)."""
-    return [arguments[i : i + size] for i in range(0, len(arguments), size)] or [""]

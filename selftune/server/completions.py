@@ -1,25 +1,13 @@
-"""``/v1/completions``: legacy text completions, for base models and prompt-style fine-tunes.
-
-The prompt is plain text (or token ids), fed to the model without its chat template, exactly as
-``prompt``/``completion`` training lines are rendered (``selftune.data.render.render_text``), so a
-model fine-tuned on such lines answers here as it learned. A list of prompts gets ``n`` choices
-each, indexed prompt by prompt (choice ``i * n + j`` is the ``j``-th of prompt ``i``), as OpenAI does.
-All prompts are submitted at once and run side by side in the engine's batch.
-"""
+"""``/v1/completions``: the route; the completion, or its stream, is ``serving.completions``'."""
 
 from __future__ import annotations
-
-from collections.abc import AsyncIterator, Sequence
 
 from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 
-from selftune.errors import InvalidRequest
-from selftune.ids import now, random_id
-from selftune.inference.generation import Event, SamplingParams
-from selftune.schemas.completions import Completion, CompletionChoice, CompletionRequest
-from selftune.server.bridge import Bridge, Disconnected, collect, events, sse_error, usage
-from selftune.server.deps import OwnerDep, Services, ServicesDep
+from selftune.schemas.completions import Completion, CompletionRequest
+from selftune.server.deps import OwnerDep, ServicesDep, streamed
+from selftune.serving.completions import complete
 
 router = APIRouter(tags=["completions"])
 
@@ -28,113 +16,4 @@ router = APIRouter(tags=["completions"])
 async def create_completion(
     body: CompletionRequest, request: Request, services: ServicesDep, owner: OwnerDep
 ) -> Completion | StreamingResponse:
-    if body.stream:
-        return await stream_completion(body, services, owner)
-    return await complete(body, services, owner, request.is_disconnected)
-
-
-def _start(body: CompletionRequest, services: Services, owner: str) -> tuple[list[Bridge], list[str], int]:
-    """One generation per prompt, all submitted at once; with the text each choice echoes."""
-    for param, why in body.unsupported():
-        raise InvalidRequest(why, param=param, code="unsupported_parameter")
-    prompts = body.prompts
-    if not prompts or any(len(p) == 0 for p in prompts):
-        raise InvalidRequest("prompt must not be empty: send the text (or token ids) to continue.", param="prompt")
-    if body.echo and not all(isinstance(p, str) for p in prompts):
-        raise InvalidRequest("echo works with text prompts; send the prompt as text", param="echo")
-    resolved = services.catalog.resolve(body.model, owner)
-    params = SamplingParams(
-        max_tokens=body.max_tokens or services.settings.default_max_tokens,
-        explicit_max_tokens=body.max_tokens is not None,
-        temperature=1.0 if body.temperature is None else body.temperature,
-        top_p=1.0 if body.top_p is None else body.top_p,
-        stop=body.stop_list,
-        seed=body.seed,
-    )
-    n = body.n or 1
-    bridges = []
-    for p in prompts:
-        text, ids = (p, None) if isinstance(p, str) else ("", p)
-        bridges.append(Bridge(services.engine, model=resolved, messages=text, prompt_ids=ids, params=params, n=n))
-    echoes = [p if isinstance(p, str) and body.echo else "" for p in prompts]
-    return bridges, echoes, n
-
-
-async def _firsts(bridges: Sequence[Bridge]) -> list[Event]:
-    """Each prompt's first event; an error in one cancels them all (the request fails as a whole)."""
-    try:
-        return [await b.first() for b in bridges]
-    except BaseException:
-        for b in bridges:
-            b.gen.cancel.set()
-        raise
-
-
-def _meta(model: str) -> dict[str, object]:
-    return {"id": random_id("cmpl-"), "created": now(), "model": model}
-
-
-async def complete(
-    body: CompletionRequest, services: Services, owner: str, disconnected: Disconnected | None
-) -> Completion:
-    bridges, echoes, n = _start(body, services, owner)
-    firsts = await _firsts(bridges)
-    choices: list[CompletionChoice] = []
-    prompt_tokens = completion_tokens = 0
-    for i, (bridge, first) in enumerate(zip(bridges, firsts, strict=True)):
-        got = await collect(bridge, first, n, disconnected)
-        prompt_tokens += got.prompt_tokens
-        completion_tokens += got.completion_tokens
-        for j in range(n):
-            text = echoes[i] + got.texts[j]
-            choices.append(CompletionChoice(index=i * n + j, text=text, finish_reason=got.finish[j]))
-    model = bridges[0].gen.model.id
-    return Completion(choices=choices, usage=usage(prompt_tokens, completion_tokens), **_meta(model))
-
-
-async def stream_completion(body: CompletionRequest, services: Services, owner: str) -> StreamingResponse:
-    bridges, echoes, n = _start(body, services, owner)
-    firsts = await _firsts(bridges)
-    meta = _meta(bridges[0].gen.model.id)
-    include_usage = bool(body.stream_options and body.stream_options.include_usage)
-    return StreamingResponse(
-        _sse(bridges, firsts, echoes, n, meta, include_usage),
-        media_type="text/event-stream",
-        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
-    )
-
-
-def _chunk(meta: dict[str, object], index: int, text: str, finish: str | None = None) -> str:
-    choice = CompletionChoice(index=index, text=text, finish_reason=finish)
-    return f"data: {Completion(choices=[choice], **meta).model_dump_json()}\n\n"
-
-
-async def _sse(
-    bridges: Sequence[Bridge],
-    firsts: Sequence[Event],
-    echoes: Sequence[str],
-    n: int,
-    meta: dict[str, object],
-    include_usage: bool,
-) -> AsyncIterator[str]:
-    """Prompt by prompt (they generate side by side; their events wait in each bridge's queue)."""
-    tokens = 0
-    try:
-        for i, bridge in enumerate(bridges):
-            if echoes[i]:
-                for j in range(n):
-                    yield _chunk(meta, i * n + j, echoes[i])
-            try:
-                async for event in events(bridge, firsts[i], n):
-                    yield _chunk(meta, i * n + event.index, event.text, event.finish_reason)
-                    tokens += event.completion_tokens if event.finish_reason else 0
-            except Exception as e:
-                yield sse_error(e)
-                return
-        if include_usage:
-            prompt = sum(b.gen.prompt_tokens for b in bridges)
-            yield f"data: {Completion(choices=[], usage=usage(prompt, tokens), **meta).model_dump_json()}\n\n"
-        yield "data: [DONE]\n\n"
-    finally:
-        for bridge in bridges:
-            bridge.gen.cancel.set()
+    return streamed(await complete(body, services, owner, request.is_disconnected))

@@ -1,32 +1,20 @@
-"""Request dependencies: the app's services and the caller's owner (from the API key)."""
+"""What the route modules share: the services and the caller's owner (from the API key) as request
+dependencies, and a streamed answer of the serving layer sent as Server-Sent Events."""
 
 from __future__ import annotations
 
 import hmac
-from dataclasses import dataclass
-from typing import Annotated
+from typing import Annotated, TypeVar
 
 from fastapi import Depends, Request
+from fastapi.responses import StreamingResponse
 
 from selftune.config import LOCAL_OWNER
 from selftune.errors import AuthenticationFailed
-from selftune.exports import Exports
-from selftune.inference.engines import Engines
-from selftune.services import Core
+from selftune.services import Services
+from selftune.serving.bridge import Stream
 
-
-@dataclass
-class Services(Core):
-    """Everything a handler may call; built once in the app's lifespan and kept on ``app.state``."""
-
-    keys: dict[str, str]
-    engine: Engines
-    exports: Exports
-
-    def close(self) -> None:
-        self.exports.close()
-        self.engine.close()
-        super().close()
+T = TypeVar("T")
 
 
 def get_services(request: Request) -> Services:
@@ -61,3 +49,14 @@ def get_owner(request: Request, services: ServicesDep) -> str:
 
 
 OwnerDep = Annotated[str, Depends(get_owner)]
+
+
+def streamed(answer: T | Stream) -> T | StreamingResponse:
+    """An answer as it is, or a ``Stream`` as ``text/event-stream`` that no proxy buffers."""
+    if not isinstance(answer, Stream):
+        return answer
+    return StreamingResponse(
+        answer.events,
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )

@@ -1,7 +1,8 @@
 """``/v1/exports`` (a selftune extension): export a model, follow the export, download it as a tar archive.
 
-``POST /v1/exports`` starts the export in its own process (``selftune.exports``) and answers at
-once; ``GET /v1/exports/{id}`` shows its progress, then its files, checksums and verification;
+``POST /v1/exports`` records the export (``selftune.export.service``), which a server's export
+runner builds in its own process, and answers at once; ``GET /v1/exports/{id}`` shows its
+progress, then its files, checksums and verification;
 ``GET /v1/exports/{id}/content`` streams the folder as an uncompressed tar (weights do not
 compress), whose exact length is known beforehand and sent as ``Content-Length``.
 """
@@ -11,11 +12,11 @@ from __future__ import annotations
 import tarfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 from fastapi import APIRouter
 from fastapi.responses import StreamingResponse
 
+from selftune.export.service import ExportRecord
 from selftune.schemas.exports import Export, ExportCreate, ExportDeleted, ExportFile, ExportList
 from selftune.server.deps import OwnerDep, ServicesDep
 
@@ -23,11 +24,12 @@ router = APIRouter(tags=["exports"])
 BLOCK = tarfile.BLOCKSIZE
 
 
-def to_wire(record: dict[str, Any]) -> Export:
-    manifest = record.get("manifest") or {}
+def to_wire(record: ExportRecord) -> Export:
+    manifest = record.manifest or {}
     files = [ExportFile(name=k, **v) for k, v in (manifest.get("files") or {}).items()]
+    fields = record.model_dump(include=set(Export.model_fields) - {"files", "run", "verification", "bytes"})
     return Export(
-        **{k: v for k, v in record.items() if k in Export.model_fields and k not in ("files", "run", "verification")},
+        **fields,
         bytes=sum(f.bytes for f in files) if files else None,
         files=files,
         verification=manifest.get("verification"),
@@ -59,14 +61,14 @@ def delete_export(export_id: str, services: ServicesDep, owner: OwnerDep) -> Exp
 @router.get("/exports/{export_id}/content")
 def export_content(export_id: str, services: ServicesDep, owner: OwnerDep) -> StreamingResponse:
     record, folder = services.exports.content(owner, export_id)
-    members = [(p, f"{record['folder']}/{p.relative_to(folder)}") for p in sorted(folder.rglob("*")) if p.is_file()]
+    members = [(p, f"{record.folder}/{p.relative_to(folder)}") for p in sorted(folder.rglob("*")) if p.is_file()]
     length = sum(BLOCK + -(-p.stat().st_size // BLOCK) * BLOCK for p, _ in members) + 2 * BLOCK
     return StreamingResponse(
         _tar(members),
         media_type="application/x-tar",
         headers={
             "Content-Length": str(length),
-            "Content-Disposition": f'attachment; filename="{record["folder"]}.tar"',
+            "Content-Disposition": f'attachment; filename="{record.folder}.tar"',
         },
     )
 

@@ -1,16 +1,15 @@
 """``/v1/files``: upload (multipart), list, retrieve, content and delete.
 
-Uploads never sit in memory: the multipart parser spools the part to disk, and we stream it into
-a temporary file beside the final location, validate it there, and only then rename it into place
-and register it. A client that disconnects, a crash, or a file that fails validation leaves nothing
-registered. ``purpose=fine-tune`` files are sniffed and validated by content (the legacy SDK names
-every upload ``file``), and a bad file is answered with every problem and its line number.
+Uploads never sit in memory: the multipart parser spools the part to disk, and
+``selftune.files.store_file`` streams it into a temporary file, validates it there, and only then
+renames it into place and registers it. ``purpose=fine-tune`` files are sniffed and validated by
+content (the legacy SDK names every upload ``file``), and a bad file is answered with every problem
+and its line number.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Annotated, Any, BinaryIO, Literal
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import FileResponse
@@ -18,12 +17,11 @@ from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
 from selftune.blobs import too_large
-from selftune.errors import InvalidFile, InvalidRequest
-from selftune.ids import now, random_id
+from selftune.errors import InvalidRequest
+from selftune.files import store_file
 from selftune.schemas.files import UPLOAD_PURPOSES, FileDeleted, FileList, FileObject
-from selftune.server.deps import OwnerDep, Services, ServicesDep
+from selftune.server.deps import OwnerDep, ServicesDep
 from selftune.store import FileRecord
-from selftune.uploads import validate_upload
 
 router = APIRouter(tags=["files"])
 
@@ -62,51 +60,19 @@ async def create_file(request: Request, services: ServicesDep, owner: OwnerDep) 
                 param="purpose",
             )
         filename = upload.filename or "file"
-        return await run_in_threadpool(store_file, services, owner, upload.file, filename, purpose, expires)
-
-
-def store_file(
-    services: Services,
-    owner: str,
-    src: BinaryIO,
-    filename: str,
-    purpose: str,
-    expires: int | None,
-    verify: Callable[[], None] | None = None,
-) -> FileObject:
-    """Stream ``src`` into a new file (validated first when it is for fine-tuning); also the end of
-    a completed multipart upload (``selftune.server.uploads``), whose ``verify`` checks what it
-    hashed on the way before anything is registered."""
-    tmp, size, checksum = services.blobs.copy_to_temp(src, services.settings.max_upload_bytes)
-    try:
-        if verify is not None:
-            verify()
-        validation = None
-        if purpose == "fine-tune":  # validated here once; later stages read this verdict
-            report, validation = validate_upload(tmp, filename)
-            if not report.ok:
-                raise InvalidFile(report.summary(max_lines=200), [p.to_dict() for p in report.problems])
-        file_id = random_id("file-")
-        created = now()
-        rec = FileRecord(
-            id=file_id,
-            owner=owner,
-            filename=filename,
-            purpose=purpose,
-            size_bytes=size,
-            created_at=created,
-            expires_at=created + expires if expires else None,
-            status="processed",
-            status_details=None,
-            checksum=checksum,
-            validation=validation,
+        rec = await run_in_threadpool(
+            lambda: store_file(
+                services.store,
+                services.blobs,
+                owner,
+                upload.file,
+                filename,
+                purpose,
+                limit=services.settings.max_upload_bytes,
+                expires_after=expires,
+            )
         )
-        services.blobs.commit(tmp, file_id)
-        services.store.insert_file(rec)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return to_wire(rec)
+        return to_wire(rec)
 
 
 def _expires_after(anchor: Any, seconds: Any) -> int | None:

@@ -24,6 +24,7 @@ from selftune.schemas.fine_tuning import (
     ResolvedHyperparameters,
 )
 from selftune.server.deps import OwnerDep, ServicesDep
+from selftune.statuses import JobStatus
 from selftune.store import CheckpointRecord, EventRecord, JobRecord
 
 router = APIRouter(tags=["fine-tuning"])
@@ -39,7 +40,7 @@ def job_to_wire(rec: JobRecord) -> FineTuningJob:
         error=JobError(**rec.error) if rec.error else JobError(),
         fine_tuned_model=rec.fine_tuned_model,
         finished_at=rec.finished_at,
-        hyperparameters=ResolvedHyperparameters(**rec.hyperparameters),
+        hyperparameters=ResolvedHyperparameters(**rec.hyperparameters.common()),
         model=rec.model,
         organization_id=f"org-{rec.owner}",
         result_files=rec.result_files,
@@ -48,10 +49,10 @@ def job_to_wire(rec: JobRecord) -> FineTuningJob:
         trained_tokens=rec.trained_tokens,
         training_file=rec.training_file,
         validation_file=rec.validation_file,
-        estimated_finish=rec.estimated_finish if rec.status == "running" else None,
+        estimated_finish=rec.estimated_finish if rec.status == JobStatus.RUNNING else None,
         integrations=rec.integrations or [],
         metadata=rec.metadata,
-        method=rec.method,
+        method=rec.method_with_hyperparameters(),
         user_provided_suffix=rec.suffix,
     )
 

@@ -1,71 +1,30 @@
-"""``/v1/responses``: create (JSON or typed SSE events), retrieve and delete stored responses.
-
-A request becomes chat messages (``instructions`` as the system turn, then the stored conversation
-of ``previous_response_id``, then ``input``) and runs on the same engine, with the same limits,
-tools and JSON constraints as ``/v1/chat/completions``. Function tools use the Responses shape
-(``{"type": "function", "name", "parameters"}``); calls come back as ``function_call`` output
-items, and their results go back in as ``function_call_output`` input items.
-
-A stored response (``store``, the default) keeps its conversation without the instructions, which
-OpenAI does not carry over to a chained response either. Streams are the typed events the SDKs parse
-(``event: <type>`` and a ``data`` object with the same ``type`` and a ``sequence_number``).
-"""
+"""``/v1/responses``: the routes; responses, their streams and stored ones are ``serving.responses``'."""
 
 from __future__ import annotations
 
-import json
-from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass, field
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import StreamingResponse
-from pydantic import TypeAdapter
 
-from selftune.data.render import normalize_tools
-from selftune.errors import InvalidRequest, SelftuneError
-from selftune.ids import now, random_id
-from selftune.inference.generation import Event, SamplingParams
-from selftune.inference.tools import ParsedCall, ToolPlan, ToolStream, parse_calls
-from selftune.inference.tools import plan as tools_plan
-from selftune.schemas.responses import (
-    TEXT_PARTS,
-    FunctionCallItem,
-    FunctionCallOutputItem,
-    InputItem,
-    InputItemList,
-    InputMessageItem,
-    InputText,
-    OutputMessage,
-    OutputText,
-    ResponseCreateRequest,
-    ResponseDeleted,
-    ResponseObject,
-    ResponseUsage,
-)
-from selftune.server.bridge import Bridge, Disconnected, collect, events
-from selftune.server.deps import OwnerDep, Services, ServicesDep
-from selftune.store import ObjectRecord
+from selftune.errors import InvalidRequest
+from selftune.schemas.responses import InputItemList, ResponseCreateRequest, ResponseDeleted, ResponseObject
+from selftune.server.deps import OwnerDep, ServicesDep, streamed
+from selftune.serving import responses
 
 router = APIRouter(tags=["responses"])
-
-KIND, WHAT = "response", "response"
-_INPUT_ITEM: TypeAdapter[InputItem] = TypeAdapter(InputItem)
 
 
 @router.post("/responses", response_model=None)
 async def create_response(
     body: ResponseCreateRequest, request: Request, services: ServicesDep, owner: OwnerDep
 ) -> ResponseObject | StreamingResponse:
-    if body.stream:
-        return await stream_response(body, services, owner)
-    return await respond(body, services, owner, request.is_disconnected)
+    return streamed(await responses.respond(body, services, owner, request.is_disconnected))
 
 
 @router.get("/responses/{response_id}")
 def retrieve_response(response_id: str, services: ServicesDep, owner: OwnerDep) -> ResponseObject:
-    rec = services.store.get_object(KIND, owner, response_id, WHAT)
-    return ResponseObject.model_validate(rec.data["response"])
+    return responses.retrieve(services, owner, response_id)
 
 
 @router.get("/responses/{response_id}/input_items")
@@ -78,380 +37,15 @@ def list_input_items(
     order: Literal["asc", "desc"] = "desc",
     after: str | None = None,
 ) -> InputItemList:
-    """The items of this response's own ``input`` (not those of the responses it chains on), newest first
-    by default, as OpenAI lists them."""
     # SDKs send a list as include[]=a (brackets) or include=a (repeated): either is refused, by name.
     include = request.query_params.getlist("include") + request.query_params.getlist("include[]")
     if include:
         raise InvalidRequest(
             f"nothing extra can be included ({', '.join(include)}); leave include out", param="include"
         )
-    rec = services.store.get_object(KIND, owner, response_id, WHAT)
-    items = [_INPUT_ITEM.validate_python(x) for x in rec.data.get("input_items", [])]
-    if order == "desc":
-        items.reverse()
-    if after is not None:
-        ids = [item.id for item in items]
-        if after not in ids:
-            raise InvalidRequest(f"No input item {after!r} in response {response_id}", param="after")
-        items = items[ids.index(after) + 1 :]
-    page = items[:limit]
-    return InputItemList(
-        data=page,
-        first_id=page[0].id if page else None,
-        last_id=page[-1].id if page else None,
-        has_more=len(items) > limit,
-    )
+    return responses.input_items(services, owner, response_id, limit=limit, order=order, after=after)
 
 
 @router.delete("/responses/{response_id}")
 def delete_response(response_id: str, services: ServicesDep, owner: OwnerDep) -> ResponseDeleted:
-    services.store.delete_object(KIND, owner, response_id, WHAT)
-    return ResponseDeleted(id=response_id)
-
-
-# --- request -> generation -----------------------------------------------------------------------
-
-
-@dataclass
-class _Turn:
-    """A request made ready: what to generate from, how, and what the response will echo."""
-
-    body: ResponseCreateRequest
-    conversation: list[dict[str, Any]]
-    """The stored conversation before this turn's answer (no instructions)."""
-    items: list[InputItem]
-    """This turn's ``input`` as ``GET /responses/{id}/input_items`` lists it."""
-    plan: ToolPlan
-    bridge: Bridge
-    template: ResponseObject
-    calls: list[ParsedCall] = field(default_factory=list)
-
-
-def _start(body: ResponseCreateRequest, services: Services, owner: str) -> _Turn:
-    for param, why in body.unsupported():
-        raise InvalidRequest(why, param=param, code="unsupported_parameter")
-    history: list[dict[str, Any]] = []
-    if body.previous_response_id:
-        history = services.store.get_object(KIND, owner, body.previous_response_id, WHAT).data["conversation"]
-    said, items = read_input(body.input)
-    conversation = [*history, *said]
-    chat_tools = [
-        {"type": "function", "function": {k: v for k, v in t.items() if k not in ("type",)}} for t in body.tools or []
-    ]
-    choice = body.tool_choice
-    if isinstance(choice, dict) and choice.get("type") == "function":
-        choice = {"type": "function", "function": {"name": choice.get("name")}}
-    plan = tools_plan(normalize_tools(chat_tools), choice, body.parallel_tool_calls, _response_format(body))
-    resolved = services.catalog.resolve(body.model, owner)
-    params = SamplingParams(
-        max_tokens=body.max_output_tokens or services.settings.default_max_tokens,
-        explicit_max_tokens=body.max_output_tokens is not None,
-        temperature=1.0 if body.temperature is None else body.temperature,
-        top_p=1.0 if body.top_p is None else body.top_p,
-    )
-    system = [{"role": "system", "content": body.instructions}] if body.instructions else []
-    bridge = Bridge(
-        services.engine,
-        model=resolved,
-        messages=[*system, *conversation],
-        params=params,
-        tools=plan.tools,
-        grammar=plan.grammar,
-        lazy_grammar=plan.lazy_grammar,
-    )
-    template = ResponseObject(
-        id=random_id("resp_"),
-        created_at=now(),
-        status="in_progress",
-        instructions=body.instructions,
-        max_output_tokens=body.max_output_tokens,
-        model=resolved.id,
-        output=[],
-        parallel_tool_calls=body.parallel_tool_calls is not False,
-        previous_response_id=body.previous_response_id,
-        temperature=params.temperature,
-        top_p=params.top_p,
-        tool_choice=body.tool_choice or "auto",
-        tools=body.tools or [],
-        text=body.text or {"format": {"type": "text"}},
-        store=body.store is not False,
-        metadata=body.metadata or {},
-        user=body.user,
-    )
-    return _Turn(body, conversation, items, plan, bridge, template)
-
-
-def read_input(items: str | list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[InputItem]]:
-    """``input`` as chat messages (text is one user turn; function calls join the assistant turn they
-    follow, and their outputs become tool turns) and as the items ``input_items`` lists later (with
-    the ids the client gave them, or new ones)."""
-    if isinstance(items, str):
-        return [{"role": "user", "content": items}], [_input_message("user", items, None)]
-    out: list[dict[str, Any]] = []
-    listed: list[InputItem] = []
-    for i, item in enumerate(items):
-        kind = item.get("type") or "message"
-        given = item.get("id") if isinstance(item.get("id"), str) else None
-        if kind == "message":
-            role = item.get("role")
-            if role not in ("user", "system", "developer", "assistant"):
-                raise InvalidRequest(
-                    f"input[{i}].role must be user, system, developer or assistant", param=f"input[{i}]"
-                )
-            text = _text(item.get("content"), i)
-            out.append({"role": role, "content": text})
-            listed.append(_message(text, item_id=given) if role == "assistant" else _input_message(role, text, given))
-        elif kind == "function_call":
-            name, arguments = str(item.get("name")), str(item.get("arguments", "{}"))
-            call = {"id": item.get("call_id"), "type": "function", "function": {"name": name, "arguments": arguments}}
-            if out and out[-1]["role"] == "assistant" and "tool_calls" in out[-1]:
-                out[-1]["tool_calls"].append(call)
-            else:
-                out.append({"role": "assistant", "content": None, "tool_calls": [call]})
-            listed.append(
-                FunctionCallItem(
-                    id=given or random_id("fc_"), call_id=str(item.get("call_id")), name=name, arguments=arguments
-                )
-            )
-        elif kind == "function_call_output":
-            output = item.get("output")
-            text = output if isinstance(output, str) else _text(output, i)
-            out.append({"role": "tool", "tool_call_id": item.get("call_id"), "content": text})
-            listed.append(
-                FunctionCallOutputItem(id=given or random_id("fco_"), call_id=str(item.get("call_id")), output=text)
-            )
-        else:
-            raise InvalidRequest(
-                f"input[{i}] is a {kind!r} item; send messages, function_call and function_call_output items",
-                param=f"input[{i}]",
-            )
-    return out, listed
-
-
-def _input_message(role: str, text: str, item_id: str | None) -> InputMessageItem:
-    return InputMessageItem(id=item_id or random_id("msg_"), role=role, content=[InputText(text=text)])
-
-
-def _text(content: Any, i: int) -> str:
-    if isinstance(content, str):
-        return content
-    parts = content if isinstance(content, list) else []
-    for part in parts:
-        if not isinstance(part, dict) or part.get("type") not in TEXT_PARTS:
-            kind = part.get("type") if isinstance(part, dict) else type(part).__name__
-            raise InvalidRequest(
-                f"input[{i}] has a {kind!r} content part: these models read text only", param=f"input[{i}].content"
-            )
-    return "".join(str(p.get("text", "")) for p in parts)
-
-
-def _response_format(body: ResponseCreateRequest) -> dict[str, Any] | None:
-    """``text.format`` in chat's ``response_format`` shape (the schema sits one level up in Responses)."""
-    fmt = (body.text or {}).get("format") or {}
-    if fmt.get("type") == "json_schema":
-        return {"type": "json_schema", "json_schema": {k: v for k, v in fmt.items() if k != "type"}}
-    return fmt or None
-
-
-# --- the answer -> a response --------------------------------------------------------------------
-
-
-def _finish(
-    turn: _Turn, output: list[OutputMessage | FunctionCallItem], finish: str, usage: ResponseUsage
-) -> ResponseObject:
-    incomplete = finish == "length"
-    return turn.template.model_copy(
-        update={
-            "status": "incomplete" if incomplete else "completed",
-            "completed_at": None if incomplete else now(),
-            "incomplete_details": {"reason": "max_output_tokens"} if incomplete else None,
-            "output": output,
-            "usage": usage,
-        }
-    )
-
-
-def _store(services: Services, owner: str, turn: _Turn, resp: ResponseObject, text: str | None) -> None:
-    if not resp.store:
-        return
-    answer: dict[str, Any] = {"role": "assistant", "content": text}
-    if turn.calls:
-        answer["tool_calls"] = [
-            {"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}} for c in turn.calls
-        ]
-    rec = ObjectRecord(
-        id=resp.id,
-        kind=KIND,
-        owner=owner,
-        created_at=resp.created_at,
-        status=resp.status,
-        data={
-            "response": resp.model_dump(mode="json"),
-            "conversation": [*turn.conversation, answer],
-            "input_items": [item.model_dump(mode="json") for item in turn.items],
-        },
-    )
-    services.store.insert_object(rec)
-
-
-def _usage(turn: _Turn, output_tokens: int) -> ResponseUsage:
-    prompt = turn.bridge.gen.prompt_tokens
-    return ResponseUsage(input_tokens=prompt, output_tokens=output_tokens, total_tokens=prompt + output_tokens)
-
-
-def _message(text: str, status: str = "completed", item_id: str | None = None) -> OutputMessage:
-    return OutputMessage(id=item_id or random_id("msg_"), status=status, content=[OutputText(text=text)])
-
-
-def _call_item(call: ParsedCall) -> FunctionCallItem:
-    return FunctionCallItem(id=random_id("fc_"), call_id=call.id, name=call.name, arguments=call.arguments)
-
-
-async def respond(
-    body: ResponseCreateRequest, services: Services, owner: str, disconnected: Disconnected | None
-) -> ResponseObject:
-    turn = _start(body, services, owner)
-    first = await turn.bridge.first()
-    got = await collect(turn.bridge, first, 1, disconnected)
-    text: str | None = got.texts[0]
-    if turn.plan.parse:
-        text, calls = parse_calls(got.texts[0])
-        turn.calls = calls if turn.plan.parallel else calls[:1]
-    output: list[OutputMessage | FunctionCallItem] = []
-    if text or not turn.calls:
-        output.append(_message(text or "", "incomplete" if got.finish[0] == "length" else "completed"))
-    output += [_call_item(c) for c in turn.calls]
-    resp = _finish(turn, output, got.finish[0], _usage(turn, got.completion_tokens))
-    _store(services, owner, turn, resp, text)
-    return resp
-
-
-# --- streaming -----------------------------------------------------------------------------------
-
-
-async def stream_response(body: ResponseCreateRequest, services: Services, owner: str) -> StreamingResponse:
-    turn = _start(body, services, owner)
-    first = await turn.bridge.first()
-    return StreamingResponse(
-        _sse(turn, first, services, owner),
-        media_type="text/event-stream",
-        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
-    )
-
-
-class _Events:
-    """Numbers and formats the typed events; tracks the output items as they open and close."""
-
-    def __init__(self) -> None:
-        self.seq = 0
-        self.output: list[OutputMessage | FunctionCallItem] = []
-        self.open: OutputMessage | None = None
-
-    def event(self, kind: str, **data: Any) -> str:
-        payload = {"type": kind, "sequence_number": self.seq, **data}
-        self.seq += 1
-        return f"event: {kind}\ndata: {json.dumps(payload, ensure_ascii=False)}\n\n"
-
-    def text(self, delta: str) -> Iterator[str]:
-        if self.open is None:
-            self.open = _message("", "in_progress")
-            self.output.append(self.open)
-            index = len(self.output) - 1
-            yield self.event("response.output_item.added", output_index=index, item=_dump(self.open))
-            yield self.event(
-                "response.content_part.added",
-                item_id=self.open.id,
-                output_index=index,
-                content_index=0,
-                part=_dump(OutputText(text="")),
-            )
-        index = self.output.index(self.open)
-        self.open.content[0].text += delta
-        yield self.event(
-            "response.output_text.delta",
-            item_id=self.open.id,
-            output_index=index,
-            content_index=0,
-            delta=delta,
-            logprobs=[],
-        )
-
-    def close_text(self, status: str) -> Iterator[str]:
-        if self.open is None:
-            return
-        item, index = self.open, self.output.index(self.open)
-        part = item.content[0]
-        ids = {"item_id": item.id, "output_index": index, "content_index": 0}
-        yield self.event("response.output_text.done", **ids, text=part.text, logprobs=[])
-        yield self.event("response.content_part.done", **ids, part=_dump(part))
-        item.status = status  # type: ignore[assignment]
-        yield self.event("response.output_item.done", output_index=index, item=_dump(item))
-        self.open = None
-
-    def call(self, call: ParsedCall) -> Iterator[str]:
-        yield from self.close_text("completed")
-        item = _call_item(call)
-        self.output.append(item)
-        index = len(self.output) - 1
-        yield self.event(
-            "response.output_item.added",
-            output_index=index,
-            item=_dump(item.model_copy(update={"arguments": "", "status": "in_progress"})),
-        )
-        ids = {"item_id": item.id, "output_index": index}
-        yield self.event("response.function_call_arguments.delta", **ids, delta=call.arguments)
-        yield self.event("response.function_call_arguments.done", **ids, name=call.name, arguments=call.arguments)
-        yield self.event("response.output_item.done", output_index=index, item=_dump(item))
-
-
-def _dump(obj: Any) -> dict[str, Any]:
-    return obj.model_dump(mode="json")  # type: ignore[no-any-return]
-
-
-async def _sse(turn: _Turn, first: Event, services: Services, owner: str) -> AsyncIterator[str]:
-    ev = _Events()
-    stream = ToolStream() if turn.plan.parse else None
-    started = _dump(turn.template)
-    yield ev.event("response.created", response=started)
-    yield ev.event("response.in_progress", response=started)
-    last = first
-    try:
-        try:
-            async for event in events(turn.bridge, first, 1):
-                last = event
-                calls: list[ParsedCall] = []
-                if stream is None:
-                    content = event.text
-                else:
-                    content, calls = stream.feed(event.text, final=bool(event.finish_reason))
-                if content:
-                    for line in ev.text(content):
-                        yield line
-                for call in calls:
-                    if turn.calls and not turn.plan.parallel:
-                        break
-                    turn.calls.append(call)
-                    for line in ev.call(call):
-                        yield line
-        except Exception as e:
-            err = e if isinstance(e, SelftuneError) else SelftuneError(f"generation failed: {e}")
-            error = {"code": "server_error", "message": err.message}
-            failed = turn.template.model_copy(update={"status": "failed", "error": error})
-            yield ev.event("error", code=err.code, message=err.message, param=err.param)
-            yield ev.event("response.failed", response=_dump(failed))
-            return
-        event = last
-        finish = event.finish_reason or "stop"
-        if not ev.output:
-            for line in ev.text(""):
-                yield line
-        for line in ev.close_text("incomplete" if finish == "length" else "completed"):
-            yield line
-        resp = _finish(turn, ev.output, finish, _usage(turn, event.completion_tokens))
-        text = "".join(item.content[0].text for item in ev.output if isinstance(item, OutputMessage))
-        _store(services, owner, turn, resp, text if stream is None or text else None)
-        done = "response.incomplete" if resp.status == "incomplete" else "response.completed"
-        yield ev.event(done, response=_dump(resp))
-    finally:
-        turn.bridge.gen.cancel.set()
+    return responses.delete(services, owner, response_id)

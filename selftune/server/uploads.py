@@ -2,9 +2,10 @@
 
 Each part is streamed to its own file under ``SELFTUNE_HOME/files/.uploads/<upload id>/`` (never
 held in memory). Completing streams the parts, in the order given, through the same path as a
-``/v1/files`` upload (``files.store_file``: size limit, validation of ``fine-tune`` files, atomic
-registration), checking the declared size and the optional MD5 on the way. Cancelled, completed and
-expired uploads lose their parts; ``expire_uploads`` runs in the server's background.
+``/v1/files`` upload (``selftune.files.store_file``: size limit, validation of ``fine-tune`` files,
+atomic registration), checking the declared size and the optional MD5 on the way. Every move follows
+``statuses.UPLOADS``; cancelled, completed and expired uploads lose their parts, and
+``expire_uploads`` runs in the server's background.
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
 from selftune.blobs import too_large
-from selftune.errors import InvalidRequest
+from selftune.errors import InvalidRequest, InvalidStatus
+from selftune.files import store_file
 from selftune.ids import now, random_id
 from selftune.schemas.files import UPLOAD_PURPOSES
 from selftune.schemas.uploads import (
@@ -31,13 +33,13 @@ from selftune.schemas.uploads import (
     UploadCreateRequest,
     UploadPart,
 )
-from selftune.server.deps import OwnerDep, Services, ServicesDep
-from selftune.server.files import MULTIPART_SLACK, store_file
-from selftune.store import ObjectRecord
+from selftune.server.deps import OwnerDep, ServicesDep
+from selftune.server.files import MULTIPART_SLACK, to_wire
+from selftune.services import Core
+from selftune.statuses import UploadAction, UploadStatus
 
 router = APIRouter(tags=["uploads"])
 
-KIND, WHAT = "upload", "upload"
 PART_ID = re.compile(r"part_[A-Za-z0-9]+")
 
 
@@ -57,12 +59,9 @@ def create_upload(body: UploadCreateRequest, services: ServicesDep, owner: Owner
         expires_at=created + EXPIRES_AFTER_S,
         filename=body.filename,
         purpose=body.purpose,
-        status="pending",
+        status=UploadStatus.PENDING,
     )
-    services.store.insert_object(
-        ObjectRecord(id=upload.id, kind=KIND, owner=owner, created_at=created, status="pending", data=_dump(upload))
-    )
-    return upload
+    return services.uploads.insert(owner, upload)
 
 
 @router.post("/uploads/{upload_id}/parts")
@@ -77,7 +76,7 @@ async def add_part(upload_id: str, request: Request, services: ServicesDep, owne
         return await run_in_threadpool(_write_part, services, upload, data.file)
 
 
-def _write_part(services: Services, upload: Upload, src: BinaryIO) -> UploadPart:
+def _write_part(services: Core, upload: Upload, src: BinaryIO) -> UploadPart:
     tmp, _, _ = services.blobs.copy_to_temp(src, MAX_PART_BYTES)
     part = UploadPart(id=random_id("part_"), created_at=now(), upload_id=upload.id)
     folder = _folder(services, upload.id)
@@ -113,19 +112,20 @@ async def complete_upload(
 
     try:
         file = await run_in_threadpool(
-            store_file,
-            services,
-            owner,
-            reader,  # type: ignore[arg-type]  # read() is all copy_to_temp uses
-            upload.filename,
-            upload.purpose,
-            None,
-            check_md5,
+            lambda: store_file(
+                services.store,
+                services.blobs,
+                owner,
+                reader,  # type: ignore[arg-type]  # read() is all copy_to_temp uses
+                upload.filename,
+                upload.purpose,
+                limit=services.settings.max_upload_bytes,
+                verify=check_md5,
+            )
         )
     finally:
         reader.close()
-    done = upload.model_copy(update={"status": "completed", "file": file})
-    services.store.update_object(upload_id, "completed", _dump(done), from_statuses=["pending"])
+    done = services.uploads.apply(upload, UploadAction.COMPLETE, file=to_wire(file))
     shutil.rmtree(folder, ignore_errors=True)
     return done
 
@@ -133,41 +133,43 @@ async def complete_upload(
 @router.post("/uploads/{upload_id}/cancel")
 def cancel_upload(upload_id: str, services: ServicesDep, owner: OwnerDep) -> Upload:
     upload = _pending(services, owner, upload_id)
-    cancelled = upload.model_copy(update={"status": "cancelled"})
-    services.store.update_object(upload_id, "cancelled", _dump(cancelled), from_statuses=["pending"])
+    cancelled = services.uploads.apply(upload, UploadAction.CANCEL)
     shutil.rmtree(_folder(services, upload_id), ignore_errors=True)
     return cancelled
 
 
-def expire_uploads(services: Services) -> int:
-    """Mark pending uploads past their time as expired and delete their parts; how many."""
+def expire_uploads(services: Core) -> int:
+    """Move pending uploads past their time to ``expired`` and delete their parts; how many."""
     n = 0
-    for rec in services.store.objects_in(KIND, "pending"):
-        upload = Upload.model_validate(rec.data)
-        if upload.expires_at <= now():
-            expired = upload.model_copy(update={"status": "expired"})
-            if services.store.update_object(upload.id, "expired", _dump(expired), from_statuses=["pending"]):
-                shutil.rmtree(_folder(services, upload.id), ignore_errors=True)
-                n += 1
+    for held in services.uploads.in_status(UploadStatus.PENDING):
+        if held.obj.expires_at <= now():
+            try:
+                services.uploads.apply(held.obj, UploadAction.EXPIRE)
+            except InvalidStatus:  # completed or cancelled in the meantime
+                continue
+            shutil.rmtree(_folder(services, held.obj.id), ignore_errors=True)
+            n += 1
     return n
 
 
-def _pending(services: Services, owner: str, upload_id: str) -> Upload:
-    upload = Upload.model_validate(services.store.get_object(KIND, owner, upload_id, WHAT).data)
-    if upload.status == "pending" and upload.expires_at <= now():
+def _pending(services: Core, owner: str, upload_id: str) -> Upload:
+    """The upload, if parts can still be added to it or it can still be completed or cancelled; an
+    upload past its time is expired first, so the error says so."""
+    upload = services.uploads.get(owner, upload_id)
+    if upload.status == UploadStatus.PENDING and upload.expires_at <= now():
         expire_uploads(services)
-        upload = upload.model_copy(update={"status": "expired"})
-    if upload.status != "pending":
-        raise InvalidRequest(f"Upload {upload_id} is {upload.status}; create a new upload", param="upload_id")
+        upload = services.uploads.get(owner, upload_id)
+    if upload.status != UploadStatus.PENDING:
+        raise InvalidRequest(
+            f"Upload {upload_id} is {upload.status}; create a new upload",
+            param="upload_id",
+            code="invalid_upload_status",
+        )
     return upload
 
 
-def _folder(services: Services, upload_id: str) -> Path:
+def _folder(services: Core, upload_id: str) -> Path:
     return services.blobs.root / ".uploads" / upload_id
-
-
-def _dump(upload: Upload) -> dict[str, object]:
-    return upload.model_dump(mode="json")
 
 
 class _Parts:

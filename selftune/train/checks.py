@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from selftune.blobs import write_atomic
+from selftune.atomic import write_atomic
 from selftune.data.render import Prompt, stop_token_ids
 from selftune.train.generate import generate_answers, greedy_tokens
 from selftune.train.protocol import Message, TrainConfig
@@ -68,7 +68,7 @@ def evaluate_job(model: Any, tokenizer: Any, device: torch.device, autocast: Any
     if not cfg.valid_file or cfg.eval_examples <= 0:
         return []
     try:
-        from selftune.eval.core import evaluate, load_examples
+        from selftune.eval import evaluate, load_examples
         from selftune.eval.report import to_html, to_json
 
         examples = load_examples(cfg.valid_file, limit=cfg.eval_examples, filename="validation file")

@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from selftune.atomic import write_atomic
 from selftune.data.render import RenderedFile
-from selftune.train.config import resolve_hyperparameters
+from selftune.methods import Hyperparameters, MethodType
 
 
 @dataclass
@@ -39,7 +39,7 @@ class Estimate:
     fits_memory: bool | None = None
     memory_plan: str | None = None
     """The plan in words, or why the job does not fit."""
-    method: str = "supervised"
+    method: MethodType = MethodType.SUPERVISED
     beta: float | None = None
     """DPO's beta, resolved."""
 
@@ -55,19 +55,19 @@ def estimate(
     model_dir: str | Path | None = None,
     *,
     qlora: bool = False,
-    method: str | None = None,
+    method: MethodType | None = None,
 ) -> Estimate:
     """``method`` defaults to the file's: ``dpo`` for preference pairs, else ``supervised``."""
-    method = method or ("dpo" if rendered.format == "preference" else "supervised")
-    hp = resolve_hyperparameters(hyperparameters, len(rendered.lengths), method)
-    memory = plan_memory(model_dir, rendered, hp["batch_size"], qlora) if model_dir and rendered.rows else {}
-    steps = math.ceil(rendered.examples / hp["batch_size"]) * hp["n_epochs"]
-    billed = rendered.tokens * hp["n_epochs"]
+    method = method or (MethodType.DPO if rendered.format == "preference" else MethodType.SUPERVISED)
+    hp = Hyperparameters.resolve(hyperparameters, len(rendered.lengths), method)
+    memory = plan_memory(model_dir, rendered, hp.batch_size, qlora) if model_dir and rendered.rows else {}
+    steps = math.ceil(rendered.examples / hp.batch_size) * hp.n_epochs
+    billed = rendered.tokens * hp.n_epochs
     tps = float(throughput["tokens_per_second"]) if throughput else None
     return Estimate(
         examples=rendered.examples,
-        n_epochs=hp["n_epochs"],
-        batch_size=hp["batch_size"],
+        n_epochs=hp.n_epochs,
+        batch_size=hp.batch_size,
         steps=steps,
         tokens_per_epoch=rendered.tokens,
         billed_tokens=billed,
@@ -76,14 +76,15 @@ def estimate(
         seconds=billed / tps if tps else None,
         throughput_source=throughput.get("source") if throughput else None,
         method=method,
-        beta=hp.get("beta"),
+        beta=hp.beta,
         **memory,
     )
 
 
 def plan_memory(model_dir: str | Path, rendered: RenderedFile, batch_size: int, qlora: bool) -> dict[str, Any]:
     """The recipe's memory plan for this data on this machine, as the estimate's fields."""
-    from selftune.train.memory import InsufficientMemory, QuantizationUnavailable, plan_job, training_device
+    from selftune.errors import InsufficientMemory, QuantizationUnavailable
+    from selftune.train.memory import plan_job, training_device
     from selftune.train.protocol import TrainConfig
 
     lora = TrainConfig(base_model_dir=str(model_dir), train_file="", output_dir="")
@@ -124,7 +125,7 @@ def load_throughput(home: Path, model: str) -> dict[str, Any] | None:
 
 
 def record_throughput(home: Path, model: str, tokens_per_second: float | None, batch_size: int, source: str) -> None:
-    """Remember the training speed of ``model`` (written to a temporary file, then renamed)."""
+    """Remember the training speed of ``model``."""
     if not tokens_per_second:
         return
     path = home / "throughput.json"
@@ -138,6 +139,4 @@ def record_throughput(home: Path, model: str, tokens_per_second: float | None, b
         "source": source,
         "measured_at": int(time.time()),
     }
-    tmp = path.with_suffix(f".{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, indent=2))
-    os.replace(tmp, path)
+    write_atomic(path, json.dumps(data, indent=2))

@@ -24,7 +24,6 @@ import os
 import random
 import resource
 import shutil
-import signal
 import sys
 import time
 from contextlib import nullcontext, suppress
@@ -33,14 +32,17 @@ from typing import Any
 
 import torch
 
+from selftune.atomic import staged
+from selftune.children import exit_with_parent, orphaned
 from selftune.convert.lora import convert_if_supported
 from selftune.data.render import RenderedFile, render_file
+from selftune.errors import InvalidRequest, SelftuneError
+from selftune.methods import MethodType
 from selftune.train import memory
 from selftune.train.checks import evaluate_job, smoke_test
 from selftune.train.dpo import Preference
 from selftune.train.protocol import (
     Checkpoint,
-    DataError,
     Done,
     Error,
     EventWriter,
@@ -61,7 +63,7 @@ def load_examples(path: str, tokenizer: Any, max_len: int, events: EventWriter, 
     try:
         rendered = render_file(tokenizer, path, max_len)
     except ValueError as e:  # a file that skipped validation (a hand-written job.json): say where
-        raise DataError("invalid_file_format", f"{name}:{e}") from e
+        raise InvalidRequest(f"{name}:{e}", code="invalid_file_format") from e
     if rendered.truncated:
         events.emit(
             Message(
@@ -135,24 +137,13 @@ def keep_activations_in_bf16(model: Any) -> None:
             module.cast_input_dtype_enabled = False  # type: ignore[attr-defined]  # read by peft with getattr
 
 
-def orphaned(parent: int) -> bool:
-    """True once the worker that started us is gone: a SIGKILLed worker must not leave us training."""
-    return parent > 1 and os.getppid() != parent
-
-
-def exit_with_parent() -> None:
-    """On Linux, have the kernel kill us the moment the worker dies (``orphaned`` covers the rest)."""
-    if sys.platform.startswith("linux"):
-        with suppress(OSError, AttributeError):
-            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
-
-
 def main(cfg: TrainConfig) -> int:
     from peft import LoraConfig, PeftModel, get_peft_model
     from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    files = cfg.job_dir
+    files, hp = cfg.job_dir, cfg.hyperparameters
+    dpo = cfg.method == MethodType.DPO
     files.root.mkdir(parents=True, exist_ok=True)
     events = open_events(cfg)  # also logs to W&B when the job has that integration
     parent = os.getppid()
@@ -174,29 +165,32 @@ def main(cfg: TrainConfig) -> int:
     train_name = cfg.train_name or os.path.basename(cfg.train_file)
     rendered = load_examples(cfg.train_file, tokenizer, cfg.max_seq_len, events, train_name, "training")
     if not rendered.rows:
-        raise DataError(
-            "invalid_file_format",
+        raise InvalidRequest(
             f"{train_name}:{rendered.empty[0] if rendered.empty else 1}: no training example has a trainable "
             "token; every example needs an assistant message to learn from",
+            code="invalid_file_format",
         )
     valid = RenderedFile()
     if cfg.valid_file:
         valid_name = cfg.valid_name or os.path.basename(cfg.valid_file)
         valid = load_examples(cfg.valid_file, tokenizer, cfg.max_seq_len, events, valid_name, "validation")
     for name, data in ((train_name, rendered), (cfg.valid_name, valid)):
-        if data.rows and data.per_example != (2 if cfg.method == "dpo" else 1):  # the worker checked; job.json may not
-            raise DataError("invalid_file_format", f"{name}: {data.format} examples cannot train a {cfg.method} job")
+        if data.rows and data.per_example != (2 if dpo else 1):  # the worker checked; a hand-written job.json may not
+            raise InvalidRequest(
+                f"{name}: {data.format} examples cannot train a {cfg.method} job", code="invalid_file_format"
+            )
     objective: Objective
-    if cfg.method == "dpo":
-        objective = Preference(rendered.rows, valid.rows, cfg.beta, new_adapter=not cfg.init_adapter)
+    if dpo:
+        assert hp.beta is not None
+        objective = Preference(rendered.rows, valid.rows, hp.beta, new_adapter=not cfg.init_adapter)
     else:
         objective = NextToken(rendered.rows, valid.rows)
     n_train, n_valid = objective.size("train"), objective.size("valid")
     # The whole run's batch order is fixed by the seed up front, so a resumed run takes exactly the
     # batches an uninterrupted one would have: the data position is just the step number.
-    schedule = plan_epochs(objective.lengths(), cfg.n_epochs, cfg.batch_size, cfg.seed)
+    schedule = plan_epochs(objective.lengths(), hp.n_epochs, hp.batch_size, cfg.seed)
     total_steps = len(schedule)
-    steps_per_epoch = total_steps // cfg.n_epochs
+    steps_per_epoch = total_steps // hp.n_epochs
     eval_every = cfg.eval_every or max(1, total_steps // 10)
 
     # --- model ------------------------------------------------------------------------------------
@@ -208,22 +202,17 @@ def main(cfg: TrainConfig) -> int:
     width = max(
         max(len(ids) for ids, _ in rows) * len(rows) for rows in (objective.rows("train", i) for _, i in schedule)
     )
-    try:
-        plan = memory.plan_job(
-            cfg.base_model_dir,
-            longest=longest,
-            batch_tokens=width,
-            lora_r=cfg.lora_r,
-            lora_targets=cfg.lora_targets,
-            device=device.type,
-            bf16=use_bf16,
-            qlora=cfg.qlora,
-            rows_per_example=rendered.per_example,
-        )
-    except memory.InsufficientMemory as e:
-        raise DataError("insufficient_memory", str(e)) from e
-    except memory.QuantizationUnavailable as e:
-        raise DataError("qlora_unavailable", str(e)) from e
+    plan = memory.plan_job(
+        cfg.base_model_dir,
+        longest=longest,
+        batch_tokens=width,
+        lora_r=cfg.lora_r,
+        lora_targets=cfg.lora_targets,
+        device=device.type,
+        bf16=use_bf16,
+        qlora=cfg.qlora,
+        rows_per_example=rendered.per_example,
+    )  # raises InsufficientMemory or QuantizationUnavailable, whose codes fail the job
     model = load_base(AutoModelForCausalLM, cfg.base_model_dir, plan, base_dtype, device)
     release_freed_memory()  # what loading the weights took and let go (the float32 file, read once)
     if plan.checkpointing:  # only when one example would not fit without it: it costs a forward pass
@@ -243,7 +232,7 @@ def main(cfg: TrainConfig) -> int:
         keep_activations_in_bf16(model)
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=0.0)
+    optimizer = torch.optim.AdamW(params, lr=hp.learning_rate, weight_decay=0.0)
     warmup = max(1, int(total_steps * cfg.warmup_ratio))
 
     def lr_factor(s: int) -> float:  # linear warmup, then linear decay to zero
@@ -270,22 +259,22 @@ def main(cfg: TrainConfig) -> int:
     else:
         events.emit(
             Message(
-                f"Fine-tuning job started: {n_train} {'preference pairs' if cfg.method == 'dpo' else 'examples'}, "
-                f"{cfg.n_epochs} epoch(s), batch size {cfg.batch_size}, learning rate {cfg.learning_rate:g}"
-                f"{f', beta {cfg.beta:g}' if cfg.method == 'dpo' else ''}, {'bf16' if use_bf16 else 'fp32'} on "
+                f"Fine-tuning job started: {n_train} {'preference pairs' if dpo else 'examples'}, "
+                f"{hp.n_epochs} epoch(s), batch size {hp.batch_size}, learning rate {hp.learning_rate:g}"
+                f"{f', beta {hp.beta:g}' if dpo else ''}, {'bf16' if use_bf16 else 'fp32'} on "
                 f"{device.type}",
                 extra={"total_steps": total_steps, "examples": n_train, "method": cfg.method},
             )
         )
 
     events.emit(Message(plan.describe(), extra={"memory_plan": plan.to_dict()}))
-    ctx = StepContext(pad_id, device, autocast, plan.micro_tokens, plan.ce_chunk, cfg.batch_size)
-    if cfg.method == "dpo" and state is None:
+    ctx = StepContext(pad_id, device, autocast, plan.micro_tokens, plan.ce_chunk, hp.batch_size)
+    if dpo and state is None:
         events.emit(Message(f"Scoring {n_train + n_valid} preference pair(s) with the reference model"))
     prepared = objective.prepare(model, ctx, state.get("objective") if state else None)
 
     def save_state() -> None:
-        """Adapter, optimizer, scheduler, RNG and position, written to a temporary file then renamed."""
+        """Adapter, optimizer, scheduler, RNG and position, written atomically."""
         state = {
             "adapter": get_peft_model_state_dict(model),
             "optimizer": optimizer.state_dict(),
@@ -297,9 +286,8 @@ def main(cfg: TrainConfig) -> int:
             "checkpoints": checkpoints,
             "objective": prepared,
         }
-        tmp = files.state.with_suffix(".tmp")
-        torch.save(state, tmp)
-        os.replace(tmp, files.state)
+        with staged(files.state) as tmp:
+            torch.save(state, tmp)
 
     # --- the loop ---------------------------------------------------------------------------------
     speed_from: tuple[float, int] | None = None  # (time, tokens) after this run's first step
@@ -327,8 +315,8 @@ def main(cfg: TrainConfig) -> int:
             # Like OpenAI: valid_loss on one small batch of the validation data (the next one in turn),
             # full_valid_loss on all of it at each epoch end. A full pass every few steps would cost
             # more than the training itself once the validation file is large.
-            start = (step // eval_every - 1) * cfg.batch_size
-            v_idx = [(start + k) % n_valid for k in range(min(cfg.batch_size, n_valid))]
+            start = (step // eval_every - 1) * hp.batch_size
+            v_idx = [(start + k) % n_valid for k in range(min(hp.batch_size, n_valid))]
             row.update(_prefixed("valid_", objective.evaluate(model, "valid", v_idx, ctx)))
             message += f", validation loss={row['valid_loss']:.2f}"
         metrics_rows.append(row)
@@ -402,13 +390,11 @@ def write_metrics_csv(path: Path, rows: list[dict[str, Any]], columns: tuple[str
     keys = ["step", "train_loss", "train_mean_token_accuracy", "valid_loss", "valid_mean_token_accuracy"]
     header += [f"{split}_{c}" for split in ("train", "valid") for c in extra]
     keys += [f"{split}_{c}" for split in ("train", "valid") for c in extra]
-    tmp = path.with_suffix(".tmp")
-    with tmp.open("w", newline="") as f:
+    with staged(path) as tmp, tmp.open("w", newline="") as f:
         w = csv.writer(f)
         w.writerow(header)
         for r in rows:
             w.writerow([r["step"], *(_fmt(r.get(k)) for k in keys[1:])])
-    os.replace(tmp, path)
 
 
 def _fmt(v: float | None) -> str:
@@ -419,8 +405,8 @@ def run(job_json: str) -> int:
     cfg = load_config(job_json)
     try:
         return main(cfg)
-    except DataError as e:
-        EventWriter(cfg.job_dir.events).emit(Error(str(e), code=e.code))
+    except SelftuneError as e:  # what the job cannot be trained on, with the code its error will carry
+        EventWriter(cfg.job_dir.events).emit(Error(e.message, code=e.code or "training_failed"))
         return Exit.DATA_ERROR
 
 

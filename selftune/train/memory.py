@@ -45,6 +45,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from selftune.errors import InsufficientMemory, QuantizationUnavailable
+
 LOADING_RUNTIME_BYTES = 400 * 2**20
 """The process while it loads the model: Python, torch and transformers imported, the data rendered."""
 RUNTIME_BYTES = {"cpu": 1550 * 2**20, "cuda": 800 * 2**20}
@@ -74,19 +76,6 @@ EAGER_SCORE_BYTES = {True: 6, False: 8}
 """Bytes eager attention keeps per score (bf16: the float32 softmax and its bf16 copy; fp32: two)."""
 HEADROOM = 0.85
 """Share of the free memory a plan may use: the server and the allocator's slack need the rest."""
-
-
-class InsufficientMemory(ValueError):
-    """The job cannot fit its budget even one example at a time with gradient checkpointing (and a
-    4-bit base where that is allowed)."""
-
-    def __init__(self, message: str, budget: int) -> None:
-        super().__init__(message)
-        self.budget = budget
-
-
-class QuantizationUnavailable(ValueError):
-    """The model's registration asks for a 4-bit base, which this machine cannot give it."""
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@ a recipe can be replaced (DPO beside LoRA SFT), and a worker can run on another 
    worker writes it before each start; the data files it names were validated at upload, so the
    recipe renders them and does not validate them again.
 2. **Command.** ``recipe_command(job_dir, method)``: ``python -m selftune.train.lora JOB_DIR/job.json``
-   (one recipe trains both methods: ``TrainConfig.method`` picks the objective).
+   (one recipe trains every method: ``TrainConfig.method`` picks the objective).
 3. **Events.** The recipe appends one JSON object per line to ``JOB_DIR/events.jsonl`` and flushes
    each line: ``{"type", "level", "message", "data", "time"}``. The types are the records below
    (``Message``, ``Metrics``, ``Checkpoint``, ``Paused``, ``Done``, ``Error``); ``EventWriter``
@@ -18,8 +18,9 @@ a recipe can be replaced (DPO beside LoRA SFT), and a worker can run on another 
    everything it needs to continue in ``JOB_DIR/state.pt``, emits ``Paused`` and exits ``PAUSED``.
    Started again with the same ``job.json`` and ``resume`` true, it continues exactly.
 5. **Exit status** (``Exit``): ``DONE`` after a ``Done`` event; ``DATA_ERROR`` after an ``Error``
-   event whose ``code`` becomes the job's ``error.code``; ``PAUSED``; anything else is a crash,
-   reported with the tail of ``JOB_DIR/train.log`` (the recipe's stdout and stderr).
+   event (the recipe raised one of ``selftune.errors``, whose ``code`` becomes the job's
+   ``error.code``); ``PAUSED``; anything else is a crash, reported with the tail of
+   ``JOB_DIR/train.log`` (the recipe's stdout and stderr).
 6. **Outputs** (``JobDir``): ``adapter/`` (the final adapter), ``checkpoints/step-N/`` (named in
    ``Checkpoint`` events, with the list still kept), ``metrics.csv`` (OpenAI's result-file
    columns), and optionally ``eval.json`` / ``eval.html``, which become result files.
@@ -36,12 +37,12 @@ from enum import IntEnum
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
-from selftune.blobs import write_atomic
-from selftune.train.config import BASE_LEARNING_RATE, DPO_BETA, Hyperparameters
+from selftune.atomic import write_atomic
+from selftune.methods import TRAINED, Hyperparameters, MethodType
 
 Level = Literal["info", "warn", "error"]
 
-RECIPES = {"supervised": "selftune.train.lora", "dpo": "selftune.train.lora"}
+RECIPES: dict[MethodType, str] = dict.fromkeys(TRAINED, "selftune.train.lora")
 """``method.type`` -> the recipe module that trains it."""
 
 
@@ -50,14 +51,6 @@ class Exit(IntEnum):
     FAILED = 1
     DATA_ERROR = 2
     PAUSED = 3
-
-
-class DataError(Exception):
-    """The training data cannot be used; ``code`` becomes the job's ``error.code``."""
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
 
 
 @dataclass(frozen=True)
@@ -121,13 +114,10 @@ class TrainConfig:
     output_dir: str
     """The job folder (``JobDir``)."""
     valid_file: str | None = None
-    method: str = "supervised"
+    method: MethodType = MethodType.SUPERVISED
     """``supervised`` (next-token loss on the assistant messages) or ``dpo`` (preference pairs)."""
-    beta: float = DPO_BETA
-    """DPO's beta: the strength of the pull back towards the reference model."""
-    n_epochs: int = 3
-    batch_size: int = 1
-    learning_rate_multiplier: float = 1.0
+    hyperparameters: Hyperparameters = field(default_factory=lambda: Hyperparameters(3, 1, 1.0))
+    """The job's, as resolved at its creation (``selftune.methods``)."""
     seed: int = 0
     max_seq_len: int = 1024
     """Longer examples are truncated from the end (and reported before training starts)."""
@@ -164,20 +154,11 @@ class TrainConfig:
     """The W&B run to log to (``selftune.integrations.wandb_run``: project, name, entity, tags, id)."""
 
     @property
-    def learning_rate(self) -> float:
-        return BASE_LEARNING_RATE * self.learning_rate_multiplier
-
-    @property
     def job_dir(self) -> JobDir:
         return JobDir(Path(self.output_dir))
 
-    def with_hyperparameters(self, hp: Hyperparameters) -> TrainConfig:
-        for key, value in hp.to_dict().items():
-            setattr(self, key, value)
-        return self
-
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return {**asdict(self), "hyperparameters": self.hyperparameters.to_dict()}
 
 
 def save_config(cfg: TrainConfig) -> Path:
@@ -195,10 +176,13 @@ def load_config(path: str | Path) -> TrainConfig:
     unknown = sorted(set(raw) - known)
     if unknown:
         raise ValueError(f"{path}: unknown TrainConfig field(s) {', '.join(unknown)}; is the recipe older?")
+    if "hyperparameters" in raw:
+        raw["hyperparameters"] = Hyperparameters.from_dict(raw["hyperparameters"])
+    raw["method"] = MethodType(raw.get("method", MethodType.SUPERVISED))
     return TrainConfig(**raw)
 
 
-def recipe_command(config: Path, method: str = "supervised") -> list[str]:
+def recipe_command(config: Path, method: MethodType = MethodType.SUPERVISED) -> list[str]:
     """The command line that runs the recipe for ``method`` on a saved ``job.json``."""
     return [sys.executable, "-m", RECIPES[method], str(config)]
 

@@ -68,7 +68,9 @@ def _start(cfg: TrainConfig, spec: dict[str, Any]) -> tuple[Any, str]:
     import wandb
 
     mode: Any = os.environ.get("WANDB_MODE") or ("online" if _reachable() else "offline")
-    hyper = ("n_epochs", "batch_size", "learning_rate_multiplier", "learning_rate", "seed", "lora_r", "lora_alpha")
+    hp = cfg.hyperparameters
+    hyper = {**hp.to_dict(), "learning_rate": hp.learning_rate, "seed": cfg.seed}
+    hyper.update(lora_r=cfg.lora_r, lora_alpha=cfg.lora_alpha)
     run = wandb.init(
         project=spec["project"],
         entity=spec.get("entity"),
@@ -78,7 +80,7 @@ def _start(cfg: TrainConfig, spec: dict[str, Any]) -> tuple[Any, str]:
         resume="allow",
         mode=mode,
         dir=str(cfg.job_dir.root),
-        config={"base_model": cfg.base_model_name, "method": cfg.method, **{k: getattr(cfg, k) for k in hyper}},
+        config={"base_model": cfg.base_model_name, "method": cfg.method, **hyper},
         settings=wandb.Settings(silent=True, console="off"),
     )
     if mode == "offline":

@@ -4,11 +4,11 @@
 "use strict";
 
 const KEY_STORAGE = "selftune.apiKey";
-// The job status machine comes from the server (selftune.jobs, via /job-statuses.js), never restated here.
-const STATUSES = window.SELFTUNE_JOB_STATUSES;
-const BATCHES = window.SELFTUNE_BATCH_STATUSES;
-const isFinal = (status) => STATUSES.terminal.includes(status);
-const can = (action, status) => STATUSES.actions[action].includes(status);
+// Every status machine comes from the server (selftune.statuses, via /statuses.js), never restated here.
+const MACHINES = window.SELFTUNE_MACHINES;
+const isFinal = (kind, status) => MACHINES[kind].terminal.includes(status);
+const can = (kind, action, status) => MACHINES[kind].actions[action].includes(status);
+const reached = (kind, action, status) => MACHINES[kind].targets[action] === status;
 const POLL_MS = 1500;
 let timers = [];      // cleared on every page change
 let charts = [];      // uPlot instances to resize and destroy
@@ -210,9 +210,9 @@ async function jobPage(id) {
     head.replaceChildren(
       h("h1", {}, job.id, " ", badge(job.status)),
       h("div", { class: "row" },
-        h("button", { class: "secondary", id: "pause", disabled: !can("pause", job.status), onclick: action("pause") }, "Pause"),
-        h("button", { class: "secondary", id: "resume", disabled: !can("resume", job.status), onclick: action("resume") }, "Resume"),
-        h("button", { class: "danger", id: "cancel", disabled: !can("cancel", job.status), onclick: action("cancel") }, "Cancel"),
+        h("button", { class: "secondary", id: "pause", disabled: !can("job", "pause", job.status), onclick: action("pause") }, "Pause"),
+        h("button", { class: "secondary", id: "resume", disabled: !can("job", "resume", job.status), onclick: action("resume") }, "Resume"),
+        h("button", { class: "danger", id: "cancel", disabled: !can("job", "cancel", job.status), onclick: action("cancel") }, "Cancel"),
         job.fine_tuned_model ? h("a", { href: `#/playground?b=${encodeURIComponent(job.fine_tuned_model)}&a=${encodeURIComponent(job.model)}` }, h("button", {}, "Compare in playground")) : null,
       ),
     );
@@ -272,7 +272,7 @@ async function jobPage(id) {
       h("td", { class: "num" }, fixed(c.metrics.full_valid_loss)),
       h("td", { class: "num" }, fixed(dpo ? c.metrics.full_valid_reward_accuracy ?? c.metrics.valid_reward_accuracy
         : c.metrics.full_valid_mean_token_accuracy ?? c.metrics.valid_mean_token_accuracy)),
-      h("td", {}, job.status === "succeeded" ? h("a", { href: `#/playground?a=${encodeURIComponent(job.model)}&b=${encodeURIComponent(c.fine_tuned_model_checkpoint)}` }, "try") : ""),
+      h("td", {}, reached("job", "succeed", job.status) ? h("a", { href: `#/playground?a=${encodeURIComponent(job.model)}&b=${encodeURIComponent(c.fine_tuned_model_checkpoint)}` }, "try") : ""),
     )));
   }
 
@@ -290,14 +290,14 @@ async function jobPage(id) {
   renderHead();
   await Promise.all([loadEvents(), loadCheckpoints()]);
   await loadEval();
-  let final = isFinal(job.status);
+  let final = isFinal("job", job.status);
   every(guard(async () => {
     if (final) return;
     job = await api(`/fine_tuning/jobs/${id}`);
     renderHead();
     await loadEvents();
     await loadCheckpoints();
-    if (isFinal(job.status)) {
+    if (isFinal("job", job.status)) {
       final = true;
       await loadEvents();
       await loadEval();
@@ -484,7 +484,7 @@ async function batchesPage() {
       h("td", { class: "row" },
         fileButton(b.output_file_id, "Output", `${b.id}_output.jsonl`),
         fileButton(b.error_file_id, "Errors", `${b.id}_error.jsonl`),
-        BATCHES.cancellable.includes(b.status) ? h("button", { class: "danger", onclick: guard(async () => {
+        can("batch", "cancel", b.status) ? h("button", { class: "danger", onclick: guard(async () => {
           await api(`/batches/${b.id}/cancel`, { method: "POST" });
           await refresh();
         }) }, "Cancel") : null))];
@@ -498,7 +498,7 @@ async function batchesPage() {
   async function refresh() {
     const batches = await all("/batches");
     body.replaceChildren(...batches.flatMap(row));
-    return batches.some((b) => BATCHES.active.includes(b.status));
+    return batches.some((b) => !isFinal("batch", b.status));
   }
   view().replaceChildren(
     h("h1", {}, "Batches"),
@@ -566,12 +566,12 @@ function exportControl(model) {
     button.disabled = true;
     try {
       let e = await api("/exports", { method: "POST", body: { model, ...choices[pick.value][1] } });
-      while (e.status === "running") {
+      while (!isFinal("export", e.status)) {
         state.textContent = e.progress ? `${e.progress.stage} ${e.progress.done}/${e.progress.total}` : "starting";
         await new Promise((r) => setTimeout(r, 1000));
         e = await api(`/exports/${e.id}`);
       }
-      if (e.status !== "succeeded") throw new Error(`export failed: ${e.error ? e.error.message : e.status}`);
+      if (!reached("export", "succeed", e.status)) throw new Error(`export failed: ${e.error ? e.error.message : e.status}`);
       state.textContent = `verified (${e.verification.reader}), downloading ${(e.bytes / 1e6).toFixed(0)} MB`;
       const r = await fetch(`/v1/exports/${e.id}/content`, { headers: headers() });
       if (!r.ok) throw new Error(`download failed: HTTP ${r.status}`);

@@ -3,10 +3,10 @@
 - ``auto`` (default): llama.cpp for base models with a GGUF (the file they came as, or the one
   ``selftune models add`` converted a folder to) when there is no CUDA GPU; PyTorch for the rest.
 - ``llamacpp``: llama.cpp only; a model it cannot serve is a 400 that says so.
-- ``torch``: the PyTorch engine only (``inference.engine``).
+- ``torch``: the PyTorch engine only (``inference.torch_engine``).
 
-``Engines`` has the engine interface (``submit``, ``preload``, ``stats``, ``close``) and passes each
-call to the engine of the request's base model. Each engine loads what it needs on first use.
+``Router`` is itself an ``inference.engine.Engine``: it passes each call to the engine of the
+request's base model. Each engine loads what it needs on first use.
 """
 
 from __future__ import annotations
@@ -21,16 +21,17 @@ from selftune.errors import InvalidRequest
 from selftune.inference.engine import Engine
 from selftune.inference.generation import Generation
 from selftune.inference.llamacpp import LlamaCppEngine
+from selftune.inference.torch_engine import TorchEngine
 
 log = logging.getLogger("selftune.engine")
 
 ENGINES = ("auto", "llamacpp", "torch")
 
 
-class Engines:
+class Router:
     def __init__(self, settings: Settings, catalog: Catalog) -> None:
         self.mode = settings.engine
-        self.torch = Engine(
+        self.torch = TorchEngine(
             catalog,
             max_loaded=settings.max_loaded_models,
             max_adapters=settings.max_loaded_adapters,
@@ -63,7 +64,7 @@ class Engines:
             )
         return "torch"
 
-    def _engine(self, spec: BaseModelSpec) -> Engine | LlamaCppEngine:
+    def _engine(self, spec: BaseModelSpec) -> Engine:
         if self.engine_name(spec) == "llamacpp":
             assert self.llamacpp is not None
             return self.llamacpp

@@ -1,13 +1,17 @@
-"""Runs batches in the background of the server: validate, answer every line, write the files.
+"""Runs batches in the background of a server: validate, answer every line, write the files.
 
-One batch at a time, oldest first, with at most ``SELFTUNE_BATCH_CONCURRENCY`` of its lines in the
-engine at once, so interactive requests always find room in the engine's batch beside them.
-Each line goes through the same function as its endpoint's route (``chat``, ``complete``,
-``respond``), with the batch owner's models and limits.
+Each server's runner claims one batch at a time, oldest first (``selftune.claims``: a lease on the
+database's clock that a thread renews), so N servers on one database answer each batch once, and a
+batch whose server died is taken over by another once its lease lapses. At most
+``SELFTUNE_BATCH_CONCURRENCY`` of its lines are in the engine at once, so interactive requests
+always find room in the engine's batch beside them. Each line goes through the serving layer's
+function for its endpoint (``chat``, ``complete``, ``respond``), the routes' own, with the batch
+owner's models and limits. Every move follows ``statuses.BATCHES``.
 
 Progress lives in two files under ``SELFTUNE_HOME/batches/<id>/``, appended one fsynced line per
-answered request: ``output.jsonl`` (status 200) and ``errors.jsonl`` (everything else). After a
-restart the runner reads the ``custom_id``s already there (dropping a half-written last line) and
+answered request: ``output.jsonl`` (status 200) and ``errors.jsonl`` (everything else). A runner
+that takes a batch over (after a restart, or from a server that died; servers share
+``SELFTUNE_HOME``) reads the ``custom_id``s already there (dropping a half-written last line) and
 answers only the rest, so no line is answered twice in the results. At the end both files become
 ``purpose=batch_output`` files (``output_file_id``, ``error_file_id``).
 
@@ -29,20 +33,21 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from selftune.errors import InvalidRequest, SelftuneError
+from selftune.claims import LeaseKeeper, holder_id
+from selftune.errors import InvalidRequest, InvalidStatus, SelftuneError
+from selftune.files import register_result
 from selftune.ids import now, random_id
-from selftune.jobs import upload_result
-from selftune.schemas.batches import ACTIVE, Batch, BatchError, BatchErrors, RequestCounts
+from selftune.schemas.batches import Batch, BatchError, BatchErrors, RequestCounts
 from selftune.schemas.chat import ChatCompletionRequest
 from selftune.schemas.common import invalid_request
 from selftune.schemas.completions import CompletionRequest
 from selftune.schemas.responses import ResponseCreateRequest, ResponseUsage
-from selftune.server.batches import KIND, dump
-from selftune.server.chat import chat
-from selftune.server.completions import complete
-from selftune.server.deps import Services
-from selftune.server.responses import respond
-from selftune.store import ObjectRecord
+from selftune.services import Services
+from selftune.serving.bridge import Stream
+from selftune.serving.chat import chat
+from selftune.serving.completions import complete
+from selftune.serving.responses import respond
+from selftune.statuses import BATCHES, BatchAction, BatchStatus
 
 log = logging.getLogger("selftune.batches")
 
@@ -53,42 +58,58 @@ MAX_REPORTED_ERRORS = 100
 class BatchRunner:
     def __init__(self, services: Services) -> None:
         self.services = services
+        self.batches = services.batches
         self.root = services.settings.home / "batches"
         self.concurrency = services.settings.batch_concurrency
+        self.holder = holder_id()
+        self.lease_seconds = services.settings.lease_seconds
+        self.leases = LeaseKeeper(services.store.claims, "objects", self.holder, self.lease_seconds)
         self.task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
+        self.leases.start()
         self.task = asyncio.get_running_loop().create_task(self._loop())
 
     async def stop(self) -> None:
-        """Answers in flight are dropped unwritten; a restart asks them again."""
+        """Answers in flight are dropped unwritten; whoever takes the batch next asks them again."""
         if self.task is not None:
             self.task.cancel()
             with suppress(asyncio.CancelledError):
                 await self.task
+        self.leases.stop()
 
     async def _loop(self) -> None:
         while True:
+            claimed = None
             try:
-                queue = self.services.store.objects_in(KIND, *ACTIVE)
-                for rec in queue:
-                    await self._advance(rec)
+                self.services.store.claims.release_dead("batch", BATCHES.claimed, self.holder)
+                claimed = self.services.store.claims.claim_object(
+                    "batch", BATCHES.claimed, self.holder, self.lease_seconds
+                )
+                if claimed is not None:
+                    log.info("batch %s claimed by %s", claimed.id, self.holder)
+                    self.leases.hold(claimed.id)
+                    await self._advance(claimed.owner, Batch.model_validate(claimed.data))
             except asyncio.CancelledError:
                 raise
             except Exception:  # a bug must not stop every later batch; the next poll tries again
                 log.exception("batch runner error")
-            await asyncio.sleep(POLL_S)
+            finally:
+                if claimed is not None:  # finished (its last move let it go), or to be taken again
+                    self.leases.drop(claimed.id)
+                    self.services.store.claims.release("objects", self.holder, claimed.id)
+            if claimed is None:
+                await asyncio.sleep(POLL_S)
 
-    async def _advance(self, rec: ObjectRecord) -> None:
-        batch = Batch.model_validate(rec.data)
-        if batch.status == "validating":
-            batch = self._validate(rec.owner, batch)
-            if batch.status != "in_progress":
-                return
-        if batch.status == "in_progress":
-            await self._answer_all(rec.owner, batch)
-            return
-        self._finish(rec.owner, batch, "cancelled" if batch.status == "cancelling" else "completed")
+    async def _advance(self, owner: str, batch: Batch) -> None:
+        if batch.status == BatchStatus.VALIDATING:
+            batch = self._validate(owner, batch)
+        if batch.status == BatchStatus.IN_PROGRESS:
+            await self._answer_all(owner, batch)
+        elif batch.status == BatchStatus.FINALIZING:  # taken over (or restarted) while finishing
+            self._finish(owner, batch, BatchAction.COMPLETE)
+        elif batch.status == BatchStatus.CANCELLING:
+            self._finish(owner, batch, BatchAction.STOPPED)
 
     # --- validating -------------------------------------------------------------------------------
 
@@ -117,11 +138,8 @@ class BatchRunner:
         if total == 0 and not errors:
             errors.append(BatchError(code="empty_file", message="The input file has no requests.", line=None))
         if errors:
-            moved = batch.moved("failed", now(), errors=BatchErrors(data=errors[:MAX_REPORTED_ERRORS]))
-        else:
-            moved = batch.moved("in_progress", now(), request_counts=RequestCounts(total=total))
-        self.services.store.update_object(batch.id, moved.status, dump(moved), from_statuses=["validating"])
-        return moved
+            return self.batches.apply(batch, BatchAction.FAIL, errors=BatchErrors(data=errors[:MAX_REPORTED_ERRORS]))
+        return self.batches.apply(batch, BatchAction.VALIDATED, request_counts=RequestCounts(total=total))
 
     def _lines(self, owner: str, batch: Batch) -> Iterator[tuple[int, dict[str, Any], BatchError | None]]:
         """(line number, request, problem) for every non-blank line of the input file."""
@@ -149,9 +167,9 @@ class BatchRunner:
         out, err = folder / "output.jsonl", folder / "errors.jsonl"
         answered, refused = _progress(out).ids, _progress(err).ids
         done = answered | refused
-        counts = {"completed": len(answered), "failed": len(refused)}
+        counts = RequestCounts(total=batch.request_counts.total, completed=len(answered), failed=len(refused))
         slots = asyncio.Semaphore(self.concurrency)
-        cancelled = asyncio.Event()
+        stop = asyncio.Event()
 
         async def one(obj: dict[str, Any]) -> None:
             try:
@@ -159,14 +177,16 @@ class BatchRunner:
                 ok = status == 200
                 response = {"status_code": status, "request_id": random_id("req_", 32), "body": body}
                 _append(out if ok else err, _result(obj["custom_id"], response=response))
-                counts["completed" if ok else "failed"] += 1
-                current = batch.model_copy(update={"request_counts": RequestCounts(total=total, **counts)})
-                if not self.services.store.update_object(batch.id, "in_progress", dump(current), ["in_progress"]):
-                    cancelled.set()  # cancelled (or deleted) meanwhile: take no more lines
+                if ok:
+                    counts.completed += 1
+                else:
+                    counts.failed += 1
+                current = batch.model_copy(update={"request_counts": counts.model_copy()})
+                if not self.batches.save(current) or self.leases.lost(batch.id):
+                    stop.set()  # cancelled or deleted meanwhile, or taken over: take no more lines
             finally:
                 slots.release()
 
-        total = batch.request_counts.total
         running: set[asyncio.Task[None]] = set()
         lost: SelftuneError | None = None
         try:
@@ -175,7 +195,7 @@ class BatchRunner:
                 if obj["custom_id"] in done:
                     continue
                 await slots.acquire()
-                if cancelled.is_set() or _past(batch):
+                if stop.is_set() or _past(batch):
                     slots.release()
                     break
                 task = asyncio.create_task(one(obj))
@@ -188,21 +208,23 @@ class BatchRunner:
         finally:
             for t in list(running):
                 t.cancel()
-        latest = Batch.model_validate(self.services.store.get_object(KIND, None, batch.id, "batch").data)
-        if lost is not None and latest.status == "in_progress":
+        if self.leases.lost(batch.id):
+            log.warning("batch %s was taken over by another server; leaving it to that one", batch.id)
+            return
+        latest = self.batches.get(None, batch.id)
+        if lost is not None and latest.status == BatchStatus.IN_PROGRESS:
             msg = (
                 f"The input file {batch.input_file_id} was deleted before every line was answered ({lost.message}); "
                 "the lines answered are in output_file_id and error_file_id. Upload the rest as a new batch."
             )
             errors = BatchErrors(data=[BatchError(code="invalid_file", message=msg, param="input_file_id")])
-            self._finish(owner, latest, "failed", errors=errors)
-            return
-        if latest.status == "cancelling":
-            self._finish(owner, latest, "cancelled")
+            self._finish(owner, latest, BatchAction.FAIL, errors=errors)
+        elif latest.status == BatchStatus.CANCELLING:
+            self._finish(owner, latest, BatchAction.STOPPED)
         elif _past(latest):  # also why the loop above stopped taking lines, if it did
             self._expire(owner, latest)
         else:
-            self._finish(owner, latest, "completed")
+            self._finish(owner, latest, BatchAction.COMPLETE)
 
     def _expire(self, owner: str, batch: Batch) -> None:
         """Every line not answered (output or error file) gets a ``batch_expired`` line in the error file."""
@@ -223,18 +245,17 @@ class BatchRunner:
                         f.write(_line(_result(obj["custom_id"], error=error)))
             f.flush()
             os.fsync(f.fileno())
-        self._finish(owner, batch, "expired" if left else "completed")  # all answered: it made it after all
+        # Every line answered after all: it made it in time.
+        self._finish(owner, batch, BatchAction.EXPIRE if left else BatchAction.COMPLETE)
 
     async def _call(self, owner: str, endpoint: str, body: Any) -> tuple[int, dict[str, Any]]:
         """One line through its endpoint's own function: (HTTP status, response body or error envelope)."""
         try:
-            result: BaseModel
+            result: BaseModel | Stream
             if endpoint == "/v1/chat/completions":
                 req = ChatCompletionRequest.model_validate(body)
                 _no_stream(req.stream)
-                answer = await chat(req, self.services, owner, None)
-                assert isinstance(answer, BaseModel)
-                result = answer
+                result = await chat(req, self.services, owner, None)
             elif endpoint == "/v1/completions":
                 creq = CompletionRequest.model_validate(body)
                 _no_stream(creq.stream)
@@ -243,6 +264,7 @@ class BatchRunner:
                 rreq = ResponseCreateRequest.model_validate(body)
                 _no_stream(rreq.stream)
                 result = await respond(rreq, self.services, owner, None)
+            assert not isinstance(result, Stream)  # refused above
             return 200, result.model_dump(mode="json")
         except ValidationError as e:
             err = invalid_request(e.errors())
@@ -255,11 +277,11 @@ class BatchRunner:
 
     # --- finishing --------------------------------------------------------------------------------
 
-    def _finish(self, owner: str, batch: Batch, final: str, **changes: Any) -> None:
+    def _finish(self, owner: str, batch: Batch, action: BatchAction, **changes: Any) -> None:
+        """Register the output and error files, then make the batch's last move with its counts."""
         folder = self.root / batch.id
-        if batch.status != "finalizing" and final == "completed":
-            batch = batch.moved("finalizing", now())
-            self.services.store.update_object(batch.id, batch.status, dump(batch))
+        if action == BatchAction.COMPLETE and batch.status == BatchStatus.IN_PROGRESS:
+            batch = self.batches.apply(batch, BatchAction.FINALIZE)
         out, err = folder / "output.jsonl", folder / "errors.jsonl"
         answered, refused = _progress(out), _progress(err)
         counts = RequestCounts(total=batch.request_counts.total, completed=len(answered.ids), failed=len(refused.ids))
@@ -269,12 +291,19 @@ class BatchRunner:
         }
         tokens = answered.input_tokens, answered.output_tokens
         usage = ResponseUsage(input_tokens=tokens[0], output_tokens=tokens[1], total_tokens=sum(tokens))
-        done = batch.moved(final, now(), request_counts=counts, model=answered.model, usage=usage, **files, **changes)
-        self.services.store.update_object(batch.id, done.status, dump(done))
+        try:
+            self.batches.apply(
+                batch, action, request_counts=counts, model=answered.model, usage=usage, **files, **changes
+            )
+        except InvalidStatus:  # cancelled in the last moment: the next claim finishes it from there
+            for file_id in filter(None, files.values()):
+                self.services.store.delete_file(owner, file_id)
+                self.services.blobs.delete(file_id)
+            raise
 
     def _register(self, owner: str, batch: Batch, path: Path, which: str) -> str:
         name = f"{batch.id}_{which}.jsonl"
-        return upload_result(self.services.store, self.services.blobs, owner, path, name, "batch_output").id
+        return register_result(self.services.store, self.services.blobs, owner, path, name, "batch_output").id
 
 
 def _check_line(obj: dict[str, Any], endpoint: str, line: int) -> BatchError | None:

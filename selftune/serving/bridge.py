@@ -1,9 +1,10 @@
 """From the engine's thread to the event loop: run a ``Generation`` and await its events.
 
-Every route that generates (chat, completions, responses, and the batch runner through them) starts
+Everything that generates (chat, completions, responses, and the batch runner through them) starts
 one ``Bridge`` per prompt, waits for the first event before answering (so errors found before any
 output, an unknown adapter or a prompt longer than the context, still get a proper HTTP status
-instead of a broken stream), then either collects the choices (``collect``) or streams them.
+instead of a broken stream), then either collects the choices (``collect``) or streams them
+(a ``Stream`` of Server-Sent Events, which the route sends as it is).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from selftune.errors import SelftuneError, Unavailable
-from selftune.inference.engines import Engines
+from selftune.inference.engine import Engine
 from selftune.inference.generation import Event, Generation
 from selftune.schemas.chat import CompletionUsage
 
@@ -30,7 +31,7 @@ Disconnected = Callable[[], Awaitable[bool]]
 class Bridge:
     """Runs one ``Generation`` on the engine and carries its events (or its exception) onto the loop."""
 
-    def __init__(self, engine: Engines, **generation: Any) -> None:
+    def __init__(self, engine: Engine, **generation: Any) -> None:
         self.loop = asyncio.get_running_loop()
         self.queue: asyncio.Queue[Event | BaseException] = asyncio.Queue()
         self.gen = Generation(emit=self._emit, **generation)
@@ -72,6 +73,13 @@ class Bridge:
             if await disconnected():
                 self.gen.cancel.set()
                 raise asyncio.CancelledError
+
+
+@dataclass(frozen=True)
+class Stream:
+    """A streamed answer: its Server-Sent Events, each ``data: ...`` text ready to send."""
+
+    events: AsyncIterator[str]
 
 
 @dataclass

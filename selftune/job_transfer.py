@@ -31,19 +31,17 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from selftune.blobs import write_atomic
+from selftune.atomic import write_atomic
+from selftune.errors import MigrationProblem
 from selftune.eval.core import EvalReport, Example, default_max_tokens, score
 from selftune.eval.embed import load_embedder
 from selftune.eval.remote import api_answerer
 from selftune.eval.report import to_json, to_markdown
+from selftune.statuses import JobStatus
 
 STATE_VERSION = 1
 TAG = "migrated_from"
 """The metadata key that ties a target job to its source job."""
-
-
-class MigrationProblem(Exception):
-    """A job cannot go on for now; the message says what to do. Recorded, and retried next run."""
 
 
 @dataclass
@@ -98,7 +96,7 @@ def list_jobs(
             continue
         if since is not None and job.created_at < since:
             continue
-        if job.status != "succeeded" or not job.fine_tuned_model:
+        if job.status != JobStatus.SUCCEEDED or not job.fine_tuned_model:
             skipped.append((job.id, f"status {job.status}: no model to migrate"))
             continue
         src = SourceJob.of(job)
@@ -251,7 +249,7 @@ def answers_jsonl(examples: Sequence[Example], answers: Sequence[str]) -> str:
 def find_target_job(target: Any, source_job: str) -> Any | None:
     """A target job made from ``source_job`` that has not failed (the newest), if any."""
     for job in target.fine_tuning.jobs.list(limit=100, metadata={TAG: source_job}):
-        if job.status not in ("failed", "cancelled"):
+        if job.status not in (JobStatus.FAILED, JobStatus.CANCELLED):
             return job
     return None
 

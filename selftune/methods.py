@@ -1,9 +1,12 @@
-"""Hyperparameters: ``"auto"`` values resolved once, in one place, when a job is created.
+"""Training methods and their hyperparameters, declared once: what schemas, jobs, the CLI, the
+estimate and the recipe all read.
 
-The job stores the resolved numbers and the API reports them, so users see exactly what ran; the
-recipe receives them inside a ``TrainConfig`` (``selftune.train.protocol``).
+A job's hyperparameters are one ``Hyperparameters`` object from the moment they are resolved
+(``Hyperparameters.resolve``, at job creation) to the recipe's ``job.json``: stored once in the job's
+row, shown on the wire in OpenAI's two shapes (``common`` at the top level, ``to_dict`` under
+``method.<type>.hyperparameters``), and carried whole inside ``TrainConfig``.
 
-Resolution of ``"auto"`` (documented in the README):
+Resolution of ``"auto"`` (documented in docs/training.md):
 
 - ``n_epochs``: OpenAI's cookbook heuristic, exactly: 3 epochs, raised so that small sets see at
   least 100 examples in total (at most 25 epochs), lowered so that large sets see at most 25,000.
@@ -17,8 +20,22 @@ Resolution of ``"auto"`` (documented in the README):
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
+from enum import StrEnum
 from typing import Any
+
+
+class MethodType(StrEnum):
+    """OpenAI's ``method.type`` values."""
+
+    SUPERVISED = "supervised"
+    DPO = "dpo"
+    REINFORCEMENT = "reinforcement"
+
+
+TRAINED: tuple[MethodType, ...] = (MethodType.SUPERVISED, MethodType.DPO)
+"""The methods selftune trains (``reinforcement`` needs graders and sampled answers)."""
 
 TARGET_EPOCHS = 3
 MIN_TARGET_EXAMPLES = 100
@@ -31,14 +48,10 @@ BASE_LEARNING_RATE = 1e-3
 small data need) rates well above full fine-tuning's; 1e-3 fits 135M-parameter models on 10-1000
 examples in a few epochs without diverging."""
 
-
 DPO_BETA = 0.1
 """``beta: "auto"``: how far the model may move from the reference (larger keeps it closer)."""
 DPO_LEARNING_RATE_MULTIPLIER = 0.5
 """``learning_rate_multiplier: "auto"`` on DPO jobs."""
-
-METHODS = ("supervised", "dpo")
-"""The ``method.type`` values selftune trains (``reinforcement`` needs graders and sampling)."""
 
 
 def auto_epochs(n_examples: int) -> int:
@@ -57,9 +70,7 @@ def auto_batch_size(n_examples: int) -> int:
 
 @dataclass(frozen=True)
 class Hyperparameters:
-    """The resolved numbers a job trains with: what the API reports and what ``TrainConfig`` carries.
-
-    ``from_stored`` is the one conversion from a job's stored JSON (the store keeps plain dicts)."""
+    """The resolved numbers a job trains with: what the API reports and what ``TrainConfig`` carries."""
 
     n_epochs: int
     batch_size: int
@@ -68,7 +79,29 @@ class Hyperparameters:
     """DPO only."""
 
     @classmethod
-    def from_stored(cls, stored: dict[str, Any]) -> Hyperparameters:
+    def resolve(
+        cls, requested: Mapping[str, Any] | None, n_examples: int, method: MethodType = MethodType.SUPERVISED
+    ) -> Hyperparameters:
+        """Turn ``"auto"`` (or missing) values into the numbers that will be used."""
+        req = requested or {}
+
+        def pick(key: str, auto: Any) -> Any:
+            value = req.get(key)
+            return auto if value in (None, "auto") else value
+
+        dpo = method == MethodType.DPO
+        return cls(
+            n_epochs=int(pick("n_epochs", auto_epochs(n_examples))),
+            batch_size=int(pick("batch_size", auto_batch_size(n_examples))),
+            learning_rate_multiplier=float(
+                pick("learning_rate_multiplier", DPO_LEARNING_RATE_MULTIPLIER if dpo else 1.0)
+            ),
+            beta=float(pick("beta", DPO_BETA)) if dpo else None,
+        )
+
+    @classmethod
+    def from_dict(cls, stored: Mapping[str, Any]) -> Hyperparameters:
+        """The one conversion from stored JSON (a job's row, ``job.json``)."""
         return cls(
             n_epochs=int(stored["n_epochs"]),
             batch_size=int(stored["batch_size"]),
@@ -76,33 +109,14 @@ class Hyperparameters:
             beta=float(stored["beta"]) if stored.get("beta") is not None else None,
         )
 
-    @classmethod
-    def of_method(cls, method: dict[str, Any]) -> Hyperparameters:
-        """The resolved numbers inside a job's stored ``method`` (``method[type].hyperparameters``)."""
-        return cls.from_stored(method[method["type"]]["hyperparameters"])
-
     def to_dict(self) -> dict[str, Any]:
+        """Every value that applies (``method.<type>.hyperparameters`` on the wire, and storage)."""
         return {k: v for k, v in asdict(self).items() if v is not None}
 
+    def common(self) -> dict[str, Any]:
+        """The deprecated top-level ``hyperparameters`` shape, which has no method-specific values."""
+        return {k: v for k, v in self.to_dict().items() if k != "beta"}
 
-def resolve_hyperparameters(
-    requested: dict[str, Any] | None, n_examples: int, method: str = "supervised"
-) -> dict[str, Any]:
-    """Turn ``"auto"`` (or missing) hyperparameters into the numbers that will be used, as stored."""
-    req = requested or {}
-
-    def pick(key: str, auto: Any) -> Any:
-        value = req.get(key)
-        return auto if value in (None, "auto") else value
-
-    dpo = method == "dpo"
-    resolved = {
-        "n_epochs": int(pick("n_epochs", auto_epochs(n_examples))),
-        "batch_size": int(pick("batch_size", auto_batch_size(n_examples))),
-        "learning_rate_multiplier": float(
-            pick("learning_rate_multiplier", DPO_LEARNING_RATE_MULTIPLIER if dpo else 1.0)
-        ),
-    }
-    if dpo:
-        resolved["beta"] = float(pick("beta", DPO_BETA))
-    return resolved
+    @property
+    def learning_rate(self) -> float:
+        return BASE_LEARNING_RATE * self.learning_rate_multiplier
