@@ -92,6 +92,8 @@ class BatchRunner:
                     await self._advance(claimed.owner, Batch.model_validate(claimed.data))
             except asyncio.CancelledError:
                 raise
+            except InvalidStatus as e:  # cancelled (say) while it was being validated: the next claim goes on
+                log.info("batch %s moved meanwhile: %s", claimed.id if claimed else "?", e.message)
             except Exception:  # a bug must not stop every later batch; the next poll tries again
                 log.exception("batch runner error")
             finally:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import secrets
 import shutil
 import tarfile
 from collections.abc import Iterator
@@ -232,7 +233,10 @@ def test_a_batch_runs_from_the_dashboard(page: Any, server: LiveServer, tmp_path
         body = {"model": "tiny", "messages": [{"role": "user", "content": f"question {i}"}], "max_tokens": 3}
         return json.dumps({"custom_id": f"r{i}", "method": "POST", "url": url, "body": body}) + "\n"
 
-    good, bad = tmp_path / "requests.jsonl", tmp_path / "wrong.jsonl"
+    # Names no other test uses: the server is shared, and the file picker lists every batch file by name
+    # (test_batches uploads its own "requests.jsonl"), so the wait below must see this upload selected.
+    tag = secrets.token_hex(4)
+    good, bad = tmp_path / f"dashboard-requests-{tag}.jsonl", tmp_path / f"dashboard-wrong-{tag}.jsonl"
     good.write_text("".join(request(i) for i in range(3)))
     bad.write_text(request(0) + request(1, url="/v1/completions"))
     pg.goto(server.url + "/#/batches")
