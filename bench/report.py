@@ -5,6 +5,7 @@ from __future__ import annotations
 import statistics
 from typing import Any
 
+from bench import hostile
 from bench.measure import (
     BATCH_SIZE,
     DEFAULTS_EXAMPLES,
@@ -38,6 +39,7 @@ def report(r: dict[str, Any], command: str) -> str:
     ts = tuned["settings"]
     serving_rows, eight_rows, latency_rows, serving_targets = _serving(r)
     memory_targets, memory_rows = _memory(r)
+    hostile_targets, hostile_rows = hostile.rows(r["hostile"]) if "hostile" in r else ([], [])
     L = [
         "# Benchmarks",
         "",
@@ -62,6 +64,7 @@ def report(r: dict[str, Any], command: str) -> str:
         f"| held-out loss within 5% of TRL tuned | **{parity:+.1%}** | {_ok(abs(parity) <= 0.05)} |",
         *serving_targets,
         *memory_targets,
+        *hostile_targets,
         "",
         "## Training",
         "",
@@ -177,6 +180,7 @@ def report(r: dict[str, Any], command: str) -> str:
         *memory_rows,
         "",
         *_qwen(r),
+        *(["## A hostile client", "", *hostile_rows, ""] if hostile_rows else []),
         "## Scaling",
         "",
         "| examples | tokens | training loop | seconds per 1,000 tokens | job wall time |",

@@ -16,6 +16,8 @@ linear layers), the same sequence limit, batch size, epochs and learning rate:
    idle and while a job trains, with the training process at idle priority and at normal priority;
 5. memory: peak RSS of training and serving;
 6. scaling: job wall time at 50, 200 and 800 examples.
+7. a hostile client (``bench.hostile``): a 300 MB body without a key, chat latency while a 100 MB
+   batch is validated and answered, and schema-driven fuzzing of every route (``bench.fuzz``).
 
 Ratios, not absolute times, are the point: the machine is shared and its speed drifts.
 """

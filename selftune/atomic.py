@@ -6,7 +6,7 @@ two fsyncs) leaves at most a hidden ``.NAME.*.tmp`` beside it, never a torn file
 name. Every write that publishes data goes through here: ``write_atomic`` for text and bytes, ``staged``
 and ``staged_dir`` for a file or folder a library writes (a checkpoint, a GGUF, an export),
 ``publish`` for one built elsewhere (a streamed upload); ``locked`` keeps two processes from
-building the same thing at once.
+building the same thing at once; ``remove_tree`` removes only inside the folder it is given.
 """
 
 from __future__ import annotations
@@ -67,6 +67,19 @@ def locked(path: Path) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def remove_tree(path: Path, root: Path) -> None:
+    """Remove the file or folder ``path``, which must lie inside ``root`` (and not be ``root``): a path
+    made from a name, a database row or a request can then never reach beyond the folder it belongs
+    to (a model named ``..`` removing the whole home, say). Nothing there is nothing to do."""
+    resolved, base = path.resolve(), root.resolve()
+    if resolved == base or not resolved.is_relative_to(base):
+        raise ValueError(f"refusing to remove {path}: it is not inside {root}")
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
 
 
 def publish(tmp: Path, path: Path) -> None:

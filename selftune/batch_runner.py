@@ -17,24 +17,31 @@ answers only the rest, so no line is answered twice in the results. At the end b
 
 A batch past its ``expires_at`` takes no more lines (the ones in the engine finish); as OpenAI's
 does, it ends ``expired`` with every line not answered in its error file as ``batch_expired``.
+
+Nothing stops the runner: a line that is not JSON (or is JSON past ``selftune.safejson``'s bounds)
+is that line's error (``batch_files``), a line the server is too busy for (429) waits its turn, and a
+batch that raises what nothing expects fails with the reason while the next one runs. Its file and
+database work runs off the event loop, so requests are answered meanwhile.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from contextlib import suppress
-from dataclasses import dataclass, field
+from itertools import islice
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
+from sqlalchemy.exc import DBAPIError
 
+from selftune.batch_files import append, check_line, encode, progress, read_lines, result_line
 from selftune.claims import LeaseKeeper, holder_id
-from selftune.errors import InvalidRequest, InvalidStatus, SelftuneError
+from selftune.errors import InvalidRequest, InvalidStatus, RateLimited, SelftuneError, internal_error
+from selftune.faults import crash_point
 from selftune.files import register_result
 from selftune.ids import now, random_id
 from selftune.schemas.batches import Batch, BatchError, BatchErrors, RequestCounts
@@ -43,6 +50,7 @@ from selftune.schemas.common import invalid_request
 from selftune.schemas.completions import CompletionRequest
 from selftune.schemas.responses import ResponseCreateRequest, ResponseUsage
 from selftune.services import Services
+from selftune.serving.admission import BACKGROUND
 from selftune.serving.bridge import Stream
 from selftune.serving.chat import chat
 from selftune.serving.completions import complete
@@ -52,6 +60,8 @@ from selftune.statuses import BATCHES, BatchAction, BatchStatus
 log = logging.getLogger("selftune.batches")
 
 POLL_S = 0.5
+RETRY_S = 1.0
+"""How long a line the server turned away for load (429) waits before it asks again."""
 MAX_REPORTED_ERRORS = 100
 
 
@@ -79,12 +89,14 @@ class BatchRunner:
         self.leases.stop()
 
     async def _loop(self) -> None:
+        BACKGROUND.set(True)  # this task's lines (and the tasks it starts) yield to interactive requests
+        claims = self.services.store.claims
         while True:
             claimed = None
             try:
-                self.services.store.claims.release_dead("batch", BATCHES.claimed, self.holder)
-                claimed = self.services.store.claims.claim_object(
-                    "batch", BATCHES.claimed, self.holder, self.lease_seconds
+                await asyncio.to_thread(claims.release_dead, "batch", BATCHES.claimed, self.holder)
+                claimed = await asyncio.to_thread(
+                    claims.claim_object, "batch", BATCHES.claimed, self.holder, self.lease_seconds
                 )
                 if claimed is not None:
                     log.info("batch %s claimed by %s", claimed.id, self.holder)
@@ -94,24 +106,42 @@ class BatchRunner:
                 raise
             except InvalidStatus as e:  # cancelled (say) while it was being validated: the next claim goes on
                 log.info("batch %s moved meanwhile: %s", claimed.id if claimed else "?", e.message)
-            except Exception:  # a bug must not stop every later batch; the next poll tries again
-                log.exception("batch runner error")
+            except DBAPIError:  # the database is away for a moment: the batch is taken again next time
+                log.exception("batch runner: database error")
+            except Exception as e:  # this batch cannot be processed: it fails with the reason, the next one runs
+                if claimed is not None:
+                    await asyncio.to_thread(self._give_up, claimed.id, e)
+                else:
+                    log.exception("batch runner error")
             finally:
                 if claimed is not None:  # finished (its last move let it go), or to be taken again
                     self.leases.drop(claimed.id)
-                    self.services.store.claims.release("objects", self.holder, claimed.id)
+                    await asyncio.to_thread(claims.release, "objects", self.holder, claimed.id)
             if claimed is None:
                 await asyncio.sleep(POLL_S)
 
     async def _advance(self, owner: str, batch: Batch) -> None:
+        """The batch's next steps from where it is; the file and database work runs off the event loop."""
         if batch.status == BatchStatus.VALIDATING:
-            batch = self._validate(owner, batch)
+            batch = await asyncio.to_thread(self._validate, owner, batch)
         if batch.status == BatchStatus.IN_PROGRESS:
             await self._answer_all(owner, batch)
         elif batch.status == BatchStatus.FINALIZING:  # taken over (or restarted) while finishing
-            self._finish(owner, batch, BatchAction.COMPLETE)
+            await asyncio.to_thread(self._finish, owner, batch, BatchAction.COMPLETE)
         elif batch.status == BatchStatus.CANCELLING:
-            self._finish(owner, batch, BatchAction.STOPPED)
+            await asyncio.to_thread(self._finish, owner, batch, BatchAction.STOPPED)
+
+    def _give_up(self, batch_id: str, error: Exception) -> None:
+        """A batch that raised what the runner does not expect fails, naming the error (the log has it
+        whole, under the same id), instead of being tried again forever before every later batch."""
+        message = internal_error(error, log, f"batch {batch_id} failed").message
+        try:
+            batch = self.batches.get(None, batch_id)
+            self.batches.apply(
+                batch, BatchAction.FAIL, errors=BatchErrors(data=[BatchError(code="batch_failed", message=message)])
+            )
+        except SelftuneError as e:  # deleted, or already final: nothing left to fail
+            log.info("batch %s not failed: %s", batch_id, e.message)
 
     # --- validating -------------------------------------------------------------------------------
 
@@ -125,7 +155,7 @@ class BatchRunner:
         try:
             for line, obj, problem in self._lines(owner, batch):
                 total += 1
-                problem = problem or _check_line(obj, batch.endpoint, line)
+                problem = problem or check_line(obj, batch.endpoint, line)
                 if problem is not None:
                     errors.append(problem)
                 elif obj["custom_id"] in seen:
@@ -143,23 +173,10 @@ class BatchRunner:
             return self.batches.apply(batch, BatchAction.FAIL, errors=BatchErrors(data=errors[:MAX_REPORTED_ERRORS]))
         return self.batches.apply(batch, BatchAction.VALIDATED, request_counts=RequestCounts(total=total))
 
-    def _lines(self, owner: str, batch: Batch) -> Iterator[tuple[int, dict[str, Any], BatchError | None]]:
+    def _lines(self, owner: str, batch: Batch) -> Generator[tuple[int, dict[str, Any], BatchError | None]]:
         """(line number, request, problem) for every non-blank line of the input file."""
         rec = self.services.store.get_file(owner, batch.input_file_id)
-        with self.services.blobs.path(rec.id).open("rb") as f:
-            for line, raw in enumerate(f, start=1):
-                if not raw.strip():
-                    continue
-                try:
-                    obj = json.loads(raw)
-                except (json.JSONDecodeError, UnicodeDecodeError) as e:
-                    yield line, {}, BatchError(code="invalid_json", message=f"not valid JSON: {e}", line=line)
-                    continue
-                if not isinstance(obj, dict):
-                    msg = "each line must be a JSON object"
-                    yield line, {}, BatchError(code="invalid_request", message=msg, line=line)
-                    continue
-                yield line, obj, None
+        return read_lines(self.services.blobs.path(rec.id))
 
     # --- answering --------------------------------------------------------------------------------
 
@@ -167,42 +184,53 @@ class BatchRunner:
         folder = self.root / batch.id
         folder.mkdir(parents=True, exist_ok=True)
         out, err = folder / "output.jsonl", folder / "errors.jsonl"
-        answered, refused = _progress(out).ids, _progress(err).ids
+        answered, refused = await asyncio.to_thread(lambda: (progress(out).ids, progress(err).ids))
         done = answered | refused
         counts = RequestCounts(total=batch.request_counts.total, completed=len(answered), failed=len(refused))
         slots = asyncio.Semaphore(self.concurrency)
         stop = asyncio.Event()
 
+        def record(path: Path, line: dict[str, Any], current: Batch) -> bool:
+            append(path, line)
+            return self.batches.save(current)
+
         async def one(obj: dict[str, Any]) -> None:
             try:
-                status, body = await self._call(owner, batch.endpoint, obj["body"])
+                status, body = await self._call(owner, batch, obj["body"])
                 ok = status == 200
                 response = {"status_code": status, "request_id": random_id("req_", 32), "body": body}
-                _append(out if ok else err, _result(obj["custom_id"], response=response))
                 if ok:
                     counts.completed += 1
                 else:
                     counts.failed += 1
                 current = batch.model_copy(update={"request_counts": counts.model_copy()})
-                if not self.batches.save(current) or self.leases.lost(batch.id):
+                line = result_line(obj["custom_id"], response=response)
+                saved = await asyncio.to_thread(record, out if ok else err, line, current)  # fsync: off the loop
+                if not saved or self.leases.lost(batch.id):
                     stop.set()  # cancelled or deleted meanwhile, or taken over: take no more lines
             finally:
                 slots.release()
 
         running: set[asyncio.Task[None]] = set()
         lost: SelftuneError | None = None
+        lines: Generator[tuple[int, dict[str, Any], BatchError | None]] | None = None
         try:
-            # A line is read only once a slot is free: memory stays bounded whatever the file's size.
-            for _, obj, _ in self._lines(owner, batch):
-                if obj["custom_id"] in done:
-                    continue
-                await slots.acquire()
-                if stop.is_set() or _past(batch):
-                    slots.release()
-                    break
-                task = asyncio.create_task(one(obj))
-                running.add(task)
-                task.add_done_callback(running.discard)
+            lines = await asyncio.to_thread(self._lines, owner, batch)
+            # Lines are read a few at a time, off the loop, and each is started only once a slot is
+            # free: memory stays bounded whatever the file's size.
+            while not stop.is_set() and (chunk := await asyncio.to_thread(_next_lines, lines)):
+                for _, obj, _ in chunk:
+                    if obj["custom_id"] in done:
+                        continue
+                    await slots.acquire()
+                    await self.services.admission.yield_to_interactive()
+                    if stop.is_set() or _past(batch):
+                        slots.release()
+                        stop.set()
+                        break
+                    task = asyncio.create_task(one(obj))
+                    running.add(task)
+                    task.add_done_callback(running.discard)
             await asyncio.gather(*running)
         except SelftuneError as e:  # the input file was deleted before the runner (re)opened it
             await asyncio.gather(*running)
@@ -210,9 +238,15 @@ class BatchRunner:
         finally:
             for t in list(running):
                 t.cancel()
+            if lines is not None:
+                lines.close()
         if self.leases.lost(batch.id):
             log.warning("batch %s was taken over by another server; leaving it to that one", batch.id)
             return
+        await asyncio.to_thread(self._end, owner, batch, lost)
+
+    def _end(self, owner: str, batch: Batch, lost: SelftuneError | None) -> None:
+        """The last move once no more lines are taken, from where the batch is now."""
         latest = self.batches.get(None, batch.id)
         if lost is not None and latest.status == BatchStatus.IN_PROGRESS:
             msg = (
@@ -232,7 +266,7 @@ class BatchRunner:
         """Every line not answered (output or error file) gets a ``batch_expired`` line in the error file."""
         folder = self.root / batch.id
         err = folder / "errors.jsonl"
-        done = _progress(folder / "output.jsonl").ids | _progress(err).ids
+        done = progress(folder / "output.jsonl").ids | progress(err).ids
         error = {
             "code": "batch_expired",
             "message": "This request could not be executed before the completion window expired.",
@@ -244,14 +278,22 @@ class BatchRunner:
                 for _, obj, _ in self._lines(owner, batch):
                     if obj["custom_id"] not in done:
                         left += 1
-                        f.write(_line(_result(obj["custom_id"], error=error)))
+                        f.write(encode(result_line(obj["custom_id"], error=error)))
             f.flush()
             os.fsync(f.fileno())
         # Every line answered after all: it made it in time.
         self._finish(owner, batch, BatchAction.EXPIRE if left else BatchAction.COMPLETE)
 
-    async def _call(self, owner: str, endpoint: str, body: Any) -> tuple[int, dict[str, Any]]:
-        """One line through its endpoint's own function: (HTTP status, response body or error envelope)."""
+    async def _call(self, owner: str, batch: Batch, body: Any) -> tuple[int, dict[str, Any]]:
+        """One line through its endpoint's own function: (HTTP status, response body or error envelope).
+        While the server is busy (a 429) the line waits its turn, as long as the batch has time."""
+        while True:
+            status, answer = await self._once(owner, batch.endpoint, body)
+            if status != RateLimited.status_code or _past(batch):
+                return status, answer
+            await asyncio.sleep(RETRY_S)
+
+    async def _once(self, owner: str, endpoint: str, body: Any) -> tuple[int, dict[str, Any]]:
         try:
             result: BaseModel | Stream
             if endpoint == "/v1/chat/completions":
@@ -274,8 +316,7 @@ class BatchRunner:
         except SelftuneError as e:
             return e.status_code, {"error": e.to_dict()}
         except Exception as e:
-            log.exception("batch line failed")
-            return 500, {"error": SelftuneError(f"The server had an error: {e.__class__.__name__}: {e}").to_dict()}
+            return 500, {"error": internal_error(e, log, "batch line failed").to_dict()}
 
     # --- finishing --------------------------------------------------------------------------------
 
@@ -285,12 +326,13 @@ class BatchRunner:
         if action == BatchAction.COMPLETE and batch.status == BatchStatus.IN_PROGRESS:
             batch = self.batches.apply(batch, BatchAction.FINALIZE)
         out, err = folder / "output.jsonl", folder / "errors.jsonl"
-        answered, refused = _progress(out), _progress(err)
+        answered, refused = progress(out), progress(err)
         counts = RequestCounts(total=batch.request_counts.total, completed=len(answered.ids), failed=len(refused.ids))
         files = {
             "output_file_id": self._register(owner, batch, out, "output") if answered.ids else None,
             "error_file_id": self._register(owner, batch, err, "error") if refused.ids else None,
         }
+        crash_point("batch.output")
         tokens = answered.input_tokens, answered.output_tokens
         usage = ResponseUsage(input_tokens=tokens[0], output_tokens=tokens[1], total_tokens=sum(tokens))
         try:
@@ -305,20 +347,11 @@ class BatchRunner:
 
     def _register(self, owner: str, batch: Batch, path: Path, which: str) -> str:
         name = f"{batch.id}_{which}.jsonl"
-        return register_result(self.services.store, self.services.blobs, owner, path, name, "batch_output").id
+        return register_result(self.services.store, self.services.blobs, owner, path, name, batch.id, "batch_output").id
 
 
-def _check_line(obj: dict[str, Any], endpoint: str, line: int) -> BatchError | None:
-    if not isinstance(obj.get("custom_id"), str) or not obj["custom_id"]:
-        return BatchError(code="missing_custom_id", message="each line needs a string custom_id", line=line)
-    if obj.get("method") != "POST":
-        return BatchError(code="invalid_method", message='method must be "POST"', param="method", line=line)
-    if obj.get("url") != endpoint:
-        msg = f"url {obj.get('url')!r} is not this batch's endpoint {endpoint!r}; one endpoint per batch"
-        return BatchError(code="mismatched_url", message=msg, param="url", line=line)
-    if not isinstance(obj.get("body"), dict):
-        return BatchError(code="invalid_body", message="body must be a JSON object", param="body", line=line)
-    return None
+def _next_lines(lines: Iterator[tuple[int, dict[str, Any], BatchError | None]]) -> list[Any]:
+    return list(islice(lines, 64))
 
 
 def _past(batch: Batch) -> bool:
@@ -328,58 +361,3 @@ def _past(batch: Batch) -> bool:
 def _no_stream(stream: bool | None) -> None:
     if stream:
         raise InvalidRequest("stream is not available in a batch; leave it out", param="stream")
-
-
-@dataclass
-class _Progress:
-    """What a progress file holds: the ``custom_id``s answered, and the tokens and model of its answers."""
-
-    ids: set[str] = field(default_factory=set)
-    input_tokens: int = 0
-    output_tokens: int = 0
-    model: str | None = None
-
-
-def _progress(path: Path) -> _Progress:
-    """A progress file read line by line; a torn last line (a crash mid-write) is cut."""
-    out = _Progress()
-    if not path.exists():
-        return out
-    good = 0
-    with path.open("rb") as f:
-        for raw in f:
-            if not raw.endswith(b"\n"):
-                break
-            good += len(raw)
-            record = json.loads(raw)
-            out.ids.add(record["custom_id"])
-            if record["response"] is None:  # a line that never ran (batch_expired)
-                continue
-            body = record["response"]["body"]
-            usage = body.get("usage") or {}
-            # chat and completions count prompt/completion tokens; responses count input/output tokens.
-            out.input_tokens += int(usage.get("prompt_tokens", usage.get("input_tokens", 0)))
-            out.output_tokens += int(usage.get("completion_tokens", usage.get("output_tokens", 0)))
-            out.model = out.model or body.get("model")
-    if good != path.stat().st_size:
-        with path.open("r+b") as f:
-            f.truncate(good)
-    return out
-
-
-def _result(
-    custom_id: str, response: dict[str, Any] | None = None, error: dict[str, Any] | None = None
-) -> dict[str, Any]:
-    """One line of an output or error file, in OpenAI's format."""
-    return {"id": random_id("batch_req_"), "custom_id": custom_id, "response": response, "error": error}
-
-
-def _line(record: dict[str, Any]) -> bytes:
-    return (json.dumps(record, ensure_ascii=False) + "\n").encode()
-
-
-def _append(path: Path, record: dict[str, Any]) -> None:
-    with path.open("ab") as f:
-        f.write(_line(record))
-        f.flush()
-        os.fsync(f.fileno())

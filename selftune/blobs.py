@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from selftune.atomic import publish
-from selftune.errors import InvalidRequest
+from selftune.errors import InvalidRequest, SelftuneError
 
 CHUNK = 1024 * 1024
 
@@ -51,9 +51,12 @@ class Blobs:
         os.close(fd)
         return Path(name)
 
-    def copy_to_temp(self, src: BinaryIO, limit: int | None) -> tuple[Path, int, str]:
-        """Stream ``src`` into a new temporary file, chunk by chunk, never more than ``limit`` bytes.
-        Returns the file, its size and the SHA-256 of its bytes."""
+    def copy_to_temp(
+        self, src: BinaryIO, limit: int | None, refusal: SelftuneError | None = None
+    ) -> tuple[Path, int, str]:
+        """Stream ``src`` into a new temporary file, chunk by chunk, never more than ``limit`` bytes
+        (beyond them, ``refusal`` is raised: by default the upload limit's error). Returns the file,
+        its size and the SHA-256 of its bytes."""
         tmp = self.new_temp()
         size = 0
         digest = hashlib.sha256()
@@ -62,7 +65,7 @@ class Blobs:
                 while chunk := src.read(CHUNK):
                     size += len(chunk)
                     if limit is not None and size > limit:
-                        raise too_large(limit)
+                        raise refusal or too_large(limit)
                     digest.update(chunk)
                     out.write(chunk)
         except BaseException:
@@ -82,3 +85,7 @@ class Blobs:
 
     def delete(self, file_id: str) -> None:
         self.path(file_id).unlink(missing_ok=True)
+
+    def parts(self, upload_id: str) -> Path:
+        """The folder that holds a multipart upload's parts until it is completed (``/v1/uploads``)."""
+        return self.root / ".uploads" / upload_id

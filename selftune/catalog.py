@@ -23,6 +23,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import logging
+import re
 import shutil
 import time
 import tomllib
@@ -32,7 +33,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from selftune import model_files as files
-from selftune.atomic import locked, staged_dir, write_atomic
+from selftune.atomic import locked, remove_tree, staged_dir, write_atomic
 from selftune.config import DEFAULT_MODEL, Settings
 from selftune.data.template_check import TemplateReport
 from selftune.errors import ConversionError, InvalidRequest, NotFound, TemplateError
@@ -109,10 +110,16 @@ def spec_from_path(name: str, path: str) -> BaseModelSpec:
     raise InvalidRequest(f"{path}: no such file or folder (and not a Hub id like 'org/name')", param="path")
 
 
-def check_model_name(name: str) -> None:
-    if not name or name.startswith("ft:") or ":" in name or name.strip() != name:
+MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}(/[A-Za-z0-9][A-Za-z0-9._-]{0,127})?")
+"""A base model's name: letters, digits, '.', '-' and '_', optionally as ``org/name`` like a Hub id.
+It becomes a folder name (``_slug``), so nothing else gets in: no '..', no leading '.' or '/'."""
+
+
+def check_model_name(name: str, where: str = "name") -> None:
+    if not MODEL_NAME.fullmatch(name) or ".." in name:
         raise InvalidRequest(
-            f"invalid model name {name!r}: use letters, digits, '.', '-', '_' or '/', without ':'",
+            f"invalid model name {name!r} ({where}): use letters, digits, '.', '-' and '_' (starting with a "
+            "letter or digit), optionally as org/name, without ':' or '..'",
             param="name",
         )
 
@@ -142,6 +149,7 @@ class Catalog:
         if isinstance(models, dict):
             for name, entry in models.items():
                 if isinstance(entry, dict) and isinstance(entry.get("path"), str):
+                    check_model_name(name, f"[models.{name}] in {self.settings.home / 'models.toml'}")
                     specs[name] = spec_from_path(name, entry["path"])
         for r in self.store.list_base_models():
             specs[r.name] = BaseModelSpec(r.name, r.source, r.path, r.gguf_file, r.created, r.qlora)  # type: ignore[arg-type]
@@ -221,7 +229,7 @@ class Catalog:
 
     def _forget_weights(self, spec: BaseModelSpec) -> None:
         if spec.source != "hf":
-            shutil.rmtree(self.weights_dir(spec), ignore_errors=True)
+            remove_tree(self.weights_dir(spec), self.models_dir)
         self._converted_gguf(spec).unlink(missing_ok=True)
 
     def _check_family(self, spec: BaseModelSpec, folder: Path, overlay: Path) -> TemplateReport:
@@ -289,7 +297,7 @@ class Catalog:
             raise NotFound(f"no base model {name!r} was added with `selftune models add`", param="name")
         if spec is not None:
             self._forget_weights(spec)
-            shutil.rmtree(self.models_dir / f"{_slug(name)}.src", ignore_errors=True)
+            remove_tree(self.models_dir / f"{_slug(name)}.src", self.models_dir)
 
     def weights_dir(self, spec: BaseModelSpec) -> Path:
         if spec.source == "hf":

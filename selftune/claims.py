@@ -60,22 +60,33 @@ def _postgres_epoch(element: db_epoch, compiler: SQLCompiler, **kw: Any) -> str:
 
 
 def holder_id() -> str:
-    """A new holder's id: the host and process (so a process can spot its dead predecessors on the
-    same host at once, ``dead_here``) and a random part, so two holders in one process differ."""
-    return f"{socket.gethostname()}:{os.getpid()}:{random_id('', 6)}"
+    """A new holder's id: where it runs (host name and process-id namespace, so a process can spot
+    its dead predecessors on the same host at once, ``dead_here``), its process id, and a random part
+    so that two holders in one process differ: ``host@namespace:pid:random``."""
+    return f"{_place()}:{os.getpid()}:{random_id('', 6)}"
+
+
+def _place() -> str:
+    """This process's host name and process-id namespace: containers that share a host name (or a
+    host) have namespaces of their own, where a process id means another process."""
+    try:
+        namespace = os.stat("/proc/self/ns/pid").st_ino
+    except OSError:
+        namespace = 0
+    return f"{socket.gethostname()}@{namespace}"
 
 
 def dead_here(holder: str | None, me: str) -> bool:
-    """Whether ``holder`` was a process on this host that is gone (or whose process id this process
-    has now): its claims need not wait for their leases to lapse."""
+    """Whether ``holder`` was a process of this host and namespace that is gone (or whose process id
+    this process has now): its claims need not wait for their leases to lapse."""
     if not holder or holder == me:
         return False
-    host, _, rest = holder.partition(":")
+    place, _, rest = holder.partition(":")
     try:
         pid = int(rest.partition(":")[0])
     except ValueError:
         return False
-    return host == socket.gethostname() and (pid == os.getpid() or not alive(pid))
+    return place == _place() and (pid == os.getpid() or not alive(pid))
 
 
 def lease(holder: str, seconds: float) -> dict[str, Any]:

@@ -62,6 +62,10 @@ class Settings(BaseSettings):
     max_upload_bytes: int = 512 * 1024 * 1024
     """Largest accepted upload (OpenAI's limit is 512 MB)."""
 
+    max_request_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)
+    """Largest body of any other request (chat, responses, a job's creation): refused with a 413
+    before it is read or parsed, whether or not it declares its length."""
+
     fine_tune_downloads: bool = True
     """Serve the content of ``purpose=fine-tune`` files. Off, downloads are refused as OpenAI refuses
     them (400, "Not allowed to download files of purpose: fine-tune"); result files stay downloadable."""
@@ -87,6 +91,10 @@ class Settings(BaseSettings):
     batch_concurrency: int = Field(default=2, ge=1)
     """Lines of a batch in the engine at once: the rest of its batch is left to interactive requests."""
 
+    batch_yield_seconds: float = Field(default=5.0, ge=0)
+    """How long a batch line waits, at most, for interactive requests to stop generating before it
+    starts (``serving.admission``): chat goes first, and a batch still moves under steady chat."""
+
     export_concurrency: int = Field(default=2, ge=1)
     """Exports one server builds at once, each in its own process (the rest wait, ``running``, for a slot)."""
 
@@ -94,6 +102,11 @@ class Settings(BaseSettings):
     """How long a batch has before it expires, instead of its ``completion_window`` (``24h``, the only
     window the API accepts, as OpenAI's does): a large batch on a slow machine may need longer. The
     lines not answered by then go to the batch's error file as ``batch_expired``."""
+
+    wandb_projects: str = ""
+    """With API keys: the W&B projects (comma-separated, ``*`` for any) a job's integration may log
+    to. The runs use this server's W&B credentials, so none is allowed unless listed; in local mode
+    (one owner) any project is."""
 
     worker: bool = True
     """Run the training worker inside ``selftune serve``. Turn off when ``selftune worker`` runs elsewhere."""
@@ -104,6 +117,21 @@ class Settings(BaseSettings):
 
     worker_slots: int = 1
     """Jobs one worker trains at once. One per device is fastest: two jobs on one CPU share its cores."""
+
+    sweep_seconds: float = Field(default=60.0, gt=0)
+    """How often a server deletes what has outlived its time (``selftune.sweeper``)."""
+
+    export_retention_seconds: int = Field(default=7 * 24 * 3600, ge=0)
+    """How long a finished export is kept for download before it is deleted (0: until deleted by hand)."""
+
+    temp_retention_seconds: int = Field(default=3600, ge=60)
+    """How long a temporary file nobody writes to any more (what a crash or a dropped upload left) stays."""
+
+    max_exports_per_owner: int = Field(default=2, ge=1)
+    """Exports one API key's owner may have building at once; another is a 429 until one finishes."""
+
+    max_exports_building: int = Field(default=8, ge=1)
+    """Exports every owner may have building at once, together (each loads a model in float32)."""
 
     lease_seconds: float = Field(default=60.0, ge=1.0)
     """How long a claim on background work lasts unless renewed (a worker's on a job, a server's on a
@@ -119,6 +147,22 @@ class Settings(BaseSettings):
 
     max_loaded_adapters: int = 8
     """Fine-tuned adapters kept loaded on their base model (least recently used is dropped)."""
+
+    max_choices_per_request: int = Field(default=64, ge=1)
+    """Completions one request may ask for (prompts x ``n``); more is a 400 that says so."""
+
+    max_generations: int = Field(default=64, ge=1)
+    """Completions in flight on this server (queued or decoding), every owner's together; beyond it
+    requests get a 429 with ``Retry-After``, which the SDKs retry, instead of waiting in a queue."""
+
+    max_generations_per_owner: int = Field(default=32, ge=1)
+    """The same bound for one API key's owner (with API keys; in local mode the server's bound holds)."""
+
+    max_tokens_in_flight: int = Field(default=262_144, ge=1)
+    """Tokens the completions in flight may ask for (each one's ``max_tokens``), every owner's together."""
+
+    max_tokens_in_flight_per_owner: int = Field(default=131_072, ge=1)
+    """The same bound for one API key's owner."""
 
     max_batch_size: int = Field(default=8, ge=1)
     """Requests on one base model decoded together, one token each per forward pass. On a CPU a

@@ -17,20 +17,39 @@ them into the ``code`` and message their parent reports. Nothing converts them a
     │   ├── InsufficientStorage     400   insufficient_storage: too little disk for an export
     │   ├── InsufficientMemory      400   insufficient_memory: a job that fits no memory plan
     │   └── QuantizationUnavailable 400   qlora_unavailable: a 4-bit base this machine cannot load
+    │   ├── InvalidJSON             400   a body or line that is not JSON, or JSON past the limits
+    │   └── TooLarge                413   request_too_large: a body over the server's limit
     ├── AuthenticationFailed        401 authentication_error
     ├── PermissionDenied            403 permission_error
     ├── NotFound                    404 invalid_request_error   (unknown or someone else's id)
+    ├── MisdirectedRequest          421 invalid_request_error   (local mode: a Host that is not loopback)
+    ├── RateLimited                 429 rate_limit_error        (retry after ``retry_after`` seconds)
     ├── Unavailable                 503 server_error            (model still loading; retry is useful)
     ├── VerificationFailed          500   export_verification_failed: an export that answers otherwise
     ├── MigrationProblem            500   a job ``selftune migrate`` cannot move on yet
     └── ServerFailed                500   a server started by ``selftune.live`` that never came up
 
 User mistakes are never 409 or 5xx: the OpenAI SDK retries those, so a mistake would be resent.
+A 429 is retried by the SDKs after its ``Retry-After``: it is how the server says "not now" under load.
 """
 
 from __future__ import annotations
 
+import logging
 from typing import Any
+
+from selftune.ids import random_id
+
+
+def internal_error(exc: BaseException, log: logging.Logger, what: str) -> SelftuneError:
+    """What a client is told of an error the server did not expect: no exception text (it can hold
+    paths, a database's address), but an id under which ``log`` has the whole of it."""
+    error_id = random_id("err_", 16)
+    log.error("%s (error id %s)", what, error_id, exc_info=exc)
+    return SelftuneError(
+        f"The server had an error while processing your request (error id {error_id}, in the server's log).",
+        code="server_error",
+    )
 
 
 class SelftuneError(Exception):
@@ -74,6 +93,22 @@ class InvalidStatus(InvalidRequest):
         super().__init__(message, param=param, code=code)
         self.status = status
         self.action = action
+
+
+class InvalidJSON(InvalidRequest):
+    """A body or a line that is not JSON, or is nested too deep or holds a number too long to read."""
+
+    default_code = "invalid_json"
+
+    def __init__(self, message: str, *, reason: str | None = None, param: str | None = None) -> None:
+        super().__init__(message, param=param)
+        self.reason = reason or message
+        """The problem alone, without the place (``safejson.loads`` words ``message`` as "WHERE is REASON")."""
+
+
+class TooLarge(InvalidRequest):
+    status_code = 413
+    default_code = "request_too_large"
 
 
 class Unsupported(InvalidRequest):
@@ -138,6 +173,27 @@ class PermissionDenied(SelftuneError):
 class NotFound(SelftuneError):
     status_code = 404
     error_type = "invalid_request_error"
+
+
+class MisdirectedRequest(SelftuneError):
+    """In local mode the server answers only requests addressed to a loopback name: a web page that
+    rebinds its own domain to 127.0.0.1 (DNS rebinding) sends its own name as Host, and is refused."""
+
+    status_code = 421
+    error_type = "invalid_request_error"
+    default_code = "misdirected_request"
+
+
+class RateLimited(SelftuneError):
+    """Too much at once (for this owner, or for the server): try again after ``retry_after`` seconds."""
+
+    status_code = 429
+    error_type = "rate_limit_error"
+    default_code = "rate_limit_exceeded"
+
+    def __init__(self, message: str, *, retry_after: float, param: str | None = None) -> None:
+        super().__init__(message, param=param)
+        self.retry_after = retry_after
 
 
 class Unavailable(SelftuneError):

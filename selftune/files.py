@@ -20,7 +20,8 @@ from typing import Any, BinaryIO
 from selftune.blobs import Blobs
 from selftune.data.validate import Report, validate_file
 from selftune.errors import InvalidFile
-from selftune.ids import now, random_id
+from selftune.faults import crash_point
+from selftune.ids import derived_id, now, random_id
 from selftune.store import FileRecord, Store
 
 VALIDATOR_VERSION = 1
@@ -41,9 +42,15 @@ def store_file(
     limit: int,
     expires_after: int | None = None,
     verify: Callable[[], None] | None = None,
+    file_id: str | None = None,
 ) -> FileRecord:
     """Stream ``src`` (at most ``limit`` bytes) into a new file, validated first when it is for
-    fine-tuning; ``verify`` checks what the caller hashed on the way, before anything is registered."""
+    fine-tuning; ``verify`` checks what the caller hashed on the way, before anything is registered.
+
+    ``file_id`` (``ids.derived_id`` of what makes the file) makes this a step that can be retried:
+    when a first try registered the file before a crash, the retry answers with that file."""
+    if file_id is not None and (first := store.registered_file(file_id)) is not None:
+        return first
     tmp, size, checksum = blobs.copy_to_temp(src, limit)
     try:
         if verify is not None:
@@ -55,7 +62,7 @@ def store_file(
                 raise InvalidFile(report.summary(max_lines=200), [p.to_dict() for p in report.problems])
         created = now()
         rec = FileRecord(
-            id=random_id("file-"),
+            id=file_id or random_id("file-"),
             owner=owner,
             filename=filename,
             purpose=purpose,
@@ -68,6 +75,7 @@ def store_file(
             validation=validation,
         )
         blobs.commit(tmp, rec.id)
+        crash_point("file.committed")
         store.insert_file(rec)
     finally:
         tmp.unlink(missing_ok=True)  # gone already when it was committed
@@ -75,11 +83,20 @@ def store_file(
 
 
 def register_result(
-    store: Store, blobs: Blobs, owner: str, path: Path, filename: str, purpose: str = "fine-tune-results"
+    store: Store, blobs: Blobs, owner: str, path: Path, filename: str, made_by: str, purpose: str = "fine-tune-results"
 ) -> FileRecord:
-    """A file selftune made (a job's result, a batch's output), copied into place, then registered."""
+    """A file selftune made (a job's result, a batch's output), copied into place, then registered
+    under an id derived from ``made_by`` (the job or batch) and ``filename``: registered once, however
+    often the step that registers it runs again after a crash."""
     with path.open("rb") as src:
-        return store_file(store, blobs, owner, src, filename, purpose, limit=path.stat().st_size)
+        file_id = derived_id("file-", made_by, filename)
+        return store_file(store, blobs, owner, src, filename, purpose, limit=path.stat().st_size, file_id=file_id)
+
+
+def upload_file_id(upload_id: str) -> str:
+    """The id of the file a multipart upload becomes: a completion retried after a crash (or a lost
+    answer) finds the file the first try registered."""
+    return derived_id("file-", upload_id)
 
 
 def verdict(report: Report) -> dict[str, Any]:

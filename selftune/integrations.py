@@ -11,13 +11,16 @@ from __future__ import annotations
 import importlib.util
 from typing import Any
 
-from selftune.errors import InvalidRequest
+from selftune.errors import InvalidRequest, PermissionDenied
 
 WANDB_KEYS = ("project", "name", "entity", "tags")
 
 
-def check(integrations: list[dict[str, Any]] | None) -> None:
-    """400 for an integration selftune cannot honour, naming what to change."""
+def check(integrations: list[dict[str, Any]] | None, allowed_projects: str | None = None) -> None:
+    """400 for an integration selftune cannot honour, naming what to change. ``allowed_projects`` is
+    ``SELFTUNE_WANDB_PROJECTS`` on a server with API keys: the runs log with the operator's W&B
+    credentials, so a tenant may log only to the projects the operator lists (``*``: any); None
+    (local mode, one owner) allows any."""
     for i, item in enumerate(integrations or []):
         where = f"integrations[{i}]"
         if item.get("type") != "wandb":
@@ -25,6 +28,14 @@ def check(integrations: list[dict[str, Any]] | None) -> None:
         spec = item.get("wandb")
         if not isinstance(spec, dict) or not isinstance(spec.get("project"), str) or not spec["project"]:
             raise InvalidRequest(f'{where}.wandb needs a "project" (the W&B project to log to)', param=where)
+        if allowed_projects is not None and not _allowed(spec["project"], allowed_projects):
+            raise PermissionDenied(
+                f"{where}.wandb.project {spec['project']!r} is not one this server logs to: runs use the "
+                "operator's W&B credentials, and the operator lists the projects keys may use in "
+                "SELFTUNE_WANDB_PROJECTS",
+                param=where,
+                code="integration_not_allowed",
+            )
         unknown = sorted(set(spec) - set(WANDB_KEYS))
         if unknown:
             raise InvalidRequest(f"{where}.wandb has unknown key(s) {', '.join(unknown)}", param=where)
@@ -38,6 +49,11 @@ def check(integrations: list[dict[str, Any]] | None) -> None:
                 param=where,
                 code="integration_unavailable",
             )
+
+
+def _allowed(project: str, allowed: str) -> bool:
+    names = {p.strip() for p in allowed.split(",") if p.strip()}
+    return "*" in names or project in names
 
 
 def wandb_run(integrations: list[dict[str, Any]] | None, job_id: str) -> dict[str, Any] | None:

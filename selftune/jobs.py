@@ -25,6 +25,7 @@ from selftune.catalog import Catalog
 from selftune.claims import lease
 from selftune.data.render import render_file
 from selftune.errors import InvalidRequest, InvalidStatus, NotFound
+from selftune.faults import crash_point
 from selftune.files import ensure_validated, register_result
 from selftune.ids import now, random_id
 from selftune.methods import TRAINED, Hyperparameters, MethodType
@@ -94,14 +95,16 @@ def start(store: Store, job: JobRecord, holder: str, lease_seconds: float) -> Jo
 # --- creating a job --------------------------------------------------------------------------------
 
 
-def create(store: Store, blobs: Blobs, catalog: Catalog, owner: str, req: CreateJobRequest) -> JobRecord:
+def create(
+    store: Store, blobs: Blobs, catalog: Catalog, owner: str, req: CreateJobRequest, wandb_projects: str | None = None
+) -> JobRecord:
     """Check the request, resolve the model and hyperparameters, and record a ``validating_files`` job.
 
     Only a malformed request is an HTTP error here; problems inside the data fail the job later,
     as on OpenAI, so that every client sees them the same way (as the job's ``error``).
     """
     method_type = method_of(req)
-    integrations.check(req.integrations)
+    integrations.check(req.integrations, wandb_projects)
     requested = hyperparameters(req, method_type)
     resolved = catalog.resolve(req.model, owner)
     training = training_file(store, owner, req.training_file, "training_file")
@@ -297,11 +300,12 @@ def record_checkpoint(
 def succeed(store: Store, blobs: Blobs, home: Path, job: JobRecord, files: JobDir, done: Done) -> JobRecord:
     """Upload the result files, register the model and its checkpoints, and finish the job, in one
     move; if the job was cancelled in the last moment, nothing is registered and the results go."""
-    results = [register_result(store, blobs, job.owner, files.metrics, "step_metrics.csv")]
+    results = [register_result(store, blobs, job.owner, files.metrics, "step_metrics.csv", job.id)]
     # The end-of-job evaluation (when the job had a validation file) rides along as result files.
     for path, target in ((files.eval_html, "eval_report.html"), (files.eval_json, "eval_report.json")):
         if path.is_file():
-            results.append(register_result(store, blobs, job.owner, path, target))
+            results.append(register_result(store, blobs, job.owner, path, target, job.id))
+    crash_point("job.results")
     ckpts, _ = store.list_checkpoints(job.id, limit=1000)
     created = now()
     models = [ModelRecord(job.model_name, job.owner, created, job.base_model, str(files.adapter), job.id)]

@@ -27,6 +27,7 @@ from selftune.store import Store
 if TYPE_CHECKING:
     from selftune.export.service import Exports
     from selftune.inference.engine import Engine
+    from selftune.serving.admission import Admission
 
 
 @dataclass
@@ -67,6 +68,7 @@ class Services(Core):
     keys: dict[str, str]
     engine: Engine
     exports: Exports
+    admission: Admission
 
     def close(self) -> None:
         self.exports.close()
@@ -78,8 +80,10 @@ def build_services(settings: Settings) -> Services:
     """The server's services: ``open_core`` plus the inference engine (which imports torch) and exports."""
     from selftune.export.service import Exports
     from selftune.inference.router import Router
+    from selftune.serving.admission import Admission
 
     core = open_core(settings)
     engine = Router(settings, core.catalog)
     exports = Exports(settings, core.store, core.catalog)
-    return Services(settings, core.store, core.blobs, core.catalog, settings.keys, engine, exports)
+    admission = Admission(settings)
+    return Services(settings, core.store, core.blobs, core.catalog, settings.keys, engine, exports, admission)

@@ -15,11 +15,11 @@ nothing above this module (and its two helpers, ``objects`` and ``claims``) sees
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, Literal
 
-from sqlalchemy import Connection, Table, and_, create_engine, event, insert, or_, select, update
+from sqlalchemy import Connection, Table, and_, create_engine, delete, event, insert, or_, select, update
 from sqlalchemy.engine import Engine
 
 from selftune.claims import Claims
@@ -103,6 +103,25 @@ class Store:
             raise NotFound(f"No such File object: {file_id}", param="id", code="file_not_found")
         return record(FileRecord, row)
 
+    def registered_file(self, file_id: str) -> FileRecord | None:
+        """The live file under ``file_id``, whoever owns it (for ids derived from what made the file:
+        a retried step finds what its first try registered); a deleted row under that id is dropped,
+        so the id can be registered again."""
+        with self._tx() as c:
+            row = c.execute(select(files).where(files.c.id == file_id, _live_files())).first()
+            if row is None:
+                c.execute(delete(files).where(files.c.id == file_id, files.c.deleted))
+        return None if row is None else record(FileRecord, row)
+
+    def unregistered(self, file_ids: Iterable[str]) -> set[str]:
+        """Which of ``file_ids`` (names of bytes on disk) no live file row holds."""
+        ids, live = sorted(set(file_ids)), set[str]()
+        with self._tx() as c:
+            for start in range(0, len(ids), 500):  # within every database's limit on bound parameters
+                q = select(files.c.id).where(files.c.id.in_(ids[start : start + 500]), _live_files())
+                live.update(c.execute(q).scalars())
+        return set(ids) - live
+
     def list_files(
         self,
         owner: str,
@@ -139,6 +158,16 @@ class Store:
             ).rowcount
         if not n:
             raise NotFound(f"No such File object: {file_id}", param="id", code="file_not_found")
+
+    def expire_files(self) -> list[str]:
+        """Mark every file past its ``expires_at`` deleted (it already reads as gone); their ids, whose
+        bytes the caller removes."""
+        with self._tx() as c:
+            q = select(files.c.id).where(~files.c.deleted, files.c.expires_at <= int(time.time()))
+            ids = list(c.execute(q).scalars())
+            if ids:
+                c.execute(update(files).where(files.c.id.in_(ids)).values(deleted=True))
+        return ids
 
     # --- fine-tuned models ------------------------------------------------------------------------
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields
 from typing import Any, TypeVar
 
-from sqlalchemy import JSON, Boolean, Column, Float, Integer, MetaData, String, Table, Text, false
+from sqlalchemy import JSON, BigInteger, Boolean, Column, Float, Integer, MetaData, String, Table, Text, false
 
 from selftune.methods import Hyperparameters, MethodType
 
@@ -34,7 +34,7 @@ files = Table(
     Column("owner", String(128), nullable=False, index=True),
     Column("filename", Text, nullable=False),
     Column("purpose", String(32), nullable=False),
-    Column("size_bytes", Integer, nullable=False),
+    Column("size_bytes", BigInteger, nullable=False),
     Column("created_at", Integer, nullable=False),
     Column("expires_at", Integer, nullable=True),
     Column("status", String(16), nullable=False),
@@ -95,7 +95,7 @@ jobs = Table(
     Column("fine_tuned_model", String(512), nullable=True),
     Column("error", JSON, nullable=True),
     Column("finished_at", Integer, nullable=True),
-    Column("trained_tokens", Integer, nullable=True),
+    Column("trained_tokens", BigInteger, nullable=True),
     Column("estimated_finish", Integer, nullable=True),
     Column("result_files", JSON, nullable=False),
     *claim_columns(),

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
 import signal
 import subprocess
 import threading
@@ -33,12 +32,14 @@ from pathlib import Path
 from typing import IO, Any
 
 from selftune import integrations, jobs
+from selftune.atomic import remove_tree
 from selftune.blobs import Blobs
 from selftune.catalog import Catalog
 from selftune.children import lower_priority
 from selftune.claims import LeaseKeeper, dead_here, holder_id
 from selftune.config import Settings
-from selftune.errors import InvalidStatus, SelftuneError
+from selftune.errors import InvalidStatus, SelftuneError, internal_error
+from selftune.faults import crash_point
 from selftune.statuses import JOBS, JobAction, JobStatus
 from selftune.store import JobRecord, Store
 from selftune.train.protocol import (
@@ -162,9 +163,8 @@ class Worker:
         try:
             self._launch(job)
         except Exception as e:  # after the claim, never leave the job running without a process
-            log.exception("starting %s failed", job.id)
             self.leases.drop(job.id)
-            self._fail(job, "training_failed", f"The worker could not start training: {type(e).__name__}: {e}")
+            self._fail(job, "training_failed", internal_error(e, log, f"starting {job.id} failed").message)
 
     def _launch(self, job: JobRecord) -> None:
         files = JobDir(self.jobs_dir / job.id)
@@ -267,8 +267,18 @@ class Worker:
         return int(t + (t - t0) / (step - s0) * (total - step))
 
     def _finish(self, a: _Active, rc: int) -> None:
+        """The job's last move after its process ended; if even that fails (a full disk while its
+        results are copied, say), the job fails with the reason instead of staying ``running``."""
+        try:
+            self._conclude(a, rc)
+        except Exception as e:
+            why = internal_error(e, log, f"finishing {a.job.id} failed").message
+            self._fail(self.store.get_job(None, a.job.id), "training_failed", why)
+
+    def _conclude(self, a: _Active, rc: int) -> None:
         job = self.store.get_job(None, a.job.id)
         if rc == Exit.DONE and a.done is not None:
+            crash_point("job.finished")
             self._try(jobs.succeed, self.store, self.blobs, self.settings.home, job, a.files, a.done)
         elif rc == Exit.PAUSED:
             self._try(jobs.apply, self.store, job, JobAction.PAUSED)
@@ -295,8 +305,8 @@ class Worker:
     @staticmethod
     def _discard(files: JobDir) -> None:
         """A cancelled job keeps its log and events, not its weights."""
-        shutil.rmtree(files.checkpoints, ignore_errors=True)
-        shutil.rmtree(files.adapter, ignore_errors=True)
+        remove_tree(files.checkpoints, files.root)
+        remove_tree(files.adapter, files.root)
         files.state.unlink(missing_ok=True)
 
     # --- shutdown and recovery --------------------------------------------------------------------

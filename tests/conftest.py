@@ -27,17 +27,12 @@ from jsonschema import Draft202012Validator
 from referencing import Registry
 from referencing.jsonschema import DRAFT202012
 
-from selftune.live import LiveServer
+from selftune.live import LiveServer, build_tiny_model, serve_model
 
 REPO = Path(__file__).resolve().parent.parent
 SPEC_PATH = REPO.parent / "shared" / "conformance" / "openai-openapi.yaml"
 SCHEMAS_PATH = REPO / "tests" / "conformance" / "openai-schemas.json"
 LEGACY_SDK = Path(os.environ.get("SELFTUNE_LEGACY_OPENAI", REPO / ".venv" / "legacy-openai"))
-
-CHATML = (
-    "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}"
-    "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
-)
 
 
 @pytest.hookimpl(wrapper=True)
@@ -53,56 +48,6 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
                 time.sleep(1)
                 report.sections.append((f"server log ({name}, last 8000 characters)", value.log[-8000:]))
     return report
-
-
-# --- a tiny model, built in the test --------------------------------------------------------------
-
-
-def build_tiny_model(out: Path, *, context: int = 4096, seed: int = 0, width: int = 32) -> Path:
-    """A random-init Llama (2 layers, width 32 unless asked) with a byte-level BPE tokenizer trained right here."""
-    import torch
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
-
-    corpus = [
-        "The quick brown fox jumps over the lazy dog.",
-        "What is the capital of France? Paris is the capital of France.",
-        "system user assistant hello world question answer",
-    ] * 20
-    bpe = Tokenizer(models.BPE())
-    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    bpe.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=400,
-        special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-    )
-    bpe.train_from_iterator(corpus, trainer)
-    tok = PreTrainedTokenizerFast(
-        tokenizer_object=bpe,
-        bos_token="<|im_start|>",
-        eos_token="<|im_end|>",
-        unk_token="<|endoftext|>",
-        pad_token="<|im_end|>",
-    )
-    tok.chat_template = CHATML
-    config = LlamaConfig(
-        vocab_size=len(tok),
-        hidden_size=width,
-        intermediate_size=2 * width,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=context,
-        bos_token_id=tok.bos_token_id,
-        eos_token_id=tok.eos_token_id,
-        pad_token_id=tok.pad_token_id,
-        tie_word_embeddings=True,
-    )
-    torch.manual_seed(seed)
-    LlamaForCausalLM(config).save_pretrained(out)
-    tok.save_pretrained(out)
-    return out
 
 
 @pytest.fixture(scope="session")
@@ -132,9 +77,7 @@ def run_cli(
 def start_server(home: Path, tiny_model_dir: Path, **env: str) -> LiveServer:
     """A server with the tiny model, on the PyTorch engine unless ``SELFTUNE_ENGINE`` says otherwise
     (llama.cpp is tested on SmolLM2 in test_llamacpp.py, and on the tiny model there too)."""
-    env = {"SELFTUNE_ENGINE": "torch", **env}
-    run_cli("models", "add", "tiny", str(tiny_model_dir), env={"SELFTUNE_HOME": str(home), **env})
-    return LiveServer(home, {"SELFTUNE_DEFAULT_MODEL": "tiny", **env}).start()
+    return serve_model(home, "tiny", tiny_model_dir, **{"SELFTUNE_ENGINE": "torch", **env})
 
 
 @pytest.fixture(scope="session")

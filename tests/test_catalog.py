@@ -27,7 +27,7 @@ def test_source_detection(tmp_path: Path, tiny_model_dir: Path) -> None:
         spec_from_path("x", str(fake))
     with pytest.raises(InvalidRequest, match="no such file"):
         spec_from_path("x", str(tmp_path / "missing"))
-    for bad in ("ft:x", "a:b", "", " pad"):
+    for bad in ("ft:x", "a:b", "", " pad", "..", "../..", "a/../b", ".hidden", "/abs", "a/b/c", "x" * 300):
         with pytest.raises(InvalidRequest):
             check_model_name(bad)
 

@@ -152,3 +152,10 @@ def test_server_runs_on_postgresql(pg_url: str, tmp_path: Path, tiny_model_dir: 
         assert not (tmp_path / "home" / "selftune.db").exists()  # nothing went to SQLite
     finally:
         srv.stop()
+
+
+def test_sizes_past_two_gib_are_kept(store: Store) -> None:
+    """A file over 2 GiB (PostgreSQL's ``integer`` holds 2**31 - 1) is stored and read back whole."""
+    big = FileRecord("file-big", "alice", "big.bin", "user_data", 5_000_000_000, 1_700_000_000, None, "processed", None)
+    store.insert_file(big)
+    assert store.get_file("alice", "file-big").size_bytes == 5_000_000_000

@@ -17,7 +17,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from selftune import safejson
 from selftune.data.validate import content_text
+from selftune.errors import InvalidJSON
 
 TOOL_CALL_OPEN, TOOL_CALL_CLOSE = "<tool_call>", "</tool_call>"
 TOOL_RESPONSE_OPEN, TOOL_RESPONSE_CLOSE = "<tool_response>", "</tool_response>"
@@ -44,8 +46,8 @@ def _arguments(raw: Any) -> Any:
     """Templates expect arguments as an object (they ``tojson`` them); OpenAI sends a JSON string."""
     if isinstance(raw, str):
         try:
-            return json.loads(raw)
-        except json.JSONDecodeError:
+            return safejson.loads(raw, "arguments")
+        except InvalidJSON:
             return raw  # validation reports this in training data; a request's own history passes through
     return raw
 

@@ -9,9 +9,11 @@ line that sets ``parallel_tool_calls: false``.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
+
+from selftune import safejson
+from selftune.errors import InvalidJSON
 
 if TYPE_CHECKING:
     from selftune.data.validate import Report
@@ -66,14 +68,9 @@ def _check_call(call: Any, at: str, names: set[str] | None, line: int, report: R
         report.add(line, "error", "invalid_tool_call_arguments", f'{at} ({name}): "arguments" must be a JSON string')
         return
     try:
-        parsed = json.loads(args)
-    except json.JSONDecodeError as e:
-        report.add(
-            line,
-            "error",
-            "invalid_tool_call_arguments",
-            f"{at} ({name}): arguments are not valid JSON: {e.msg} at column {e.colno}",
-        )
+        parsed = safejson.loads(args, "arguments")
+    except InvalidJSON as e:
+        report.add(line, "error", "invalid_tool_call_arguments", f"{at} ({name}): arguments are {e.reason}")
         return
     if not isinstance(parsed, dict):
         report.add(line, "error", "invalid_tool_call_arguments", f"{at} ({name}): arguments must be a JSON object")

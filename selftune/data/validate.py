@@ -31,7 +31,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from selftune import safejson
 from selftune.data.tool_checks import check_tools
+from selftune.errors import InvalidJSON
 
 Level = Literal["error", "warning"]
 Format = Literal["chat", "preference", "completion"]
@@ -139,9 +141,9 @@ def validate_lines(lines: Iterable[bytes], *, filename: str = "<data>") -> Repor
             report.add(b, "warning", "blank_line", "blank line; it is ignored")
         blank_run = []
         try:
-            obj = json.loads(text)
-        except json.JSONDecodeError as e:
-            report.add(lineno, "error", "invalid_json", _json_hint(text, e, lineno))
+            obj = safejson.loads(text, "the line")
+        except InvalidJSON as e:  # not JSON, or a parser bomb (a 5,000-digit number, nesting 20,000 deep)
+            report.add(lineno, "error", "invalid_json", _json_hint(text, e.reason, lineno))
             continue
         report.n_examples += 1
         digest = hashlib.blake2b(json.dumps(obj, sort_keys=True).encode(), digest_size=16).digest()
@@ -178,8 +180,7 @@ def validate_lines(lines: Iterable[bytes], *, filename: str = "<data>") -> Repor
     return report
 
 
-def _json_hint(text: str, e: json.JSONDecodeError, lineno: int) -> str:
-    msg = f"not valid JSON: {e.msg} at column {e.colno}"
+def _json_hint(text: str, msg: str, lineno: int) -> str:
     if lineno == 1 and text.startswith("["):
         return msg + "; the file looks like one JSON array, but JSONL needs one object per line"
     if lineno == 1 and not text.startswith("{") and ("," in text or "\t" in text):

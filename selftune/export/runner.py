@@ -13,12 +13,12 @@ end is its last move (``succeed`` with the manifest, or ``fail`` with the error)
 from __future__ import annotations
 
 import logging
-import shutil
 import subprocess
 import sys
 import threading
 from dataclasses import dataclass
 
+from selftune.atomic import remove_tree
 from selftune.children import lower_priority
 from selftune.claims import LeaseKeeper, holder_id
 from selftune.convert.quantize import DEFAULT_QUANTIZE
@@ -26,6 +26,7 @@ from selftune.errors import NotFound
 from selftune.export.process import LOG, ExportRequest, read_progress, read_result
 from selftune.export.service import ExportRecord, Exports
 from selftune.export.spec import ExportSpec, Source
+from selftune.faults import crash_point
 from selftune.schemas.exports import ExportError, ExportProgress
 from selftune.statuses import EXPORTS, ExportAction
 
@@ -84,7 +85,7 @@ class ExportRunner:
         self.leases.hold(row.id)
         record = ExportRecord.model_validate(row.data)
         folder = self.exports.root / record.id
-        shutil.rmtree(folder, ignore_errors=True)  # what a server that died left half-built
+        remove_tree(folder, self.exports.root)  # what a server that died left half-built
         folder.mkdir(parents=True)
         source = Source.from_dict(record.source)
         spec = ExportSpec(record.format, record.quantize or DEFAULT_QUANTIZE, record.lora)  # type: ignore[arg-type]
@@ -108,7 +109,7 @@ class ExportRunner:
             current = self.records.get(None, export_id)
         except NotFound:  # deleted meanwhile: stop building it, and free its folder
             self._forget(b, kill=True)
-            shutil.rmtree(self.exports.root / export_id, ignore_errors=True)
+            remove_tree(self.exports.root / export_id, self.exports.root)
             return
         if self.leases.lost(export_id) or current.status not in EXPORTS.claimed:
             self._forget(b, kill=True)  # another server builds it now
@@ -122,6 +123,7 @@ class ExportRunner:
         self._forget(b, kill=False)
         result = read_result(folder) or {}
         if b.proc.returncode == 0 and "manifest" in result:
+            crash_point("export.built")
             self.records.apply(current, ExportAction.SUCCEED, manifest=result["manifest"], progress=None)
             return
         error = result.get("error") or {

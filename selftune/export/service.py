@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
 from pathlib import Path
 from typing import Any
 
+from selftune.atomic import remove_tree
 from selftune.catalog import Catalog
 from selftune.config import Settings
-from selftune.errors import InvalidRequest, NotFound
+from selftune.errors import InvalidRequest, NotFound, RateLimited
 from selftune.export.spec import ExportSpec, Source, check_room, estimate_bytes, safe_name
 from selftune.ids import now, random_id
 from selftune.inference.loading import check_adapter
@@ -30,6 +30,9 @@ from selftune.statuses import EXPORTS, ExportStatus
 from selftune.store import Store
 
 log = logging.getLogger("selftune.exports")
+
+RETRY_AFTER_S = 30.0
+"""What a 429 for an export suggests: an export takes tens of seconds at the least."""
 
 
 class ExportRecord(Response):
@@ -90,10 +93,12 @@ class Exports:
     def create(self, owner: str, model: str, format: str, quantize: str | None, lora: bool) -> ExportRecord:
         src = source(self.catalog, self.store, model, owner)
         spec = ExportSpec.parse(format, quantize, lora, src.adapter is not None)
-        for record in self.list(owner):
+        mine = self.list(owner)
+        for record in mine:
             same = (record.model, record.format, record.lora) == (src.model, spec.format, spec.lora)
             if same and record.quantize in (None, spec.quantize) and record.status != ExportStatus.FAILED:
                 return record
+        self._admit(sum(r.status == ExportStatus.RUNNING for r in mine))
         size, need = estimate_bytes(src, spec)
         check_room(self.root, need)
         record = ExportRecord(
@@ -109,6 +114,21 @@ class Exports:
             source=src.to_dict(),
         )
         return self.records.insert(owner, record)
+
+    def _admit(self, mine: int) -> None:
+        """Each export loads a model in float32 in a process of its own: a bounded number at once."""
+        if mine >= self.settings.max_exports_per_owner:
+            raise RateLimited(
+                f"{mine} export(s) of this key are being built (SELFTUNE_MAX_EXPORTS_PER_OWNER is "
+                f"{self.settings.max_exports_per_owner}); retry once one has finished",
+                retry_after=RETRY_AFTER_S,
+            )
+        building = len(self.store.objects.in_status("export", ExportStatus.RUNNING))
+        if building >= self.settings.max_exports_building:
+            raise RateLimited(
+                f"{building} exports are being built on this server (SELFTUNE_MAX_EXPORTS_BUILDING); retry shortly",
+                retry_after=RETRY_AFTER_S,
+            )
 
     def get(self, owner: str, export_id: str) -> ExportRecord:
         try:
@@ -134,7 +154,7 @@ class Exports:
         """Gone at once for the API; the runner building it (on any server) stops it and frees its folder."""
         self.get(owner, export_id)
         self.records.delete(owner, export_id)
-        shutil.rmtree(self.root / export_id, ignore_errors=True)
+        remove_tree(self.root / export_id, self.root)
 
     def close(self) -> None:
         """Nothing of its own to stop: the runner owns the export processes."""

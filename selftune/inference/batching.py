@@ -50,12 +50,15 @@ def select_rows(cache: Any, keep: list[int], longest: int) -> Any:
 
 
 def sample(logits: torch.Tensor, temperature: float, top_p: float, rng: torch.Generator) -> int:
-    if temperature <= 0:
+    scaled = logits.float() / temperature if temperature > 0 else logits
+    if temperature <= 0 or not bool(torch.isfinite(scaled).all()):
+        # A temperature so small that the logits overflow (1e-300, say) is greedy decoding.
         return int(torch.argmax(logits))
-    probs = torch.softmax(logits / temperature, dim=-1)
+    probs = torch.softmax(scaled, dim=-1)
     if top_p < 1.0:
         sorted_probs, order = torch.sort(probs, descending=True)
         keep = torch.cumsum(sorted_probs, dim=-1) - sorted_probs < top_p
+        keep[..., 0] = True  # the likeliest token stays, however small top_p is (5e-324 is 0 in float32)
         sorted_probs = sorted_probs * keep
         choice = torch.multinomial(sorted_probs / sorted_probs.sum(), 1, generator=rng)
         return int(order[choice])

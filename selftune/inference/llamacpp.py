@@ -16,36 +16,27 @@ llama.cpp applies llguidance grammars from the first token. The closing policy o
 token that closes most) needs no model, so llama.cpp writes all but those tokens and, if the
 structure is still open then, this engine closes it with the same policy the PyTorch engine uses.
 
-Adapters: llama.cpp loads LoRA files only when a server is built, so each base model has one
-current server holding the adapters in use (at most ``max_adapters``, most recent first). A
-request for an adapter it lacks builds a new server with it (a second or so; the weights are
-memory-mapped) and new requests go there, while requests in flight finish on the old one, which
-is dropped when its last one ends. Every request lists every loaded adapter with its scale (1 for
-its own, 0 for the rest), so an adapter a request does not name is never applied.
+Adapters: each base model has one current llama.cpp server holding the adapters in use, rebuilt
+when a request needs another (``inference.llamacpp_bases``). Every request lists every loaded
+adapter with its scale (1 for its own, 0 for the rest), so an adapter a request does not name is
+never applied.
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 import threading
-import time
-from collections import OrderedDict
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
 
-from selftune.catalog import BaseModelSpec, Catalog, Resolved
-from selftune.convert.lora import convert_adapter, gguf_path
-from selftune.data.render import generation_config, render_prompt, stop_token_ids
-from selftune.errors import InvalidRequest, NotFound, SelftuneError
+from selftune.catalog import BaseModelSpec, Catalog
+from selftune.data.render import render_prompt
+from selftune.errors import InvalidRequest, SelftuneError
 from selftune.inference.constrain import RowConstraint, Vocabulary
 from selftune.inference.generation import Generation
-from selftune.inference.loading import check_adapter
+from selftune.inference.llamacpp_bases import Base, Bases, Server
 from selftune.inference.output import ChoiceOutput, token_budget
 
 log = logging.getLogger("selftune.engine")
@@ -63,54 +54,25 @@ def eager_calls(lazy: str) -> str:
     return 'start: free | calls\nfree: /[^<](?s:.*)/ | ""\n' + lazy.replace("start:", "calls:", 1)
 
 
-@dataclass(eq=False)
-class _Server:
-    """One llama.cpp server on a base model's GGUF, with ``adapters`` (GGUF paths) as LoRA ids 0..n-1."""
-
-    handle: Any
-    adapters: list[str]
-    users: int = 0
-    retired: bool = False
-
-
-@dataclass(eq=False)
-class _Base:
-    """A base model served by llama.cpp: tokenizer and stop tokens (ours), context, and its server."""
-
-    spec: BaseModelSpec
-    gguf: Path
-    folder: Path
-    tokenizer: Any
-    stop_ids: set[int]
-    context: int
-    vocab_size: int
-    server: _Server
-    used: OrderedDict[str, None] = field(default_factory=OrderedDict)
-    """Adapter GGUF paths by last use, oldest first."""
-    vocabulary: Vocabulary | None = None
-    special_ids: set[int] = field(default_factory=set)
-    lock: threading.Lock = field(default_factory=threading.Lock)
-
-
 class LlamaCppEngine:
-    def __init__(self, catalog: Catalog, *, max_batch: int = 8, max_adapters: int = 8, threads: int = 0) -> None:
-        import xllamacpp
-
-        self._x = xllamacpp
+    def __init__(
+        self, catalog: Catalog, *, max_batch: int = 8, max_adapters: int = 8, threads: int = 0, max_loaded: int = 2
+    ) -> None:
         self.catalog = catalog
         self.max_batch = max(1, max_batch)
-        self.max_adapters = max(1, max_adapters)
-        self.threads = threads or os.cpu_count() or 2
-        self._bases: dict[str, _Base] = {}
+        self.bases = Bases(
+            catalog, max_batch=self.max_batch, max_adapters=max_adapters, threads=threads, max_loaded=max_loaded
+        )
         self._lock = threading.Lock()
-        # One base loads at a time: the first requests for a model not yet loaded arrive together, and
-        # each would otherwise build its own llama.cpp server on the same GGUF, all but one then dropped.
-        self._loading = threading.Lock()
         # handle_completions blocks its thread for a whole answer; llama.cpp's own loop does the work.
         self._pool = ThreadPoolExecutor(max_workers=4 * self.max_batch + 4, thread_name_prefix="selftune-llamacpp")
         self._closed = False
         self.active = 0
-        self.servers_built = 0
+
+    @property
+    def servers_built(self) -> int:
+        """llama.cpp servers built so far (a new adapter builds one)."""
+        return self.bases.servers_built
 
     def serves(self, spec: BaseModelSpec) -> bool:
         """llama.cpp serves base models that come as a GGUF file or were converted to one."""
@@ -119,7 +81,7 @@ class LlamaCppEngine:
     # --- public API, as ``inference.engine.Engine`` -----------------------------------------------
 
     def preload(self, spec: BaseModelSpec) -> Future[Any]:
-        return self._pool.submit(self._base, spec)
+        return self._pool.submit(self.bases.get, spec)
 
     def submit(self, gen: Generation) -> Future[None]:
         future: Future[None] = Future()
@@ -133,116 +95,26 @@ class LlamaCppEngine:
 
     def stats(self) -> dict[str, Any]:
         return {
-            "threads": self.threads,
+            "threads": self.bases.threads,
             "max_batch": self.max_batch,
-            "loaded_models": list(self._bases),
-            "loaded_adapters": sum(len(b.server.adapters) for b in self._bases.values()),
-            "servers_built": self.servers_built,
+            "loaded_models": self.bases.loaded(),
+            "loaded_adapters": self.bases.loaded_adapters(),
+            "servers_built": self.bases.servers_built,
             "active_generations": self.active,
         }
 
     def close(self) -> None:
         self._closed = True
         self._pool.shutdown(wait=False, cancel_futures=True)
-        with self._lock:
-            bases, self._bases = list(self._bases.values()), {}
-        for base in bases:
-            base.server.handle = None  # the destructor stops llama.cpp's loop
-
-    # --- loading ----------------------------------------------------------------------------------
-
-    def _base(self, spec: BaseModelSpec) -> _Base:
-        with self._lock:
-            if spec.name in self._bases:
-                return self._bases[spec.name]
-        with self._loading:
-            with self._lock:
-                if spec.name in self._bases:  # loaded while this request waited
-                    return self._bases[spec.name]
-            return self._load(spec)
-
-    def _load(self, spec: BaseModelSpec) -> _Base:
-        gguf = self.catalog.gguf(spec)
-        if gguf is None or not gguf.is_file():
-            raise NotFound(f"weights for base model {spec.name!r} are missing: {gguf} does not exist")
-        t0 = time.perf_counter()
-        folder = self.catalog.materialize(spec)  # the tokenizer and config training uses
-        tokenizer = self.catalog.tokenizer(spec)
-        config = json.loads((folder / "config.json").read_text())
-        stop_ids = stop_token_ids(tokenizer, generation_config(folder))
-        context = int(config.get("max_position_embeddings") or 2048)
-        vocab_size = int(config.get("vocab_size") or len(tokenizer))
-        server = self._build(gguf, context, [])
-        base = _Base(spec, gguf, folder, tokenizer, stop_ids, context, vocab_size, server)
-        base.special_ids = set(tokenizer.all_special_ids) - stop_ids
-        log.info("llama.cpp serves %s from %s (%.2fs)", spec.name, gguf, time.perf_counter() - t0)
-        with self._lock:
-            self._bases[spec.name] = base
-        return base
-
-    def _build(self, gguf: Path, context: int, adapters: list[str]) -> _Server:
-        x = self._x
-        p = x.CommonParams()
-        p.model.path = str(gguf)
-        p.n_parallel = self.max_batch
-        p.n_ctx = context  # shared by all slots (kv_unified): each request may use the whole context
-        p.kv_unified = True
-        p.cpuparams.n_threads = self.threads
-        p.cpuparams_batch.n_threads = self.threads
-        p.warmup = False
-        p.verbosity = -1
-        p.lora_adapters = [x.CommonAdapterLoraInfo(a, 0.0) for a in adapters]
-        p.lora_init_without_apply = True
-        t0 = time.perf_counter()
-        server = _Server(x.Server(p), adapters)
-        self.servers_built += 1
-        log.info(
-            "llama.cpp server on %s with %d adapter(s) in %.2fs", gguf.name, len(adapters), time.perf_counter() - t0
-        )
-        return server
-
-    def _lease(self, base: _Base, model: Resolved) -> tuple[_Server, int | None]:
-        """The server to run on and the LoRA id of ``model``'s adapter (None for the base model)."""
-        adapter = self._adapter_gguf(base, model) if model.adapter is not None else None
-        with base.lock:
-            if adapter is not None:
-                base.used[adapter] = None
-                base.used.move_to_end(adapter)
-                if adapter not in base.server.adapters:
-                    keep = list(reversed(base.used))[: self.max_adapters]
-                    for old in [a for a in base.used if a not in keep]:
-                        del base.used[old]
-                    old_server, base.server = base.server, self._build(base.gguf, base.context, sorted(keep))
-                    old_server.retired = True
-                    if old_server.users == 0:
-                        old_server.handle = None
-            server = base.server
-            server.users += 1
-            return server, (server.adapters.index(adapter) if adapter is not None else None)
-
-    @staticmethod
-    def _release(base: _Base, server: _Server) -> None:
-        with base.lock:
-            server.users -= 1
-            if server.retired and server.users == 0:
-                server.handle = None  # the last request on a replaced server is done
-
-    def _adapter_gguf(self, base: _Base, model: Resolved) -> str:
-        """The adapter as a GGUF LoRA, converted now if the job ran before selftune wrote one."""
-        assert model.adapter is not None
-        target = gguf_path(model.adapter)
-        if not target.is_file():
-            check_adapter(model)
-            convert_adapter(model.adapter, base.folder)
-        return str(target)
+        self.bases.close()
 
     # --- generation -------------------------------------------------------------------------------
 
     def _generate(self, gen: Generation, future: Future[None]) -> None:
         """Run every choice of ``gen`` (one llama.cpp request each, in parallel) and end ``future``."""
         try:
-            base = self._base(gen.model.base)
-            server, lora = self._lease(base, gen.model)
+            base = self.bases.get(gen.model.base)
+            server, lora = self.bases.lease(base, gen.model)
         except BaseException as e:
             self._finish(future, e)
             return
@@ -281,7 +153,7 @@ class LlamaCppEngine:
             gen.cancel.set()
             self._finish(future, e)
         finally:
-            self._release(base, server)
+            self.bases.release(base, server)
 
     def _finish(self, future: Future[None], error: BaseException | None) -> None:
         with self._lock:
@@ -293,7 +165,7 @@ class LlamaCppEngine:
 
     @staticmethod
     def _request(
-        server: _Server, lora: int | None, gen: Generation, prompt: list[int], max_tokens: int, stop_ids: set[int]
+        server: Server, lora: int | None, gen: Generation, prompt: list[int], max_tokens: int, stop_ids: set[int]
     ) -> dict[str, Any]:
         params = gen.params
         request: dict[str, Any] = {
@@ -316,13 +188,13 @@ class LlamaCppEngine:
             request["grammar"] = f"{LLGUIDANCE}start: answer ({end})\n" + grammar.replace("start:", "answer:", 1)
         return request
 
-    def _vocabulary(self, base: _Base) -> Vocabulary:
+    def _vocabulary(self, base: Base) -> Vocabulary:
         if base.vocabulary is None:
             base.vocabulary = Vocabulary.build(base.tokenizer, base.stop_ids, base.vocab_size)
         return base.vocabulary
 
     def _choice(
-        self, server: _Server, base: _Base, request: dict[str, Any], out: ChoiceOutput, seed: int | None, free: int
+        self, server: Server, base: Base, request: dict[str, Any], out: ChoiceOutput, seed: int | None, free: int
     ) -> BaseException | None:
         """One choice, streamed token by token into ``out``; returns what went wrong, if anything."""
         gen = out.gen
@@ -378,7 +250,7 @@ class LlamaCppEngine:
             return SelftuneError("llama.cpp ended the answer without finishing it")
         return None
 
-    def _close(self, base: _Base, out: ChoiceOutput) -> None:
+    def _close(self, base: Base, out: ChoiceOutput) -> None:
         """Finish a constrained answer within its last tokens: the allowed token that closes most, each
         step (``constrain.Vocabulary.closing``), as the PyTorch engine does in its closing phase."""
         assert out.gen.grammar is not None

@@ -43,6 +43,7 @@ class Router:
             try:
                 self.llamacpp = LlamaCppEngine(
                     catalog,
+                    max_loaded=settings.max_loaded_models,
                     max_batch=settings.max_batch_size,
                     max_adapters=settings.max_loaded_adapters,
                     threads=settings.inference_threads,

@@ -54,3 +54,25 @@ def _union_tag(part: object) -> bool:
         "[" in part
         or part in ("int", "float", "str", "bool", "constrained-int", "constrained-float", "constrained-str")
     )
+
+
+class ErrorObject(Response):
+    """What every error answer holds (``errors.SelftuneError.to_dict``), as the served OpenAPI
+    document declares it for every 4XX and 5XX answer, so that clients and the fuzzing suite can check it."""
+
+    message: str
+    type: str
+    param: str | None
+    code: str | None
+    problems: list[dict[str, Any]] | None = None
+    """A file that failed validation: every problem, with its line."""
+
+
+class ErrorResponse(Response):
+    error: ErrorObject
+
+
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    "4XX": {"model": ErrorResponse, "description": "The request cannot be answered as sent; the error says why"},
+    "5XX": {"model": ErrorResponse, "description": "The server failed; the message carries an error id for its log"},
+}

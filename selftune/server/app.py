@@ -30,14 +30,16 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from selftune import __version__
 from selftune.batch_runner import BatchRunner
 from selftune.config import Settings
-from selftune.errors import InvalidRequest, NotFound, SelftuneError
+from selftune.errors import InvalidRequest, NotFound, SelftuneError, internal_error
 from selftune.export.runner import ExportRunner
 from selftune.ids import random_id
-from selftune.schemas.common import invalid_request
+from selftune.schemas.common import ERROR_RESPONSES, invalid_request
 from selftune.server import batches, chat, completions, exports, files, fine_tuning, models, responses, uploads
 from selftune.server.deps import get_owner, get_services
-from selftune.services import Core, build_services
+from selftune.server.edge import TOO_LARGE, Edge, Refused, error_response
+from selftune.services import build_services
 from selftune.statuses import MACHINES
+from selftune.sweeper import Sweeper
 from selftune.worker import Worker
 
 log = logging.getLogger("selftune.server")
@@ -62,7 +64,7 @@ def create_app(settings: Settings) -> FastAPI:
                 worker.start()
             runner.start()
             export_runner.start()
-            sweeper = asyncio.get_running_loop().create_task(_expire_uploads(services))
+            sweeper = asyncio.get_running_loop().create_task(_sweep(Sweeper(services), settings.sweep_seconds))
             yield
         finally:
             if sweeper is not None:
@@ -75,17 +77,25 @@ def create_app(settings: Settings) -> FastAPI:
             services.close()
 
     app = FastAPI(title="selftune", version=__version__, lifespan=lifespan, docs_url="/docs", redoc_url=None)
+    app.add_middleware(Edge, settings=settings)  # inside the next one: it sees the path with // collapsed
     app.add_middleware(_PathAndRequestId)
 
-    api = APIRouter(prefix="/v1", dependencies=[Depends(get_owner)])
+    api = APIRouter(prefix="/v1", dependencies=[Depends(get_owner)], responses=ERROR_RESPONSES)
     for module in (files, uploads, models, chat, completions, responses, batches, fine_tuning, exports):
         api.include_router(module.router)
     app.include_router(api)
 
     @app.get("/health", include_in_schema=False)
     def health(request: Request) -> dict[str, Any]:
-        stats = get_services(request).engine.stats()
-        return {"status": "ok", "version": __version__, **stats}
+        """Liveness for anyone; what is loaded and running only for a caller with a key (any key in
+        local mode), since model names and load say something about the other owners."""
+        services = get_services(request)
+        out: dict[str, Any] = {"status": "ok", "version": __version__}
+        try:
+            Edge.owner_of(services.keys, request.headers.get("authorization", ""))
+        except SelftuneError:
+            return out
+        return {**out, **services.engine.stats(), **services.admission.stats()}
 
     # The dashboard: static files that call /v1 like any other client (no extra server-side routes).
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
@@ -108,46 +118,40 @@ def create_app(settings: Settings) -> FastAPI:
     return app
 
 
-async def _expire_uploads(services: Core) -> None:
-    """Unfinished multipart uploads past their hour lose their parts (checked once a minute)."""
+async def _sweep(sweeper: Sweeper, every: float) -> None:
+    """What has outlived its time goes (``selftune.sweeper``), off the event loop, every ``every`` s."""
     while True:
         try:
-            await asyncio.to_thread(uploads.expire_uploads, services)
-        except Exception:
-            log.exception("expiring uploads failed")
-        await asyncio.sleep(60)
-
-
-def _error_response(exc: SelftuneError, status: int | None = None) -> JSONResponse:
-    """The one place an error becomes HTTP: OpenAI's envelope, built by ``SelftuneError.to_dict``."""
-    status = status or exc.status_code
-    headers = {}
-    if status >= 500 and status != 503:
-        headers["x-should-retry"] = "false"  # our own bugs do not get better by retrying
-    return JSONResponse({"error": exc.to_dict()}, status_code=status, headers=headers)
+            await asyncio.to_thread(sweeper.sweep)
+        except Exception:  # a full disk, a database blip: the next round tries again
+            log.exception("sweeping failed")
+        await asyncio.sleep(every)
 
 
 async def _selftune_error(_: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, SelftuneError)
-    return _error_response(exc)
+    return error_response(exc)
 
 
 async def _validation_error(_: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
-    return _error_response(invalid_request(exc.errors()))
+    return error_response(invalid_request(exc.errors()))
 
 
 async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
+    if isinstance(exc, Refused):
+        return error_response(exc.error)
     if exc.status_code in (404, 405):
         message = f"Unknown request URL: {request.method} {request.url.path}."
-        return _error_response(NotFound(message, code="unknown_url"))
-    return _error_response(InvalidRequest(str(exc.detail)), exc.status_code)
+        return error_response(NotFound(message, code="unknown_url"))
+    if exc.status_code == 413 and TOO_LARGE in request.scope:  # the body passed its limit while streaming in
+        return error_response(request.scope[TOO_LARGE])
+    return error_response(InvalidRequest(str(exc.detail)), exc.status_code)
 
 
-async def _unexpected_error(_: Request, exc: Exception) -> JSONResponse:
-    log.exception("unexpected error", exc_info=exc)
-    return _error_response(SelftuneError(f"The server had an error: {exc.__class__.__name__}: {exc}"))
+async def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:
+    return error_response(internal_error(exc, log, f"unexpected error in {request.method} {request.url.path}"))
 
 
 _SLASHES = re.compile(r"/{2,}")

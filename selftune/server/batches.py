@@ -15,9 +15,10 @@ from selftune.errors import InvalidRequest
 from selftune.ids import now, random_id
 from selftune.schemas.batches import ENDPOINTS, WINDOW_SECONDS, Batch, BatchCreateRequest, BatchList
 from selftune.server.deps import OwnerDep, ServicesDep
+from selftune.server.edge import Route
 from selftune.statuses import BatchAction, BatchStatus
 
-router = APIRouter(tags=["batches"])
+router = APIRouter(tags=["batches"], route_class=Route)
 
 
 @router.post("/batches")

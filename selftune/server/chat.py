@@ -14,9 +14,10 @@ from pydantic import ValidationError
 
 from selftune.schemas.chat import ChatCompletion, ChatCompletionRequest
 from selftune.server.deps import OwnerDep, ServicesDep, streamed
+from selftune.server.edge import Route
 from selftune.serving.chat import chat
 
-router = APIRouter(tags=["chat"])
+router = APIRouter(tags=["chat"], route_class=Route)
 
 
 @router.post("/chat/completions", response_model=None)

@@ -7,9 +7,10 @@ from fastapi.responses import StreamingResponse
 
 from selftune.schemas.completions import Completion, CompletionRequest
 from selftune.server.deps import OwnerDep, ServicesDep, streamed
+from selftune.server.edge import Route
 from selftune.serving.completions import complete
 
-router = APIRouter(tags=["completions"])
+router = APIRouter(tags=["completions"], route_class=Route)
 
 
 @router.post("/completions", response_model=None)

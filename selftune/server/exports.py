@@ -19,8 +19,9 @@ from fastapi.responses import StreamingResponse
 from selftune.export.service import ExportRecord
 from selftune.schemas.exports import Export, ExportCreate, ExportDeleted, ExportFile, ExportList
 from selftune.server.deps import OwnerDep, ServicesDep
+from selftune.server.edge import Route
 
-router = APIRouter(tags=["exports"])
+router = APIRouter(tags=["exports"], route_class=Route)
 BLOCK = tarfile.BLOCKSIZE
 
 

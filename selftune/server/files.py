@@ -16,16 +16,14 @@ from fastapi.responses import FileResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
-from selftune.blobs import too_large
 from selftune.errors import InvalidRequest
 from selftune.files import store_file
 from selftune.schemas.files import UPLOAD_PURPOSES, FileDeleted, FileList, FileObject
 from selftune.server.deps import OwnerDep, ServicesDep
+from selftune.server.edge import Route
 from selftune.store import FileRecord
 
-router = APIRouter(tags=["files"])
-
-MULTIPART_SLACK = 64 * 1024  # room for boundaries and the small form fields around the file part
+router = APIRouter(tags=["files"], route_class=Route)
 
 
 def to_wire(rec: FileRecord) -> FileObject:
@@ -43,10 +41,6 @@ def to_wire(rec: FileRecord) -> FileObject:
 
 @router.post("/files")
 async def create_file(request: Request, services: ServicesDep, owner: OwnerDep) -> FileObject:
-    limit = services.settings.max_upload_bytes
-    declared = int(request.headers.get("content-length") or 0)
-    if declared > limit + MULTIPART_SLACK:
-        raise too_large(limit)
     if not request.headers.get("content-type", "").startswith("multipart/form-data"):
         raise InvalidRequest("Upload files as multipart/form-data with fields 'file' and 'purpose'.", param="file")
     async with request.form(max_files=1, max_fields=16) as form:

@@ -24,10 +24,11 @@ from selftune.schemas.fine_tuning import (
     ResolvedHyperparameters,
 )
 from selftune.server.deps import OwnerDep, ServicesDep
+from selftune.server.edge import Route
 from selftune.statuses import JobStatus
 from selftune.store import CheckpointRecord, EventRecord, JobRecord
 
-router = APIRouter(tags=["fine-tuning"])
+router = APIRouter(tags=["fine-tuning"], route_class=Route)
 
 Limit = Annotated[int, Query(ge=1, le=1000)]
 
@@ -82,7 +83,8 @@ def checkpoint_to_wire(rec: CheckpointRecord, job: JobRecord) -> Checkpoint:
 @router.post("/fine_tuning/jobs")
 async def create_job(body: CreateJobRequest, services: ServicesDep, owner: OwnerDep) -> FineTuningJob:
     # Counting the training examples reads the file: keep it off the event loop.
-    rec = await run_in_threadpool(jobs.create, services.store, services.blobs, services.catalog, owner, body)
+    wandb = services.settings.wandb_projects if services.keys else None  # local mode: one owner, any project
+    rec = await run_in_threadpool(jobs.create, services.store, services.blobs, services.catalog, owner, body, wandb)
     return job_to_wire(rec)
 
 

@@ -7,16 +7,17 @@ a ``{model:path}`` converter.
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 from fastapi import APIRouter
 
+from selftune.atomic import remove_tree
 from selftune.errors import PermissionDenied
 from selftune.schemas.models import Model, ModelDeleted, ModelList
 from selftune.server.deps import OwnerDep, ServicesDep
+from selftune.server.edge import Route
 
-router = APIRouter(tags=["models"])
+router = APIRouter(tags=["models"], route_class=Route)
 BASE_OWNER = "selftune"
 
 
@@ -50,7 +51,7 @@ def delete_model(model: str, services: ServicesDep, owner: OwnerDep) -> ModelDel
             code="model_not_deletable",
         )
     unused = services.store.delete_model(owner, resolved.id)
-    # Free the disk, but only ever inside SELFTUNE_HOME (the path comes from the database).
-    if unused and Path(unused).resolve().is_relative_to(services.settings.home.resolve()):
-        shutil.rmtree(unused, ignore_errors=True)
+    # Free the disk, but only ever inside the jobs' folder (the path comes from the database).
+    if unused and Path(unused).resolve().is_relative_to((services.settings.home / "jobs").resolve()):
+        remove_tree(Path(unused), services.settings.home / "jobs")
     return ModelDeleted(id=resolved.id)

@@ -10,9 +10,10 @@ from fastapi.responses import StreamingResponse
 from selftune.errors import InvalidRequest
 from selftune.schemas.responses import InputItemList, ResponseCreateRequest, ResponseDeleted, ResponseObject
 from selftune.server.deps import OwnerDep, ServicesDep, streamed
+from selftune.server.edge import Route
 from selftune.serving import responses
 
-router = APIRouter(tags=["responses"])
+router = APIRouter(tags=["responses"], route_class=Route)
 
 
 @router.post("/responses", response_model=None)

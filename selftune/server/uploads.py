@@ -4,15 +4,14 @@ Each part is streamed to its own file under ``SELFTUNE_HOME/files/.uploads/<uplo
 held in memory). Completing streams the parts, in the order given, through the same path as a
 ``/v1/files`` upload (``selftune.files.store_file``: size limit, validation of ``fine-tune`` files,
 atomic registration), checking the declared size and the optional MD5 on the way. Every move follows
-``statuses.UPLOADS``; cancelled, completed and expired uploads lose their parts, and
-``expire_uploads`` runs in the server's background.
+``statuses.UPLOADS``; cancelled, completed and expired uploads lose their parts (the sweeper,
+``selftune.sweeper``, expires them in the server's background).
 """
 
 from __future__ import annotations
 
 import hashlib
 import re
-import shutil
 from pathlib import Path
 from typing import BinaryIO
 
@@ -20,9 +19,11 @@ from fastapi import APIRouter, Request
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
+from selftune.atomic import publish, remove_tree
 from selftune.blobs import too_large
-from selftune.errors import InvalidRequest, InvalidStatus
-from selftune.files import store_file
+from selftune.errors import InvalidRequest
+from selftune.faults import crash_point
+from selftune.files import store_file, upload_file_id
 from selftune.ids import now, random_id
 from selftune.schemas.files import UPLOAD_PURPOSES
 from selftune.schemas.uploads import (
@@ -34,11 +35,13 @@ from selftune.schemas.uploads import (
     UploadPart,
 )
 from selftune.server.deps import OwnerDep, ServicesDep
-from selftune.server.files import MULTIPART_SLACK, to_wire
+from selftune.server.edge import Route
+from selftune.server.files import to_wire
 from selftune.services import Core
 from selftune.statuses import UploadAction, UploadStatus
+from selftune.sweeper import Sweeper
 
-router = APIRouter(tags=["uploads"])
+router = APIRouter(tags=["uploads"], route_class=Route)
 
 PART_ID = re.compile(r"part_[A-Za-z0-9]+")
 
@@ -66,9 +69,7 @@ def create_upload(body: UploadCreateRequest, services: ServicesDep, owner: Owner
 
 @router.post("/uploads/{upload_id}/parts")
 async def add_part(upload_id: str, request: Request, services: ServicesDep, owner: OwnerDep) -> UploadPart:
-    upload = _pending(services, owner, upload_id)
-    if int(request.headers.get("content-length") or 0) > MAX_PART_BYTES + MULTIPART_SLACK:
-        raise InvalidRequest(f"A part holds at most {MAX_PART_BYTES:,} bytes; send smaller parts.", param="data")
+    upload = await run_in_threadpool(_pending, services, owner, upload_id)
     async with request.form(max_files=1, max_fields=4) as form:
         data = form.get("data")
         if not isinstance(data, UploadFile):
@@ -77,20 +78,31 @@ async def add_part(upload_id: str, request: Request, services: ServicesDep, owne
 
 
 def _write_part(services: Core, upload: Upload, src: BinaryIO) -> UploadPart:
-    tmp, _, _ = services.blobs.copy_to_temp(src, MAX_PART_BYTES)
+    """The part, streamed to its own file; refused when with the parts already sent it would hold more
+    than the bytes the upload was created for (an upload cannot become a way to fill the disk)."""
+    folder = services.blobs.parts(upload.id)
+    sent = sum(p.stat().st_size for p in folder.iterdir()) if folder.is_dir() else 0
+    left = upload.bytes - sent
+    refusal = InvalidRequest(
+        f"the parts sent so far hold {sent:,} of the {upload.bytes:,} bytes this upload was created for, and this "
+        "part holds more than the rest; send only the bytes of the file (or create a new upload)",
+        param="data",
+    )
+    tmp, _, _ = services.blobs.copy_to_temp(src, max(0, left), refusal if left < MAX_PART_BYTES else None)
     part = UploadPart(id=random_id("part_"), created_at=now(), upload_id=upload.id)
-    folder = _folder(services, upload.id)
+    crash_point("upload.part")
     folder.mkdir(parents=True, exist_ok=True)
-    tmp.replace(folder / part.id)
+    publish(tmp, folder / part.id)
     return part
 
 
 @router.post("/uploads/{upload_id}/complete")
-async def complete_upload(
-    upload_id: str, body: UploadCompleteRequest, services: ServicesDep, owner: OwnerDep
-) -> Upload:
+def complete_upload(upload_id: str, body: UploadCompleteRequest, services: ServicesDep, owner: OwnerDep) -> Upload:
+    """The parts, in the order given, become one file (validated like any upload). The file's id is
+    the upload's own (``files.upload_file_id``): a completion retried after a crash or a lost answer
+    finds the file its first try registered, and never makes a second one."""
     upload = _pending(services, owner, upload_id)
-    folder = _folder(services, upload_id)
+    folder = services.blobs.parts(upload_id)
     missing = [p for p in body.part_ids if not PART_ID.fullmatch(p) or not (folder / p).is_file()]
     if missing or not body.part_ids:
         unknown = ", ".join(missing) or "none given"
@@ -111,22 +123,22 @@ async def complete_upload(
             raise InvalidRequest(why, param="md5")
 
     try:
-        file = await run_in_threadpool(
-            lambda: store_file(
-                services.store,
-                services.blobs,
-                owner,
-                reader,  # type: ignore[arg-type]  # read() is all copy_to_temp uses
-                upload.filename,
-                upload.purpose,
-                limit=services.settings.max_upload_bytes,
-                verify=check_md5,
-            )
+        file = store_file(
+            services.store,
+            services.blobs,
+            owner,
+            reader,  # type: ignore[arg-type]  # read() is all copy_to_temp uses
+            upload.filename,
+            upload.purpose,
+            limit=services.settings.max_upload_bytes,
+            verify=check_md5,
+            file_id=upload_file_id(upload_id),
         )
     finally:
         reader.close()
+    crash_point("upload.registered")
     done = services.uploads.apply(upload, UploadAction.COMPLETE, file=to_wire(file))
-    shutil.rmtree(folder, ignore_errors=True)
+    remove_tree(folder, services.blobs.root)
     return done
 
 
@@ -134,22 +146,8 @@ async def complete_upload(
 def cancel_upload(upload_id: str, services: ServicesDep, owner: OwnerDep) -> Upload:
     upload = _pending(services, owner, upload_id)
     cancelled = services.uploads.apply(upload, UploadAction.CANCEL)
-    shutil.rmtree(_folder(services, upload_id), ignore_errors=True)
+    remove_tree(services.blobs.parts(upload_id), services.blobs.root)
     return cancelled
-
-
-def expire_uploads(services: Core) -> int:
-    """Move pending uploads past their time to ``expired`` and delete their parts; how many."""
-    n = 0
-    for held in services.uploads.in_status(UploadStatus.PENDING):
-        if held.obj.expires_at <= now():
-            try:
-                services.uploads.apply(held.obj, UploadAction.EXPIRE)
-            except InvalidStatus:  # completed or cancelled in the meantime
-                continue
-            shutil.rmtree(_folder(services, held.obj.id), ignore_errors=True)
-            n += 1
-    return n
 
 
 def _pending(services: Core, owner: str, upload_id: str) -> Upload:
@@ -157,7 +155,7 @@ def _pending(services: Core, owner: str, upload_id: str) -> Upload:
     upload past its time is expired first, so the error says so."""
     upload = services.uploads.get(owner, upload_id)
     if upload.status == UploadStatus.PENDING and upload.expires_at <= now():
-        expire_uploads(services)
+        Sweeper(services).expire_uploads()
         upload = services.uploads.get(owner, upload_id)
     if upload.status != UploadStatus.PENDING:
         raise InvalidRequest(
@@ -166,10 +164,6 @@ def _pending(services: Core, owner: str, upload_id: str) -> Upload:
             code="invalid_upload_status",
         )
     return upload
-
-
-def _folder(services: Core, upload_id: str) -> Path:
-    return services.blobs.root / ".uploads" / upload_id
 
 
 class _Parts:

@@ -11,16 +11,21 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from concurrent.futures import Future
 from contextlib import suppress
 from dataclasses import dataclass
 from typing import Any
 
-from selftune.errors import SelftuneError, Unavailable
+from selftune.errors import SelftuneError, Unavailable, internal_error
 from selftune.inference.engine import Engine
 from selftune.inference.generation import Event, Generation
 from selftune.schemas.chat import CompletionUsage
+from selftune.services import Services
+from selftune.serving.admission import Ticket
+
+log = logging.getLogger("selftune.serving")
 
 DISCONNECT_POLL_S = 0.5
 
@@ -28,12 +33,22 @@ Disconnected = Callable[[], Awaitable[bool]]
 """``Request.is_disconnected``: polled while collecting, so a client that leaves cancels its work."""
 
 
+def start(services: Services, owner: str, generations: Sequence[dict[str, Any]]) -> list[Bridge]:
+    """Admit ``generations`` (one per prompt, as ``Generation``'s fields) for ``owner``, then start
+    each on the engine; a request the server cannot take on now raises before any starts."""
+    choices = sum(int(g.get("n", 1)) for g in generations)
+    max_tokens = max(g["params"].max_tokens for g in generations)
+    ticket = services.admission.admit(owner, choices, max_tokens, parts=len(generations))
+    return [Bridge(services.engine, ticket, **g) for g in generations]
+
+
 class Bridge:
     """Runs one ``Generation`` on the engine and carries its events (or its exception) onto the loop."""
 
-    def __init__(self, engine: Engine, **generation: Any) -> None:
+    def __init__(self, engine: Engine, ticket: Ticket, **generation: Any) -> None:
         self.loop = asyncio.get_running_loop()
         self.queue: asyncio.Queue[Event | BaseException] = asyncio.Queue()
+        self.ticket = ticket
         self.gen = Generation(emit=self._emit, **generation)
         engine.submit(self.gen).add_done_callback(self._done)
 
@@ -44,6 +59,7 @@ class Bridge:
             self.gen.cancel.set()
 
     def _done(self, future: Future[None]) -> None:
+        self.ticket.done()  # its choices and tokens are free for others again
         if future.cancelled():
             self._emit(Unavailable("the server is shutting down; try again"))
         elif (exc := future.exception()) is not None:
@@ -95,8 +111,12 @@ class Collected:
 def sse_error(e: Exception) -> str:
     """An error after the stream began: the status line is gone, and the SDKs raise on a data event
     holding "error"."""
-    err = e if isinstance(e, SelftuneError) else SelftuneError(f"generation failed: {e}")
-    return f"data: {json.dumps({'error': err.to_dict()})}\n\n"
+    return f"data: {json.dumps({'error': as_error(e).to_dict()})}\n\n"
+
+
+def as_error(e: Exception) -> SelftuneError:
+    """``e`` as the client may see it: ours as it is, anything else as an id into the log."""
+    return e if isinstance(e, SelftuneError) else internal_error(e, log, "generation failed")
 
 
 def usage(prompt_tokens: int, completion_tokens: int) -> CompletionUsage:

@@ -13,7 +13,9 @@ disconnects cancels its generation at the next token.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Iterator
+from typing import Any
 
 from selftune.data.render import normalize_tools
 from selftune.errors import InvalidRequest
@@ -35,13 +37,28 @@ from selftune.schemas.chat import (
     ToolCall,
 )
 from selftune.services import Services
-from selftune.serving.bridge import Bridge, Disconnected, Stream, collect, events, sse_error, usage
+from selftune.serving.bridge import Bridge, Disconnected, Stream, collect, events, sse_error, start, usage
 
 
 async def chat(
     body: ChatCompletionRequest, services: Services, owner: str, disconnected: Disconnected | None
 ) -> ChatCompletion | Stream:
     """A chat completion, or its stream; ``disconnected`` cancels a collected answer whose client left."""
+    plan, generation = await asyncio.to_thread(_prepare, body, services, owner)  # database, grammars: off the loop
+    (bridge,) = start(services, owner, [generation])
+    first = await bridge.first()
+    meta = {"id": random_id("chatcmpl-"), "created": now(), "model": bridge.gen.model.id}
+    n = bridge.gen.n
+    if body.stream:
+        include_usage = bool(body.stream_options and body.stream_options.include_usage)
+        return Stream(_sse(bridge, first, n, meta, include_usage, plan))
+    got = await collect(bridge, first, n, disconnected)
+    choices = [_choice(i, got.texts[i], got.finish[i], plan) for i in range(n)]
+    return ChatCompletion(choices=choices, usage=usage(got.prompt_tokens, got.completion_tokens), **meta)
+
+
+def _prepare(body: ChatCompletionRequest, services: Services, owner: str) -> tuple[ToolPlan, dict[str, Any]]:
+    """What the request asks for, checked: its tool plan and its generation's fields."""
     for param, why in body.unsupported():
         raise InvalidRequest(why, param=param, code="unsupported_parameter")
     legacy = bool(body.functions) and not body.tools
@@ -62,26 +79,17 @@ async def chat(
         body.stop_list,
         body.seed,
     )
-    n = body.n or 1
     messages = [m.model_dump(exclude_none=True) for m in body.messages]
-    bridge = Bridge(
-        services.engine,
-        model=resolved,
-        messages=messages,
-        params=params,
-        n=n,
-        tools=plan.tools,
-        grammar=plan.grammar,
-        lazy_grammar=plan.lazy_grammar,
-    )
-    first = await bridge.first()
-    meta = {"id": random_id("chatcmpl-"), "created": now(), "model": resolved.id}
-    if body.stream:
-        include_usage = bool(body.stream_options and body.stream_options.include_usage)
-        return Stream(_sse(bridge, first, n, meta, include_usage, plan))
-    got = await collect(bridge, first, n, disconnected)
-    choices = [_choice(i, got.texts[i], got.finish[i], plan) for i in range(n)]
-    return ChatCompletion(choices=choices, usage=usage(got.prompt_tokens, got.completion_tokens), **meta)
+    generation = {
+        "model": resolved,
+        "messages": messages,
+        "params": params,
+        "n": body.n or 1,
+        "tools": plan.tools,
+        "grammar": plan.grammar,
+        "lazy_grammar": plan.lazy_grammar,
+    }
+    return plan, generation
 
 
 def _choice(index: int, text: str, finish: str, plan: ToolPlan) -> Choice:

@@ -9,18 +9,20 @@ All prompts are submitted at once and run side by side in the engine's batch.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Sequence
+from typing import Any
 
 from selftune.errors import InvalidRequest
 from selftune.ids import now, random_id
 from selftune.inference.generation import Event, SamplingParams
 from selftune.schemas.completions import Completion, CompletionChoice, CompletionRequest
 from selftune.services import Services
-from selftune.serving.bridge import Bridge, Disconnected, Stream, collect, events, sse_error, usage
+from selftune.serving.bridge import Bridge, Disconnected, Stream, collect, events, sse_error, start, usage
 
 
-def _start(body: CompletionRequest, services: Services, owner: str) -> tuple[list[Bridge], list[str], int]:
-    """One generation per prompt, all submitted at once; with the text each choice echoes."""
+def _prepare(body: CompletionRequest, services: Services, owner: str) -> list[dict[str, Any]]:
+    """One generation's fields per prompt, checked (the prompts, the model, token ids in its vocabulary)."""
     for param, why in body.unsupported():
         raise InvalidRequest(why, param=param, code="unsupported_parameter")
     prompts = body.prompts
@@ -32,13 +34,29 @@ def _start(body: CompletionRequest, services: Services, owner: str) -> tuple[lis
     params = SamplingParams.requested(
         body.max_tokens, services.settings.default_max_tokens, body.temperature, body.top_p, body.stop_list, body.seed
     )
-    n = body.n or 1
-    bridges = []
+    if not all(isinstance(p, str) for p in prompts):
+        _check_ids(prompts, len(services.catalog.tokenizer(resolved.base)), body.model)
+    generations = []
     for p in prompts:
         text, ids = (p, None) if isinstance(p, str) else ("", p)
-        bridges.append(Bridge(services.engine, model=resolved, messages=text, prompt_ids=ids, params=params, n=n))
-    echoes = [p if isinstance(p, str) and body.echo else "" for p in prompts]
-    return bridges, echoes, n
+        generations.append({"model": resolved, "messages": text, "prompt_ids": ids, "params": params, "n": body.n or 1})
+    return generations
+
+
+def _check_ids(prompts: Sequence[str | list[int]], vocabulary: int, model: str) -> None:
+    """Token-id prompts hold ids of the model's vocabulary (a negative or too large one would fail on
+    the device, not as the client's mistake)."""
+    for i, p in enumerate(prompts):
+        if isinstance(p, str):
+            continue
+        bad = next((t for t in p if not 0 <= t < vocabulary), None)
+        if bad is not None:
+            raise InvalidRequest(
+                f"prompt {i} holds token id {bad}, which is not in {model}'s vocabulary of {vocabulary} tokens "
+                f"(ids 0 to {vocabulary - 1})",
+                param="prompt",
+                code="invalid_token_id",
+            )
 
 
 async def _firsts(bridges: Sequence[Bridge]) -> list[Event]:
@@ -59,7 +77,10 @@ async def complete(
     body: CompletionRequest, services: Services, owner: str, disconnected: Disconnected | None
 ) -> Completion | Stream:
     """The completion, or with ``stream`` its events; an error before any output raises."""
-    bridges, echoes, n = _start(body, services, owner)
+    generations = await asyncio.to_thread(_prepare, body, services, owner)  # database, tokenizer: off the loop
+    bridges = start(services, owner, generations)
+    n = bridges[0].gen.n
+    echoes = [p if isinstance(p, str) and body.echo else "" for p in body.prompts]
     firsts = await _firsts(bridges)
     if body.stream:
         meta = _meta(bridges[0].gen.model.id)

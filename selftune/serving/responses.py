@@ -14,13 +14,14 @@ OpenAI does not carry over to a chained response either. Streams are the typed e
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 from selftune.data.render import normalize_tools
-from selftune.errors import InvalidRequest, SelftuneError
+from selftune.errors import InvalidRequest
 from selftune.ids import now, random_id
 from selftune.inference.generation import Event, SamplingParams
 from selftune.inference.tools import ParsedCall, ToolPlan, ToolStream, parse_calls
@@ -38,7 +39,7 @@ from selftune.schemas.responses import (
     StoredResponse,
 )
 from selftune.services import Services
-from selftune.serving.bridge import Bridge, Disconnected, Stream, collect, events
+from selftune.serving.bridge import Bridge, Disconnected, Stream, as_error, collect, events, start
 from selftune.serving.response_input import output_message, read_input, response_format
 from selftune.statuses import ItemStatus, ResponseStatus
 
@@ -87,12 +88,15 @@ class _Turn:
     items: list[InputItem]
     """This turn's ``input`` as ``GET /responses/{id}/input_items`` lists it."""
     plan: ToolPlan
-    bridge: Bridge
+    generation: dict[str, Any]
+    """The fields of the ``Generation`` that answers it."""
     template: ResponseObject
     calls: list[ParsedCall] = field(default_factory=list)
+    bridge: Bridge = field(init=False)
+    """Set once the generation is admitted and started."""
 
 
-def _start(body: ResponseCreateRequest, services: Services, owner: str) -> _Turn:
+def _prepare(body: ResponseCreateRequest, services: Services, owner: str) -> _Turn:
     for param, why in body.unsupported():
         raise InvalidRequest(why, param=param, code="unsupported_parameter")
     history: list[dict[str, Any]] = []
@@ -112,15 +116,14 @@ def _start(body: ResponseCreateRequest, services: Services, owner: str) -> _Turn
         body.max_output_tokens, services.settings.default_max_tokens, body.temperature, body.top_p
     )
     system = [{"role": "system", "content": body.instructions}] if body.instructions else []
-    bridge = Bridge(
-        services.engine,
-        model=resolved,
-        messages=[*system, *conversation],
-        params=params,
-        tools=plan.tools,
-        grammar=plan.grammar,
-        lazy_grammar=plan.lazy_grammar,
-    )
+    generation = {
+        "model": resolved,
+        "messages": [*system, *conversation],
+        "params": params,
+        "tools": plan.tools,
+        "grammar": plan.grammar,
+        "lazy_grammar": plan.lazy_grammar,
+    }
     template = ResponseObject(
         id=random_id("resp_"),
         created_at=now(),
@@ -140,7 +143,7 @@ def _start(body: ResponseCreateRequest, services: Services, owner: str) -> _Turn
         metadata=body.metadata or {},
         user=body.user,
     )
-    return _Turn(body, conversation, items, plan, bridge, template)
+    return _Turn(body, conversation, items, plan, generation, template)
 
 
 # --- the answer -> a response --------------------------------------------------------------------
@@ -186,7 +189,8 @@ async def respond(
     body: ResponseCreateRequest, services: Services, owner: str, disconnected: Disconnected | None
 ) -> ResponseObject | Stream:
     """The response, or with ``stream`` its typed events; an error before any output raises."""
-    turn = _start(body, services, owner)
+    turn = await asyncio.to_thread(_prepare, body, services, owner)  # database, grammars: off the loop
+    (turn.bridge,) = start(services, owner, [turn.generation])
     first = await turn.bridge.first()
     if body.stream:
         return Stream(_sse(turn, first, services, owner))
@@ -201,7 +205,7 @@ async def respond(
         output.append(output_message(text or "", status))
     output += [_call_item(c) for c in turn.calls]
     resp = _finish(turn, output, got.finish[0], _usage(turn, got.completion_tokens))
-    _store(services, owner, turn, resp, text)
+    await asyncio.to_thread(_store, services, owner, turn, resp, text)
     return resp
 
 
@@ -303,7 +307,7 @@ async def _sse(turn: _Turn, first: Event, services: Services, owner: str) -> Asy
                     for line in ev.call(call):
                         yield line
         except Exception as e:
-            err = e if isinstance(e, SelftuneError) else SelftuneError(f"generation failed: {e}")
+            err = as_error(e)
             error = {"code": "server_error", "message": err.message}
             failed = turn.template.model_copy(update={"status": ResponseStatus.FAILED, "error": error})
             yield ev.event("error", code=err.code, message=err.message, param=err.param)
@@ -318,7 +322,7 @@ async def _sse(turn: _Turn, first: Event, services: Services, owner: str) -> Asy
             yield line
         resp = _finish(turn, ev.output, finish, _usage(turn, event.completion_tokens))
         text = "".join(item.content[0].text for item in ev.output if isinstance(item, OutputMessage))
-        _store(services, owner, turn, resp, text if stream is None or text else None)
+        await asyncio.to_thread(_store, services, owner, turn, resp, text if stream is None or text else None)
         done = f"response.{resp.status}"  # response.completed or response.incomplete
         yield ev.event(done, response=_dump(resp))
     finally:
