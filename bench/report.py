@@ -5,7 +5,7 @@ from __future__ import annotations
 import statistics
 from typing import Any
 
-from bench import hostile
+from bench import dpo_quality, hostile
 from bench.measure import (
     BATCH_SIZE,
     DEFAULTS_EXAMPLES,
@@ -40,6 +40,7 @@ def report(r: dict[str, Any], command: str) -> str:
     serving_rows, eight_rows, latency_rows, serving_targets = _serving(r)
     memory_targets, memory_rows = _memory(r)
     hostile_targets, hostile_rows = hostile.rows(r["hostile"]) if "hostile" in r else ([], [])
+    dpo_targets, dpo_rows = dpo_quality.rows(r["dpo"]) if "dpo" in r else ([], [])
     L = [
         "# Benchmarks",
         "",
@@ -65,6 +66,7 @@ def report(r: dict[str, Any], command: str) -> str:
         *serving_targets,
         *memory_targets,
         *hostile_targets,
+        *dpo_targets,
         "",
         "## Training",
         "",
@@ -181,6 +183,7 @@ def report(r: dict[str, Any], command: str) -> str:
         "",
         *_qwen(r),
         *(["## A hostile client", "", *hostile_rows, ""] if hostile_rows else []),
+        *(["## DPO: the form learned, the content kept", "", *dpo_rows, ""] if dpo_rows else []),
         "## Scaling",
         "",
         "| examples | tokens | training loop | seconds per 1,000 tokens | job wall time |",
@@ -201,7 +204,7 @@ def report(r: dict[str, Any], command: str) -> str:
         "",
         f"Seconds per 1,000 tokens go from {per[sizes[0]]:.2f} ({sizes[0]} examples) to {per[sizes[-1]]:.2f} "
         f"({sizes[-1]} examples): training time {verdict}. The job wall time adds a fixed cost (process start, "
-        f"model load, smoke test, saving) of about "
+        f"model load, quality check, saving) of about "
         f"{statistics.median(x['wall_seconds'] - x['seconds'] for x in r['scaling'].values()):.0f} s.",
         "",
         "Where a selftune step spends its time: `python -m bench.profile_step` (torch.profiler over six steps of the "

@@ -17,7 +17,10 @@ linear layers), the same sequence limit, batch size, epochs and learning rate:
 5. memory: peak RSS of training and serving;
 6. scaling: job wall time at 50, 200 and 800 examples.
 7. a hostile client (``bench.hostile``): a 300 MB body without a key, chat latency while a 100 MB
-   batch is validated and answered, and schema-driven fuzzing of every route (``bench.fuzz``).
+   batch is validated and answered, and schema-driven fuzzing of every route (``bench.fuzz``);
+8. DPO quality (``bench.dpo_quality``): form learned, content kept and answers ended on form-only
+   pairs, selftune's DPO defaults (before and now) against TRL ``DPOTrainer`` (its defaults, and
+   selftune's settings).
 
 Ratios, not absolute times, are the point: the machine is shared and its speed drifts.
 """

@@ -21,10 +21,18 @@ from pathlib import Path
 from typing import Any
 
 
+def peft_lora(lora: dict[str, Any]) -> Any:
+    """selftune's LoRA (``bench.measure.LORA``) as peft's config, for TRL's trainers."""
+    from peft import LoraConfig
+
+    return LoraConfig(
+        r=lora["r"], lora_alpha=lora["alpha"], lora_dropout=0.0, target_modules=lora["targets"], task_type="CAUSAL_LM"
+    )
+
+
 def main(cfg: dict[str, Any]) -> dict[str, Any]:
     import torch
     from datasets import Dataset
-    from peft import LoraConfig
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import SFTConfig, SFTTrainer
 
@@ -69,19 +77,12 @@ def main(cfg: dict[str, Any]) -> dict[str, Any]:
         disable_tqdm=True,
         **speed,
     )
-    lora = LoraConfig(
-        r=cfg["lora"]["r"],
-        lora_alpha=cfg["lora"]["alpha"],
-        lora_dropout=0.0,
-        target_modules=cfg["lora"]["targets"],
-        task_type="CAUSAL_LM",
-    )
     trainer = SFTTrainer(
         model=model,
         args=args,
         train_dataset=Dataset.from_list(rows),
         processing_class=tokenizer,
-        peft_config=lora,
+        peft_config=peft_lora(cfg["lora"]),
     )
     # Real tokens: every token of every example TRL feeds (no padding), as selftune counts them.
     tokens = sum(len(ids) for ids in trainer.train_dataset["input_ids"]) * cfg["epochs"]

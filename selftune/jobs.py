@@ -319,6 +319,7 @@ def succeed(store: Store, blobs: Blobs, home: Path, job: JobRecord, files: JobDi
         "fine_tuned_model": job.model_name,
         "trained_tokens": done.trained_tokens,
         "result_files": [r.id for r in results],
+        "quality": done.quality,
     }
     events = [
         ("info", f"New fine-tuned model created: {job.model_name}"),

@@ -16,6 +16,13 @@ Resolution of ``"auto"`` (documented in docs/training.md):
   scaled by the multiplier; for DPO ``DPO_LEARNING_RATE_MULTIPLIER`` (preference steps move the
   model much further per step than next-token steps do).
 - ``beta`` (DPO only): ``DPO_BETA``, the value of the DPO paper and of TRL's default.
+- ``rpo_alpha`` (DPO only, a selftune extension): ``DPO_RPO_ALPHA``.
+
+The DPO defaults were chosen by measurement (``bench/dpo_quality.py``; docs/training.md has the
+table): on pairs that differ only in form, DPO alone at the former default (a LoRA rate of 5e-4)
+made SmolLM2 say "Capital: Capital: ..." to every question, and at 5e-5 it still lost its end of
+turn; anchored, it learns the form and keeps the content at either rate. The lower rate is the
+default because it leaves more room before a model breaks.
 """
 
 from __future__ import annotations
@@ -50,8 +57,15 @@ examples in a few epochs without diverging."""
 
 DPO_BETA = 0.1
 """``beta: "auto"``: how far the model may move from the reference (larger keeps it closer)."""
-DPO_LEARNING_RATE_MULTIPLIER = 0.5
-"""``learning_rate_multiplier: "auto"`` on DPO jobs."""
+DPO_LEARNING_RATE_MULTIPLIER = 0.1
+"""``learning_rate_multiplier: "auto"`` on DPO jobs: a LoRA rate of 1e-4, a tenth of supervised's."""
+DPO_RPO_ALPHA = 1.0
+"""``rpo_alpha: "auto"`` (a selftune extension): the weight of the next-token loss on the preferred
+output that DPO's loss is anchored with (RPO, Pang et al., 2024; TRL's ``rpo_alpha``)."""
+
+
+METHOD_SPECIFIC = ("beta", "rpo_alpha")
+"""Hyperparameters that only ``method.<type>.hyperparameters`` shows."""
 
 
 def auto_epochs(n_examples: int) -> int:
@@ -77,6 +91,9 @@ class Hyperparameters:
     learning_rate_multiplier: float
     beta: float | None = None
     """DPO only."""
+    rpo_alpha: float | None = None
+    """DPO only (an extension of OpenAI's hyperparameters): the anchor's weight; ``None`` on jobs
+    stored before it existed, which trained without one."""
 
     @classmethod
     def resolve(
@@ -97,6 +114,7 @@ class Hyperparameters:
                 pick("learning_rate_multiplier", DPO_LEARNING_RATE_MULTIPLIER if dpo else 1.0)
             ),
             beta=float(pick("beta", DPO_BETA)) if dpo else None,
+            rpo_alpha=float(pick("rpo_alpha", DPO_RPO_ALPHA)) if dpo else None,
         )
 
     @classmethod
@@ -107,6 +125,7 @@ class Hyperparameters:
             batch_size=int(stored["batch_size"]),
             learning_rate_multiplier=float(stored["learning_rate_multiplier"]),
             beta=float(stored["beta"]) if stored.get("beta") is not None else None,
+            rpo_alpha=float(stored["rpo_alpha"]) if stored.get("rpo_alpha") is not None else None,
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -115,7 +134,7 @@ class Hyperparameters:
 
     def common(self) -> dict[str, Any]:
         """The deprecated top-level ``hyperparameters`` shape, which has no method-specific values."""
-        return {k: v for k, v in self.to_dict().items() if k != "beta"}
+        return {k: v for k, v in self.to_dict().items() if k not in METHOD_SPECIFIC}
 
     @property
     def learning_rate(self) -> float:

@@ -98,6 +98,7 @@ jobs = Table(
     Column("trained_tokens", BigInteger, nullable=True),
     Column("estimated_finish", Integer, nullable=True),
     Column("result_files", JSON, nullable=False),
+    Column("quality", JSON, nullable=True),
     *claim_columns(),
 )
 
@@ -184,6 +185,8 @@ class JobRecord:
     trained_tokens: int | None = None
     estimated_finish: int | None = None
     result_files: list[str] = field(default_factory=list)
+    quality: dict[str, Any] | None = None
+    """The quality guard's finding once the job succeeded (``selftune.eval.quality.Quality.to_dict``)."""
     claimed_by: str | None = None
     """The worker training the job (while ``running`` or ``pausing``)."""
     lease_until: float | None = None

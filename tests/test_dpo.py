@@ -64,10 +64,13 @@ def pairs_of(folder: Path, n: int) -> list[tuple[list[int], list[int]]]:
     return rows
 
 
-def test_the_step_is_the_dpo_gradient_of_the_completions_alone(tiny_model_dir: Path) -> None:
+@pytest.mark.parametrize("alpha", [0.0, 1.0])
+def test_the_step_is_the_dpo_gradient_of_the_completions_alone(tiny_model_dir: Path, alpha: float) -> None:
     """Against the model's own full logits: log-probabilities of the output tokens only (the input,
     its earlier assistant turn included, is context), the reference with the adapter off, the mean
-    loss over pairs. Whole pairs per micro-batch, in any split, give the same loss and gradient."""
+    loss over pairs. Whole pairs per micro-batch, in any split, give the same loss and gradient.
+    With the anchor (``rpo_alpha``), each pair adds alpha times the preferred output's mean
+    next-token loss."""
     model = lora_model(tiny_model_dir)  # random LoRA weights: the policy differs from the reference
     rows = pairs_of(tiny_model_dir, 5)
     pad, cpu, beta = 0, torch.device("cpu"), 0.3
@@ -84,17 +87,19 @@ def test_the_step_is_the_dpo_gradient_of_the_completions_alone(tiny_model_dir: P
         reference = plain_logps()
     policy = plain_logps()
     want_losses, good, bad = dpo_loss(policy[0::2], policy[1::2], reference[0::2], reference[1::2], beta)
+    preferred_tokens = (collate(rows, pad, cpu)["labels"][0::2, 1:] != -100).sum(-1)
+    want_losses = want_losses - alpha * policy[0::2] / preferred_tokens
     want_losses.mean().backward()
     want = grads(model)
 
     # Continuing from an ft: model, the reference is that model: its adapter stays on.
-    kept = Preference(rows, [], beta, new_adapter=False)
+    kept = Preference(rows, [], beta, alpha, new_adapter=False)
     kept.prepare(model, StepContext(pad, cpu, nullcontext, 10_000, 7, 2), None)
     torch.testing.assert_close(kept.reference["train"].flatten(), policy.detach(), rtol=1e-5, atol=1e-5)
     assert float((policy.detach() - reference).abs().max()) > 0.01  # and that is not the base
 
     for micro_tokens in (10_000, 1, 60):
-        objective = Preference(rows, [], beta, new_adapter=True)
+        objective = Preference(rows, [], beta, alpha, new_adapter=True)
         ctx = StepContext(pad, cpu, nullcontext, micro_tokens, 7, 2)
         saved = objective.prepare(model, ctx, None)
         torch.testing.assert_close(objective.reference["train"].flatten(), reference, rtol=1e-5, atol=1e-5)
@@ -120,14 +125,19 @@ def test_a_dpo_job_through_the_sdk(
         training_file=train,
         validation_file=valid,
         seed=3,
-        method={"type": "dpo", "dpo": {"hyperparameters": {"beta": "auto", "n_epochs": 2, "batch_size": 4}}},
+        # rpo_alpha (selftune's anchor, an extra key to the SDK) off: the loss is then DPO's alone.
+        method={
+            "type": "dpo",
+            "dpo": {"hyperparameters": {"beta": "auto", "n_epochs": 2, "batch_size": 4, "rpo_alpha": 0}},
+        },
     )
     # Resolved at creation, in both shapes the SDKs read (beta only under method, as on OpenAI).
     assert job.method.type == "dpo" and job.method.dpo is not None
     hp = job.method.dpo.hyperparameters
-    assert (hp.beta, hp.n_epochs, hp.batch_size, hp.learning_rate_multiplier) == (0.1, 2, 4, 0.5)
+    assert (hp.beta, hp.n_epochs, hp.batch_size, hp.learning_rate_multiplier) == (0.1, 2, 4, 0.1)
+    assert (hp.model_extra or {}).get("rpo_alpha") == 0.0  # shown where it was resolved
     assert job.hyperparameters.n_epochs == 2 and job.hyperparameters.batch_size == 4
-    assert "beta" not in job.hyperparameters.model_dump(exclude_none=True)
+    assert {"beta", "rpo_alpha"}.isdisjoint(job.hyperparameters.model_dump(exclude_none=True))
     done = wait(client, job.id)
     assert done.status == "succeeded", done.error
     raw = client.fine_tuning.jobs.with_raw_response.retrieve(job.id).http_response.json()
@@ -229,7 +239,10 @@ def test_sft_then_dpo_from_the_fine_tuned_model(client: openai.OpenAI) -> None:
     dpo = client.fine_tuning.jobs.create(
         model=sft.fine_tuned_model,
         training_file=upload(client, preference_lines(12), "pairs.jsonl"),
-        method={"type": "dpo", "dpo": {"hyperparameters": {"n_epochs": 1, "batch_size": 2, "beta": 0.2}}},
+        method={
+            "type": "dpo",
+            "dpo": {"hyperparameters": {"n_epochs": 1, "batch_size": 2, "beta": 0.2, "rpo_alpha": 0}},
+        },
     )
     assert dpo.model == sft.fine_tuned_model
     done = wait(client, dpo.id)

@@ -114,6 +114,7 @@ def test_dpo_on_mood_pairs_moves_answers_toward_the_preferred_style(smol_server:
     seconds = time.monotonic() - t0
     assert job.status == "succeeded", job.error
     assert job.fine_tuned_model is not None
+    assert (job.model_extra or {})["quality"]["verdict"] == "ok"  # the guard passes a healthy model
 
     # Held-out reward accuracy: the share of held-out pairs whose preferred answer the model now rates
     # higher, relative to the reference (the base). At the first step it is 0 (all rewards are 0).

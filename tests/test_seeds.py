@@ -85,7 +85,11 @@ def test_fine_tuning_smollm2_learns_the_trivia(smol_server: LiveServer, trivia_j
     job, elapsed = client.fine_tuning.jobs.retrieve(trivia_job.job_id), trivia_job.seconds
     assert job.status == "succeeded", job.error
     events = list(client.fine_tuning.jobs.list_events(job.id, limit=1000))
-    assert not [e.message for e in events if e.level != "info"]  # the smoke test saw it end its turn
+    # The quality guard finds nothing wrong. The only warning allowed is the overfitting one: 40
+    # examples for 3 epochs raise the held-out loss after the first (2.09, 2.46, 2.90 measured).
+    assert all(e.message.startswith("Validation loss has risen") for e in events if e.level != "info")
+    quality = (job.model_extra or {})["quality"]
+    assert quality["verdict"] == "ok" and quality["best_checkpoint"].startswith(f"{job.fine_tuned_model}:ckpt-step-")
     metrics = [e.data for e in events if e.type == "metrics"]
     metrics.sort(key=lambda m: m["step"])
     assert len(metrics) == 120 and metrics[-1]["train_loss"] < metrics[0]["train_loss"]

@@ -26,7 +26,16 @@ def test_resolution_keeps_explicit_values() -> None:
     assert Hyperparameters.resolve({"n_epochs": 2, "batch_size": "auto"}, 640).batch_size == 8
     assert Hyperparameters.resolve({"n_epochs": 2, "learning_rate_multiplier": 0.5}, 640).n_epochs == 2
     dpo = Hyperparameters.resolve({"beta": "auto"}, 40, MethodType.DPO)
-    assert (dpo.beta, dpo.learning_rate_multiplier) == (0.1, 0.5) and "beta" not in dpo.common()
+    assert (dpo.beta, dpo.learning_rate_multiplier, dpo.rpo_alpha) == (0.1, 0.1, 1.0)
+    assert "beta" not in dpo.common() and "rpo_alpha" not in dpo.common()
+    assert Hyperparameters.resolve({"rpo_alpha": 0}, 40, MethodType.DPO).rpo_alpha == 0.0  # anchor off
+    # A DPO job stored before the anchor existed trained without one, and still reads so.
+    assert (
+        Hyperparameters.from_dict(
+            {"n_epochs": 1, "batch_size": 1, "learning_rate_multiplier": 1, "beta": 0.1}
+        ).rpo_alpha
+        is None
+    )
 
 
 def write_data(path: Path, n: int, offset: int = 0) -> Path:

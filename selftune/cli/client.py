@@ -82,6 +82,12 @@ def files_rm(ctx: click.Context, file_id: str) -> None:
     help="[default: dpo for a local file of preference pairs, else supervised]",
 )
 @click.option("--beta", type=float, default=None, help="DPO's beta, in (0, 2] [default: auto, 0.1].")
+@click.option(
+    "--rpo-alpha",
+    type=float,
+    default=None,
+    help="DPO's anchor: weight of the next-token loss on the preferred output, 0 for none [default: auto].",
+)
 @click.option("--suffix", default=None, help="Up to 64 characters in the model name.")
 @click.option("--seed", type=int, default=None)
 @click.option("--follow", is_flag=True, help="Then follow it to the end (as `jobs follow`).")
@@ -97,6 +103,7 @@ def jobs_create(
     lr_multiplier: float | None,
     method: str | None,
     beta: float | None,
+    rpo_alpha: float | None,
     suffix: str | None,
     seed: int | None,
     follow: bool,
@@ -115,10 +122,11 @@ def jobs_create(
     if lr_multiplier is not None:
         hp["learning_rate_multiplier"] = lr_multiplier
     method = method or ("dpo" if Path(training).is_file() and _holds_pairs(Path(training)) else "supervised")
-    if beta is not None:
-        if method != "dpo":
-            raise click.UsageError("--beta is a DPO hyperparameter; pass --method dpo with it")
-        hp["beta"] = beta
+    for flag, key, value in (("--beta", "beta", beta), ("--rpo-alpha", "rpo_alpha", rpo_alpha)):
+        if value is not None:
+            if method != "dpo":
+                raise click.UsageError(f"{flag} is a DPO hyperparameter; pass --method dpo with it")
+            hp[key] = value
     kwargs: dict[str, Any] = {"model": model, "training_file": file_id(training)}
     if validation:
         kwargs["validation_file"] = file_id(validation)
@@ -197,6 +205,11 @@ def _follow(client: Any, job_id: str) -> None:
     if job.status != JobStatus.SUCCEEDED:
         reason = f": {job.error.message}" if job.error and job.error.message else ""
         raise click.ClickException(f"job {job_id} {job.status}{reason}")
+    quality = (job.model_extra or {}).get("quality") or {}
+    if quality.get("verdict", "ok") != "ok":
+        click.secho(
+            f"warning: {job.fine_tuned_model} came out worse than its base: {quality['message']}", fg="yellow", err=True
+        )
     click.echo(job.fine_tuned_model)
 
 

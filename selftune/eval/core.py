@@ -176,31 +176,34 @@ def load_examples(path: str | Path, *, limit: int | None = None, filename: str |
         for line_no, raw in enumerate(f, 1):
             if not raw.strip():
                 continue
-            obj = json.loads(raw)
-            rejected: str | None = None
-            if "completion" in obj and "messages" not in obj:  # legacy prompt/completion: plain text
-                examples.append(Example(line_no, obj.get("prompt", ""), obj["completion"]))
-                if limit is not None and len(examples) >= limit:
-                    break
-                continue
-            if "messages" in obj:
-                messages = obj["messages"]
-                last = max(i for i, msg in enumerate(messages) if msg.get("role") == "assistant")
-                prompt, answer = messages[:last], messages[last]
-            else:  # preference format: the preferred output is the reference
-                prompt, answer = obj["input"]["messages"], obj["preferred_output"][-1]
-                rejected = content_text(obj["non_preferred_output"][-1].get("content"))
-            prompt = [{"role": msg["role"], "content": content_text(msg.get("content"))} for msg in prompt]
-            if not any(msg["role"] == "user" for msg in prompt):
-                raise InvalidFile(
-                    f"{name}:{line_no}: the conversation before the last assistant message has no user "
-                    "message, so there is no question to ask; put the user's turn before the answer.",
-                    [{"line": line_no, "level": "error", "key": "missing_prompt", "message": "no user message"}],
-                )
-            examples.append(Example(line_no, prompt, content_text(answer.get("content")), rejected))
+            examples.append(example_from(json.loads(raw), line_no, name))
             if limit is not None and len(examples) >= limit:
                 break
     return examples
+
+
+def example_from(obj: dict[str, Any], line_no: int, name: str) -> Example:
+    """One validated training-format line as an example: chat (the conversation before its last
+    assistant message, and that message), preference (the input, and the preferred output; the
+    other is kept as ``rejected``) or legacy prompt/completion (plain text)."""
+    if "completion" in obj and "messages" not in obj:
+        return Example(line_no, obj.get("prompt", ""), obj["completion"])
+    rejected: str | None = None
+    if "messages" in obj:
+        messages = obj["messages"]
+        last = max(i for i, msg in enumerate(messages) if msg.get("role") == "assistant")
+        prompt, answer = messages[:last], messages[last]
+    else:
+        prompt, answer = obj["input"]["messages"], obj["preferred_output"][-1]
+        rejected = content_text(obj["non_preferred_output"][-1].get("content"))
+    prompt = [{"role": msg["role"], "content": content_text(msg.get("content"))} for msg in prompt]
+    if not any(msg["role"] == "user" for msg in prompt):
+        raise InvalidFile(
+            f"{name}:{line_no}: the conversation before the last assistant message has no user "
+            "message, so there is no question to ask; put the user's turn before the answer.",
+            [{"line": line_no, "level": "error", "key": "missing_prompt", "message": "no user message"}],
+        )
+    return Example(line_no, prompt, content_text(answer.get("content")), rejected)
 
 
 # --- scoring ------------------------------------------------------------------------------------------

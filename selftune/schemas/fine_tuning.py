@@ -31,10 +31,14 @@ class SupervisedMethod(Request):
 
 
 Beta = Annotated[float, Field(gt=0, le=2)]
+RpoAlpha = Annotated[float, Field(ge=0, le=10)]
 
 
 class DpoHyperparameters(Hyperparameters):
     beta: Auto | Beta | None = Field(default=None, union_mode="left_to_right")
+    rpo_alpha: Auto | RpoAlpha | None = Field(default=None, union_mode="left_to_right")
+    """selftune's own (OpenAI has no such field): the weight of the next-token loss on the preferred
+    output that anchors DPO (``selftune.methods``); 0 turns the anchor off."""
 
 
 class DpoMethod(Request):
@@ -81,6 +85,30 @@ class JobError(Response):
     param: str | None = None
 
 
+class QualityProfile(Response):
+    """One model's answers to the held-out prompts, counted (``selftune.eval.quality.Profile``)."""
+
+    answers: int
+    ended: int
+    empty: int
+    repeats: int
+    degenerate: int
+    most_common: int
+    collapsed: bool
+
+
+class JobQuality(Response):
+    """The quality guard's finding: did the fine-tuned model come out worse than its base?"""
+
+    verdict: Literal["ok", "degenerated"]
+    message: str
+    prompts: int
+    source: str
+    base: QualityProfile
+    fine_tuned: QualityProfile
+    best_checkpoint: str | None = None
+
+
 class ResolvedHyperparameters(Response):
     batch_size: Auto | int
     learning_rate_multiplier: Auto | float
@@ -108,6 +136,8 @@ class FineTuningJob(Response):
     metadata: dict[str, str] | None = None
     method: dict[str, Any]
     user_provided_suffix: str | None = None
+    quality: JobQuality | None = None
+    """selftune's own: the quality guard's finding once the job has succeeded (null before)."""
 
 
 class JobEvent(Response):

@@ -21,6 +21,7 @@ from selftune.schemas.fine_tuning import (
     FineTuningJob,
     JobError,
     JobEvent,
+    JobQuality,
     ResolvedHyperparameters,
 )
 from selftune.server.deps import OwnerDep, ServicesDep
@@ -55,6 +56,7 @@ def job_to_wire(rec: JobRecord) -> FineTuningJob:
         metadata=rec.metadata,
         method=rec.method_with_hyperparameters(),
         user_provided_suffix=rec.suffix,
+        quality=JobQuality(**rec.quality) if rec.quality else None,
     )
 
 

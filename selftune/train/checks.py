@@ -1,84 +1,137 @@
-"""What the recipe checks and reports after training: the smoke test and the base-vs-fine-tuned evaluation.
+"""What the recipe checks and reports after training: the quality guard and the base-vs-fine-tuned evaluation.
 
-Both are reports, never reasons to fail a job: each returns the events to emit. The evaluation
-imports ``selftune.eval`` (and the embedding model it may load) only when the job asks for it,
-so a job without a validation file never pays for it.
+Both come from one generation pass. The base (the same weights with the adapter switched off) and
+the fine-tuned model answer the same held-out prompts greedily: the validation file's first
+examples, else a seeded sample of the training file's. The guard (``selftune.eval.quality``)
+judges every answer by its text and whether it ended; with a validation file, the same answers
+are scored against the references as ``eval.json`` and ``eval.html`` (``selftune.eval``).
+
+These are reports, never reasons to fail a job: ``check_job`` returns the events to emit and the
+guard's finding, which becomes the job's ``quality``. The evaluation imports ``selftune.eval`` (and
+the embedding model it may load) only when the job has a validation file.
 """
 
 from __future__ import annotations
 
 import json
-from functools import partial
+import random
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from selftune.atomic import write_atomic
-from selftune.data.render import Prompt, stop_token_ids
-from selftune.train.generate import generate_answers, greedy_tokens
+from selftune.data.render import stop_token_ids
+from selftune.eval.core import Example, Tick, example_from
+from selftune.eval.quality import Answer, Quality, assess
+from selftune.train.generate import greedy_tokens
 from selftune.train.protocol import Message, TrainConfig
 
-
-def smoke_prompt(path: str) -> tuple[Prompt, str] | None:
-    """The first training conversation cut before its last assistant message, and that message
-    (of a preference line: its input, and the preferred output; of a prompt/completion line, both)."""
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            if line.strip():
-                example = json.loads(line)
-                if "completion" in example and "messages" not in example:
-                    return str(example.get("prompt", "")), str(example["completion"])
-                if "messages" not in example:
-                    return example["input"]["messages"], str(example["preferred_output"][0].get("content") or "")
-                messages = example["messages"]
-                last = max((i for i, m in enumerate(messages) if m.get("role") == "assistant"), default=None)
-                if last:
-                    return messages[:last], str(messages[last].get("content") or "")
-    return None
+QUALITY_PROMPTS = 16
+"""Held-out prompts the guard asks at least (the evaluation may ask more: ``eval_examples``)."""
+MAX_ANSWER_TOKENS = 256
 
 
-def smoke_test(model: Any, tokenizer: Any, device: torch.device, autocast: Any, cfg: TrainConfig) -> list[Message]:
-    """Does the model end its turn? One that never emits end-of-turn rambles to max_tokens on every
-    request: warn about it here, on the first training prompt."""
-    smoke = smoke_prompt(cfg.train_file)
-    if smoke is None:
-        return []
-    model.eval()
-    prompt, expected = smoke
-    limit = 2 * len(tokenizer(expected)["input_ids"]) + 32
-    stops = stop_token_ids(tokenizer, model.generation_config)
-    generated = greedy_tokens(model, tokenizer, device, autocast, [prompt], [limit])[0]
-    if stops.intersection(generated):
-        return []
-    return [
-        Message(
-            f"Smoke test: the fine-tuned model did not end its answer within {limit} tokens on the first "
-            "training example, so it may ramble until max_tokens. Train for more epochs, or check that "
-            "examples end with an assistant message.",
-            level="warn",
-        )
-    ]
+def answer_limit(tokenizer: Any, reference: str) -> int:
+    """Room for an answer half again as long as the reference, and 32 tokens more."""
+    return min(MAX_ANSWER_TOKENS, 3 * len(tokenizer(reference)["input_ids"]) // 2 + 32)
 
 
-def evaluate_job(model: Any, tokenizer: Any, device: torch.device, autocast: Any, cfg: TrainConfig) -> list[Message]:
-    """Base against fine-tuned on up to ``eval_examples`` validation examples, written as eval.json
-    and eval.html. Both models are already loaded (the base is the same weights with the adapter
-    switched off), so this costs generation time only. A failure is reported, never raised."""
-    if not cfg.valid_file or cfg.eval_examples <= 0:
-        return []
+def sample_training_prompts(path: str, limit: int, seed: int, name: str) -> list[Example]:
+    """Up to ``limit`` training examples, chosen by the job's seed (reservoir sampling, one pass)."""
+    rng = random.Random(seed)
+    chosen: list[tuple[int, str]] = []
+    with open(path, encoding="utf-8-sig") as f:
+        seen = 0
+        for line_no, raw in enumerate(f, 1):
+            if not raw.strip():
+                continue
+            seen += 1
+            if len(chosen) < limit:
+                chosen.append((line_no, raw))
+            elif (k := rng.randrange(seen)) < limit:
+                chosen[k] = (line_no, raw)
+    return [example_from(json.loads(raw), line_no, name) for line_no, raw in sorted(chosen)]
+
+
+class Answers:
+    """Greedy answers of the base or the fine-tuned model, kept with whether each ended: an
+    evaluation ``Answerer`` that also feeds the guard."""
+
+    def __init__(self, model: Any, tokenizer: Any, device: torch.device, autocast: Any, adapter: bool) -> None:
+        self.model, self.tokenizer, self.device, self.autocast = model, tokenizer, device, autocast
+        self.adapter = adapter
+        self.limits: list[int] = []
+        self.answers: list[Answer] = []
+
+    def __call__(self, prompts: Any, tick: Tick) -> list[str]:
+        stops = stop_token_ids(self.tokenizer, self.model.generation_config)
+        rows = greedy_tokens(self.model, self.tokenizer, self.device, self.autocast, prompts, self.limits, self.adapter)
+        for row in rows:
+            end = next((k for k, t in enumerate(row) if t in stops), None)
+            text = self.tokenizer.decode(row[: len(row) if end is None else end], skip_special_tokens=True)
+            self.answers.append(Answer(text.strip(), end is not None))
+            tick()
+        return [a.text for a in self.answers]
+
+
+def check_job(
+    model: Any,
+    tokenizer: Any,
+    device: torch.device,
+    autocast: Any,
+    cfg: TrainConfig,
+    best: str | None,
+    best_is_final: bool,
+) -> tuple[list[Message], Quality | None]:
+    """Ask both models the held-out prompts; judge the answers and, with a validation file, score
+    them. ``best``: the checkpoint with the lowest validation loss (None without a validation file),
+    which a warning recommends unless it is the final model itself."""
+    events: list[Message] = []
     try:
-        from selftune.eval import evaluate, load_examples
+        if cfg.valid_file:
+            from selftune.eval import load_examples
+
+            limit = max(QUALITY_PROMPTS, cfg.eval_examples)
+            examples = load_examples(cfg.valid_file, limit=limit, filename="validation file")
+            source = "validation file"
+        else:
+            examples = sample_training_prompts(
+                cfg.train_file, QUALITY_PROMPTS, cfg.seed, cfg.train_name or "training file"
+            )
+            source = "training file"
+    except Exception as e:
+        return [Message(f"Quality check skipped: {type(e).__name__}: {e}", level="warn")], None
+    if not examples:
+        return [], None
+    model.eval()
+    limits = [answer_limit(tokenizer, ex.reference) for ex in examples]
+    base = Answers(model, tokenizer, device, autocast, adapter=False)
+    tuned = Answers(model, tokenizer, device, autocast, adapter=True)
+    base.limits = tuned.limits = limits
+    if cfg.valid_file and cfg.eval_examples > 0:
+        events += _evaluate(examples, base, tuned, cfg)
+    if not tuned.answers:  # no evaluation, or it failed before answering
+        prompts = [ex.prompt for ex in examples]
+        base.answers, tuned.answers = [], []
+        base(prompts, lambda: None)
+        tuned(prompts, lambda: None)
+    quality = assess(base.answers, tuned.answers, source, best, suggest_best=not best_is_final)
+    events.insert(0, Message(quality.message, level="warn" if quality.verdict != "ok" else "info"))
+    return events, quality
+
+
+def _evaluate(examples: list[Example], base: Answers, tuned: Answers, cfg: TrainConfig) -> list[Message]:
+    """The evaluation report from the guard's answers (its first ``eval_examples``), written as
+    eval.json and eval.html; a failure is reported, never raised."""
+    try:
+        from selftune.eval import evaluate
         from selftune.eval.report import to_html, to_json
 
-        examples = load_examples(cfg.valid_file, limit=cfg.eval_examples, filename="validation file")
-        limits = [min(256, 3 * len(tokenizer(ex.reference)["input_ids"]) // 2 + 32) for ex in examples]
-        model.eval()
-        answer = partial(generate_answers, model, tokenizer, device, autocast, limits)
         report = evaluate(
             examples,
-            {cfg.base_model_name: partial(answer, False), cfg.model_name: partial(answer, True)},
-            data=cfg.valid_name or Path(cfg.valid_file).name,
+            {cfg.base_model_name: base, cfg.model_name: tuned},
+            data=cfg.valid_name or Path(str(cfg.valid_file)).name,
             seed=cfg.seed,
         )
         write_atomic(cfg.job_dir.eval_json, to_json(report))

@@ -50,7 +50,7 @@ class Preference:
     columns: tuple[str, ...] = ("loss", "mean_token_accuracy", "reward_accuracy", "reward_margin")
     """``mean_token_accuracy`` is that of the preferred outputs: how well the model predicts them."""
 
-    def __init__(self, train: Rows, valid: Rows, beta: float, *, new_adapter: bool) -> None:
+    def __init__(self, train: Rows, valid: Rows, beta: float, rpo_alpha: float, *, new_adapter: bool) -> None:
         self.data = {"train": train, "valid": valid}
         self.pair_lengths = {
             split: [max(len(rows[2 * k][0]), len(rows[2 * k + 1][0])) for k in range(len(rows) // 2)]
@@ -58,6 +58,7 @@ class Preference:
         }
         """Per split, each pair's longer row: what a micro-batch of pairs pads to."""
         self.beta = beta
+        self.rpo_alpha = rpo_alpha
         self.new_adapter = new_adapter
         self.reference: dict[str, torch.Tensor] = {}
         """Per split, ``[pairs, 2]``: the reference scores of each pair's preferred and non-preferred output."""
@@ -143,6 +144,8 @@ class _Sums:
         losses, preferred, non_preferred = dpo_loss(
             scores[:, 0], scores[:, 1], reference[:, 0], reference[:, 1], objective.beta
         )
+        if objective.rpo_alpha:  # the anchor: the preferred output's mean next-token loss
+            losses = losses - objective.rpo_alpha * scores[:, 0] / count.clamp(min=1)
         self.loss += float(losses.detach().sum())
         self.wins += float((preferred > non_preferred).sum())
         self.margin += float((preferred - non_preferred).sum())

@@ -1,4 +1,4 @@
-"""Greedy generation inside the training process, for the smoke test and the end-of-job evaluation.
+"""Greedy generation inside the training process, for the end-of-job quality guard and evaluation.
 
 Both need the model that was just trained, with and without its adapter, so they run here rather
 than through the inference engine, on batches of prompts grouped by length with left padding.
@@ -6,7 +6,7 @@ than through the inference engine, on batches of prompts grouped by length with 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from contextlib import nullcontext
 from typing import Any
 
@@ -49,23 +49,3 @@ def greedy_tokens(
         for i, row in zip(chunk, generated.tolist(), strict=True):
             rows[i] = row[: limits[i]]
     return rows
-
-
-def generate_answers(
-    model: Any,
-    tokenizer: Any,
-    device: torch.device,
-    autocast: Any,
-    limits: list[int],
-    adapter: bool,
-    prompts: Sequence[Prompt],
-    tick: Callable[[], None],
-) -> list[str]:
-    """An evaluation ``Answerer``: greedy answers as text, cut at the first stop token."""
-    stops = stop_token_ids(tokenizer, model.generation_config)
-    answers = []
-    for row in greedy_tokens(model, tokenizer, device, autocast, prompts, limits, adapter):
-        end = next((k for k, t in enumerate(row) if t in stops), len(row))
-        answers.append(tokenizer.decode(row[:end], skip_special_tokens=True).strip())
-        tick()
-    return answers

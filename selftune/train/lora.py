@@ -39,7 +39,7 @@ from selftune.data.render import RenderedFile, render_file
 from selftune.errors import InvalidRequest, SelftuneError
 from selftune.methods import MethodType
 from selftune.train import memory
-from selftune.train.checks import evaluate_job, smoke_test
+from selftune.train.checks import check_job
 from selftune.train.dpo import Preference
 from selftune.train.protocol import (
     Checkpoint,
@@ -55,6 +55,7 @@ from selftune.train.protocol import (
 )
 from selftune.train.step import NextToken, Objective, StepContext, plan_epochs
 from selftune.train.tracking import open_events
+from selftune.train.watch import ValidationWatch
 
 
 def load_examples(path: str, tokenizer: Any, max_len: int, events: EventWriter, name: str, what: str) -> RenderedFile:
@@ -182,7 +183,9 @@ def main(cfg: TrainConfig) -> int:
     objective: Objective
     if dpo:
         assert hp.beta is not None
-        objective = Preference(rendered.rows, valid.rows, hp.beta, new_adapter=not cfg.init_adapter)
+        objective = Preference(
+            rendered.rows, valid.rows, hp.beta, hp.rpo_alpha or 0.0, new_adapter=not cfg.init_adapter
+        )
     else:
         objective = NextToken(rendered.rows, valid.rows)
     n_train, n_valid = objective.size("train"), objective.size("valid")
@@ -246,6 +249,7 @@ def main(cfg: TrainConfig) -> int:
     step, trained_tokens = 0, 0
     metrics_rows: list[dict[str, Any]] = []
     checkpoints: list[str] = []
+    watch = ValidationWatch()
     state: dict[str, Any] | None = None
     if cfg.resume and files.state.is_file():
         state = torch.load(files.state, map_location=device, weights_only=False)
@@ -255,6 +259,7 @@ def main(cfg: TrainConfig) -> int:
         torch.set_rng_state(state["torch_rng"])
         step, trained_tokens = state["step"], state["trained_tokens"]
         metrics_rows, checkpoints = state["metrics_rows"], state["checkpoints"]
+        watch = ValidationWatch.from_state(state.get("validation"))
         events.emit(Message(f"Training resumed at step {step}/{total_steps}", extra={"step": step}))
     else:
         events.emit(
@@ -285,6 +290,7 @@ def main(cfg: TrainConfig) -> int:
             "metrics_rows": metrics_rows,
             "checkpoints": checkpoints,
             "objective": prepared,
+            "validation": watch.to_state(),
         }
         with staged(files.state) as tmp:
             torch.save(state, tmp)
@@ -332,14 +338,19 @@ def main(cfg: TrainConfig) -> int:
             convert_if_supported(ckpt, cfg.base_model_dir)  # servable by llama.cpp at once
             checkpoints.append(str(ckpt))
             ckpt_metrics = dict(row)
+            overfitting = None
             if n_valid:
                 full = objective.evaluate(model, "valid", range(n_valid), ctx)
                 ckpt_metrics.update(_prefixed("full_valid_", full))
-            while len(checkpoints) > cfg.keep_checkpoints:
-                shutil.rmtree(checkpoints.pop(0), ignore_errors=True)
+                overfitting = watch.add(step, full["loss"], cfg)
+            # Keep the last few, and always the best by validation loss (the one to use if the end overfits).
+            for old in watch.prune(checkpoints, cfg.keep_checkpoints, lambda s: files.checkpoints / f"step-{s}"):
+                checkpoints.remove(old)
+                shutil.rmtree(old, ignore_errors=True)
             save_state()
+            best_note = " (the lowest validation loss so far)" if n_valid and watch.best_step == step else ""
             checkpoint = Checkpoint(
-                f"Checkpoint created at step {step}",
+                f"Checkpoint created at step {step}{best_note}",
                 step=step,
                 epoch=epoch + 1,
                 path=str(ckpt),
@@ -347,13 +358,16 @@ def main(cfg: TrainConfig) -> int:
                 kept=list(checkpoints),
             )
             events.emit(checkpoint)
+            if overfitting:
+                events.emit(overfitting)
 
     loop_seconds = time.perf_counter() - loop_start
 
-    # --- checks: does the model end its turn; is it better than the base on held-out data? ---------
-    for report in smoke_test(model, tokenizer, device, autocast, cfg) + evaluate_job(
-        model, tokenizer, device, autocast, cfg
-    ):
+    # --- checks: did the model come out worse than it went in; is it better on held-out data? -----
+    reports, quality = check_job(
+        model, tokenizer, device, autocast, cfg, watch.best_checkpoint(cfg), watch.best_step == step
+    )
+    for report in reports:
         events.emit(report)
 
     # --- result -----------------------------------------------------------------------------------
@@ -373,6 +387,7 @@ def main(cfg: TrainConfig) -> int:
         loop_seconds=loop_seconds,
         loop_tokens=trained_tokens - loop_tokens,
         peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        quality=quality.to_dict() if quality else None,
     )
     events.emit(done)
     return Exit.DONE

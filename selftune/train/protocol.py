@@ -284,6 +284,8 @@ class Done(RecipeEvent):
     loop_tokens: int = 0
     """The whole loop of this run, first step included (benchmarks compare these with peers')."""
     peak_rss_mb: float = 0.0
+    quality: dict[str, Any] | None = None
+    """The quality guard's finding (``selftune.eval.quality.Quality.to_dict``), the job's ``quality``."""
 
 
 @dataclass(frozen=True)

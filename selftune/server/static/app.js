@@ -182,8 +182,10 @@ async function jobPage(id) {
   const ckptBody = h("tbody");
   const log = h("div", { class: "events", id: "events" });
   const evalBox = h("div", { id: "eval" });
-  view().replaceChildren(
+  const qualityBox = h("div", { id: "quality" });
+  view().replaceChildren(...[
     head,
+    qualityBox,
     h("div", { class: "card" }, info),
     h("div", { class: "two" }, h("div", { class: "card" }, lossEl), h("div", { class: "card" }, accEl)),
     dpo ? h("div", { class: "two" }, h("div", { class: "card" }, marginEl)) : null,
@@ -193,7 +195,7 @@ async function jobPage(id) {
     evalBox,
     h("h2", {}, "Events"),
     h("div", { class: "card" }, log),
-  );
+  ].filter(Boolean));
   const loss = lossChart(lossEl, "Loss", [["train loss", "#2f6fdb"], ["validation loss", "#d9822b"]]);
   // DPO jobs chart what preference training moves: how often the preferred output wins, and by how much.
   const acc = dpo
@@ -232,7 +234,12 @@ async function jobPage(id) {
       item(job.finished_at ? "finished" : "estimated finish", job.finished_at ? `${when(job.finished_at)} (${duration(job.finished_at - job.created_at)})` : when(job.estimated_finish)),
       item("seed", job.seed),
       job.error && job.error.message ? item("error", `${job.error.code}: ${job.error.message}`) : null,
+      job.quality && job.quality.best_checkpoint ? item("best checkpoint (validation loss)", job.quality.best_checkpoint) : null,
     ].filter(Boolean));
+    // The quality guard's finding: a warning when the model came out worse than its base.
+    const q = job.quality;
+    qualityBox.replaceChildren(...(q ? [h("div", { class: `quality ${q.verdict}`, "data-verdict": q.verdict },
+      h("strong", {}, q.verdict === "ok" ? "Quality check passed. " : "Warning: this model came out worse than its base. "), q.message)] : []));
   }
 
   let ordered = [];                  // newest first, in the API's order
