@@ -278,6 +278,7 @@ def _probe(
             hyperparameters=Hyperparameters.resolve({"n_epochs": 1, "batch_size": bs}, len(rows), method),
             train_name=file.name,
             qlora=qlora,
+            quality_prompts=0,  # a probe measures speed; its model is thrown away
         )
         with console.status(f"measuring training speed on {model} (batch size {bs}) ..."):
             config = save_config(cfg)

@@ -27,8 +27,6 @@ from selftune.eval.quality import Answer, Quality, assess
 from selftune.train.generate import greedy_tokens
 from selftune.train.protocol import Message, TrainConfig
 
-QUALITY_PROMPTS = 16
-"""Held-out prompts the guard asks at least (the evaluation may ask more: ``eval_examples``)."""
 MAX_ANSWER_TOKENS = 256
 
 
@@ -88,16 +86,18 @@ def check_job(
     them. ``best``: the checkpoint with the lowest validation loss (None without a validation file),
     which a warning recommends unless it is the final model itself."""
     events: list[Message] = []
+    if cfg.quality_prompts <= 0:
+        return [], None
     try:
         if cfg.valid_file:
             from selftune.eval import load_examples
 
-            limit = max(QUALITY_PROMPTS, cfg.eval_examples)
+            limit = max(cfg.quality_prompts, cfg.eval_examples)
             examples = load_examples(cfg.valid_file, limit=limit, filename="validation file")
             source = "validation file"
         else:
             examples = sample_training_prompts(
-                cfg.train_file, QUALITY_PROMPTS, cfg.seed, cfg.train_name or "training file"
+                cfg.train_file, cfg.quality_prompts, cfg.seed, cfg.train_name or "training file"
             )
             source = "training file"
     except Exception as e:

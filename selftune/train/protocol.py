@@ -144,6 +144,9 @@ class TrainConfig:
     """Continue from ``output_dir/state.pt`` when it exists (after a pause or a crash)."""
     eval_examples: int = 0
     """After training, compare base and fine-tuned answers on up to this many validation examples."""
+    quality_prompts: int = 16
+    """The quality guard asks at least this many held-out prompts (0: neither the guard nor the
+    evaluation, as in the speed probe, whose model is thrown away)."""
     model_name: str = "fine-tuned"
     base_model_name: str = "base"
     """Names for the two models in the evaluation report."""
