@@ -112,14 +112,13 @@ def score(held: Sequence[Question], answers: Sequence[tuple[str, bool]]) -> Scor
 
 
 def answer_all(base_dir: Path, adapter: str | None, held: Sequence[Question]) -> list[tuple[str, bool]]:
-    """Greedy answers of the base (``adapter`` None) or base + adapter, by the recipe's own generation."""
+    """Greedy answers of the base (``adapter`` None) or base + adapter, generated as the recipe's guard does."""
     import torch
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from selftune.data.render import stop_token_ids
     from selftune.train import memory
-    from selftune.train.generate import greedy_tokens
+    from selftune.train.checks import Answers
 
     bf16 = memory.bf16_supported("cpu")
     tokenizer = AutoTokenizer.from_pretrained(base_dir)
@@ -131,16 +130,10 @@ def answer_all(base_dir: Path, adapter: str | None, held: Sequence[Question]) ->
     def autocast() -> Any:
         return torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16)
 
-    prompts = [[{"role": "user", "content": q.prompt}] for q in held]
-    stops = stop_token_ids(tokenizer, model.generation_config)
-    rows = greedy_tokens(model, tokenizer, torch.device("cpu"), autocast, prompts, [MAX_TOKENS] * len(prompts))
-    out = []
-    for row in rows:
-        end = next((k for k, t in enumerate(row) if t in stops), None)
-        out.append(
-            (tokenizer.decode(row[: len(row) if end is None else end], skip_special_tokens=True), end is not None)
-        )
-    return out
+    # The quality guard's own answerer: the same generation, cut at the same stop tokens.
+    answers = Answers(model, tokenizer, torch.device("cpu"), autocast, [MAX_TOKENS] * len(held), adapter=True)
+    answers([[{"role": "user", "content": q.prompt}] for q in held], lambda: None)
+    return [(a.text, a.ended) for a in answers.answers]
 
 
 def selftune_run(base_dir: Path, train: Path, out: Path, requested: dict[str, Any], seed: int) -> dict[str, Any]:

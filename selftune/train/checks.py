@@ -7,8 +7,8 @@ judges every answer by its text and whether it ended; with a validation file, th
 are scored against the references as ``eval.json`` and ``eval.html`` (``selftune.eval``).
 
 These are reports, never reasons to fail a job: ``check_job`` returns the events to emit and the
-guard's finding, which becomes the job's ``quality``. The evaluation imports ``selftune.eval`` (and
-the embedding model it may load) only when the job has a validation file.
+guard's finding, which becomes the job's ``quality``. The embedding model the evaluation may load
+is loaded only when the job has a validation file.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import torch
 
 from selftune.atomic import write_atomic
 from selftune.data.render import stop_token_ids
-from selftune.eval.core import Example, Tick, example_from
+from selftune.eval.core import Example, Tick, example_from, load_examples
 from selftune.eval.quality import Answer, Quality, assess
 from selftune.train.generate import greedy_tokens
 from selftune.train.protocol import Message, TrainConfig
@@ -53,18 +53,21 @@ def sample_training_prompts(path: str, limit: int, seed: int, name: str) -> list
 
 
 class Answers:
-    """Greedy answers of the base or the fine-tuned model, kept with whether each ended: an
-    evaluation ``Answerer`` that also feeds the guard."""
+    """Greedy answers of the base (``adapter=False``) or the fine-tuned model, up to each prompt's
+    limit, kept with whether each ended: an evaluation ``Answerer`` that also feeds the guard."""
 
-    def __init__(self, model: Any, tokenizer: Any, device: torch.device, autocast: Any, adapter: bool) -> None:
+    def __init__(
+        self, model: Any, tokenizer: Any, device: torch.device, autocast: Any, limits: list[int], adapter: bool
+    ) -> None:
         self.model, self.tokenizer, self.device, self.autocast = model, tokenizer, device, autocast
-        self.adapter = adapter
-        self.limits: list[int] = []
+        self.limits, self.adapter = limits, adapter
         self.answers: list[Answer] = []
+        """The last call's answers."""
 
     def __call__(self, prompts: Any, tick: Tick) -> list[str]:
         stops = stop_token_ids(self.tokenizer, self.model.generation_config)
         rows = greedy_tokens(self.model, self.tokenizer, self.device, self.autocast, prompts, self.limits, self.adapter)
+        self.answers = []
         for row in rows:
             end = next((k for k, t in enumerate(row) if t in stops), None)
             text = self.tokenizer.decode(row[: len(row) if end is None else end], skip_special_tokens=True)
@@ -90,8 +93,6 @@ def check_job(
         return [], None
     try:
         if cfg.valid_file:
-            from selftune.eval import load_examples
-
             limit = max(cfg.quality_prompts, cfg.eval_examples)
             examples = load_examples(cfg.valid_file, limit=limit, filename="validation file")
             source = "validation file"
@@ -106,14 +107,12 @@ def check_job(
         return [], None
     model.eval()
     limits = [answer_limit(tokenizer, ex.reference) for ex in examples]
-    base = Answers(model, tokenizer, device, autocast, adapter=False)
-    tuned = Answers(model, tokenizer, device, autocast, adapter=True)
-    base.limits = tuned.limits = limits
+    base = Answers(model, tokenizer, device, autocast, limits, adapter=False)
+    tuned = Answers(model, tokenizer, device, autocast, limits, adapter=True)
     if cfg.valid_file and cfg.eval_examples > 0:
         events += _evaluate(examples, base, tuned, cfg)
-    if not tuned.answers:  # no evaluation, or it failed before answering
+    if not tuned.answers:  # no evaluation, or it failed before the fine-tuned model answered
         prompts = [ex.prompt for ex in examples]
-        base.answers, tuned.answers = [], []
         base(prompts, lambda: None)
         tuned(prompts, lambda: None)
     quality = assess(base.answers, tuned.answers, source, best, suggest_best=not best_is_final)

@@ -333,7 +333,7 @@ def main(cfg: TrainConfig) -> int:
         if step % steps_per_epoch == 0:
             # End of epoch: a checkpoint, callable as ft:...:ckpt-step-N; keep the last few. The
             # resumable state is saved with it, so a crash loses at most one epoch.
-            ckpt = files.checkpoints / f"step-{step}"
+            ckpt = files.checkpoint(step)
             model.save_pretrained(ckpt)
             convert_if_supported(ckpt, cfg.base_model_dir)  # servable by llama.cpp at once
             checkpoints.append(str(ckpt))
@@ -344,11 +344,11 @@ def main(cfg: TrainConfig) -> int:
                 ckpt_metrics.update(_prefixed("full_valid_", full))
                 overfitting = watch.add(step, full["loss"], cfg)
             # Keep the last few, and always the best by validation loss (the one to use if the end overfits).
-            for old in watch.prune(checkpoints, cfg.keep_checkpoints, lambda s: files.checkpoints / f"step-{s}"):
+            for old in watch.prune(checkpoints, cfg.keep_checkpoints, files.checkpoint):
                 checkpoints.remove(old)
                 shutil.rmtree(old, ignore_errors=True)
             save_state()
-            best_note = " (the lowest validation loss so far)" if n_valid and watch.best_step == step else ""
+            best_note = " (the lowest validation loss so far)" if watch.best_step == step else ""
             checkpoint = Checkpoint(
                 f"Checkpoint created at step {step}{best_note}",
                 step=step,

@@ -88,6 +88,10 @@ class JobDir:
     def checkpoints(self) -> Path:
         return self.root / "checkpoints"
 
+    def checkpoint(self, step: int) -> Path:
+        """The adapter saved at the end of the epoch that ended at ``step``."""
+        return self.checkpoints / f"step-{step}"
+
     @property
     def metrics(self) -> Path:
         return self.root / "metrics.csv"

@@ -14,6 +14,7 @@ Its state travels in the recipe's resumable state, so a resumed run warns at the
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from itertools import pairwise
 from typing import Any
@@ -63,7 +64,7 @@ class ValidationWatch:
         best = self.best_step
         return checkpoint_name(cfg, best) if best is not None else None
 
-    def prune(self, checkpoints: list[str], keep: int, path_of: Any) -> list[str]:
+    def prune(self, checkpoints: list[str], keep: int, path_of: Callable[[int], Any]) -> list[str]:
         """The checkpoint folders to delete: all but the newest ``keep`` and the best one."""
         best = self.best_step
         protected = set(checkpoints[-max(1, keep) :]) | ({str(path_of(best))} if best is not None else set())
