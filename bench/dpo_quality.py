@@ -29,6 +29,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from bench import met
+
 N_TRAIN = 120
 MAX_TOKENS = 48
 FORM = "Capital:"
@@ -232,14 +234,11 @@ def rows(r: dict[str, Any]) -> tuple[list[str], list[str]]:
     v = r["variants"]
     base, now = v["base model"]["scores"], v["selftune defaults"]["scores"]
 
-    def ok(good: bool) -> str:
-        return "met" if good else "**missed**"
-
     targets = [
-        f"| DPO defaults learn a form: ≥ 90% of held-out answers | **{now['form']:.0%}** | {ok(now['form'] >= 0.9)} |",
+        f"| DPO defaults learn a form: ≥ 90% of held-out answers | **{now['form']:.0%}** | {met(now['form'] >= 0.9)} |",
         f"| DPO defaults keep the content: ≥ the base's {base['content']:.0%} | **{now['content']:.0%}** | "
-        f"{ok(now['content'] >= base['content'])} |",
-        f"| DPO defaults end their answers: ≥ 90% | **{now['ended']:.0%}** | {ok(now['ended'] >= 0.9)} |",
+        f"{met(now['content'] >= base['content'])} |",
+        f"| DPO defaults end their answers: ≥ 90% | **{now['ended']:.0%}** | {met(now['ended'] >= 0.9)} |",
     ]
     table = [
         f'{r["train"]} pairs that differ only in form (`countryinfo`: "What is the capital of X?" answered '

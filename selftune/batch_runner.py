@@ -29,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import time
 from collections.abc import Generator, Iterator
 from contextlib import suppress
 from itertools import islice
@@ -60,6 +61,9 @@ from selftune.statuses import BATCHES, BatchAction, BatchStatus
 log = logging.getLogger("selftune.batches")
 
 POLL_S = 0.5
+SHARE_S = 5.0
+"""With a remote store: how often a batch's progress files go there, so that a server taking the
+batch over (its holder died) asks again only the lines answered in the last few seconds."""
 RETRY_S = 1.0
 """How long a line the server turned away for load (429) waits before it asks again."""
 MAX_REPORTED_ERRORS = 100
@@ -75,6 +79,30 @@ class BatchRunner:
         self.lease_seconds = services.settings.lease_seconds
         self.leases = LeaseKeeper(services.store.claims, "objects", self.holder, self.lease_seconds)
         self.task: asyncio.Task[None] | None = None
+        self._shared: dict[str, float] = {}
+        """When each batch's progress last went to the store."""
+
+    def _progress_files(self, batch_id: str) -> tuple[Path, Path]:
+        """The batch's output and error progress files on this server. With a remote store, a batch
+        another server worked on continues from the progress that server last stored."""
+        folder = self.root / batch_id
+        folder.mkdir(parents=True, exist_ok=True)
+        out, err = folder / "output.jsonl", folder / "errors.jsonl"
+        storage = self.services.storage
+        if storage.remote and not out.exists() and not err.exists():
+            for path in (out, err):
+                storage.get(f"batches/{batch_id}/{path.name}", path)
+        return out, err
+
+    def _share(self, batch_id: str, *, now: bool = False) -> None:
+        """Store the batch's progress files (every ``SHARE_S`` seconds, or ``now``)."""
+        storage = self.services.storage
+        if not storage.remote or (not now and time.monotonic() - self._shared.get(batch_id, 0.0) < SHARE_S):
+            return
+        self._shared[batch_id] = time.monotonic()
+        for path in (self.root / batch_id / "output.jsonl", self.root / batch_id / "errors.jsonl"):
+            if path.exists():
+                storage.put(f"batches/{batch_id}/{path.name}", path)
 
     def start(self) -> None:
         self.leases.start()
@@ -181,9 +209,7 @@ class BatchRunner:
     # --- answering --------------------------------------------------------------------------------
 
     async def _answer_all(self, owner: str, batch: Batch) -> None:
-        folder = self.root / batch.id
-        folder.mkdir(parents=True, exist_ok=True)
-        out, err = folder / "output.jsonl", folder / "errors.jsonl"
+        out, err = await asyncio.to_thread(self._progress_files, batch.id)
         answered, refused = await asyncio.to_thread(lambda: (progress(out).ids, progress(err).ids))
         done = answered | refused
         counts = RequestCounts(total=batch.request_counts.total, completed=len(answered), failed=len(refused))
@@ -192,6 +218,7 @@ class BatchRunner:
 
         def record(path: Path, line: dict[str, Any], current: Batch) -> bool:
             append(path, line)
+            self._share(batch.id)
             return self.batches.save(current)
 
         async def one(obj: dict[str, Any]) -> None:
@@ -243,6 +270,8 @@ class BatchRunner:
         if self.leases.lost(batch.id):
             log.warning("batch %s was taken over by another server; leaving it to that one", batch.id)
             return
+        await asyncio.to_thread(self._share, batch.id, now=True)
+        self._shared.pop(batch.id, None)
         await asyncio.to_thread(self._end, owner, batch, lost)
 
     def _end(self, owner: str, batch: Batch, lost: SelftuneError | None) -> None:
@@ -264,9 +293,8 @@ class BatchRunner:
 
     def _expire(self, owner: str, batch: Batch) -> None:
         """Every line not answered (output or error file) gets a ``batch_expired`` line in the error file."""
-        folder = self.root / batch.id
-        err = folder / "errors.jsonl"
-        done = progress(folder / "output.jsonl").ids | progress(err).ids
+        out, err = self._progress_files(batch.id)
+        done = progress(out).ids | progress(err).ids
         error = {
             "code": "batch_expired",
             "message": "This request could not be executed before the completion window expired.",
@@ -322,10 +350,9 @@ class BatchRunner:
 
     def _finish(self, owner: str, batch: Batch, action: BatchAction, **changes: Any) -> None:
         """Register the output and error files, then make the batch's last move with its counts."""
-        folder = self.root / batch.id
+        out, err = self._progress_files(batch.id)
         if action == BatchAction.COMPLETE and batch.status == BatchStatus.IN_PROGRESS:
             batch = self.batches.apply(batch, BatchAction.FINALIZE)
-        out, err = folder / "output.jsonl", folder / "errors.jsonl"
         answered, refused = progress(out), progress(err)
         counts = RequestCounts(total=batch.request_counts.total, completed=len(answered.ids), failed=len(refused.ids))
         files = {

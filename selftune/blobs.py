@@ -1,8 +1,11 @@
-"""File bytes on disk under ``SELFTUNE_HOME/files`` (metadata lives in ``store``), and their SHA-256.
+"""File bytes (metadata lives in ``store``), and their SHA-256.
 
-A file is streamed into a temporary file under ``files/.tmp`` (never held in memory), and renamed
-into place under its id only once it is complete (``selftune.atomic.publish``), so a crash or a
-client that disconnects mid-upload never leaves a half-written file under a real id.
+A file is streamed into a temporary file under ``SELFTUNE_HOME/files/.tmp`` (never held in memory),
+and put in place under its id only once it is complete, so a crash or a client that disconnects
+mid-upload never leaves a half-written file under a real id. In place means ``files/ID`` (renamed,
+``selftune.atomic.publish``) with the local folder as the store, and the object ``files/ID`` with a
+remote store (``selftune.storage``): uploaded there first, then kept in this machine's cache, from
+which any other machine fetches it on first use.
 """
 
 from __future__ import annotations
@@ -11,10 +14,13 @@ import hashlib
 import os
 import tempfile
 from pathlib import Path
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
 from selftune.atomic import publish
 from selftune.errors import InvalidRequest, SelftuneError
+
+if TYPE_CHECKING:
+    from selftune.cache import Cache
 
 CHUNK = 1024 * 1024
 
@@ -38,13 +44,23 @@ def sha256_file(path: Path) -> str:
 
 
 class Blobs:
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, cache: Cache | None = None) -> None:
         self.root = root
         self.tmp = root / ".tmp"
         self.tmp.mkdir(parents=True, exist_ok=True)
+        self.cache = cache
+        """With a remote store: where this machine keeps the files it made or fetched."""
+
+    @staticmethod
+    def key(file_id: str) -> str:
+        """A file's key in the store."""
+        return f"files/{file_id}"
 
     def path(self, file_id: str) -> Path:
-        return self.root / file_id
+        """The file's bytes on this machine (fetched from the store first when they are elsewhere)."""
+        if self.cache is None or (self.root / file_id).is_file():
+            return self.root / file_id
+        return self.cache.fetch(self.key(file_id)) or self.cache.entry(self.key(file_id))
 
     def new_temp(self) -> Path:
         fd, name = tempfile.mkstemp(dir=self.tmp, suffix=".part")
@@ -79,12 +95,18 @@ class Blobs:
 
     def commit(self, tmp: Path, file_id: str) -> Path:
         """Publish a finished temporary file under its id (fsynced, then renamed, then the folder fsynced)."""
-        dest = self.path(file_id)
+        if self.cache is not None:
+            self.cache.storage.put(self.key(file_id), tmp)
+            return self.cache.add(self.key(file_id), tmp)
+        dest = self.root / file_id
         publish(tmp, dest)
         return dest
 
     def delete(self, file_id: str) -> None:
-        self.path(file_id).unlink(missing_ok=True)
+        (self.root / file_id).unlink(missing_ok=True)
+        if self.cache is not None:
+            self.cache.storage.delete(self.key(file_id))
+            self.cache.drop(self.key(file_id))
 
     def parts(self, upload_id: str) -> Path:
         """The folder that holds a multipart upload's parts until it is completed (``/v1/uploads``)."""

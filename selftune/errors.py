@@ -25,6 +25,8 @@ them into the ``code`` and message their parent reports. Nothing converts them a
     ├── MisdirectedRequest          421 invalid_request_error   (local mode: a Host that is not loopback)
     ├── RateLimited                 429 rate_limit_error        (retry after ``retry_after`` seconds)
     ├── Unavailable                 503 server_error            (model still loading; retry is useful)
+    │   └── StorageUnavailable      503   storage_unavailable: the object store is unreachable, or an
+    │                                     object's bytes are not the ones stored (SHA-256)
     ├── VerificationFailed          500   export_verification_failed: an export that answers otherwise
     ├── MigrationProblem            500   a job ``selftune migrate`` cannot move on yet
     └── ServerFailed                500   a server started by ``selftune.live`` that never came up
@@ -149,9 +151,11 @@ class InsufficientMemory(InvalidRequest):
 
     default_code = "insufficient_memory"
 
-    def __init__(self, message: str, budget: int) -> None:
+    def __init__(self, message: str, budget: int, need: int = 0) -> None:
         super().__init__(message)
         self.budget = budget
+        self.need = need
+        """The least the most frugal plan needs."""
 
 
 class QuantizationUnavailable(InvalidRequest):
@@ -199,6 +203,13 @@ class RateLimited(SelftuneError):
 class Unavailable(SelftuneError):
     status_code = 503
     error_type = "server_error"
+
+
+class StorageUnavailable(Unavailable):
+    """The object store (``SELFTUNE_STORAGE_URL``) could not be reached, or gave bytes whose SHA-256
+    is not the one stored with them; the message names the object and the store."""
+
+    default_code = "storage_unavailable"
 
 
 class VerificationFailed(SelftuneError):

@@ -15,7 +15,7 @@ The worker (``selftune.worker``) only supervises training processes and calls th
 from __future__ import annotations
 
 import secrets
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -92,6 +92,15 @@ def start(store: Store, job: JobRecord, holder: str, lease_seconds: float) -> Jo
     return apply(store, job, JobAction.START, lease(holder, lease_seconds))
 
 
+def claim_next(store: Store, holder: str, lease_seconds: float, exclude: Iterable[str] = ()) -> JobRecord | None:
+    """A worker's claim of the oldest queued job (but those in ``exclude``: what does not fit it),
+    ``queued`` -> ``running`` like ``start``; None when there is none to take."""
+    move = JOBS.move(JobStatus.QUEUED, JobAction.START, "")
+    values = {"status": move.target.value, **_entering(move.target), **lease(holder, lease_seconds)}
+    events = [("info", move.message)] if move.message else []
+    return store.claim_queued(JobStatus.QUEUED.value, values, events, exclude)
+
+
 # --- creating a job --------------------------------------------------------------------------------
 
 
@@ -106,7 +115,7 @@ def create(
     method_type = method_of(req)
     integrations.check(req.integrations, wandb_projects)
     requested = hyperparameters(req, method_type)
-    resolved = catalog.resolve(req.model, owner)
+    resolved = catalog.resolve(req.model, owner, fetch=False)  # trained on, perhaps, another machine
     training = training_file(store, owner, req.training_file, "training_file")
     validation = training_file(store, owner, req.validation_file, "validation_file") if req.validation_file else None
     verdict = ensure_validated(store, blobs, training)
@@ -119,7 +128,7 @@ def create(
         status=JobStatus.VALIDATING_FILES.value,
         model=resolved.id,
         base_model=resolved.base.name,
-        init_adapter=str(resolved.adapter) if resolved.adapter else None,
+        init_adapter=resolved.adapter_key,
         training_file=training.id,
         validation_file=validation.id if validation else None,
         hyperparameters=hyper,
@@ -308,7 +317,8 @@ def succeed(store: Store, blobs: Blobs, home: Path, job: JobRecord, files: JobDi
     crash_point("job.results")
     ckpts, _ = store.list_checkpoints(job.id, limit=1000)
     created = now()
-    models = [ModelRecord(job.model_name, job.owner, created, job.base_model, str(files.adapter), job.id)]
+    adapter = files.adapter.relative_to(home).as_posix()  # its key in the store (``selftune.storage``)
+    models = [ModelRecord(job.model_name, job.owner, created, job.base_model, adapter, job.id)]
     models += [
         ModelRecord(
             f"{job.model_name}:ckpt-step-{c.step_number}", job.owner, created, job.base_model, c.adapter_path, job.id

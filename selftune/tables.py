@@ -69,6 +69,27 @@ base_models = Table(
     Column("gguf_file", Text, nullable=True),
     Column("created", Integer, nullable=False),
     Column("qlora", Boolean, nullable=False, server_default=false()),
+    # SHA-256 of the weights as registered, and where their bytes are in a remote store (``bases/
+    # SHA/NAME``): another machine materialises the model from there, or refuses a copy of its own
+    # whose hash differs (``catalog``).
+    Column("sha256", String(64), nullable=True),
+    Column("stored_key", Text, nullable=True),
+)
+
+workers = Table(
+    "workers",
+    metadata,
+    # One row per running `selftune worker` (or server's worker thread), by its holder id; refreshed
+    # while it runs (last_seen by the database's clock), removed when it stops.
+    Column("id", String(256), primary_key=True),
+    Column("host", String(256), nullable=False),
+    Column("device", String(64), nullable=False),
+    Column("gpus", Integer, nullable=False),
+    Column("memory_bytes", BigInteger, nullable=False),
+    Column("slots", Integer, nullable=False),
+    Column("started_at", Integer, nullable=False),
+    Column("last_seen", Float, nullable=False),
+    Column("jobs", JSON, nullable=False),
 )
 
 
@@ -264,6 +285,25 @@ class BaseModelRecord:
     created: int
     qlora: bool = False
     """Its jobs train on a 4-bit base (``selftune models add --qlora``)."""
+    sha256: str | None = None
+    """The weights' SHA-256 (of the GGUF file, or of a folder's files listed with theirs)."""
+    stored_key: str | None = None
+    """Where the weights' bytes are in a remote store, for machines that do not have them."""
+
+
+@dataclass(frozen=True)
+class WorkerRecord:
+    """A training worker that is running (or was, until ``last_seen``)."""
+
+    id: str
+    host: str
+    device: str
+    gpus: int
+    memory_bytes: int
+    slots: int
+    started_at: int
+    last_seen: float
+    jobs: list[str]
 
 
 R = TypeVar("R")

@@ -33,15 +33,14 @@ from typing import IO, Any
 
 from selftune import integrations, jobs
 from selftune.atomic import remove_tree
-from selftune.blobs import Blobs
-from selftune.catalog import Catalog
 from selftune.children import lower_priority
 from selftune.claims import LeaseKeeper, dead_here, holder_id
-from selftune.config import Settings
 from selftune.errors import InvalidStatus, SelftuneError, internal_error
 from selftune.faults import crash_point
+from selftune.job_objects import JobObjects
+from selftune.services import Core
 from selftune.statuses import JOBS, JobAction, JobStatus
-from selftune.store import JobRecord, Store
+from selftune.store import JobRecord
 from selftune.train.protocol import (
     Checkpoint,
     Done,
@@ -54,6 +53,7 @@ from selftune.train.protocol import (
     recipe_command,
     save_config,
 )
+from selftune.workers import cpu_threads, least_memory, offer
 
 log = logging.getLogger("selftune.worker")
 
@@ -78,23 +78,28 @@ class _Active:
 
 
 class Worker:
-    def __init__(
-        self, settings: Settings, store: Store, blobs: Blobs, catalog: Catalog, *, poll_seconds: float = 0.5
-    ) -> None:
-        self.settings = settings
-        self.store = store
-        self.blobs = blobs
-        self.catalog = catalog
+    def __init__(self, core: Core, *, poll_seconds: float = 0.5) -> None:
+        self.settings = settings = core.settings
+        self.store = core.store
+        self.blobs = core.blobs
+        self.catalog = core.catalog
+        self.storage = core.storage
+        self.objects = JobObjects(core.storage, core.store, settings.home)
         self.slots = max(1, settings.worker_slots)
         self.poll_seconds = poll_seconds
+        self.home = settings.home
         self.jobs_dir = settings.home / "jobs"
         self.id = holder_id()
         self.lease_seconds = settings.lease_seconds
-        self.leases = LeaseKeeper(store.claims, "jobs", self.id, self.lease_seconds)
+        self.leases = LeaseKeeper(core.store.claims, "jobs", self.id, self.lease_seconds)
         self.active: dict[str, _Active] = {}
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._last_recovery = 0.0
+        self._last_seen = 0.0
+        self.offer = offer(settings)
+        self._assessed: dict[str, bool] = {}
+        """Queued jobs this worker looked at: whether their model fits what it offers."""
 
     # --- running ----------------------------------------------------------------------------------
 
@@ -127,6 +132,9 @@ class Worker:
 
     def tick(self) -> None:
         clock = time.monotonic()
+        if clock - self._last_seen > self.lease_seconds / 3:
+            self._last_seen = clock
+            self.store.worker_seen(self.offer.record(self.id, list(self.active)))
         if clock - self._last_recovery > self.lease_seconds / 4:
             self._last_recovery = clock
             self._recover_orphans()
@@ -135,10 +143,28 @@ class Worker:
         for active in list(self.active.values()):
             self._follow(active)
         if len(self.active) < self.slots:
-            for job in self.store.jobs_in(JobStatus.QUEUED):
-                if len(self.active) >= self.slots:
+            queued = self.store.jobs_in(JobStatus.QUEUED)
+            too_big = [job.id for job in queued if not self._fits(job)]
+            self._assessed = {job.id: self._assessed[job.id] for job in queued}  # forget the rest
+            while len(self.active) < self.slots:
+                claimed = jobs.claim_next(self.store, self.id, self.lease_seconds, too_big)
+                if claimed is None:
                     break
-                self._start(job)
+                self._started(claimed)
+
+    def _fits(self, job: JobRecord) -> bool:
+        """Whether the job's base model can train within this worker's memory (checked once per job;
+        a job that does not fit is left to a worker with more, and told so)."""
+        if job.id not in self._assessed:
+            try:
+                need = least_memory(self.catalog.materialize(self.catalog.get_base(job.base_model)), self.offer.device)
+            except Exception:  # a model that cannot be loaded: the start fails the job with the reason
+                need = 0
+            fits = need <= self.offer.memory_bytes
+            if not fits:
+                self.store.add_events(job.id, [("warn", "message", self.offer.too_small(need), {})])
+            self._assessed[job.id] = fits
+        return self._assessed[job.id]
 
     @staticmethod
     def _try(move: Callable[..., Any], *args: Any) -> bool:
@@ -156,10 +182,15 @@ class Worker:
 
     # --- queued -> running ------------------------------------------------------------------------
 
-    def _start(self, job: JobRecord) -> None:
-        if not self._try(jobs.start, self.store, job, self.id, self.lease_seconds):
-            return  # another worker took it, or it was cancelled meanwhile
+    def _started(self, job: JobRecord) -> None:
+        """A job this worker has just claimed: launch its training, or fail it with the reason."""
         self.leases.hold(job.id)
+        where = f"{self.offer.device}, {self.offer.memory_bytes / 2**30:.1f} GB"
+        if (threads := cpu_threads(self.store, self.offer, self.slots, self.lease_seconds)) is not None:
+            where += f", {threads} CPU thread(s)"
+        self.store.add_events(
+            job.id, [("info", "message", f"Training on worker {self.id} ({where})", {"worker": self.id})]
+        )
         try:
             self._launch(job)
         except Exception as e:  # after the claim, never leave the job running without a process
@@ -170,6 +201,7 @@ class Worker:
         files = JobDir(self.jobs_dir / job.id)
         files.root.mkdir(parents=True, exist_ok=True)
         files.pause.unlink(missing_ok=True)
+        resumed = self.objects.fetch(job.id, files)
         try:
             base = self.catalog.get_base(job.base_model)
             base_dir = self.catalog.materialize(base)
@@ -193,7 +225,7 @@ class Worker:
             hyperparameters=job.hyperparameters,
             seed=job.seed,
             max_seq_len=self.catalog.sequence_limit(base),
-            init_adapter=job.init_adapter,
+            init_adapter=str(self.catalog.adapter_dir(job.init_adapter)) if job.init_adapter else None,
             qlora=base.qlora,
             eval_examples=self.settings.eval_examples,
             model_name=job.model_name,
@@ -204,13 +236,23 @@ class Worker:
         )
         config = save_config(cfg)
         reader = EventReader(files.events)  # from the end: an earlier run's events were relayed already
+        if resumed is not None:
+            where = f"its checkpoint at step {resumed}, fetched from the store ({self.storage.url})"
+            self.store.add_events(
+                job.id, [("info", "message", f"Worker {self.offer.host} continues this job from {where}", {})]
+            )
         train_log = files.log.open("ab")
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        if (threads := cpu_threads(self.store, self.offer, self.slots, self.lease_seconds)) is not None:
+            env["OMP_NUM_THREADS"] = str(threads)
+        if self.settings.worker_memory_bytes:  # the recipe plans within what this worker offers
+            env["SELFTUNE_TRAIN_MEMORY"] = str(self.settings.worker_memory_bytes)
         proc = subprocess.Popen(
             recipe_command(config, cfg.method),
             stdout=train_log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            env=env,
         )
         lower_priority(proc.pid, self.settings.train_priority)
         self.active[job.id] = _Active(job, proc, files, train_log, reader)
@@ -245,7 +287,8 @@ class Worker:
                 values["estimated_finish"] = self._estimate(a, e.time or time.time(), e.step, e.total_steps)
                 events.append((e.level, "metrics", e.message, e.public()))
             elif isinstance(e, Checkpoint):
-                jobs.record_checkpoint(self.store, a.job, e.step, e.metrics, e.path, e.kept or [e.path])
+                key, kept = self.objects.checkpoint(a.job.id, e, a.files)
+                jobs.record_checkpoint(self.store, a.job, e.step, e.metrics, key, kept)
                 events.append((e.level, "message", e.message, {}))
             elif isinstance(e, Done):
                 a.done = e
@@ -279,8 +322,11 @@ class Worker:
         job = self.store.get_job(None, a.job.id)
         if rc == Exit.DONE and a.done is not None:
             crash_point("job.finished")
-            self._try(jobs.succeed, self.store, self.blobs, self.settings.home, job, a.files, a.done)
+            self.objects.put(a.files.adapter)  # any server serves the model from the store
+            if self._try(jobs.succeed, self.store, self.blobs, self.home, job, a.files, a.done):
+                self.objects.delete(a.files.state)  # only needed to continue
         elif rc == Exit.PAUSED:
+            self.objects.put(a.files.state)  # resumed, it may continue on any worker
             self._try(jobs.apply, self.store, job, JobAction.PAUSED)
         elif rc == Exit.DATA_ERROR and a.error is not None:
             self._fail(job, a.error.code, a.error.message, "training_file")
@@ -302,12 +348,12 @@ class Worker:
         self.leases.drop(a.job.id)
         a.log.close()
 
-    @staticmethod
-    def _discard(files: JobDir) -> None:
-        """A cancelled job keeps its log and events, not its weights."""
+    def _discard(self, files: JobDir) -> None:
+        """A cancelled job keeps its log and events, not its weights (here or in the store)."""
         remove_tree(files.checkpoints, files.root)
         remove_tree(files.adapter, files.root)
         files.state.unlink(missing_ok=True)
+        self.objects.delete(files.root)
 
     # --- shutdown and recovery --------------------------------------------------------------------
 
@@ -327,7 +373,9 @@ class Worker:
             if a.proc.returncode in (Exit.DONE, Exit.DATA_ERROR):  # it finished in the meantime
                 self._finish(a, a.proc.returncode)
             else:
+                self.objects.put(a.files.state)  # saved just now: any worker continues
                 self._requeue(a.job, "The worker stopped; the job continues from its saved state when one starts")
+        self.store.worker_gone(self.id)
         log.info("worker %s stopped", self.id)
 
     def _requeue(self, job: JobRecord, why: str) -> None:
@@ -335,7 +383,7 @@ class Worker:
         current = self.store.get_job(None, job.id)
         if current.status not in JOBS.claimed:
             return
-        if JobDir(self.jobs_dir / job.id).state.is_file():
+        if self.objects.has_state(JobDir(self.jobs_dir / job.id)):
             self._try(jobs.apply, self.store, current, JobAction.REQUEUE, None, [("warn", why)])
             return
         self._fail(

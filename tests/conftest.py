@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import secrets
 import signal
 import subprocess
 import sys
@@ -28,6 +27,8 @@ from referencing import Registry
 from referencing.jsonschema import DRAFT202012
 
 from selftune.live import LiveServer, build_tiny_model, serve_model
+from selftune.live_cluster import PG_ADMIN
+from selftune.live_cluster import new_database as live_database
 
 REPO = Path(__file__).resolve().parent.parent
 SPEC_PATH = REPO.parent / "shared" / "conformance" / "openai-openapi.yaml"
@@ -173,38 +174,32 @@ def client(server: LiveServer) -> openai.OpenAI:
 
 # --- PostgreSQL ----------------------------------------------------------------------------------
 
-PG_ADMIN = "host=127.0.0.1 port=5432 dbname=test connect_timeout=3"
-
 
 @contextmanager
-def _new_database() -> Iterator[str]:
+def new_database() -> Iterator[str]:
+    """``live_cluster.new_database``, or a skip that says why when PostgreSQL is not reachable."""
     psycopg = pytest.importorskip("psycopg")
     try:
-        admin = psycopg.connect(PG_ADMIN, autocommit=True)
+        psycopg.connect(PG_ADMIN).close()
     except psycopg.OperationalError as e:
         pytest.skip(
             f"PostgreSQL is not reachable on 127.0.0.1:5432 ({e.__class__.__name__}); start it to test that path"
         )
-    name = "selftune_test_" + secrets.token_hex(4)
-    admin.execute(f"CREATE DATABASE {name}")
-    try:
-        yield f"postgresql+psycopg://127.0.0.1:5432/{name}"
-    finally:
-        admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-        admin.close()
+    with live_database() as url:
+        yield url
 
 
 @pytest.fixture(scope="session")
 def pg_url() -> Iterator[str]:
     """A fresh PostgreSQL database for this run, dropped afterwards."""
-    with _new_database() as url:
+    with new_database() as url:
         yield url
 
 
 @pytest.fixture
 def pg_database() -> Iterator[str]:
     """A PostgreSQL database of one test's own (for servers that must start from an empty one)."""
-    with _new_database() as url:
+    with new_database() as url:
         yield url
 
 

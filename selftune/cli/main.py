@@ -15,7 +15,7 @@ from selftune import __version__
 from selftune.cli import client, data, evaluate, export, migrate, server
 
 SECTIONS: dict[str, tuple[click.Command, ...]] = {
-    "Server": (server.serve, server.worker),
+    "Server": (server.serve, server.worker, client.workers),
     "Data": (data.prepare, data.validate, data.estimate, data.render),
     "Client, for any OpenAI-compatible server": (client.files, client.jobs, client.chat, client.models),
     "Results": (evaluate.eval_, export.export_),

@@ -78,9 +78,12 @@ def serve(
 def worker(slots: int | None, log_level: str, home: Path | None, database_url: str | None) -> None:
     """Run only the training worker.
 
-    It takes jobs from the same database as the server (SELFTUNE_DATABASE_URL) and reads and
-    writes the same SELFTUNE_HOME, so on another machine that folder must be shared storage.
-    Stop it with Ctrl-C: running jobs save their state and go back to the queue.
+    It takes jobs from the same database as the servers (SELFTUNE_DATABASE_URL, PostgreSQL for
+    many machines). On another machine it keeps its own SELFTUNE_HOME and finds the training
+    files, base models and checkpoints in the object store (SELFTUNE_STORAGE_URL=s3://...), where
+    it puts the adapters it trains; it claims only jobs whose model fits the memory it offers
+    (SELFTUNE_WORKER_MEMORY_BYTES, or measured). Stop it with Ctrl-C: running jobs save their
+    state and go back to the queue, for any worker.
     """
     from selftune.services import open_core
     from selftune.worker import Worker, run_forever
@@ -90,6 +93,6 @@ def worker(slots: int | None, log_level: str, home: Path | None, database_url: s
     core = open_core(settings)  # no inference engine: a worker only trains
     console.print(f"[bold]selftune worker[/]: data {settings.home}, {settings.worker_slots} slot(s)")
     try:
-        run_forever(Worker(settings, core.store, core.blobs, core.catalog))
+        run_forever(Worker(core))
     finally:
         core.close()

@@ -22,10 +22,10 @@ from selftune.atomic import remove_tree
 from selftune.children import lower_priority
 from selftune.claims import LeaseKeeper, holder_id
 from selftune.convert.quantize import DEFAULT_QUANTIZE
-from selftune.errors import NotFound
+from selftune.errors import NotFound, SelftuneError
 from selftune.export.process import LOG, ExportRequest, read_progress, read_result
 from selftune.export.service import ExportRecord, Exports
-from selftune.export.spec import ExportSpec, Source
+from selftune.export.spec import ExportSpec
 from selftune.faults import crash_point
 from selftune.schemas.exports import ExportError, ExportProgress
 from selftune.statuses import EXPORTS, ExportAction
@@ -87,7 +87,13 @@ class ExportRunner:
         folder = self.exports.root / record.id
         remove_tree(folder, self.exports.root)  # what a server that died left half-built
         folder.mkdir(parents=True)
-        source = Source.from_dict(record.source)
+        try:
+            source = self.exports.source_here(row.owner, record)
+        except SelftuneError as e:  # its model was deleted meanwhile
+            self.leases.drop(record.id)
+            error = ExportError(code=e.code or "export_failed", message=e.message)
+            self.records.apply(record, ExportAction.FAIL, error=error, progress=None)
+            return True
         spec = ExportSpec(record.format, record.quantize or DEFAULT_QUANTIZE, record.lora)  # type: ignore[arg-type]
         ExportRequest(source, spec, record.folder).write(folder)
         with (folder / LOG).open("wb") as out:
@@ -124,6 +130,7 @@ class ExportRunner:
         result = read_result(folder) or {}
         if b.proc.returncode == 0 and "manifest" in result:
             crash_point("export.built")
+            self.exports.store_built(export_id)
             self.records.apply(current, ExportAction.SUCCEED, manifest=result["manifest"], progress=None)
             return
         error = result.get("error") or {

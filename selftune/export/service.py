@@ -148,13 +148,35 @@ class Exports:
                 param="export_id",
                 code="export_not_ready",
             )
-        return record, self.root / export_id / record.folder
+        here = self.root / export_id
+        if not here.is_dir() and self.catalog.cache is not None:  # built by another server
+            here = self.catalog.cache.fetch(self.key(export_id)) or here
+        return record, here / record.folder
 
     def delete(self, owner: str, export_id: str) -> None:
         """Gone at once for the API; the runner building it (on any server) stops it and frees its folder."""
         self.get(owner, export_id)
         self.records.delete(owner, export_id)
         remove_tree(self.root / export_id, self.root)
+        if self.catalog.cache is not None:
+            self.catalog.cache.storage.delete(self.key(export_id))
+            self.catalog.cache.drop(self.key(export_id))
+
+    @staticmethod
+    def key(export_id: str) -> str:
+        return f"exports/{export_id}"
+
+    def source_here(self, owner: str, record: ExportRecord) -> Source:
+        """What the export is built from, on this server: with a remote store the server that took the
+        request may be another machine, so its paths are resolved again here (fetching the adapter)."""
+        if self.catalog.cache is None:
+            return Source.from_dict(record.source)
+        return source(self.catalog, self.store, record.model, owner)
+
+    def store_built(self, export_id: str) -> None:
+        """With a remote store, a finished export goes there, so any server can hand it out."""
+        if self.catalog.cache is not None:
+            self.catalog.cache.storage.put(self.key(export_id), self.root / export_id)
 
     def close(self) -> None:
         """Nothing of its own to stop: the runner owns the export processes."""

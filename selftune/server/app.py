@@ -34,7 +34,18 @@ from selftune.errors import InvalidRequest, NotFound, SelftuneError, internal_er
 from selftune.export.runner import ExportRunner
 from selftune.ids import random_id
 from selftune.schemas.common import ERROR_RESPONSES, invalid_request
-from selftune.server import batches, chat, completions, exports, files, fine_tuning, models, responses, uploads
+from selftune.server import (
+    batches,
+    chat,
+    completions,
+    exports,
+    files,
+    fine_tuning,
+    models,
+    responses,
+    uploads,
+    workers,
+)
 from selftune.server.deps import get_owner, get_services
 from selftune.server.edge import TOO_LARGE, Edge, Refused, error_response
 from selftune.services import build_services
@@ -51,7 +62,7 @@ def create_app(settings: Settings) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         services = build_services(settings)
         app.state.services = services
-        worker = Worker(settings, services.store, services.blobs, services.catalog) if settings.worker else None
+        worker = Worker(services) if settings.worker else None
         runner = BatchRunner(services)
         export_runner = ExportRunner(services.exports)
         sweeper: asyncio.Task[None] | None = None
@@ -81,7 +92,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.add_middleware(_PathAndRequestId)
 
     api = APIRouter(prefix="/v1", dependencies=[Depends(get_owner)], responses=ERROR_RESPONSES)
-    for module in (files, uploads, models, chat, completions, responses, batches, fine_tuning, exports):
+    for module in (files, uploads, models, chat, completions, responses, batches, fine_tuning, exports, workers):
         api.include_router(module.router)
     app.include_router(api)
 

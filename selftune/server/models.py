@@ -16,6 +16,7 @@ from selftune.errors import PermissionDenied
 from selftune.schemas.models import Model, ModelDeleted, ModelList
 from selftune.server.deps import OwnerDep, ServicesDep
 from selftune.server.edge import Route
+from selftune.services import Services
 
 router = APIRouter(tags=["models"], route_class=Route)
 BASE_OWNER = "selftune"
@@ -32,7 +33,7 @@ def list_models(services: ServicesDep, owner: OwnerDep) -> ModelList:
 
 @router.get("/models/{model:path}")
 def retrieve_model(model: str, services: ServicesDep, owner: OwnerDep) -> Model:
-    resolved = services.catalog.resolve(model, owner)
+    resolved = services.catalog.resolve(model, owner, fetch=False)
     if resolved.adapter is None:
         return Model(id=resolved.id, created=resolved.base.created, owned_by=BASE_OWNER)
     rec = services.store.find_model(owner, resolved.id)
@@ -42,7 +43,7 @@ def retrieve_model(model: str, services: ServicesDep, owner: OwnerDep) -> Model:
 
 @router.delete("/models/{model:path}")
 def delete_model(model: str, services: ServicesDep, owner: OwnerDep) -> ModelDeleted:
-    resolved = services.catalog.resolve(model, owner)
+    resolved = services.catalog.resolve(model, owner, fetch=False)
     if resolved.adapter is None:
         raise PermissionDenied(
             f"`{model}` is a base model and cannot be deleted through the API; only fine-tuned models can. "
@@ -51,7 +52,19 @@ def delete_model(model: str, services: ServicesDep, owner: OwnerDep) -> ModelDel
             code="model_not_deletable",
         )
     unused = services.store.delete_model(owner, resolved.id)
-    # Free the disk, but only ever inside the jobs' folder (the path comes from the database).
-    if unused and Path(unused).resolve().is_relative_to((services.settings.home / "jobs").resolve()):
-        remove_tree(Path(unused), services.settings.home / "jobs")
+    if unused:
+        forget_adapter(services, unused)
     return ModelDeleted(id=resolved.id)
+
+
+def forget_adapter(services: Services, key: str) -> None:
+    """Free an adapter nothing needs any more: in the store, in this machine's cache, and in the jobs'
+    folder (only ever inside it: the key comes from the database). Other machines' copies in their
+    caches go as those fill up."""
+    jobs_dir = services.settings.home / "jobs"
+    folder = services.catalog.adapter_dir(key, fetch=False)
+    if folder.resolve().is_relative_to(jobs_dir.resolve()):
+        remove_tree(folder, jobs_dir)
+    if not Path(key).is_absolute() and services.cache is not None:
+        services.storage.delete(key)
+        services.cache.drop(key)

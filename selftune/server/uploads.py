@@ -93,7 +93,21 @@ def _write_part(services: Core, upload: Upload, src: BinaryIO) -> UploadPart:
     crash_point("upload.part")
     folder.mkdir(parents=True, exist_ok=True)
     publish(tmp, folder / part.id)
+    if services.storage.remote:  # the next part, or the completion, may reach another server
+        services.storage.put(_part_key(upload.id, part.id), folder / part.id)
     return part
+
+
+def _part_key(upload_id: str, part_id: str) -> str:
+    return f"uploads/{upload_id}/{part_id}"
+
+
+def _fetch_parts(services: Core, upload_id: str, part_ids: list[str]) -> None:
+    """With a remote store, the parts other servers received, brought here for the completion."""
+    folder = services.blobs.parts(upload_id)
+    for part_id in part_ids:
+        if services.storage.remote and PART_ID.fullmatch(part_id) and not (folder / part_id).is_file():
+            services.storage.get(_part_key(upload_id, part_id), folder / part_id)
 
 
 @router.post("/uploads/{upload_id}/complete")
@@ -103,6 +117,7 @@ def complete_upload(upload_id: str, body: UploadCompleteRequest, services: Servi
     finds the file its first try registered, and never makes a second one."""
     upload = _pending(services, owner, upload_id)
     folder = services.blobs.parts(upload_id)
+    _fetch_parts(services, upload_id, body.part_ids)
     missing = [p for p in body.part_ids if not PART_ID.fullmatch(p) or not (folder / p).is_file()]
     if missing or not body.part_ids:
         unknown = ", ".join(missing) or "none given"
@@ -139,6 +154,8 @@ def complete_upload(upload_id: str, body: UploadCompleteRequest, services: Servi
     crash_point("upload.registered")
     done = services.uploads.apply(upload, UploadAction.COMPLETE, file=to_wire(file))
     remove_tree(folder, services.blobs.root)
+    if services.storage.remote:
+        services.storage.delete(f"uploads/{upload_id}")
     return done
 
 
@@ -147,6 +164,8 @@ def cancel_upload(upload_id: str, services: ServicesDep, owner: OwnerDep) -> Upl
     upload = _pending(services, owner, upload_id)
     cancelled = services.uploads.apply(upload, UploadAction.CANCEL)
     remove_tree(services.blobs.parts(upload_id), services.blobs.root)
+    if services.storage.remote:
+        services.storage.delete(f"uploads/{upload_id}")
     return cancelled
 
 

@@ -258,7 +258,10 @@ def main(cfg: TrainConfig) -> int:
         scheduler.load_state_dict(state["scheduler"])
         torch.set_rng_state(state["torch_rng"])
         step, trained_tokens = state["step"], state["trained_tokens"]
-        metrics_rows, checkpoints = state["metrics_rows"], state["checkpoints"]
+        metrics_rows = state["metrics_rows"]
+        # Saved as paths of the folder the state was written in, which may be another worker's:
+        # the same checkpoints in this job folder (the worker fetched them from the store).
+        checkpoints = [str(files.checkpoint(int(Path(c).name.removeprefix("step-")))) for c in state["checkpoints"]]
         watch = ValidationWatch.from_state(state.get("validation"))
         events.emit(Message(f"Training resumed at step {step}/{total_steps}", extra={"step": step}))
     else:

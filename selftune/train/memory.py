@@ -276,6 +276,7 @@ def plan(
         f"{longest:,} tokens), and the budget is {_gb(budget_bytes)} ({budget_source}); free memory, set "
         f"SELFTUNE_TRAIN_MEMORY{hint}, or lower SELFTUNE_MAX_SEQ_LEN",
         budget_bytes,
+        need,
     )
 
 
@@ -323,6 +324,15 @@ def qlora_problem(shape: ModelShape, device: str) -> str | None:
             f"wide, and this model's are {shape.hidden} and {shape.intermediate}"
         )
     return None
+
+
+def refuse_qlora(name: str, folder: Path) -> None:
+    """``--qlora`` on a model this machine cannot run in 4 bits: ``InvalidRequest`` with the reason."""
+    from selftune.errors import InvalidRequest
+
+    problem = qlora_problem(ModelShape.of(folder), training_device())
+    if problem:
+        raise InvalidRequest(f"{name}: --qlora: {problem}", param="qlora", code="qlora_unavailable")
 
 
 def plan_job(
