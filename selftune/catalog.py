@@ -39,7 +39,7 @@ from selftune.config import DEFAULT_MODEL, Settings
 from selftune.data.template_check import TemplateReport
 from selftune.errors import ConversionError, InvalidRequest, NotFound, TemplateError
 from selftune.model_files import slug as _slug
-from selftune.shared_bases import SharedBases
+from selftune.shared_bases import SharedBases, from_s3
 from selftune.store import BaseModelRecord, Store
 
 log = logging.getLogger("selftune.catalog")
@@ -235,6 +235,7 @@ class Catalog:
         parts = [paths] if isinstance(paths, str) else list(paths)
         slug = _slug(name)
         overlay = self.models_dir / f"{slug}.src"
+        parts = [str(from_s3(p, overlay)) if p.startswith("s3://") else p for p in parts]
         if len(parts) > 1:
             spec = BaseModelSpec(name, "gguf", str(overlay), f"{slug}.gguf")
             files.assemble([Path(p).expanduser() for p in parts], overlay / f"{slug}.gguf", sha256)

@@ -25,6 +25,22 @@ if TYPE_CHECKING:
     from selftune.catalog import BaseModelSpec
 
 
+def from_s3(url: str, folder: Path) -> Path:
+    """A model given as an ``s3://bucket/key`` URL (a GGUF file, or a folder's prefix), downloaded
+    (streamed, complete or not at all) into selftune's folder for it; the AWS_* variables reach the
+    bucket. Registered from there, it is shared like any local model: other machines fetch it from
+    selftune's store, and need no access to that bucket."""
+    from selftune.storage import S3Storage
+
+    location, _, name = url.rstrip("/").rpartition("/")
+    if not name or location == "s3:/":
+        raise InvalidRequest(f"{url}: name an object or a prefix in the bucket (s3://bucket/path/model.gguf)")
+    copy = folder / name
+    if not S3Storage(location).get(name, copy):
+        raise InvalidRequest(f"{url}: no such object or prefix in the bucket", param="path")
+    return copy
+
+
 def source_path(spec: BaseModelSpec) -> Path:
     """The file (gguf) or folder (hf) the model's weights come from."""
     return Path(spec.path) / spec.gguf_file if spec.source == "gguf" and spec.gguf_file else Path(spec.path)

@@ -234,6 +234,24 @@ def test_a_base_model_added_on_one_machine_is_materialised_on_others_or_refused(
     assert copies, "the weights were not materialised from the store"
 
 
+def test_a_base_model_added_from_an_s3_url_is_served_everywhere(
+    cluster: LiveCluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = _s3(cluster, monkeypatch)
+    store.put("weights", build_tiny_model(tmp_path / "tiny", seed=3))
+    url = f"s3://{store.bucket}/{store.prefix}/weights"
+    env = {**cluster.layout.environment, "SELFTUNE_HOME": str(tmp_path / "registrar")}
+    run_cli("models", "add", "tiny-from-s3", url, env=env)
+    answer = (
+        cluster.servers[1]
+        .client()
+        .chat.completions.create(model="tiny-from-s3", messages=[{"role": "user", "content": "Hi"}], max_tokens=4)
+    )
+    assert answer.model == "tiny-from-s3"
+    missing = run_cli("models", "add", "nothing", f"s3://{store.bucket}/{store.prefix}/none", env=env, check=False)
+    assert missing.returncode != 0 and "no such object or prefix" in missing.stdout + missing.stderr
+
+
 def test_the_store_checks_hashes_and_streams_large_objects(
     cluster: LiveCluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -336,7 +336,7 @@ def models_add(
     database_url: str | None,
 ) -> None:
     """Register base model NAME from PATH: a Hugging Face folder, a .gguf file (or its parts, in
-    order, joined into one), or a Hub id.
+    order, joined into one), an s3://bucket/key URL of either, or a Hub id.
 
     GGUF files are converted once to safetensors (later loads take under a second), and folders of
     Llama, Mistral or Qwen2 models with a byte-level BPE tokenizer once to a float16 GGUF for llama.cpp.
