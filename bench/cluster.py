@@ -51,7 +51,7 @@ def trivia(path: Path, n: int = 12) -> Path:
 
 
 def jobs_wall_time(server: LiveServer, data: Path, n: int) -> dict[str, Any]:
-    """Create ``n`` jobs at once; seconds until the last succeeded, and which workers trained them."""
+    """Create ``n`` jobs at once; seconds until the last succeeded, the jobs and their models."""
     client = server.client(timeout=300)
     file_id = client.files.create(file=data.open("rb"), purpose="fine-tune").id
     t0 = time.monotonic()
@@ -68,11 +68,12 @@ def jobs_wall_time(server: LiveServer, data: Path, n: int) -> dict[str, Any]:
                 jobs[job_id] = job
         time.sleep(0.2)
     seconds = time.monotonic() - t0
-    workers = set()
-    for job_id in ids:
-        events = client.fine_tuning.jobs.list_events(job_id, limit=100)
-        workers |= {e.data["worker"] for e in events if e.data and "worker" in e.data}
-    return {"seconds": seconds, "workers": len(workers), "models": [j.fine_tuned_model for j in jobs.values()]}
+    return {"seconds": seconds, "jobs": ids, "models": [j.fine_tuned_model for j in jobs.values()]}
+
+
+def trained_by(cluster: LiveCluster, job_ids: list[str]) -> int:
+    """How many of the cluster's workers trained these jobs (each worker's log names its jobs)."""
+    return sum(any(f"training {j} " in w.tail(10**7) for j in job_ids) for w in cluster.workers)
 
 
 def first_answer(cluster: LiveCluster, models: list[str]) -> dict[str, Any]:
@@ -142,6 +143,7 @@ def run(work: Path) -> dict[str, Any]:
             cluster.restart_worker(1)
             cluster.wait_for_workers(2)
             two = jobs_wall_time(cluster.servers[0], data, JOBS)
+            two["workers"] = trained_by(cluster, two["jobs"])
             r["spread"] = {"one worker": one, "two workers": two}
             r["first_answer"] = first_answer(cluster, two["models"][:3])
             cluster.stop(keep_store=True)  # nothing else running while one job is timed

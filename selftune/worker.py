@@ -185,12 +185,6 @@ class Worker:
     def _started(self, job: JobRecord) -> None:
         """A job this worker has just claimed: launch its training, or fail it with the reason."""
         self.leases.hold(job.id)
-        where = f"{self.offer.device}, {self.offer.memory_bytes / 2**30:.1f} GB"
-        if (threads := cpu_threads(self.store, self.offer, self.slots, self.lease_seconds)) is not None:
-            where += f", {threads} CPU thread(s)"
-        self.store.add_events(
-            job.id, [("info", "message", f"Training on worker {self.id} ({where})", {"worker": self.id})]
-        )
         try:
             self._launch(job)
         except Exception as e:  # after the claim, never leave the job running without a process
