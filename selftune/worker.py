@@ -53,7 +53,7 @@ from selftune.train.protocol import (
     recipe_command,
     save_config,
 )
-from selftune.workers import cpu_threads, least_memory, offer
+from selftune.workers import STALE_LEASES, cpu_threads, least_memory, offer
 
 log = logging.getLogger("selftune.worker")
 
@@ -98,8 +98,8 @@ class Worker:
         self._last_recovery = 0.0
         self._last_seen = 0.0
         self.offer = offer(settings)
-        self._assessed: dict[str, bool] = {}
-        """Queued jobs this worker looked at: whether their model fits what it offers."""
+        self._need: dict[str, int] = {}  # queued jobs looked at: the least memory their model needs
+        self._told: set[str] = set()
 
     # --- running ----------------------------------------------------------------------------------
 
@@ -145,7 +145,8 @@ class Worker:
         if len(self.active) < self.slots:
             queued = self.store.jobs_in(JobStatus.QUEUED)
             too_big = [job.id for job in queued if not self._fits(job)]
-            self._assessed = {job.id: self._assessed[job.id] for job in queued}  # forget the rest
+            self._need = {job.id: self._need[job.id] for job in queued if job.id in self._need}  # forget the rest
+            self._told &= set(self._need)
             while len(self.active) < self.slots:
                 claimed = jobs.claim_next(self.store, self.id, self.lease_seconds, too_big)
                 if claimed is None:
@@ -153,18 +154,23 @@ class Worker:
                 self._started(claimed)
 
     def _fits(self, job: JobRecord) -> bool:
-        """Whether the job's base model can train within this worker's memory (checked once per job;
-        a job that does not fit is left to a worker with more, and told so)."""
-        if job.id not in self._assessed:
+        """Whether to claim the job: its model fits this worker, or no live worker offers more (the
+        plan then fails it with the numbers, as on one machine). One left to a larger worker is told."""
+        if job.id not in self._need:
             try:
-                need = least_memory(self.catalog.materialize(self.catalog.get_base(job.base_model)), self.offer.device)
+                base_dir = self.catalog.materialize(self.catalog.get_base(job.base_model))
+                self._need[job.id] = least_memory(base_dir, self.offer.device)
             except Exception:  # a model that cannot be loaded: the start fails the job with the reason
-                need = 0
-            fits = need <= self.offer.memory_bytes
-            if not fits:
-                self.store.add_events(job.id, [("warn", "message", self.offer.too_small(need), {})])
-            self._assessed[job.id] = fits
-        return self._assessed[job.id]
+                self._need[job.id] = 0
+        if (need := self._need[job.id]) <= self.offer.memory_bytes:
+            return True
+        seen = self.store.list_workers(seen_within=STALE_LEASES * self.lease_seconds)
+        if not any(w.memory_bytes >= need for w in seen):
+            return True
+        if job.id not in self._told:  # once per job
+            self._told.add(job.id)
+            self.store.add_events(job.id, [("warn", "message", self.offer.too_small(need), {})])
+        return False
 
     @staticmethod
     def _try(move: Callable[..., Any], *args: Any) -> bool:

@@ -6,10 +6,11 @@ by the database's clock while it runs (``Store.worker_seen``) and removed when i
 killed outright stops refreshing, and its row goes once it has been silent for ``STALE_LEASES``
 leases. ``selftune workers`` and ``GET /v1/workers`` (an extension, for operators) list them.
 
-A worker claims only jobs whose base model fits the memory it offers (``least_memory``: the least
-any memory plan needs for that model, one short example at a time); the recipe then plans within
-that same offer (``SELFTUNE_TRAIN_MEMORY``), so a job whose examples need more than the offer fails
-with the plan's ``insufficient_memory`` reason instead of running out of memory.
+A worker leaves a job to a larger worker when its base model does not fit the memory it offers
+(``least_memory``: the least any memory plan needs for that model, one short example at a time) and
+a live worker offers enough; when none does, it claims the job anyway. The recipe then plans within
+that same offer (``SELFTUNE_TRAIN_MEMORY``), so a job that fits nowhere fails with the plan's
+``insufficient_memory`` reason and numbers instead of waiting forever or running out of memory.
 """
 
 from __future__ import annotations
