@@ -28,6 +28,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
 from typing import IO, Any
 
@@ -87,7 +88,6 @@ class Worker:
         self.objects = JobObjects(core.storage, core.store, settings.home)
         self.slots = max(1, settings.worker_slots)
         self.poll_seconds = poll_seconds
-        self.home = settings.home
         self.jobs_dir = settings.home / "jobs"
         self.id = holder_id()
         self.lease_seconds = settings.lease_seconds
@@ -144,18 +144,19 @@ class Worker:
             self._follow(active)
         if len(self.active) < self.slots:
             queued = self.store.jobs_in(JobStatus.QUEUED)
-            too_big = [job.id for job in queued if not self._fits(job)]
+            seen = STALE_LEASES * self.lease_seconds  # the live workers' largest offer, read once a tick if needed:
+            largest = cache(lambda: max((w.memory_bytes for w in self.store.list_workers(seen)), default=0))
+            too_big = [job.id for job in queued if not self._fits(job, largest)]
             self._need = {job.id: self._need[job.id] for job in queued if job.id in self._need}  # forget the rest
-            self._told &= set(self._need)
+            self._told &= set(self._need)  # (a job left to a larger worker is told so once)
             while len(self.active) < self.slots:
                 claimed = jobs.claim_next(self.store, self.id, self.lease_seconds, too_big)
                 if claimed is None:
                     break
                 self._started(claimed)
 
-    def _fits(self, job: JobRecord) -> bool:
-        """Whether to claim the job: its model fits this worker, or no live worker offers more (the
-        plan then fails it with the numbers, as on one machine). One left to a larger worker is told."""
+    def _fits(self, job: JobRecord, largest: Callable[[], int]) -> bool:
+        """Claim it if its model fits here, or no live worker offers more (the plan then fails it)."""
         if job.id not in self._need:
             try:
                 base_dir = self.catalog.materialize(self.catalog.get_base(job.base_model))
@@ -164,8 +165,7 @@ class Worker:
                 self._need[job.id] = 0
         if (need := self._need[job.id]) <= self.offer.memory_bytes:
             return True
-        seen = self.store.list_workers(seen_within=STALE_LEASES * self.lease_seconds)
-        if not any(w.memory_bytes >= need for w in seen):
+        if largest() < need:
             return True
         if job.id not in self._told:  # once per job
             self._told.add(job.id)
@@ -323,7 +323,7 @@ class Worker:
         if rc == Exit.DONE and a.done is not None:
             crash_point("job.finished")
             self.objects.put(a.files.adapter)  # any server serves the model from the store
-            if self._try(jobs.succeed, self.store, self.blobs, self.home, job, a.files, a.done):
+            if self._try(jobs.succeed, self.store, self.blobs, self.settings.home, job, a.files, a.done):
                 self.objects.delete(a.files.state)  # only needed to continue
         elif rc == Exit.PAUSED:
             self.objects.put(a.files.state)  # resumed, it may continue on any worker
