@@ -5,7 +5,7 @@ from __future__ import annotations
 import statistics
 from typing import Any
 
-from bench import cluster, dpo_quality, hostile, met
+from bench import cluster, distributed, dpo_quality, hostile, met
 from bench.measure import (
     BATCH_SIZE,
     DEFAULTS_EXAMPLES,
@@ -38,6 +38,7 @@ def report(r: dict[str, Any], command: str) -> str:
     hostile_targets, hostile_rows = hostile.rows(r["hostile"]) if "hostile" in r else ([], [])
     dpo_targets, dpo_rows = dpo_quality.rows(r["dpo"]) if "dpo" in r else ([], [])
     cluster_targets, cluster_rows = cluster.rows(r["cluster"]) if "cluster" in r else ([], [])
+    distributed_targets, distributed_rows = distributed.rows(r["distributed"]) if "distributed" in r else ([], [])
     L = [
         "# Benchmarks",
         "",
@@ -65,6 +66,7 @@ def report(r: dict[str, Any], command: str) -> str:
         *hostile_targets,
         *dpo_targets,
         *cluster_targets,
+        *distributed_targets,
         "",
         "## Training",
         "",
@@ -183,6 +185,7 @@ def report(r: dict[str, Any], command: str) -> str:
         *(["## A hostile client", "", *hostile_rows, ""] if hostile_rows else []),
         *(["## DPO: the form learned, the content kept", "", *dpo_rows, ""] if dpo_rows else []),
         *(["## Many machines", "", *cluster_rows, ""] if cluster_rows else []),
+        *(["## One job on many processes", "", *distributed_rows, ""] if distributed_rows else []),
         "## Scaling",
         "",
         "| examples | tokens | training loop | seconds per 1,000 tokens | job wall time |",

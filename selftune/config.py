@@ -132,6 +132,19 @@ class Settings(BaseSettings):
     worker_slots: int = 1
     """Jobs one worker trains at once. One per device is fastest: two jobs on one CPU share its cores."""
 
+    worker_nproc_per_node: int = Field(default=0, ge=0)
+    """Processes a worker trains each job on (torchrun's ``--nproc-per-node``, data parallel); 0: one
+    per GPU, or one on a CPU."""
+
+    worker_nnodes: int = Field(default=1, ge=1)
+    """Machines that train each job together: the workers of one ``worker_group`` (``selftune.groups``)."""
+
+    worker_group: str = ""
+    """The name of the group of ``worker_nnodes`` workers this one trains jobs with."""
+
+    worker_address: str = ""
+    """Where the other machines of its group reach this worker (empty: its host name)."""
+
     sweep_seconds: float = Field(default=60.0, gt=0)
     """How often a server deletes what has outlived its time (``selftune.sweeper``)."""
 
@@ -240,6 +253,15 @@ class Settings(BaseSettings):
                 "need one database they all reach: SQLite is a file on one machine. Set SELFTUNE_DATABASE_URL to "
                 "PostgreSQL (postgresql+psycopg://HOST:5432/NAME), or unset SELFTUNE_STORAGE_URL.",
                 param="storage_url",
+            )
+
+    def check_group(self) -> None:
+        """The workers that train a job together are a group, by name."""
+        if self.worker_nnodes > 1 and not self.worker_group:
+            raise InvalidRequest(
+                f"--nnodes {self.worker_nnodes}: the workers that train a job together need a group name; "
+                "start each of them with the same --group NAME (SELFTUNE_WORKER_GROUP)",
+                param="worker_group",
             )
 
     def check_bind(self) -> None:

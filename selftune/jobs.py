@@ -344,5 +344,6 @@ def succeed(store: Store, blobs: Blobs, home: Path, job: JobRecord, files: JobDi
         raise
     finally:
         files.state.unlink(missing_ok=True)  # only needed to continue; the adapters stay
-    record_throughput(home, job.base_model, done.tokens_per_second, job.hyperparameters.batch_size, f"job {job.id}")
+    on = f" on {done.world_size} processes" if done.world_size > 1 else ""
+    record_throughput(home, job.base_model, done.tokens_per_second, job.hyperparameters.batch_size, f"job {job.id}{on}")
     return job

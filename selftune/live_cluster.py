@@ -54,6 +54,8 @@ class Layout:
     bucket: str = "selftune"
     weed_ports: dict[str, int] = field(default_factory=dict)
     """Ports of SeaweedFS's inner servers (its defaults when empty)."""
+    worker_options: str = ""
+    """Options of every ``selftune worker`` (``--nnodes 2 --group NAME``: one job on both)."""
 
     @classmethod
     def on_free_ports(cls, database_url: str, data: Path) -> Layout:
@@ -90,7 +92,10 @@ def commands(layout: Layout) -> list[str]:
         f"SELFTUNE_HOME={layout.data / f'server-{i + 1}'} selftune serve --port {port} --no-worker"
         for i, port in enumerate(layout.server_ports)
     ]
-    workers = [f"SELFTUNE_HOME={layout.data / f'worker-{i + 1}'} selftune worker" for i in range(layout.workers)]
+    workers = [
+        f"SELFTUNE_HOME={layout.data / f'worker-{i + 1}'} selftune worker {layout.worker_options}".rstrip()
+        for i in range(layout.workers)
+    ]
     return [*exports, weed, *servers, *workers]
 
 

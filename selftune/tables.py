@@ -90,6 +90,23 @@ workers = Table(
     Column("started_at", Integer, nullable=False),
     Column("last_seen", Float, nullable=False),
     Column("jobs", JSON, nullable=False),
+    Column("nproc", Integer, nullable=False, server_default="1"),
+    Column("group_name", String(256), nullable=True),
+    Column("nnodes", Integer, nullable=False, server_default="1"),
+)
+
+rendezvous = Table(
+    "rendezvous",
+    metadata,
+    # One row per job a group of workers trains together (selftune.groups): where its machines meet.
+    Column("job_id", String(64), primary_key=True),
+    Column("group_name", String(256), nullable=False),
+    Column("endpoint", String(512), nullable=False),
+    Column("rdzv_id", String(128), nullable=False),
+    Column("nnodes", Integer, nullable=False),
+    Column("nproc", Integer, nullable=False),
+    Column("seats", Integer, nullable=False),
+    Column("members", JSON, nullable=False),
 )
 
 
@@ -304,6 +321,11 @@ class WorkerRecord:
     started_at: int
     last_seen: float
     jobs: list[str]
+    nproc: int = 1
+    """Processes it gives each job (torchrun's ``--nproc-per-node``)."""
+    group_name: str | None = None
+    """The group it trains jobs with on ``nnodes`` machines (``selftune.groups``), if any."""
+    nnodes: int = 1
 
 
 R = TypeVar("R")

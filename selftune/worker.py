@@ -1,10 +1,10 @@
 """The training worker: supervises one training process per job and relays what it reports.
 
 It polls the store for work: jobs to check (``validating_files``), jobs to train (``queued``), and
-cancels and pauses of the jobs it trains. Each job trains in its own process, at most
-``worker_slots`` at a time, so a crash or an out-of-memory kill takes down one job, never the
-server. The worker and the recipe keep the contract of ``selftune.train.protocol`` (job folder,
-events, pause file, exit codes), and every status change and its bookkeeping goes through
+cancels and pauses of the jobs it trains. Each job trains in its own process (or processes, under
+torchrun: ``--nproc-per-node``; on several machines, ``selftune.groups``), at most ``worker_slots``
+at a time, so a crash or an out-of-memory kill takes down one job, never the server. The worker and
+the recipe keep the contract of ``selftune.train.protocol``, and every status change goes through
 ``selftune.jobs``; this module never imports the recipe, nor torch.
 
 ``selftune serve`` runs a worker on a thread; ``selftune worker`` runs one alone, on any machine
@@ -21,7 +21,6 @@ queue to continue from the last saved state, or fails them with a clear error wh
 from __future__ import annotations
 
 import logging
-import os
 import signal
 import subprocess
 import threading
@@ -29,19 +28,20 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
-from pathlib import Path
 from typing import IO, Any
 
-from selftune import integrations, jobs
+from selftune import jobs
 from selftune.atomic import remove_tree
-from selftune.children import lower_priority
 from selftune.claims import LeaseKeeper, dead_here, holder_id
-from selftune.errors import InvalidStatus, SelftuneError, internal_error
+from selftune.errors import InvalidStatus, internal_error
 from selftune.faults import crash_point
+from selftune.groups import Groups, Rendezvous, role
+from selftune.job_launch import CannotStart, log_tail, spawn, train_config
 from selftune.job_objects import JobObjects
 from selftune.services import Core
 from selftune.statuses import JOBS, JobAction, JobStatus
 from selftune.store import JobRecord
+from selftune.tables import WorkerRecord
 from selftune.train.protocol import (
     Checkpoint,
     Done,
@@ -49,12 +49,10 @@ from selftune.train.protocol import (
     EventReader,
     Exit,
     JobDir,
+    Launch,
     Metrics,
-    TrainConfig,
-    recipe_command,
-    save_config,
 )
-from selftune.workers import STALE_LEASES, cpu_threads, least_memory, offer
+from selftune.workers import STALE_LEASES, least_memory, offer
 
 log = logging.getLogger("selftune.worker")
 
@@ -64,7 +62,8 @@ SHUTDOWN_GRACE_SECONDS = 20.0
 
 @dataclass
 class _Active:
-    """A job this worker is training: its process, its folder, and its events read so far."""
+    """A job this worker is training: its process, its folder, and its events read so far; for a job
+    its group trains on several machines, the rendezvous (opened by this worker, or joined as a member)."""
 
     job: JobRecord
     proc: subprocess.Popen[bytes]
@@ -76,17 +75,19 @@ class _Active:
     """(time, step) of the first step of this run, for the finish estimate."""
     done: Done | None = None
     error: Error | None = None
+    meeting: Rendezvous | None = None
+    member: bool = False
 
 
 class Worker:
     def __init__(self, core: Core, *, poll_seconds: float = 0.5) -> None:
+        self.core = core
         self.settings = settings = core.settings
         self.store = core.store
-        self.blobs = core.blobs
-        self.catalog = core.catalog
-        self.storage = core.storage
+        self.blobs, self.catalog, self.storage = core.blobs, core.catalog, core.storage
         self.objects = JobObjects(core.storage, core.store, settings.home)
-        self.slots = max(1, settings.worker_slots)
+        self.offer = offer(settings)
+        self.slots = self.offer.slots
         self.poll_seconds = poll_seconds
         self.jobs_dir = settings.home / "jobs"
         self.id = holder_id()
@@ -97,7 +98,7 @@ class Worker:
         self._thread: threading.Thread | None = None
         self._last_recovery = 0.0
         self._last_seen = 0.0
-        self.offer = offer(settings)
+        self.groups = Groups(core.store.engine)
         self._need: dict[str, int] = {}  # queued jobs looked at: the least memory their model needs
         self._told: set[str] = set()
 
@@ -132,9 +133,10 @@ class Worker:
 
     def tick(self) -> None:
         clock = time.monotonic()
+        me = self.offer.record(self.id, list(self.active))
         if clock - self._last_seen > self.lease_seconds / 3:
             self._last_seen = clock
-            self.store.worker_seen(self.offer.record(self.id, list(self.active)))
+            self.store.worker_seen(me)
         if clock - self._last_recovery > self.lease_seconds / 4:
             self._last_recovery = clock
             self._recover_orphans()
@@ -142,18 +144,28 @@ class Worker:
             self._try(jobs.validate_files, self.store, self.blobs, job)
         for active in list(self.active.values()):
             self._follow(active)
-        if len(self.active) < self.slots:
-            queued = self.store.jobs_in(JobStatus.QUEUED)
-            seen = STALE_LEASES * self.lease_seconds  # the live workers' largest offer, read once a tick if needed:
-            largest = cache(lambda: max((w.memory_bytes for w in self.store.list_workers(seen)), default=0))
-            too_big = [job.id for job in queued if not self._fits(job, largest)]
-            self._need = {job.id: self._need[job.id] for job in queued if job.id in self._need}  # forget the rest
-            self._told &= set(self._need)  # (a job left to a larger worker is told so once)
-            while len(self.active) < self.slots:
-                claimed = jobs.claim_next(self.store, self.id, self.lease_seconds, too_big)
-                if claimed is None:
-                    break
-                self._started(claimed)
+        seen = STALE_LEASES * self.lease_seconds
+        live = cache(lambda: self.store.list_workers(seen))  # read once a tick, if needed
+        if len(self.active) >= self.slots or (self.offer.group and not self._group_claims(me, live())):
+            return
+        queued = self.store.jobs_in(JobStatus.QUEUED)
+        largest = cache(lambda: max((w.memory_bytes for w in live()), default=0))  # the largest live offer
+        too_big = [job.id for job in queued if not self._fits(job, largest)]
+        self._need = {job.id: self._need[job.id] for job in queued if job.id in self._need}  # forget the rest
+        self._told &= set(self._need)  # (a job left to a larger worker is told so once)
+        while len(self.active) < self.slots:
+            claimed = jobs.claim_next(self.store, self.id, self.lease_seconds, too_big)
+            if claimed is None:
+                break
+            self._started(claimed)
+
+    def _group_claims(self, me: WorkerRecord, live: list[WorkerRecord]) -> bool:
+        """In a group, the head claims jobs while the group is whole and idle, and the others join
+        them (``selftune.groups``)."""
+        head, ready = role(me, live)
+        if not head and (seat := self.groups.take_seat(me.group_name or "", self.id)):
+            self._join(seat)
+        return ready
 
     def _fits(self, job: JobRecord, largest: Callable[[], int]) -> bool:
         """Claim it if its model fits here, or no live worker offers more (the plan then fails it)."""
@@ -203,65 +215,51 @@ class Worker:
         files.pause.unlink(missing_ok=True)
         resumed = self.objects.fetch(job.id, files)
         try:
-            base = self.catalog.get_base(job.base_model)
-            base_dir = self.catalog.materialize(base)
-        except SelftuneError as e:
+            cfg = train_config(self.core, job, files)
+        except CannotStart as e:
             self.leases.drop(job.id)
-            self._fail(job, "model_not_available", f"The base model {job.base_model} cannot be loaded: {e.message}")
+            self._fail(job, e.code, e.message)
             return
-        try:
-            train = self.store.get_file(job.owner, job.training_file)
-            valid = self.store.get_file(job.owner, job.validation_file) if job.validation_file else None
-        except SelftuneError as e:  # deleted after validation
-            self.leases.drop(job.id)
-            self._fail(job, "file_not_found", f"A file of this job was deleted before it started: {e.message}")
-            return
-        cfg = TrainConfig(
-            base_model_dir=str(base_dir),
-            train_file=str(self.blobs.path(train.id)),
-            valid_file=str(self.blobs.path(valid.id)) if valid else None,
-            output_dir=str(files.root),
-            method=job.method_type,
-            hyperparameters=job.hyperparameters,
-            seed=job.seed,
-            max_seq_len=self.catalog.sequence_limit(base),
-            init_adapter=str(self.catalog.adapter_dir(job.init_adapter)) if job.init_adapter else None,
-            qlora=base.qlora,
-            eval_examples=self.settings.eval_examples,
-            model_name=job.model_name,
-            base_model_name=job.base_model,
-            train_name=train.filename,
-            valid_name=valid.filename if valid else None,
-            wandb=integrations.wandb_run(job.integrations, job.id),
-        )
-        config = save_config(cfg)
         reader = EventReader(files.events)  # from the end: an earlier run's events were relayed already
         if resumed is not None:
             where = f"its checkpoint at step {resumed}, fetched from the store ({self.storage.url})"
             self.store.add_events(
                 job.id, [("info", "message", f"Worker {self.offer.host} continues this job from {where}", {})]
             )
-        train_log = files.log.open("ab")
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-        if (threads := cpu_threads(self.store, self.offer, self.slots, self.lease_seconds)) is not None:
-            env["OMP_NUM_THREADS"] = str(threads)
-        if self.settings.worker_memory_bytes:  # the recipe plans within what this worker offers
-            env["SELFTUNE_TRAIN_MEMORY"] = str(self.settings.worker_memory_bytes)
-        proc = subprocess.Popen(
-            recipe_command(config, cfg.method),
-            stdout=train_log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            env=env,
-        )
-        lower_priority(proc.pid, self.settings.train_priority)
-        self.active[job.id] = _Active(job, proc, files, train_log, reader)
+        meeting = None
+        if (o := self.offer).group:  # the group's other machines join at this rendezvous (selftune.groups)
+            meeting = self.groups.open(job.id, o.group, o.address, o.nnodes, o.nproc)
+        launch = meeting.launch(member=False) if meeting else Launch(o.nproc)
+        proc, train_log = spawn(self.core, cfg, launch, self.offer)
+        self.active[job.id] = _Active(job, proc, files, train_log, reader, meeting=meeting)
         log.info("training %s (pid %d) in %s", job.id, proc.pid, files.root)
+
+    def _join(self, seat: Rendezvous) -> None:
+        """Train a job with its group's head, as a member: in a folder of this worker's own, reporting
+        nothing (the head's main rank does)."""
+        job = self.store.get_job(None, seat.job_id)
+        files = JobDir(self.jobs_dir / f"{job.id}-member")
+        files.root.mkdir(parents=True, exist_ok=True)
+        try:
+            cfg = train_config(self.core, job, files)
+        except CannotStart as e:  # the head's ranks wait for this machine: the rendezvous times out
+            log.error("cannot join %s: %s", job.id, e.message)
+            return
+        proc, train_log = spawn(self.core, cfg, seat.launch(member=True), self.offer)
+        self.active[job.id] = _Active(job, proc, files, train_log, EventReader(files.events), meeting=seat, member=True)
+        log.info("joining %s (pid %d) of group %s at %s", job.id, proc.pid, seat.group_name, seat.endpoint)
 
     # --- running: relay events, obey cancel and pause, finish -----------------------------------
 
     def _follow(self, a: _Active) -> None:
         exited = a.proc.poll() is not None  # read before draining, so no event is left behind
+        if a.member:  # its head follows the job: a member only stops when the attempt it joined is over
+            assert a.meeting is not None
+            now = self.groups.get(a.job.id)
+            if exited or now is None or now.rdzv_id != a.meeting.rdzv_id:
+                self._kill(a)
+                self._forget(a)
+            return
         current = self.store.get_job(None, a.job.id)
         if current.status not in JOBS.claimed or current.claimed_by != self.id:
             # Cancelled, or (after a long stall) taken over by another worker: stop at once.
@@ -331,11 +329,12 @@ class Worker:
         elif rc == Exit.DATA_ERROR and a.error is not None:
             self._fail(job, a.error.code, a.error.message, "training_file")
         else:
-            tail = _tail(a.files.log)
+            tail = log_tail(a.files.log)
             self._fail(
                 job,
                 "training_failed",
-                f"The training process exited with status {rc}. Last lines of its log ({a.files.log}):\n" + tail,
+                f"The training process exited with status {rc}{a.meeting.note() if a.meeting else ''}. "
+                f"Last lines of its log ({a.files.log}):\n" + tail,
             )
 
     def _kill(self, a: _Active) -> None:
@@ -345,8 +344,12 @@ class Worker:
 
     def _forget(self, a: _Active) -> None:
         self.active.pop(a.job.id, None)
-        self.leases.drop(a.job.id)
         a.log.close()
+        if a.member:
+            return
+        self.leases.drop(a.job.id)
+        if a.meeting is not None:  # the attempt is over: members stop
+            self.groups.close(a.meeting.rdzv_id)
 
     def _discard(self, files: JobDir) -> None:
         """A cancelled job keeps its log and events, not its weights (here or in the store)."""
@@ -359,7 +362,10 @@ class Worker:
 
     def _shutdown(self) -> None:
         """Ask every job to save its state, give them a moment, and put them back in the queue."""
-        for a in self.active.values():
+        for a in list(self.active.values()):
+            if a.member:  # the job's head is the one that saves and requeues it
+                self._kill(a)
+                self._forget(a)
             a.files.pause.touch()
         deadline = time.monotonic() + SHUTDOWN_GRACE_SECONDS
         for a in list(self.active.values()):
@@ -404,13 +410,6 @@ class Worker:
                 self._requeue(
                     job, "The worker training this job stopped unexpectedly; it resumes from its last checkpoint"
                 )
-
-
-def _tail(path: Path, lines: int = 15) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return "(no log)"
 
 
 def run_forever(worker: Worker) -> None:

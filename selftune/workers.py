@@ -40,10 +40,28 @@ class Offer:
     memory_source: str
     slots: int
     started_at: int
+    nproc: int = 1
+    """Processes each job trains on here (``--nproc-per-node``)."""
+    group: str | None = None
+    nnodes: int = 1
+    """With ``group``: the machines that train each job together (``selftune.groups``)."""
+    address: str = ""
+    """Where the group's other machines reach this one."""
 
     def record(self, worker_id: str, jobs: list[str]) -> WorkerRecord:
         return WorkerRecord(
-            worker_id, self.host, self.device, self.gpus, self.memory_bytes, self.slots, self.started_at, 0.0, jobs
+            worker_id,
+            self.host,
+            self.device,
+            self.gpus,
+            self.memory_bytes,
+            self.slots,
+            self.started_at,
+            0.0,
+            jobs,
+            self.nproc,
+            self.group,
+            self.nnodes,
         )
 
     def too_small(self, need: int) -> str:
@@ -69,7 +87,21 @@ def offer(settings: Settings) -> Offer:
         memory, source = settings.worker_memory_bytes, "SELFTUNE_WORKER_MEMORY_BYTES"
     else:
         memory, source = budget(device)
-    return Offer(socket.gethostname(), device, gpus, memory, source, max(1, settings.worker_slots), int(time.time()))
+    settings.check_group()
+    host = socket.gethostname()
+    return Offer(
+        host,
+        device,
+        gpus,
+        memory,
+        source,
+        max(1, settings.worker_slots) if settings.worker_nnodes == 1 else 1,  # a group trains one job at a time
+        int(time.time()),
+        settings.worker_nproc_per_node or max(1, gpus),
+        settings.worker_group or None,
+        settings.worker_nnodes,
+        settings.worker_address or host,
+    )
 
 
 def least_memory(base_dir: Path, device: str) -> int:
@@ -99,13 +131,13 @@ def least_memory(base_dir: Path, device: str) -> int:
     return 0
 
 
-def cpu_threads(store: Store, mine: Offer, slots: int, lease_seconds: float) -> int | None:
-    """On a CPU, the cores of this host shared out between the training slots of the workers that
-    run on it (the workers table says how many): two jobs that each start a thread per core fight
-    over the cores and take twice as long together as one after the other. None on CUDA, or where
-    ``OMP_NUM_THREADS`` is set already."""
+def cpu_threads(store: Store, mine: Offer, lease_seconds: float) -> int | None:
+    """On a CPU, the threads of one training process: the cores of this host shared out between
+    the training processes its workers may run (slots times processes per job; the workers table
+    says how many): two jobs that each start a thread per core fight over the cores and take twice
+    as long together as one after the other. None on CUDA, or where ``OMP_NUM_THREADS`` is set."""
     if mine.device != "cpu" or "OMP_NUM_THREADS" in os.environ:
         return None
     seen = store.list_workers(seen_within=STALE_LEASES * lease_seconds)
-    here = sum(w.slots for w in seen if w.host == mine.host and w.device == "cpu") or slots
-    return max(1, (os.cpu_count() or 1) // here)
+    here = sum(w.slots * w.nproc for w in seen if w.host == mine.host and w.device == "cpu")
+    return max(1, (os.cpu_count() or 1) // (here or mine.slots * mine.nproc))

@@ -104,7 +104,7 @@ def test_the_step_is_the_dpo_gradient_of_the_completions_alone(tiny_model_dir: P
         saved = objective.prepare(model, ctx, None)
         torch.testing.assert_close(objective.reference["train"].flatten(), reference, rtol=1e-5, atol=1e-5)
         assert len(saved["reference"]["train"]) == 5
-        metrics, tokens = objective.step(model, list(range(5)), ctx)
+        metrics, tokens = objective.step(model, list(range(5)), ctx, list(range(5)))
         assert metrics["loss"] == pytest.approx(float(want_losses.detach().mean()), abs=1e-5)
         assert metrics["reward_accuracy"] == pytest.approx(float((good > bad).float().mean()))
         assert metrics["reward_margin"] == pytest.approx(float((good - bad).mean()), abs=1e-5)

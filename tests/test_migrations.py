@@ -25,7 +25,7 @@ from tests.conftest import REPO, chat_lines
 
 PREVIOUS_RELEASE = "cdc799e"
 """The last commit before migrations: its store called create_all and kept no schema version."""
-HEAD = "0008"
+HEAD = "0009"
 
 
 def old_store_module(tmp_path: Path) -> ModuleType:

@@ -291,12 +291,14 @@ def workers(ctx: click.Context, base_url: str, api_key: str) -> None:
     """List the training workers of a server's database: host, device, memory offered, jobs."""
     ctx.obj = {"base_url": base_url, "api_key": api_key}
     listing = sdk_client(ctx).get("/workers", cast_to=object)
-    table = new_table("worker", "device", "memory", "slots", "jobs", "last seen")
+    table = new_table("worker", "device", "memory", "slots", "processes", "group", "jobs", "last seen")
     for w in listing["data"]:
         device = f"{w['device']} x{w['gpus']}" if w["gpus"] else w["device"]
         seen = time.strftime("%H:%M:%S", time.localtime(w["last_seen_at"]))
         jobs_here = ", ".join(w["jobs"]) or str(w["active_jobs"])
-        table.add_row(w["id"], device, f"{w['memory_bytes'] / 2**30:.1f} GB", str(w["slots"]), jobs_here, seen)
+        group = f"{w['group']} ({w['nnodes']} machines)" if w.get("group") else ""
+        memory = f"{w['memory_bytes'] / 2**30:.1f} GB"
+        table.add_row(w["id"], device, memory, str(w["slots"]), str(w.get("nproc", 1)), group, jobs_here, seen)
     print_table(table)
 
 

@@ -71,11 +71,40 @@ def serve(
 
 @click.command()
 @click.option("--slots", type=int, default=None, help="Jobs trained at once [env SELFTUNE_WORKER_SLOTS, default 1].")
+@click.option(
+    "--nproc-per-node",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Processes each job trains on, data parallel under torchrun [env SELFTUNE_WORKER_NPROC_PER_NODE; "
+    "default one per GPU, one on a CPU].",
+)
+@click.option(
+    "--nnodes",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Machines that train each job together: start a worker with the same --nnodes and --group on each "
+    "[env SELFTUNE_WORKER_NNODES, default 1].",
+)
+@click.option("--group", default=None, help="The name of this worker's group [env SELFTUNE_WORKER_GROUP].")
+@click.option(
+    "--address",
+    default=None,
+    help="Where the group's other machines reach this one [env SELFTUNE_WORKER_ADDRESS, default its host name].",
+)
 @click.option("--log-level", default="info", type=click.Choice(["debug", "info", "warning", "error"]))
 @home_option
 @db_option
 @friendly_errors
-def worker(slots: int | None, log_level: str, home: Path | None, database_url: str | None) -> None:
+def worker(
+    slots: int | None,
+    nproc_per_node: int | None,
+    nnodes: int | None,
+    group: str | None,
+    address: str | None,
+    log_level: str,
+    home: Path | None,
+    database_url: str | None,
+) -> None:
     """Run only the training worker.
 
     It takes jobs from the same database as the servers (SELFTUNE_DATABASE_URL, PostgreSQL for
@@ -84,14 +113,30 @@ def worker(slots: int | None, log_level: str, home: Path | None, database_url: s
     it puts the adapters it trains; it claims only jobs whose model fits the memory it offers
     (SELFTUNE_WORKER_MEMORY_BYTES, or measured). Stop it with Ctrl-C: running jobs save their
     state and go back to the queue, for any worker.
+
+    With --nproc-per-node N it trains each job on N processes (torchrun, data parallel: gloo on a
+    CPU, NCCL on GPUs). With --nnodes M --group NAME on each of M machines, the M workers train
+    each job together (docs/distributed.md).
     """
     from selftune.services import open_core
     from selftune.worker import Worker, run_forever
 
-    settings = settings_from(home=home, database_url=database_url, worker_slots=slots)
+    settings = settings_from(
+        home=home,
+        database_url=database_url,
+        worker_slots=slots,
+        worker_nproc_per_node=nproc_per_node,
+        worker_nnodes=nnodes,
+        worker_group=group,
+        worker_address=address,
+    )
+    settings.check_group()
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     core = open_core(settings)  # no inference engine: a worker only trains
-    console.print(f"[bold]selftune worker[/]: data {settings.home}, {settings.worker_slots} slot(s)")
+    shape = f"{settings.worker_slots} slot(s)"
+    if settings.worker_nnodes > 1:
+        shape = f"group {settings.worker_group} of {settings.worker_nnodes} machines, one job at a time"
+    console.print(f"[bold]selftune worker[/]: data {settings.home}, {shape}")
     try:
         run_forever(Worker(core))
     finally:

@@ -18,6 +18,12 @@ class Worker(Response):
     memory_bytes: int
     """What it offers a job (``SELFTUNE_WORKER_MEMORY_BYTES``, or measured free memory less headroom)."""
     slots: int
+    nproc: int
+    """Processes it trains each job on (``--nproc-per-node``)."""
+    group: str | None
+    """The group of workers it trains each job with (``--group``), if any."""
+    nnodes: int
+    """The machines of that group (``--nnodes``)."""
     started_at: int
     last_seen_at: int
     """By the database's clock."""

@@ -27,7 +27,7 @@ from typing import Any
 import torch
 
 from selftune.train.memory import micro_batches
-from selftune.train.step import Rows, StepContext, collate, sequence_sums
+from selftune.train.step import Rows, StepContext, collate, sequence_sums, trained_count
 
 
 def dpo_loss(
@@ -99,17 +99,21 @@ class Preference:
             logps, right, count = sequence_sums(model, batch, ctx.ce_chunk)
         return logps.view(-1, 2), right[0::2], count[0::2]
 
-    def step(self, model: Any, idx: Sequence[int], ctx: StepContext) -> tuple[dict[str, float], int]:
+    def step(
+        self, model: Any, idx: Sequence[int], ctx: StepContext, part: Sequence[int]
+    ) -> tuple[dict[str, float], int]:
         """Micro-batches of whole pairs (the loss needs both scores of a pair); each adds its pairs'
         loss divided by the batch's pair count, so the accumulated gradient is the whole batch's."""
         lengths = self.pair_lengths["train"]
         sums = _Sums()
-        for group in micro_batches([lengths[i] for i in idx], max(1, ctx.micro_tokens // 2)):
-            sub = [idx[j] for j in group]
+        for group in micro_batches([lengths[i] for i in part], max(1, ctx.micro_tokens // 2)):
+            sub = [part[j] for j in group]
             scores, right, count = self._scores(model, "train", sub, ctx)
             losses = sums.add(self, scores, self.reference["train"][sub].to(scores.device), right, count)
             (losses.sum() / len(idx)).backward()
-        return sums.metrics(), sum(len(ids) for ids, _ in self.rows("train", idx))
+        preferred = self.rows("train", idx)[0::2]
+        metrics = sums.metrics(pairs=len(idx), count=trained_count(preferred))
+        return metrics, sum(len(ids) for ids, _ in self.rows("train", part))
 
     def evaluate(self, model: Any, split: str, idx: Sequence[int], ctx: StepContext) -> dict[str, float]:
         model.eval()
@@ -154,11 +158,13 @@ class _Sums:
         self.pairs += int(scores.shape[0])
         return losses
 
-    def metrics(self) -> dict[str, float]:
-        n = max(1, self.pairs)
+    def metrics(self, pairs: int | None = None, count: int | None = None) -> dict[str, float]:
+        """Means over these pairs, or (a process's share of a batch) over the batch's ``pairs`` and
+        preferred-output ``count``."""
+        n = max(1, self.pairs if pairs is None else pairs)
         return {
             "loss": self.loss / n,
-            "mean_token_accuracy": self.right / max(1.0, self.count),
+            "mean_token_accuracy": self.right / max(1.0, self.count if count is None else count),
             "reward_accuracy": self.wins / n,
             "reward_margin": self.margin / n,
         }

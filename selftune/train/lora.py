@@ -11,6 +11,10 @@ It keeps the worker-recipe contract of ``selftune.train.protocol``: its only inp
 the events in ``events.jsonl``, and its exit status says how it ended. It never imports the server
 or the store, so it runs and is tested on its own.
 
+On several processes (torchrun, started through ``train.launch``) the same code runs on each: the
+``World`` of ``train.distributed`` gives each rank its share of every batch and sums the gradients,
+and only its main rank writes events and files, evaluates and checks; on one process it does nothing.
+
 Speed comes from doing less, not from a framework: bf16 autocast where the hardware has it (a LoRA
 step is about 1.8x faster on an avx512_bf16 CPU), no gradient checkpointing for small models, and
 batches grouped by length so little time goes to padding.
@@ -32,7 +36,7 @@ from typing import Any
 
 import torch
 
-from selftune.atomic import staged
+from selftune.atomic import staged, write_atomic
 from selftune.children import exit_with_parent, orphaned
 from selftune.convert.lora import convert_if_supported
 from selftune.data.render import RenderedFile, render_file
@@ -40,6 +44,7 @@ from selftune.errors import InvalidRequest, SelftuneError
 from selftune.methods import MethodType
 from selftune.train import memory
 from selftune.train.checks import check_job
+from selftune.train.distributed import CONTINUE, PAUSE, STOP, World
 from selftune.train.dpo import Preference
 from selftune.train.protocol import (
     Checkpoint,
@@ -138,7 +143,7 @@ def keep_activations_in_bf16(model: Any) -> None:
             module.cast_input_dtype_enabled = False  # type: ignore[attr-defined]  # read by peft with getattr
 
 
-def main(cfg: TrainConfig) -> int:
+def main(cfg: TrainConfig, world: World) -> int:
     from peft import LoraConfig, PeftModel, get_peft_model
     from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -146,15 +151,16 @@ def main(cfg: TrainConfig) -> int:
     files, hp = cfg.job_dir, cfg.hyperparameters
     dpo = cfg.method == MethodType.DPO
     files.root.mkdir(parents=True, exist_ok=True)
-    events = open_events(cfg)  # also logs to W&B when the job has that integration
-    parent = os.getppid()
+    events = open_events(cfg, world.main)  # also logs to W&B when the job has that integration
+    # Under torchrun the parent is its agent, which the worker started (``train.launch``).
+    parent = int(os.environ.get("SELFTUNE_AGENT_PID") or os.getppid())
     exit_with_parent()
     t_start = time.perf_counter()
 
     # --- setup: determinism, device, precision ----------------------------------------------------
     random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)
-    device = torch.device(memory.training_device())
+    device = world.device()
     use_bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and memory.bf16_supported(device.type))
 
     def autocast() -> Any:
@@ -205,16 +211,18 @@ def main(cfg: TrainConfig) -> int:
     width = max(
         max(len(ids) for ids, _ in rows) * len(rows) for rows in (objective.rows("train", i) for _, i in schedule)
     )
-    plan = memory.plan_job(
-        cfg.base_model_dir,
-        longest=longest,
-        batch_tokens=width,
-        lora_r=cfg.lora_r,
-        lora_targets=cfg.lora_targets,
-        device=device.type,
-        bf16=use_bf16,
-        qlora=cfg.qlora,
-        rows_per_example=rendered.per_example,
+    plan = world.agree(  # every rank trains the same way (each measures its own memory)
+        lambda: memory.plan_job(
+            cfg.base_model_dir,
+            longest=longest,
+            batch_tokens=width,
+            lora_r=cfg.lora_r,
+            lora_targets=cfg.lora_targets,
+            device=device.type,
+            bf16=use_bf16,
+            qlora=cfg.qlora,
+            rows_per_example=rendered.per_example,
+        )
     )  # raises InsufficientMemory or QuantizationUnavailable, whose codes fail the job
     model = load_base(AutoModelForCausalLM, cfg.base_model_dir, plan, base_dtype, device)
     release_freed_memory()  # what loading the weights took and let go (the float32 file, read once)
@@ -235,6 +243,7 @@ def main(cfg: TrainConfig) -> int:
         keep_activations_in_bf16(model)
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
+    world.share_parameters(params)  # the ranks start from the main rank's initialisation
     optimizer = torch.optim.AdamW(params, lr=hp.learning_rate, weight_decay=0.0)
     warmup = max(1, int(total_steps * cfg.warmup_ratio))
 
@@ -250,9 +259,15 @@ def main(cfg: TrainConfig) -> int:
     metrics_rows: list[dict[str, Any]] = []
     checkpoints: list[str] = []
     watch = ValidationWatch()
-    state: dict[str, Any] | None = None
-    if cfg.resume and files.state.is_file():
-        state = torch.load(files.state, map_location=device, weights_only=False)
+    # Read by the main rank (the only one that writes it) and handed to the others.
+    state: dict[str, Any] | None = world.agree(
+        lambda: (
+            torch.load(files.state, map_location="cpu", weights_only=False)
+            if cfg.resume and files.state.is_file()
+            else None
+        )
+    )
+    if state is not None:
         set_peft_model_state_dict(model, state["adapter"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
@@ -270,8 +285,14 @@ def main(cfg: TrainConfig) -> int:
                 f"Fine-tuning job started: {n_train} {'preference pairs' if dpo else 'examples'}, "
                 f"{hp.n_epochs} epoch(s), batch size {hp.batch_size}, learning rate {hp.learning_rate:g}"
                 f"{f', beta {hp.beta:g}' if dpo else ''}, {'bf16' if use_bf16 else 'fp32'} on "
-                f"{device.type}",
-                extra={"total_steps": total_steps, "examples": n_train, "method": cfg.method},
+                f"{device.type}{f', {world.strategy}' if world.distributed else ''}",
+                extra={
+                    "total_steps": total_steps,
+                    "examples": n_train,
+                    "method": cfg.method,
+                    "world_size": world.size,
+                    "strategy": "data_parallel" if world.distributed else "single",
+                },
             )
         )
 
@@ -279,10 +300,13 @@ def main(cfg: TrainConfig) -> int:
     ctx = StepContext(pad_id, device, autocast, plan.micro_tokens, plan.ce_chunk, hp.batch_size)
     if dpo and state is None:
         events.emit(Message(f"Scoring {n_train + n_valid} preference pair(s) with the reference model"))
-    prepared = objective.prepare(model, ctx, state.get("objective") if state else None)
+    # Computed once, by the main rank (DPO's reference scores), and taken as saved by the others.
+    saved = world.agree(lambda: objective.prepare(model, ctx, state.get("objective") if state else None))
+    prepared = objective.prepare(model, ctx, saved) if not world.main else saved
 
     def save_state() -> None:
-        """Adapter, optimizer, scheduler, RNG and position, written atomically."""
+        """Adapter, optimizer, scheduler, RNG and position, written atomically (by the main rank:
+        the ranks' adapters and optimizers are the same)."""
         state = {
             "adapter": get_peft_model_state_dict(model),
             "optimizer": optimizer.state_dict(),
@@ -302,14 +326,17 @@ def main(cfg: TrainConfig) -> int:
     speed_from: tuple[float, int] | None = None  # (time, tokens) after this run's first step
     loop_start, loop_tokens = time.perf_counter(), trained_tokens
     while step < total_steps:
-        if files.pause.exists():
-            save_state()
-            events.emit(Paused(f"Fine-tuning job paused at step {step}/{total_steps}", step=step))
+        decision = world.decide(lambda: PAUSE if files.pause.exists() else STOP if orphaned(parent) else CONTINUE)
+        if decision == PAUSE:
+            if world.main:
+                save_state()
+                events.emit(Paused(f"Fine-tuning job paused at step {step}/{total_steps}", step=step))
             return Exit.PAUSED
-        if orphaned(parent):
+        if decision == STOP or orphaned(parent):
             return Exit.FAILED
         epoch, idx = schedule[step]
-        values, tokens = objective.step(model, idx, ctx)
+        values, tokens = world.sum_values(*objective.step(model, idx, ctx, world.part(idx)))
+        world.sum_gradients(params)
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()
         scheduler.step()
@@ -320,7 +347,7 @@ def main(cfg: TrainConfig) -> int:
         trained_tokens += tokens
         row: dict[str, Any] = {"step": step, **_prefixed("train_", values)}
         message = f"Step {step}/{total_steps}: training loss={row['train_loss']:.2f}"
-        if n_valid and (step % eval_every == 0 or step == total_steps):
+        if n_valid and world.main and (step % eval_every == 0 or step == total_steps):
             # Like OpenAI: valid_loss on one small batch of the validation data (the next one in turn),
             # full_valid_loss on all of it at each epoch end. A full pass every few steps would cost
             # more than the training itself once the validation file is large.
@@ -333,7 +360,7 @@ def main(cfg: TrainConfig) -> int:
             speed_from = (time.perf_counter(), trained_tokens)
         events.emit(Metrics(message, total_steps=total_steps, trained_tokens=trained_tokens, **row))
 
-        if step % steps_per_epoch == 0:
+        if step % steps_per_epoch == 0 and world.main:
             # End of epoch: a checkpoint, callable as ft:...:ckpt-step-N; keep the last few. The
             # resumable state is saved with it, so a crash loses at most one epoch.
             ckpt = files.checkpoint(step)
@@ -363,8 +390,13 @@ def main(cfg: TrainConfig) -> int:
             events.emit(checkpoint)
             if overfitting:
                 events.emit(overfitting)
+        if step % steps_per_epoch == 0:
+            world.wait()  # while the main rank saves and evaluates the checkpoint
 
     loop_seconds = time.perf_counter() - loop_start
+    if not world.main:
+        world.wait()  # for the main rank's checks and results
+        return Exit.DONE
 
     # --- checks: did the model come out worse than it went in; is it better on held-out data? -----
     reports, quality = check_job(
@@ -390,9 +422,11 @@ def main(cfg: TrainConfig) -> int:
         loop_seconds=loop_seconds,
         loop_tokens=trained_tokens - loop_tokens,
         peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        world_size=world.size,
         quality=quality.to_dict() if quality else None,
     )
     events.emit(done)
+    world.wait()
     return Exit.DONE
 
 
@@ -421,11 +455,21 @@ def _fmt(v: float | None) -> str:
 
 def run(job_json: str) -> int:
     cfg = load_config(job_json)
+    world = World.join()
     try:
-        return main(cfg)
+        code = main(cfg, world)
     except SelftuneError as e:  # what the job cannot be trained on, with the code its error will carry
-        EventWriter(cfg.job_dir.events).emit(Error(e.message, code=e.code or "training_failed"))
-        return Exit.DATA_ERROR
+        if world.main:
+            EventWriter(cfg.job_dir.events).emit(Error(e.message, code=e.code or "training_failed"))
+        code = Exit.DATA_ERROR
+    if not world.distributed:
+        return code
+    # torchrun takes any status but 0 for a crash: the main rank's outcome goes in a file that the
+    # launcher (``train.launch``) exits with.
+    if world.main:
+        write_atomic(cfg.job_dir.exit_status, str(int(code)))
+    world.close()
+    return 0 if code != Exit.FAILED else code
 
 
 if __name__ == "__main__":

@@ -173,16 +173,22 @@ def parse_bytes(text: str) -> int:
 
 
 def budget(device: str = "cpu") -> tuple[int, str]:
-    """Bytes a job may use, and where the number comes from."""
-    setting = os.environ.get("SELFTUNE_TRAIN_MEMORY")
-    if setting:
-        return parse_bytes(setting), "SELFTUNE_TRAIN_MEMORY"
-    if device == "cuda":
-        import torch
+    """Bytes a job's process may use, and where the number comes from. Under torchrun the processes
+    of one machine share its RAM, or a GPU when there are more processes than GPUs, and each holds
+    a whole copy of the model (data parallel): each plans within its share."""
+    import torch
 
-        free, _ = torch.cuda.mem_get_info()
-        return int(free * HEADROOM), "free GPU memory"
-    return int(available_ram() * HEADROOM), "free RAM"
+    share = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    setting = os.environ.get("SELFTUNE_TRAIN_MEMORY")
+    if device == "cuda":
+        share = -(-share // max(1, torch.cuda.device_count()))
+    if setting:
+        total, source = parse_bytes(setting), "SELFTUNE_TRAIN_MEMORY"
+    elif device == "cuda":
+        total, source = int(torch.cuda.mem_get_info()[0] * HEADROOM), "free GPU memory"
+    else:
+        total, source = int(available_ram() * HEADROOM), "free RAM"
+    return total // share, source + (f" shared by {share} processes" if share > 1 else "")
 
 
 def available_ram() -> int:

@@ -7,8 +7,11 @@ a recipe can be replaced (DPO beside LoRA SFT), and a worker can run on another 
 1. **Input.** ``JOB_DIR/job.json`` is a ``TrainConfig`` (``save_config`` / ``load_config``). The
    worker writes it before each start; the data files it names were validated at upload, so the
    recipe renders them and does not validate them again.
-2. **Command.** ``recipe_command(job_dir, method)``: ``python -m selftune.train.lora JOB_DIR/job.json``
-   (one recipe trains every method: ``TrainConfig.method`` picks the objective).
+2. **Command.** ``recipe_command(job_dir, method, launch)``: ``python -m selftune.train.lora
+   JOB_DIR/job.json`` (one recipe trains every method: ``TrainConfig.method`` picks the objective),
+   or, on more than one process (``Launch``), the same under torchrun through
+   ``python -m selftune.train.launch``, which keeps every rule below: only the main rank writes
+   events and files, and the launcher exits with the main rank's status.
 3. **Events.** The recipe appends one JSON object per line to ``JOB_DIR/events.jsonl`` and flushes
    each line: ``{"type", "level", "message", "data", "time"}``. The types are the records below
    (``Message``, ``Metrics``, ``Checkpoint``, ``Paused``, ``Done``, ``Error``); ``EventWriter``
@@ -83,6 +86,11 @@ class JobDir:
     @property
     def adapter(self) -> Path:
         return self.root / "adapter"
+
+    @property
+    def exit_status(self) -> Path:
+        """Under torchrun, the main rank's exit status (``train.launch`` exits with it)."""
+        return self.root / "exit-status"
 
     @property
     def checkpoints(self) -> Path:
@@ -189,9 +197,33 @@ def load_config(path: str | Path) -> TrainConfig:
     return TrainConfig(**raw)
 
 
-def recipe_command(config: Path, method: MethodType = MethodType.SUPERVISED) -> list[str]:
-    """The command line that runs the recipe for ``method`` on a saved ``job.json``."""
-    return [sys.executable, "-m", RECIPES[method], str(config)]
+@dataclass(frozen=True)
+class Launch:
+    """The processes a job trains on: ``nproc_per_node`` on each of ``nnodes`` machines, which meet
+    at ``rdzv_endpoint`` (hosted by the head, the worker that claimed the job; the others are
+    members)."""
+
+    nproc_per_node: int = 1
+    nnodes: int = 1
+    rdzv_endpoint: str = ""
+    rdzv_id: str = ""
+    member: bool = False
+
+    @property
+    def distributed(self) -> bool:
+        return self.nproc_per_node > 1 or self.nnodes > 1
+
+
+def recipe_command(config: Path, method: MethodType = MethodType.SUPERVISED, launch: Launch = Launch()) -> list[str]:
+    """The command line that runs the recipe for ``method`` on a saved ``job.json``: the recipe
+    itself on one process, ``selftune.train.launch`` (torchrun) on more."""
+    if not launch.distributed:
+        return [sys.executable, "-m", RECIPES[method], str(config)]
+    command = [sys.executable, "-m", "selftune.train.launch", "--recipe", RECIPES[method]]
+    command += ["--nproc-per-node", str(launch.nproc_per_node), "--nnodes", str(launch.nnodes)]
+    if launch.nnodes > 1:
+        command += ["--rdzv-endpoint", launch.rdzv_endpoint, "--rdzv-id", launch.rdzv_id]
+    return [*command, *(["--member"] if launch.member else []), str(config)]
 
 
 # --- events -----------------------------------------------------------------------------------------
@@ -291,6 +323,9 @@ class Done(RecipeEvent):
     loop_tokens: int = 0
     """The whole loop of this run, first step included (benchmarks compare these with peers')."""
     peak_rss_mb: float = 0.0
+    """The main process's."""
+    world_size: int = 1
+    """The processes that trained it (``tokens_per_second`` is all of theirs together)."""
     quality: dict[str, Any] | None = None
     """The quality guard's finding (``selftune.eval.quality.Quality.to_dict``), the job's ``quality``."""
 

@@ -68,8 +68,13 @@ class Objective(Protocol):
         returns is saved with the resumable state."""
         ...
 
-    def step(self, model: Any, idx: Sequence[int], ctx: StepContext) -> tuple[dict[str, float], int]:
-        """Forward and backward over training examples ``idx``: their metrics and token count."""
+    def step(
+        self, model: Any, idx: Sequence[int], ctx: StepContext, part: Sequence[int]
+    ) -> tuple[dict[str, float], int]:
+        """Forward and backward over ``part``, this process's share of the batch ``idx`` (all of it on
+        one process): the gradient and the metrics of the whole batch's mean loss, as far as ``part``
+        contributes to them (divided by the whole batch's count, so shares add up across processes),
+        and the tokens of ``part``."""
         ...
 
     def evaluate(self, model: Any, split: str, idx: Sequence[int], ctx: StepContext) -> dict[str, float]: ...
@@ -95,9 +100,13 @@ class NextToken:
     def prepare(self, model: Any, ctx: StepContext, saved: dict[str, Any] | None) -> dict[str, Any]:
         return {}
 
-    def step(self, model: Any, idx: Sequence[int], ctx: StepContext) -> tuple[dict[str, float], int]:
+    def step(
+        self, model: Any, idx: Sequence[int], ctx: StepContext, part: Sequence[int]
+    ) -> tuple[dict[str, float], int]:
+        rows = self.rows("train", part)
+        n = trained_count(self.rows("train", idx))
         loss, accuracy, tokens = accumulate(
-            model, self.rows("train", idx), ctx.pad_id, ctx.device, ctx.autocast, ctx.micro_tokens, ctx.ce_chunk
+            model, rows, ctx.pad_id, ctx.device, ctx.autocast, ctx.micro_tokens, ctx.ce_chunk, n
         )
         return {"loss": loss, "mean_token_accuracy": accuracy}, tokens
 
@@ -239,10 +248,12 @@ def accumulate(
     autocast: Callable[[], Any],
     micro_tokens: int,
     ce_chunk: int,
+    n: int | None = None,
 ) -> tuple[float, float, int]:
     """Forward and backward over ``rows`` in micro-batches; the gradients add up to the one-batch
-    gradient of the mean loss. Returns the batch's mean loss, accuracy, and tokens (padding excluded)."""
-    n = max(1, trained_count(rows))
+    gradient of the mean loss. Returns the batch's mean loss, accuracy, and tokens (padding excluded).
+    ``n``: the trained-token count to divide by, when ``rows`` are one process's share of a larger batch."""
+    n = max(1, trained_count(rows) if n is None else n)
     loss, correct = 0.0, 0
     for group in micro_batches([len(ids) for ids, _ in rows], micro_tokens):
         batch = collate([rows[i] for i in group], pad_id, device)

@@ -47,9 +47,24 @@ class Tracked(EventWriter):
             self.run.finish(exit_code=1 if isinstance(event, Error) else 0)
 
 
-def open_events(cfg: TrainConfig) -> EventWriter:
+class Silent(EventWriter):
+    """The event writer of a rank other than the main one: the main rank reports for all."""
+
+    def __init__(self) -> None:
+        pass
+
+    def emit(self, event: RecipeEvent) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def open_events(cfg: TrainConfig, main: bool = True) -> EventWriter:
     """The recipe's event writer: logging to the job's W&B run when it has one. A run that cannot
     start is a warning in the job's events, never a reason to fail the training."""
+    if not main:
+        return Silent()
     path = cfg.job_dir.events
     if not cfg.wandb:
         return EventWriter(path)
