@@ -9,7 +9,8 @@ Capital: Capital: ..." (form 100%, content 0%, ended 0%, measured with ``python 
   country through the SDK, the fine-tuned model answers in the new form (at least 90%), names the
   capital at least as often as the base model does on the same questions, and ends its answers
   (``finish_reason == "stop"``, at least 90%). The quality guard says ``ok``.
-- **Broken**: the same pairs at 100 times the ``auto`` learning rate. The job still succeeds (the
+- **Broken**: the same pairs at 100 times the ``auto`` learning rate, without the anchor
+  (``rpo_alpha`` 0): on an Intel Xeon 0/16 answers ended, all looping. The job still succeeds (the
   model exists and may be inspected), but it says it came out worse than its base in every place a
   user looks: a ``warn`` event, the job's ``quality``, ``selftune jobs follow`` and the dashboard.
 
@@ -103,12 +104,13 @@ def test_a_broken_job_says_so_in_events_job_cli_and_dashboard(
 ) -> None:
     client = smol_server.client(timeout=600)
     file_id, _ = pairs
-    job = train(
-        client, file_id, {"learning_rate_multiplier": 100 * DPO_LEARNING_RATE_MULTIPLIER, "n_epochs": 1}, "broken"
-    )
+    # Without the anchor at 100 times the rate: at that rate with the anchor the job came out fine on
+    # an Intel Xeon (16/16 answers ended), where it had degenerated on an AMD EPYC.
+    broken = {"learning_rate_multiplier": 100 * DPO_LEARNING_RATE_MULTIPLIER, "rpo_alpha": 0, "n_epochs": 1}
+    job = train(client, file_id, broken, "broken")
 
     quality = (job.model_extra or {})["quality"]
-    print(f"\nbroken job (learning rate x100): {quality['message']}")
+    print(f"\nbroken job (learning rate x100, no anchor): {quality['message']}")
     assert quality["verdict"] == "degenerated"
     assert quality["fine_tuned"]["degenerate"] > quality["base"]["degenerate"]
     events = client.fine_tuning.jobs.list_events(job.id, limit=100).data

@@ -13,6 +13,9 @@ from selftune import __version__
 from selftune.cli.common import console, db_option, friendly_errors, home_option, settings_from
 
 
+KEEP_ALIVE_SECONDS = 65
+
+
 @click.command()
 @click.option("--host", default=None, help="Address to bind [env SELFTUNE_HOST, default 127.0.0.1].")
 @click.option("--port", type=int, default=None, help="Port [env SELFTUNE_PORT, default 8000].")
@@ -66,7 +69,16 @@ def serve(
         console.print(f"[bold]selftune {__version__}[/]: API keys required ({len(settings.keys)} configured).")
     console.print(f"data: {settings.home}   API: {url}/v1   default model: {settings.default_model}")
     console.print(f'use it:  OpenAI(base_url="{url}/v1", api_key="...")   dashboard: {url}/')
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=log_level)
+    # Idle connections are kept longer than clients keep them (httpx, under the OpenAI SDKs, drops
+    # them after 5 s, uvicorn's default too): a client then never sends on a connection the server
+    # is closing at that moment, which it sees as "connection reset" (seen in a clean-clone CI).
+    uvicorn.run(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        log_level=log_level,
+        timeout_keep_alive=KEEP_ALIVE_SECONDS,
+    )
 
 
 @click.command()
