@@ -12,7 +12,6 @@ import click
 from selftune import __version__
 from selftune.cli.common import console, db_option, friendly_errors, home_option, settings_from
 
-
 KEEP_ALIVE_SECONDS = 65
 
 
