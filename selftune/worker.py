@@ -366,7 +366,8 @@ class Worker:
             if a.member:  # the job's head is the one that saves and requeues it
                 self._kill(a)
                 self._forget(a)
-            a.files.pause.touch()
+            else:
+                a.files.pause.touch()
         deadline = time.monotonic() + SHUTDOWN_GRACE_SECONDS
         for a in list(self.active.values()):
             try:
