@@ -53,6 +53,8 @@ class World:
     local_size: int = 1
     main_rank: int = 0
     backend: str = ""
+    sharded: bool = False
+    """The base's decoder layers and their LoRA parameters are sharded over the ranks (FSDP2)."""
 
     @property
     def main(self) -> bool:
@@ -67,7 +69,8 @@ class World:
         """How the job's events describe it."""
         if not self.distributed:
             return "one process"
-        return f"{self.size} processes, data parallel ({self.backend})"
+        how = "fully sharded data parallel, FSDP2" if self.sharded else "data parallel"
+        return f"{self.size} processes, {how} ({self.backend})"
 
     @classmethod
     def join(cls) -> World:
@@ -100,13 +103,37 @@ class World:
         are in length order, so the shares pad alike)."""
         return list(idx[self.rank :: self.size])
 
+    def shard(self, model: Any) -> World:
+        """This world with the model's decoder layers sharded over its ranks (FSDP2's ``fully_shard``).
+        The embeddings, the final norm and the output projection stay whole: they are frozen, and the
+        chunked cross-entropy reads the projection's weight directly."""
+        if not self.distributed:
+            return self
+        from dataclasses import replace
+
+        from torch.distributed.fsdp import fully_shard
+
+        causal = model.get_base_model() if hasattr(model, "get_base_model") else model
+        for layer in causal.get_decoder().layers:
+            fully_shard(layer)
+        return replace(self, sharded=True)
+
     def sum_gradients(self, params: list[torch.Tensor]) -> None:
         """Sum the parameters' gradients over the ranks, in one flat buffer (a rank whose share of the
-        batch was empty contributes zeros)."""
+        batch was empty contributes zeros). Sharded parameters were reduced by FSDP2 already, as a
+        mean: times the world's size, that is the sum (gloo has no pre-scaled sum to ask it for)."""
         if not self.distributed:
             return
         import torch.distributed as dist
+        from torch.distributed.tensor import DTensor
 
+        if self.sharded:
+            for p in params:
+                if isinstance(p, DTensor) and p.grad is not None:
+                    p.grad.mul_(self.size)
+            params = [p for p in params if not isinstance(p, DTensor)]
+            if not params:
+                return
         grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
         flat = torch.cat([g.reshape(-1) for g in grads])
         dist.all_reduce(flat)
@@ -166,6 +193,33 @@ class World:
 
         for p in params:
             dist.broadcast(p.data, self.main_rank)
+
+    def full_adapter(self, model: Any) -> dict[str, Any]:
+        """The trainable parameters, whole, on the main rank (every rank calls it)."""
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+        options = StateDictOptions(full_state_dict=True, cpu_offload=True, ignore_frozen_params=True)
+        return dict(get_model_state_dict(model, options=options))
+
+    def full_optimizer(self, model: Any, optimizer: Any) -> dict[str, Any]:
+        """The optimizer's state, whole, on the main rank (every rank calls it)."""
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+
+        options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+        return dict(get_optimizer_state_dict(model, optimizer, options=options))
+
+    def restore(self, model: Any, optimizer: Any, adapter: dict[str, Any], optim: dict[str, Any]) -> None:
+        """Load a whole adapter and optimizer state (as ``full_adapter`` and ``full_optimizer`` gave)
+        into the sharded model and its optimizer (every rank calls it, with the same state)."""
+        from torch.distributed.checkpoint.state_dict import (
+            StateDictOptions,
+            set_model_state_dict,
+            set_optimizer_state_dict,
+        )
+
+        options = StateDictOptions(full_state_dict=True, strict=False)
+        set_model_state_dict(model, adapter, options=options)
+        set_optimizer_state_dict(model, optimizer, optim, options=options)
 
     def wait(self) -> None:
         """Wait for every rank (while the main rank evaluates, checks and saves alone)."""

@@ -100,7 +100,7 @@ class Preference:
         return logps.view(-1, 2), right[0::2], count[0::2]
 
     def step(
-        self, model: Any, idx: Sequence[int], ctx: StepContext, part: Sequence[int]
+        self, model: Any, idx: Sequence[int], ctx: StepContext, part: Sequence[int], scale: float = 1.0
     ) -> tuple[dict[str, float], int]:
         """Micro-batches of whole pairs (the loss needs both scores of a pair); each adds its pairs'
         loss divided by the batch's pair count, so the accumulated gradient is the whole batch's."""
@@ -110,7 +110,7 @@ class Preference:
             sub = [part[j] for j in group]
             scores, right, count = self._scores(model, "train", sub, ctx)
             losses = sums.add(self, scores, self.reference["train"][sub].to(scores.device), right, count)
-            (losses.sum() / len(idx)).backward()
+            (losses.sum() / len(idx) if scale == 1.0 else losses.sum() * (scale / len(idx))).backward()
         preferred = self.rows("train", idx)[0::2]
         metrics = sums.metrics(pairs=len(idx), count=trained_count(preferred))
         return metrics, sum(len(ids) for ids, _ in self.rows("train", part))

@@ -29,8 +29,10 @@ import random
 import resource
 import shutil
 import sys
+import tempfile
 import time
 from contextlib import nullcontext, suppress
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -244,6 +246,17 @@ def main(cfg: TrainConfig, world: World) -> int:
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
     world.share_parameters(params)  # the ranks start from the main rank's initialisation
+    strategy = os.environ.get("SELFTUNE_TRAIN_STRATEGY", "data_parallel")
+    if strategy not in ("data_parallel", "fsdp"):
+        raise InvalidRequest(
+            f"SELFTUNE_TRAIN_STRATEGY={strategy!r}: use data_parallel (the default) or fsdp",
+            code="invalid_configuration",
+        )
+    if strategy == "fsdp":
+        world = world.shard(model)  # each rank keeps its shard of every decoder layer (FSDP2)
+        params = [p for p in model.parameters() if p.requires_grad]
+    # Every rank takes part in what needs the whole model: with a sharded one, all of them.
+    together = world.main or world.sharded
     optimizer = torch.optim.AdamW(params, lr=hp.learning_rate, weight_decay=0.0)
     warmup = max(1, int(total_steps * cfg.warmup_ratio))
 
@@ -268,8 +281,11 @@ def main(cfg: TrainConfig, world: World) -> int:
         )
     )
     if state is not None:
-        set_peft_model_state_dict(model, state["adapter"])
-        optimizer.load_state_dict(state["optimizer"])
+        if world.sharded:
+            world.restore(model, optimizer, state["adapter"], state["optimizer"])
+        else:
+            set_peft_model_state_dict(model, state["adapter"])
+            optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         torch.set_rng_state(state["torch_rng"])
         step, trained_tokens = state["step"], state["trained_tokens"]
@@ -306,10 +322,14 @@ def main(cfg: TrainConfig, world: World) -> int:
 
     def save_state() -> None:
         """Adapter, optimizer, scheduler, RNG and position, written atomically (by the main rank:
-        the ranks' adapters and optimizers are the same)."""
+        the ranks' adapters and optimizers are the same; sharded, every rank gathers them to it)."""
+        adapter = world.full_adapter(model) if world.sharded else get_peft_model_state_dict(model)
+        optim = world.full_optimizer(model, optimizer) if world.sharded else optimizer.state_dict()
+        if not world.main:
+            return
         state = {
-            "adapter": get_peft_model_state_dict(model),
-            "optimizer": optimizer.state_dict(),
+            "adapter": adapter,
+            "optimizer": optim,
             "scheduler": scheduler.state_dict(),
             "torch_rng": torch.get_rng_state(),
             "step": step,
@@ -322,20 +342,32 @@ def main(cfg: TrainConfig, world: World) -> int:
         with staged(files.state) as tmp:
             torch.save(state, tmp)
 
+    def save_adapter(folder: Path) -> None:
+        """The adapter's folder, servable by llama.cpp at once (the main rank writes it; sharded,
+        every rank gathers the adapter to it first)."""
+        whole = world.full_adapter(model) if world.sharded else None
+        if world.main:
+            model.save_pretrained(folder, **({"state_dict": whole} if whole is not None else {}))
+            convert_if_supported(folder, cfg.base_model_dir)
+
     # --- the loop ---------------------------------------------------------------------------------
     speed_from: tuple[float, int] | None = None  # (time, tokens) after this run's first step
     loop_start, loop_tokens = time.perf_counter(), trained_tokens
     while step < total_steps:
         decision = world.decide(lambda: PAUSE if files.pause.exists() else STOP if orphaned(parent) else CONTINUE)
         if decision == PAUSE:
-            if world.main:
+            if together:
                 save_state()
                 events.emit(Paused(f"Fine-tuning job paused at step {step}/{total_steps}", step=step))
             return Exit.PAUSED
         if decision == STOP or orphaned(parent):
             return Exit.FAILED
         epoch, idx = schedule[step]
-        values, tokens = world.sum_values(*objective.step(model, idx, ctx, world.part(idx)))
+        if (part := world.part(idx)) or not world.sharded:
+            values, tokens = world.sum_values(*objective.step(model, idx, ctx, part))
+        else:  # sharded, every rank takes part in every backward: this one adds a pass at weight 0
+            values, _ = objective.step(model, idx, ctx, idx[:1], scale=0.0)
+            values, tokens = world.sum_values(dict.fromkeys(values, 0.0), 0)
         world.sum_gradients(params)
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()
@@ -347,7 +379,7 @@ def main(cfg: TrainConfig, world: World) -> int:
         trained_tokens += tokens
         row: dict[str, Any] = {"step": step, **_prefixed("train_", values)}
         message = f"Step {step}/{total_steps}: training loss={row['train_loss']:.2f}"
-        if n_valid and world.main and (step % eval_every == 0 or step == total_steps):
+        if n_valid and together and (step % eval_every == 0 or step == total_steps):
             # Like OpenAI: valid_loss on one small batch of the validation data (the next one in turn),
             # full_valid_loss on all of it at each epoch end. A full pass every few steps would cost
             # more than the training itself once the validation file is large.
@@ -360,12 +392,11 @@ def main(cfg: TrainConfig, world: World) -> int:
             speed_from = (time.perf_counter(), trained_tokens)
         events.emit(Metrics(message, total_steps=total_steps, trained_tokens=trained_tokens, **row))
 
-        if step % steps_per_epoch == 0 and world.main:
+        if step % steps_per_epoch == 0 and together:
             # End of epoch: a checkpoint, callable as ft:...:ckpt-step-N; keep the last few. The
             # resumable state is saved with it, so a crash loses at most one epoch.
             ckpt = files.checkpoint(step)
-            model.save_pretrained(ckpt)
-            convert_if_supported(ckpt, cfg.base_model_dir)  # servable by llama.cpp at once
+            save_adapter(ckpt)
             checkpoints.append(str(ckpt))
             ckpt_metrics = dict(row)
             overfitting = None
@@ -376,7 +407,8 @@ def main(cfg: TrainConfig, world: World) -> int:
             # Keep the last few, and always the best by validation loss (the one to use if the end overfits).
             for old in watch.prune(checkpoints, cfg.keep_checkpoints, files.checkpoint):
                 checkpoints.remove(old)
-                shutil.rmtree(old, ignore_errors=True)
+                if world.main:
+                    shutil.rmtree(old, ignore_errors=True)
             save_state()
             best_note = " (the lowest validation loss so far)" if watch.best_step == step else ""
             checkpoint = Checkpoint(
@@ -394,20 +426,27 @@ def main(cfg: TrainConfig, world: World) -> int:
             world.wait()  # while the main rank saves and evaluates the checkpoint
 
     loop_seconds = time.perf_counter() - loop_start
-    if not world.main:
+    if not together:
         world.wait()  # for the main rank's checks and results
         return Exit.DONE
 
     # --- checks: did the model come out worse than it went in; is it better on held-out data? -----
+    # Sharded, the other ranks generate in step with the main one (the same greedy answers), and
+    # write their copy of the report where nobody reads it.
+    # Saved before the quality check: after it (it switches the adapter off and on again) the sharded
+    # gather, which takes the parameters that require gradients, found none.
+    save_adapter(files.adapter)
+    checked = cfg if world.main else replace(cfg, output_dir=tempfile.mkdtemp(prefix="selftune-rank-"))
     reports, quality = check_job(
-        model, tokenizer, device, autocast, cfg, watch.best_checkpoint(cfg), watch.best_step == step
+        model, tokenizer, device, autocast, checked, watch.best_checkpoint(cfg), watch.best_step == step
     )
+    if not world.main:
+        world.wait()
+        return Exit.DONE
     for report in reports:
         events.emit(report)
 
     # --- result -----------------------------------------------------------------------------------
-    model.save_pretrained(files.adapter)
-    convert_if_supported(files.adapter, cfg.base_model_dir)
     write_metrics_csv(files.metrics, metrics_rows, objective.columns)
     elapsed = time.perf_counter() - t_start
     speed = None

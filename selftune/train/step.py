@@ -69,12 +69,13 @@ class Objective(Protocol):
         ...
 
     def step(
-        self, model: Any, idx: Sequence[int], ctx: StepContext, part: Sequence[int]
+        self, model: Any, idx: Sequence[int], ctx: StepContext, part: Sequence[int], scale: float = 1.0
     ) -> tuple[dict[str, float], int]:
         """Forward and backward over ``part``, this process's share of the batch ``idx`` (all of it on
         one process): the gradient and the metrics of the whole batch's mean loss, as far as ``part``
         contributes to them (divided by the whole batch's count, so shares add up across processes),
-        and the tokens of ``part``."""
+        and the tokens of ``part``. ``scale`` multiplies the loss before backward (0: a pass that
+        contributes nothing, for a sharded rank whose share is empty)."""
         ...
 
     def evaluate(self, model: Any, split: str, idx: Sequence[int], ctx: StepContext) -> dict[str, float]: ...
@@ -101,12 +102,12 @@ class NextToken:
         return {}
 
     def step(
-        self, model: Any, idx: Sequence[int], ctx: StepContext, part: Sequence[int]
+        self, model: Any, idx: Sequence[int], ctx: StepContext, part: Sequence[int], scale: float = 1.0
     ) -> tuple[dict[str, float], int]:
         rows = self.rows("train", part)
         n = trained_count(self.rows("train", idx))
         loss, accuracy, tokens = accumulate(
-            model, rows, ctx.pad_id, ctx.device, ctx.autocast, ctx.micro_tokens, ctx.ce_chunk, n
+            model, rows, ctx.pad_id, ctx.device, ctx.autocast, ctx.micro_tokens, ctx.ce_chunk, n, scale
         )
         return {"loss": loss, "mean_token_accuracy": accuracy}, tokens
 
@@ -249,6 +250,7 @@ def accumulate(
     micro_tokens: int,
     ce_chunk: int,
     n: int | None = None,
+    scale: float = 1.0,
 ) -> tuple[float, float, int]:
     """Forward and backward over ``rows`` in micro-batches; the gradients add up to the one-batch
     gradient of the mean loss. Returns the batch's mean loss, accuracy, and tokens (padding excluded).
@@ -259,7 +261,7 @@ def accumulate(
         batch = collate([rows[i] for i in group], pad_id, device)
         with autocast():
             total, right, _ = loss_sums(model, batch, ce_chunk)
-        (total / n).backward()
+        (total / n if scale == 1.0 else total * (scale / n)).backward()
         loss += float(total)
         correct += right
     return loss / n, correct / n, sum(len(ids) for ids, _ in rows)
