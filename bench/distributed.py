@@ -108,16 +108,12 @@ def rows(r: dict[str, Any]) -> tuple[list[str], list[str]]:
 
 
 def main() -> None:
-    from bench.measure import MODEL, REPO, make_data, start_server
+    from bench.measure import REPO, base_model_dir, make_data
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     p.add_argument("--work", type=Path, default=REPO / ".bench" / "distributed")
     args = p.parse_args()
-    home = args.work / "home"
-    home.mkdir(parents=True, exist_ok=True)
-    start_server(home).stop()  # converts SmolLM2 from its GGUF once
-    data = make_data(args.work)
-    r = run(args.work, home / "models" / MODEL, data["train"])
+    r = run(args.work, base_model_dir(args.work), make_data(args.work)["train"])
     print(json.dumps(r, indent=2, default=str))
     targets, table = rows(r)
     print("\n".join([*targets, "", *table]))

@@ -261,15 +261,12 @@ def rows(r: dict[str, Any]) -> tuple[list[str], list[str]]:
 
 
 def main() -> None:
-    from bench.measure import MODEL, REPO, start_server
+    from bench.measure import REPO, base_model_dir
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     p.add_argument("--work", type=Path, default=REPO / ".bench" / "dpo")
     args = p.parse_args()
-    home = args.work / "home"
-    home.mkdir(parents=True, exist_ok=True)
-    start_server(home).stop()  # converts SmolLM2 from its GGUF once
-    print(json.dumps(run(args.work, home / "models" / MODEL), indent=2, default=str))
+    print(json.dumps(run(args.work, base_model_dir(args.work)), indent=2, default=str))
 
 
 if __name__ == "__main__":

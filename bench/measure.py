@@ -91,6 +91,15 @@ def start_server(home: Path) -> LiveServer:
     return LiveServer(home, {"SELFTUNE_EVAL_EXAMPLES": "0"}).start(timeout=600)
 
 
+def base_model_dir(work: Path) -> Path:
+    """SmolLM2 as a folder transformers loads, under ``work/home`` (a server converts it from its
+    GGUF on its first start): for the benchmarks that run on their own."""
+    home = work / "home"
+    home.mkdir(parents=True, exist_ok=True)
+    start_server(home).stop()
+    return home / "models" / MODEL
+
+
 def selftune_job(server: LiveServer, train: Path, model: str = MODEL) -> dict[str, Any]:
     """A fine-tuning job exactly as a user runs one; returns its timings from the trainer."""
     client = server.client(timeout=600)

@@ -7,6 +7,7 @@ materialised from the store or refused) are tested against the same S3 server.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import json
@@ -35,11 +36,12 @@ DONE = ("succeeded", "failed", "cancelled")
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveCluster]:
     with new_database() as url:  # its own: the workers take every queued job they find
-        yield from _cluster(tmp_path_factory, url)
+        yield from running_cluster(tmp_path_factory, url)
 
 
-def _cluster(tmp_path_factory: pytest.TempPathFactory, url: str) -> Iterator[LiveCluster]:
-    layout = Layout.on_free_ports(url, tmp_path_factory.mktemp("cluster"))
+def running_cluster(tmp_path_factory: pytest.TempPathFactory, url: str, **changes: Any) -> Iterator[LiveCluster]:
+    """The page's cluster on free ports, with ``changes`` to its layout (fewer servers, worker options)."""
+    layout = dataclasses.replace(Layout.on_free_ports(url, tmp_path_factory.mktemp("cluster")), **changes)
     # A short lease, so that a lost worker's job is taken over in seconds.
     live = LiveCluster(layout, {"SELFTUNE_LEASE_SECONDS": "6"})
     try:

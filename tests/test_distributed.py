@@ -11,7 +11,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import signal
@@ -26,7 +25,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from selftune.live_cluster import Layout, LiveCluster
+from selftune.live_cluster import LiveCluster, free_ports
 from selftune.methods import Hyperparameters, MethodType
 from selftune.train.protocol import Launch, TrainConfig, recipe_command, save_config
 from selftune.train.step import NextToken, StepContext
@@ -39,6 +38,7 @@ from tests.conftest import (
     start_server,
     trivia_jsonl,
 )
+from tests.test_cluster import running_cluster
 from tests.test_jobs_api import FINAL, all_events, trainer_pids, upload, wait, wait_for_step
 
 
@@ -293,20 +293,9 @@ def test_a_rank_killed_fails_the_job_and_leaves_no_process(nproc2: LiveServer) -
 @pytest.fixture(scope="module")
 def group(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveCluster]:
     with new_database() as url:
-        layout = Layout.on_free_ports(url, tmp_path_factory.mktemp("group"))
-        layout = dataclasses.replace(
-            layout, server_ports=layout.server_ports[:1], worker_options="--nnodes 2 --group pair --address 127.0.0.1"
-        )
-        live = LiveCluster(layout, {"SELFTUNE_LEASE_SECONDS": "6"})
-        try:
-            live.start()
-            yield live
-        except Exception:
-            for w in live.workers:
-                print(f"--- {w.name}\n{w.tail()}")
-            raise
-        finally:
-            live.stop()
+        # One server is enough; both workers in one group.
+        options = "--nnodes 2 --group pair --address 127.0.0.1"
+        yield from running_cluster(tmp_path_factory, url, server_ports=(free_ports(1)[0],), worker_options=options)
 
 
 def test_two_machines_train_one_job_and_a_lost_one_ends_it(group: LiveCluster, tmp_path: Path) -> None:

@@ -176,11 +176,11 @@ def budget(device: str = "cpu") -> tuple[int, str]:
     """Bytes a job's process may use, and where the number comes from. Under torchrun the processes
     of one machine share its RAM, or a GPU when there are more processes than GPUs, and each holds
     a whole copy of the model (data parallel): each plans within its share."""
-    import torch
-
     share = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
     setting = os.environ.get("SELFTUNE_TRAIN_MEMORY")
     if device == "cuda":
+        import torch
+
         share = -(-share // max(1, torch.cuda.device_count()))
     if setting:
         total, source = parse_bytes(setting), "SELFTUNE_TRAIN_MEMORY"
