@@ -131,7 +131,7 @@ CHATML = (
 )
 
 
-def build_tiny_model(out: Path, *, context: int = 4096, seed: int = 0, width: int = 32) -> Path:
+def build_tiny_model(out: Path, *, context: int = 4096, seed: int = 0, width: int = 32, layers: int = 2) -> Path:
     """A random-init Llama (2 layers, width 32 unless asked) with a byte-level BPE tokenizer trained right here."""
     import torch
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
@@ -163,7 +163,7 @@ def build_tiny_model(out: Path, *, context: int = 4096, seed: int = 0, width: in
         vocab_size=len(tok),
         hidden_size=width,
         intermediate_size=2 * width,
-        num_hidden_layers=2,
+        num_hidden_layers=layers,
         num_attention_heads=4,
         num_key_value_heads=2,
         max_position_embeddings=context,

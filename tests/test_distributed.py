@@ -2,7 +2,8 @@
 
 - The arithmetic: each process's share of a batch adds up to the batch (gradients and metrics).
 - The recipe on 2 processes trains like on 1: the same per-step losses (fp32, within 1e-4) and the
-  same adapter, for SFT and DPO.
+  same adapter, for SFT and DPO; with a memory budget the whole base does not fit, the plan shards
+  it over the processes (FSDP2) and it still trains like one process, and resumes exactly.
 - A worker with ``SELFTUNE_WORKER_NPROC_PER_NODE=2``, through the SDK: pause and resume (the same
   losses as an uninterrupted run), cancel, and one rank SIGKILLed: the job fails, no process is left.
 - Two workers with homes of their own (``--nnodes 2 --group``), sharing PostgreSQL and a real S3
@@ -24,9 +25,13 @@ from typing import Any
 import pytest
 import torch
 from safetensors.torch import load_file
+from transformers import AutoTokenizer
 
+from selftune.data.render import render_file
+from selftune.live import build_tiny_model
 from selftune.live_cluster import LiveCluster, free_ports
 from selftune.methods import Hyperparameters, MethodType
+from selftune.train.memory import ModelShape, activation_bytes, sharded_weight_bytes
 from selftune.train.protocol import Launch, TrainConfig, recipe_command, save_config
 from selftune.train.step import NextToken, StepContext
 from tests.conftest import (
@@ -144,6 +149,10 @@ def events(out: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in (out / "events.jsonl").read_text().splitlines()]
 
 
+def memory_plan(out: Path) -> dict[str, Any]:
+    return next(e["data"]["memory_plan"] for e in events(out) if "memory_plan" in e["data"])
+
+
 @pytest.mark.parametrize("method", [MethodType.SUPERVISED, MethodType.DPO])
 def test_two_processes_train_like_one(tmp_path: Path, tiny_model_dir: Path, method: MethodType) -> None:
     data = preference_lines(8) if method == MethodType.DPO else chat_lines(10)
@@ -172,14 +181,30 @@ def test_two_processes_train_like_one(tmp_path: Path, tiny_model_dir: Path, meth
         torch.testing.assert_close(wb[k], wa[k], rtol=1e-4, atol=1e-5)
 
 
-def test_fsdp2_trains_like_one_process_and_resumes_exactly(tmp_path: Path, tiny_model_dir: Path) -> None:
-    """FSDP2 over gloo: each rank holds half of every decoder layer; the same losses and adapter as
-    one process, and a pause mid-run resumes to the same losses as a run without one."""
+def test_a_base_too_large_for_each_process_is_sharded_and_trains_like_one_process(tmp_path: Path) -> None:
+    """FSDP2 over gloo, chosen by the memory plan: with a budget in which the whole base does not fit
+    each of the two processes but half of every layer does, each rank holds its shard; the same
+    losses and adapter as one process, and a pause mid-run resumes to the same losses."""
+    deep = build_tiny_model(tmp_path / "deep", layers=8, width=64)  # sharding saves a quarter of 8 layers
     data = chat_lines(10)
-    one = train(tmp_path, tiny_model_dir, "sft", 1, MethodType.SUPERVISED, data)
-    sharded = train(tmp_path, tiny_model_dir, "sft", 2, MethodType.SUPERVISED, data, SELFTUNE_TRAIN_STRATEGY="fsdp")
+    one = train(tmp_path, deep, "sft", 1, MethodType.SUPERVISED, data)
+    whole = memory_plan(one)
+    assert not whole["sharded"] and not whole["checkpointing"]
+    # The budget half way between what the checkpointed whole base and the checkpointed sharded one
+    # need for the longest example (everything else the same).
+    shape = ModelShape.of(deep)
+    longest = max(render_file(AutoTokenizer.from_pretrained(deep), tmp_path / "sft.jsonl", 1024).lengths)
+    fixed = whole["peak"] - whole["micro_tokens"] * whole["per_token"]
+    example = longest * activation_bytes(shape, longest, eager=False, checkpointing=True, bytes_per=4)
+    need_whole = fixed + example
+    need_sharded = fixed - whole["weights"] - whole["lora_state"] // 2 + sharded_weight_bytes(shape, 4, 2) + example
+    assert need_sharded < need_whole
+    budget = str(need_whole + need_sharded)  # shared by the two processes: each plans with half of it
+    sharded = train(tmp_path, deep, "sft", 2, MethodType.SUPERVISED, data, SELFTUNE_TRAIN_MEMORY=budget)
+    plan = memory_plan(sharded)
+    assert plan["sharded"] and plan["checkpointing"] and plan["budget_source"].endswith("shared by 2 processes")
     started = next(e for e in events(sharded) if e["message"].startswith("Fine-tuning job started"))
-    assert "fully sharded data parallel, FSDP2 (gloo)" in started["message"]
+    assert "fully sharded data parallel, FSDP2 (gloo)" in started["message"] and started["data"]["strategy"] == "fsdp"
 
     def metrics(out: Path) -> dict[int, float]:
         return {e["data"]["step"]: e["data"]["train_loss"] for e in events(out) if e["type"] == "metrics"}
@@ -197,6 +222,7 @@ def test_fsdp2_trains_like_one_process_and_resumes_exactly(tmp_path: Path, tiny_
     Path(cfg["output_dir"]).mkdir()
     job = Path(cfg["output_dir"]) / "job.json"
     job.write_text(json.dumps(cfg))
+    # Asked for, whatever the room: sharded again (without checkpointing), the same losses.
     env = {**os.environ, "OMP_NUM_THREADS": "1", "SELFTUNE_TRAIN_STRATEGY": "fsdp"}
     command = recipe_command(job, MethodType.SUPERVISED, Launch(2))
     with (tmp_path / "paused.log").open("wb") as log:
@@ -212,6 +238,7 @@ def test_fsdp2_trains_like_one_process_and_resumes_exactly(tmp_path: Path, tiny_
         (job.parent / "pause").unlink()
         assert subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, env=env, timeout=600).returncode == 0
     resumed = metrics(job.parent)
+    assert memory_plan(job.parent)["sharded"]
     assert any(e["message"].startswith("Training resumed at step") for e in events(job.parent))
     assert sorted(resumed) == sorted(b) and max(abs(resumed[s] - b[s]) for s in b) < 1e-4
 

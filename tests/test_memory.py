@@ -16,8 +16,8 @@ import torch
 from selftune.data.render import IGNORE
 from selftune.errors import InsufficientMemory
 from selftune.live import LiveServer
-from selftune.train.memory import ModelShape, activation_bytes, micro_batches, parse_bytes, plan
-from selftune.train.step import accumulate
+from selftune.train.memory import ModelShape, activation_bytes, parse_bytes, plan
+from selftune.train.step import accumulate, micro_batches
 from tests.conftest import build_tiny_model, run_cli, start_server
 from tests.test_train import run_recipe, write_data
 
@@ -152,6 +152,33 @@ def test_on_cuda_a_base_that_does_not_fit_is_trained_in_4_bits() -> None:
         plan(QWEN, **gpu)  # type: ignore[arg-type]
     # Asked for at registration: a 4-bit base whatever the room.
     assert plan(QWEN, **{**gpu, "budget_bytes": 20 * 2**30}, quantize="always").quantized  # type: ignore[arg-type]
+
+
+def test_a_base_too_large_for_one_process_is_sharded_over_the_job_s_processes() -> None:
+    """Whole, the base does not fit one process's share; sharded over two (FSDP2) it does, before a
+    4-bit base is tried. On a CPU the processes load in turns, so one whole copy is loaded at a time."""
+    cpu = {**COMMON, "longest": 1000, "batch_tokens": 8000, "budget_bytes": int(3.5 * 2**30)}
+    with pytest.raises(InsufficientMemory):
+        plan(QWEN, **cpu)  # type: ignore[arg-type]
+    with pytest.raises(InsufficientMemory):
+        plan(QWEN, **cpu, world=2, local=2, shard="never")  # type: ignore[arg-type]
+    two = plan(QWEN, **cpu, world=2, local=2)  # type: ignore[arg-type]
+    assert two.sharded and not two.quantized and "sharded over the processes, FSDP2" in two.describe()
+    blocks = (QWEN.parameters - QWEN.embedding_parameters) * 2
+    # The embeddings whole, half of every layer, and two layers gathered whole while they run.
+    assert two.weights == QWEN.embedding_parameters * 2 + blocks // 2 + blocks * 2 // 24
+    assert two.lora_state == 5_000_000 * 16 // 2
+    # Loading all at once would not fit: two whole copies of the model.
+    with pytest.raises(InsufficientMemory):
+        plan(QWEN, **{**cpu, "budget_bytes": int(3.5 * 2**30) // 2}, world=4, local=2)  # type: ignore[arg-type]
+    roomy = plan(QWEN, **{**cpu, "budget_bytes": 8 * 2**30}, world=2, local=2)  # type: ignore[arg-type]
+    assert not roomy.sharded  # data parallel (no gathers) wherever the whole base fits
+    assert plan(QWEN, **{**cpu, "budget_bytes": 8 * 2**30}, world=2, local=2, shard="always").sharded  # type: ignore[arg-type]
+    # On CUDA: sharded before a 4-bit base, which one process needs for the same room.
+    gpu = {**COMMON, "device": "cuda", "longest": 100, "batch_tokens": 800, "budget_bytes": 2 * 2**30}
+    assert plan(QWEN, **gpu, quantize="auto").quantized  # type: ignore[arg-type]
+    sharded = plan(QWEN, **gpu, quantize="auto", world=2)  # type: ignore[arg-type]
+    assert sharded.sharded and not sharded.quantized and sharded.peak <= 2 * 2**30
 
 
 def test_the_recipe_follows_its_plan(tmp_path: Path, tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:

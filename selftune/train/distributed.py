@@ -11,7 +11,9 @@ the ranks before the optimizer step (``sum_gradients``: one flat all-reduce, as 
 DDP itself is not used because the recipe's loss calls the decoder under the peft wrapper, which
 DDP's forward hook would not see). Each rank divides its loss by the whole batch's trained-token
 count, which every rank computes from the same rendered data, so the summed gradient is exactly the
-one-process gradient of the mean loss, and the summed metrics are the batch's.
+one-process gradient of the mean loss, and the summed metrics are the batch's. When the memory plan
+finds that the whole base does not fit a process's share of the memory, the decoder layers are
+sharded over the ranks instead (FSDP2, ``load_sharded``), with the same shares and the same sums.
 
 The main rank (the lowest rank on the worker that claimed the job: ``SELFTUNE_HEAD``) alone writes
 events, metrics, checkpoints and the resumable state, evaluates, and decides pauses and orphaning;
@@ -103,20 +105,32 @@ class World:
         are in length order, so the shares pad alike)."""
         return list(idx[self.rank :: self.size])
 
-    def shard(self, model: Any) -> World:
-        """This world with the model's decoder layers sharded over its ranks (FSDP2's ``fully_shard``).
-        The embeddings, the final norm and the output projection stay whole: they are frozen, and the
-        chunked cross-entropy reads the projection's weight directly."""
-        if not self.distributed:
-            return self
+    def load_sharded(self, build: Callable[[], Any], released: Callable[[], None]) -> tuple[Any, World]:
+        """The model ``build()`` makes, its decoder layers sharded over the ranks (FSDP2's
+        ``fully_shard``), and this world marked sharded. The embeddings, the final norm and the output
+        projection stay whole: they are frozen, and the chunked cross-entropy reads the projection's
+        weight directly. The ranks of one machine build in turns and each keeps only its shard, so
+        one whole copy at a time is in its memory (``released`` hands the copy's memory back to the
+        OS); then every rank takes the main rank's trainable values (a new adapter's initialisation)."""
         from dataclasses import replace
 
         from torch.distributed.fsdp import fully_shard
 
-        causal = model.get_base_model() if hasattr(model, "get_base_model") else model
-        for layer in causal.get_decoder().layers:
-            fully_shard(layer)
-        return replace(self, sharded=True)
+        model: Any = None
+        first: dict[str, torch.Tensor] = {}
+        for turn in range(self.local_size):
+            if turn == self.local_rank:
+                model = build()
+                if self.main:
+                    first = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+                causal = model.get_base_model() if hasattr(model, "get_base_model") else model
+                for layer in causal.get_decoder().layers:
+                    fully_shard(layer)
+                released()
+            self.wait()
+        sharded = replace(self, sharded=True)
+        sharded.restore(model, self.agree(lambda: first))
+        return model, sharded
 
     def sum_gradients(self, params: list[torch.Tensor]) -> None:
         """Sum the parameters' gradients over the ranks, in one flat buffer (a rank whose share of the
@@ -208,9 +222,11 @@ class World:
         options = StateDictOptions(full_state_dict=True, cpu_offload=True)
         return dict(get_optimizer_state_dict(model, optimizer, options=options))
 
-    def restore(self, model: Any, optimizer: Any, adapter: dict[str, Any], optim: dict[str, Any]) -> None:
-        """Load a whole adapter and optimizer state (as ``full_adapter`` and ``full_optimizer`` gave)
-        into the sharded model and its optimizer (every rank calls it, with the same state)."""
+    def restore(
+        self, model: Any, adapter: dict[str, Any], optimizer: Any = None, optim: dict[str, Any] | None = None
+    ) -> None:
+        """Load a whole adapter, and an optimizer's state (as ``full_adapter`` and ``full_optimizer``
+        gave), into the sharded model and its optimizer (every rank calls it, with the same state)."""
         from torch.distributed.checkpoint.state_dict import (
             StateDictOptions,
             set_model_state_dict,
@@ -219,7 +235,8 @@ class World:
 
         options = StateDictOptions(full_state_dict=True, strict=False)
         set_model_state_dict(model, adapter, options=options)
-        set_optimizer_state_dict(model, optimizer, optim, options=options)
+        if optimizer is not None and optim is not None:
+            set_optimizer_state_dict(model, optimizer, optim, options=options)
 
     def wait(self) -> None:
         """Wait for every rank (while the main rank evaluates, checks and saves alone)."""

@@ -26,8 +26,7 @@ from typing import Any
 
 import torch
 
-from selftune.train.memory import micro_batches
-from selftune.train.step import Rows, StepContext, collate, sequence_sums, trained_count
+from selftune.train.step import Rows, StepContext, collate, micro_batches, sequence_sums, trained_count
 
 
 def dpo_loss(

@@ -213,6 +213,13 @@ def main(cfg: TrainConfig, world: World) -> int:
     width = max(
         max(len(ids) for ids, _ in rows) * len(rows) for rows in (objective.rows("train", i) for _, i in schedule)
     )
+    shard = memory.STRATEGIES.get(os.environ.get("SELFTUNE_TRAIN_STRATEGY") or "auto")
+    if shard is None:
+        raise InvalidRequest(
+            f"SELFTUNE_TRAIN_STRATEGY={os.environ['SELFTUNE_TRAIN_STRATEGY']!r}: use auto (the default: "
+            "shard the base over the processes only when it does not fit whole), data_parallel or fsdp",
+            code="invalid_configuration",
+        )
     plan = world.agree(  # every rank trains the same way (each measures its own memory)
         lambda: memory.plan_job(
             cfg.base_model_dir,
@@ -224,37 +231,39 @@ def main(cfg: TrainConfig, world: World) -> int:
             bf16=use_bf16,
             qlora=cfg.qlora,
             rows_per_example=rendered.per_example,
+            world=world.size,
+            shard=shard,
         )
     )  # raises InsufficientMemory or QuantizationUnavailable, whose codes fail the job
-    model = load_base(AutoModelForCausalLM, cfg.base_model_dir, plan, base_dtype, device)
-    release_freed_memory()  # what loading the weights took and let go (the float32 file, read once)
-    if plan.checkpointing:  # only when one example would not fit without it: it costs a forward pass
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    if cfg.init_adapter:
-        model = PeftModel.from_pretrained(model, cfg.init_adapter, is_trainable=True)
+
+    def build(on: torch.device) -> Any:
+        """The base as the plan says, with the adapter (new or the job's initial one) on it."""
+        model = load_base(AutoModelForCausalLM, cfg.base_model_dir, plan, base_dtype, on)
+        release_freed_memory()  # what loading the weights took and let go (the float32 file, read once)
+        if plan.checkpointing:  # only when one example would not fit without it: it costs a forward pass
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        if cfg.init_adapter:
+            model = PeftModel.from_pretrained(model, cfg.init_adapter, is_trainable=True)
+        else:
+            lora = LoraConfig(
+                r=cfg.lora_r,
+                lora_alpha=cfg.lora_alpha,
+                lora_dropout=cfg.lora_dropout,
+                target_modules=cfg.lora_targets,
+                task_type="CAUSAL_LM",
+            )
+            model = get_peft_model(model, lora)
+        if use_bf16:
+            keep_activations_in_bf16(model)
+        return model.train()
+
+    if plan.sharded:  # each rank keeps its shard of every decoder layer (FSDP2), built on the CPU
+        model, world = world.load_sharded(lambda: build(torch.device("cpu")), release_freed_memory)
+        model.to(device)  # the whole parts (embeddings, norm); FSDP2 put the shards on the rank's device
     else:
-        lora = LoraConfig(
-            r=cfg.lora_r,
-            lora_alpha=cfg.lora_alpha,
-            lora_dropout=cfg.lora_dropout,
-            target_modules=cfg.lora_targets,
-            task_type="CAUSAL_LM",
-        )
-        model = get_peft_model(model, lora)
-    if use_bf16:
-        keep_activations_in_bf16(model)
-    model.train()
+        model = build(device)
+        world.share_parameters([p for p in model.parameters() if p.requires_grad])  # the main rank's initialisation
     params = [p for p in model.parameters() if p.requires_grad]
-    world.share_parameters(params)  # the ranks start from the main rank's initialisation
-    strategy = os.environ.get("SELFTUNE_TRAIN_STRATEGY", "data_parallel")
-    if strategy not in ("data_parallel", "fsdp"):
-        raise InvalidRequest(
-            f"SELFTUNE_TRAIN_STRATEGY={strategy!r}: use data_parallel (the default) or fsdp",
-            code="invalid_configuration",
-        )
-    if strategy == "fsdp":
-        world = world.shard(model)  # each rank keeps its shard of every decoder layer (FSDP2)
-        params = [p for p in model.parameters() if p.requires_grad]
     # Every rank takes part in what needs the whole model: with a sharded one, all of them.
     together = world.main or world.sharded
     optimizer = torch.optim.AdamW(params, lr=hp.learning_rate, weight_decay=0.0)
@@ -282,7 +291,7 @@ def main(cfg: TrainConfig, world: World) -> int:
     )
     if state is not None:
         if world.sharded:
-            world.restore(model, optimizer, state["adapter"], state["optimizer"])
+            world.restore(model, state["adapter"], optimizer, state["optimizer"])
         else:
             set_peft_model_state_dict(model, state["adapter"])
             optimizer.load_state_dict(state["optimizer"])
@@ -307,7 +316,7 @@ def main(cfg: TrainConfig, world: World) -> int:
                     "examples": n_train,
                     "method": cfg.method,
                     "world_size": world.size,
-                    "strategy": "data_parallel" if world.distributed else "single",
+                    "strategy": "fsdp" if world.sharded else "data_parallel" if world.distributed else "single",
                 },
             )
         )

@@ -30,8 +30,15 @@ one-batch step. The plan takes the first of these that fits, fastest first:
    CPUs, but it keeps T x T scores), for examples up to ``EAGER_ATTENTION_MAX_TOKENS``;
 2. SDPA attention;
 3. SDPA with gradient checkpointing (it costs a second forward pass);
-4. a 4-bit base, without then with checkpointing: automatically on CUDA when ``bitsandbytes`` is
+4. on a job with several processes, the same three with the base's decoder layers sharded over the
+   processes (FSDP2: each holds 1/N of every layer and gathers a layer, and the next, while it
+   runs them; the embeddings stay whole); the processes of one machine load the whole model in
+   turns, each keeping only its shard, so that one whole copy at a time is in memory;
+5. a 4-bit base, without then with checkpointing: automatically on CUDA when ``bitsandbytes`` is
    installed, and on any device when the model was registered with ``--qlora`` (then only these).
+
+``SELFTUNE_TRAIN_STRATEGY`` (read by the training process) may ask for 4 always (``fsdp``) or never
+(``data_parallel``) instead of when nothing else fits (``auto``, the default).
 
 A job that fits none of them is refused before training, with the numbers.
 """
@@ -143,6 +150,8 @@ class Plan:
     """``eager`` or ``sdpa``: how the model is loaded."""
     quantized: bool
     """A 4-bit base (QLoRA): the frozen linear weights in NF4, LoRA on top in full precision."""
+    sharded: bool
+    """The decoder layers sharded over the job's processes (FSDP2)."""
     peak: int
     """Predicted peak resident memory of the training process."""
     fits: bool
@@ -153,7 +162,8 @@ class Plan:
     def describe(self) -> str:
         return (
             f"Memory plan: predicted peak {_gb(self.peak)} of a {_gb(self.budget)} budget ({self.budget_source}); "
-            f"weights {_gb(self.weights)}{' (4-bit base, QLoRA)' if self.quantized else ''}, activations "
+            f"weights {_gb(self.weights)}{' (4-bit base, QLoRA)' if self.quantized else ''}"
+            f"{' (decoder layers sharded over the processes, FSDP2)' if self.sharded else ''}, activations "
             f"{self.per_token * 1000 / 2**20:.0f} MB per 1,000 tokens, micro-batches of up to {self.micro_tokens:,} "
             f"tokens, cross-entropy in chunks of {self.ce_chunk:,} positions, {self.attention} attention, "
             f"gradient checkpointing {'on' if self.checkpointing else 'off'}"
@@ -213,6 +223,10 @@ def activation_bytes(shape: ModelShape, width: int, *, eager: bool, checkpointin
 
 Quantize = Literal["never", "auto", "always"]
 """A 4-bit base: never, when nothing else fits (on CUDA with ``bitsandbytes``), or always (``--qlora``)."""
+Shard = Literal["never", "auto", "always"]
+"""Decoder layers sharded over a job's processes: never, when the whole base does not fit, or always."""
+STRATEGIES: dict[str, Shard] = {"auto": "auto", "data_parallel": "never", "fsdp": "always"}
+"""``SELFTUNE_TRAIN_STRATEGY``'s values."""
 
 
 def plan(
@@ -227,35 +241,47 @@ def plan(
     device: str = "cpu",
     quantize: Quantize = "never",
     rows_per_example: int = 1,
+    world: int = 1,
+    local: int = 1,
+    shard: Shard = "auto",
 ) -> Plan:
     """The plan for a job whose longest row has ``longest`` tokens and whose largest batch pads
     to ``batch_tokens``: the first option in the module's order that fits. An example is
     ``rows_per_example`` rows that go through the model together (2 for a DPO pair: the loss needs
-    both log-probabilities). Raises ``InsufficientMemory`` when even one example does not fit."""
+    both log-probabilities). ``world``: the job's processes; ``local``: those of them sharing this
+    machine's budget (``budget_bytes`` is one process's share). Raises ``InsufficientMemory`` when
+    even one example does not fit."""
     bytes_per = 2 if bf16 else 4
     lora_state = lora_parameters * 16  # fp32 weight, gradient and two Adam moments
     ce_chunk = max(16, CE_CHUNK_BYTES // (shape.vocab * 10))
     ce_bytes = min(ce_chunk, batch_tokens) * shape.vocab * 10
     runtime = RUNTIME_BYTES.get(device, RUNTIME_BYTES["cpu"])
     eager_ok = device == "cpu" and longest <= EAGER_ATTENTION_MAX_TOKENS
-    options: list[tuple[bool, bool, bool]] = []  # (4-bit base, eager attention, checkpointing)
-    if quantize != "always":
-        options += [(False, True, False)] if eager_ok else []
-        options += [(False, False, False), (False, False, True)]
+    kinds = [(True, False)] if eager_ok else []  # (eager attention, checkpointing) on a full-precision base
+    kinds += [(False, False), (False, True)]
+    options: list[tuple[bool, bool, bool, bool]] = []  # (4-bit base, sharded, eager attention, checkpointing)
+    if quantize != "always" and (shard != "always" or world == 1):
+        options += [(False, False, eager, ckpt) for eager, ckpt in kinds]
+    if quantize != "always" and shard != "never" and world > 1:
+        options += [(False, True, eager, ckpt) for eager, ckpt in kinds]
     if quantize != "never":
-        options += [(True, False, False), (True, False, True)]
+        options += [(True, False, False, False), (True, False, False, True)]
     need = 0
-    for quantized, eager, checkpointing in options:
-        weights = weight_bytes(shape, bytes_per, quantized)
-        fixed = runtime + weights + lora_state + ce_bytes
+    for quantized, sharded, eager, checkpointing in options:
+        whole = weight_bytes(shape, bytes_per, quantized)
+        weights = sharded_weight_bytes(shape, bytes_per, world) if sharded else whole
+        held = lora_state // (world if sharded else 1)  # LoRA lives in the layers: sharded with them
+        fixed = runtime + weights + held + ce_bytes
         # Loading reads the whole weight file (memory-mapped, so it counts as resident while it is
         # read) beside the weights being built; for a 0.5B model that is the job's peak on a CPU.
         # On CUDA the file is read into host memory, not the GPU's.
-        loading = LOADING_RUNTIME_BYTES + shape.file_bytes + weights if device == "cpu" else 0
+        loading = LOADING_RUNTIME_BYTES + shape.file_bytes + whole if device == "cpu" else 0
+        # Sharded, the machine's processes load in turns: one loads while the others hold their shards.
+        loading_room = budget_bytes * local - (local - 1) * fixed if sharded else budget_bytes
         per_token = activation_bytes(shape, longest, eager=eager, checkpointing=checkpointing, bytes_per=bytes_per)
         example = longest * rows_per_example
         need = max(fixed + example * per_token, loading)
-        room = budget_bytes - fixed if loading <= budget_bytes else 0
+        room = budget_bytes - fixed if loading <= loading_room else 0
         fit = room // per_token if room > 0 else 0
         if fit >= example:
             micro = int(min(fit, max(MICRO_TOKENS_MAX.get(device, 1024), example), max(batch_tokens, example)))
@@ -265,13 +291,14 @@ def plan(
                 budget_bytes,
                 budget_source,
                 weights,
-                lora_state,
+                held,
                 per_token,
                 micro,
                 ce_chunk,
                 checkpointing,
                 attention,
                 quantized,
+                sharded,
                 peak,
                 True,
             )
@@ -293,6 +320,15 @@ def weight_bytes(shape: ModelShape, bytes_per: int, quantized: bool) -> int:
         return shape.parameters * bytes_per
     blocks = shape.parameters - shape.embedding_parameters
     return int(blocks * NF4_BYTES) + shape.embedding_parameters * bytes_per
+
+
+def sharded_weight_bytes(shape: ModelShape, bytes_per: int, world: int) -> int:
+    """One process's frozen weights with the decoder layers sharded over ``world`` processes: the
+    embeddings whole, 1/world of the layers, and two layers gathered whole (the one running and the
+    next, which FSDP2 fetches ahead)."""
+    blocks = (shape.parameters - shape.embedding_parameters) * bytes_per
+    gathered = blocks * min(2, shape.layers) // max(1, shape.layers)
+    return shape.embedding_parameters * bytes_per + blocks // world + gathered
 
 
 def lora_parameters(shape: ModelShape, r: int, targets: list[str]) -> int:
@@ -352,9 +388,11 @@ def plan_job(
     bf16: bool | None = None,
     qlora: bool = False,
     rows_per_example: int = 1,
+    world: int = 1,
+    shard: Shard = "auto",
 ) -> Plan:
     """The plan for a job on the model in ``folder``: what the recipe follows and the estimate shows.
-    ``qlora``: the model's registration asks for a 4-bit base."""
+    ``qlora``: the model's registration asks for a 4-bit base; ``world``: the job's processes."""
     shape = ModelShape.of(folder)
     budget_bytes, budget_source = budget(device)
     problem = qlora_problem(shape, device) if qlora or device == "cuda" else None
@@ -372,20 +410,7 @@ def plan_job(
         device=device,
         quantize=quantize,
         rows_per_example=rows_per_example,
+        world=world,
+        local=int(os.environ.get("LOCAL_WORLD_SIZE", "1")) if device == "cpu" else 1,
+        shard=shard,
     )
-
-
-def micro_batches(lengths: list[int], micro_tokens: int) -> list[list[int]]:
-    """Split a batch (row lengths, in order) into runs of rows whose padded size fits ``micro_tokens``."""
-    out: list[list[int]] = []
-    current: list[int] = []
-    width = 0
-    for i, n in enumerate(lengths):
-        if current and max(width, n) * (len(current) + 1) > micro_tokens:
-            out.append(current)
-            current, width = [], 0
-        current.append(i)
-        width = max(width, n)
-    if current:
-        out.append(current)
-    return out

@@ -24,7 +24,6 @@ from typing import Any, Protocol
 import torch
 
 from selftune.data.render import IGNORE
-from selftune.train.memory import micro_batches
 
 Rows = list[tuple[list[int], list[int]]]
 
@@ -287,3 +286,19 @@ def evaluate(
             total_n += n
     model.train()
     return total_loss / max(1, total_n), total_correct / max(1, total_n)
+
+
+def micro_batches(lengths: list[int], micro_tokens: int) -> list[list[int]]:
+    """Split a batch (row lengths, in order) into runs of rows whose padded size fits ``micro_tokens``."""
+    out: list[list[int]] = []
+    current: list[int] = []
+    width = 0
+    for i, n in enumerate(lengths):
+        if current and max(width, n) * (len(current) + 1) > micro_tokens:
+            out.append(current)
+            current, width = [], 0
+        current.append(i)
+        width = max(width, n)
+    if current:
+        out.append(current)
+    return out
