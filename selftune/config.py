@@ -145,6 +145,9 @@ class Settings(BaseSettings):
     worker_address: str = ""
     """Where the other machines of its group reach this worker (empty: its host name)."""
 
+    python_grader_timeout: float = Field(default=120.0, gt=0)
+    """Wall-clock seconds a python grader may run (OpenAI's limit: 2 minutes)."""
+
     sweep_seconds: float = Field(default=60.0, gt=0)
     """How often a server deletes what has outlived its time (``selftune.sweeper``)."""
 

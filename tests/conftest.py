@@ -83,8 +83,14 @@ def start_server(home: Path, tiny_model_dir: Path, **env: str) -> LiveServer:
 
 @pytest.fixture(scope="session")
 def server(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> Iterator[LiveServer]:
-    """Local mode (no keys), default model = the tiny model, a 2 GiB upload limit."""
-    srv = start_server(tmp_path_factory.mktemp("home-local"), tiny_model_dir, SELFTUNE_MAX_UPLOAD_BYTES=str(2**31))
+    """Local mode (no keys), default model = the tiny model, a 2 GiB upload limit, python graders
+    stopped after 5 s (test_graders.py's endless loop)."""
+    srv = start_server(
+        tmp_path_factory.mktemp("home-local"),
+        tiny_model_dir,
+        SELFTUNE_MAX_UPLOAD_BYTES=str(2**31),
+        SELFTUNE_PYTHON_GRADER_TIMEOUT="5",
+    )
     yield srv
     srv.stop()
 

@@ -41,6 +41,7 @@ from selftune.server import (
     exports,
     files,
     fine_tuning,
+    graders,
     models,
     responses,
     uploads,
@@ -92,7 +93,8 @@ def create_app(settings: Settings) -> FastAPI:
     app.add_middleware(_PathAndRequestId)
 
     api = APIRouter(prefix="/v1", dependencies=[Depends(get_owner)], responses=ERROR_RESPONSES)
-    for module in (files, uploads, models, chat, completions, responses, batches, fine_tuning, exports, workers):
+    routes = (files, uploads, models, chat, completions, responses, batches, fine_tuning, graders, exports, workers)
+    for module in routes:
         api.include_router(module.router)
     app.include_router(api)
 

@@ -37,6 +37,8 @@ CHECKED = [
     "ListModelsResponse",
     "ListPaginatedFineTuningJobsResponse",
     "Model",
+    "RunGraderResponse",
+    "ValidateGraderResponse",
     "OpenAIFile",
     "Response",
     "ResponseItemList",

@@ -1,0 +1,81 @@
+"""Validation of a grader before it runs: what ``/graders/validate`` answers, and what eval creation
+and reinforcement jobs check. Each problem is an ``InvalidRequest`` naming the field, e.g.
+``grader.graders.exact.reference``: a template naming a field outside ``item``/``sample``, a formula
+that does not parse or names an unknown grader, source that is not valid Python, labels that do not
+hold the passing labels, a judge model that does not exist.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from selftune.errors import InvalidRequest
+from selftune.graders import formula, template
+from selftune.graders.python_grader import MAX_SOURCE_BYTES
+from selftune.schemas.graders import GraderMessage, LabelModelGrader, MultiGrader, PythonGrader, ScoreModelGrader
+
+TEXT_PARTS = ("input_text", "output_text")
+
+
+def check(grader: Any, model_exists: Callable[[str], bool], where: str = "grader") -> None:
+    """Raise ``InvalidRequest`` for the first problem of ``grader`` (a ``schemas.graders`` model)."""
+    if isinstance(grader, MultiGrader):
+        named = grader.named()
+        keyed = isinstance(grader.graders, dict)
+        for key, sub in named.items():
+            check(sub, model_exists, f"{where}.graders.{key}" if keyed else f"{where}.graders")
+        try:
+            formula.parse(grader.calculate_output, set(named))
+        except formula.FormulaError as e:
+            raise _invalid(f"{where}.calculate_output", str(e)) from None
+        return
+    for field in ("input", "reference"):
+        if isinstance(getattr(grader, field, None), str):
+            _template(getattr(grader, field), f"{where}.{field}")
+    if isinstance(grader, ScoreModelGrader | LabelModelGrader):
+        for i, message in enumerate(grader.input):
+            for text in message_texts(message, f"{where}.input.{i}"):
+                _template(text, f"{where}.input.{i}.content")
+        if not model_exists(grader.model):
+            raise _invalid(f"{where}.model", f"the model {grader.model!r} does not exist here (see GET /v1/models)")
+    if isinstance(grader, ScoreModelGrader) and grader.range and not grader.range[0] < grader.range[1]:
+        raise _invalid(f"{where}.range", f"{grader.range} is not a range: give [low, high] with low < high")
+    if isinstance(grader, LabelModelGrader) and not set(grader.passing_labels) <= set(grader.labels):
+        extra = sorted(set(grader.passing_labels) - set(grader.labels))
+        raise _invalid(f"{where}.passing_labels", f"{extra} are not among the labels {grader.labels}")
+    if isinstance(grader, PythonGrader):
+        size = len(grader.source.encode())
+        if size > MAX_SOURCE_BYTES:
+            raise _invalid(f"{where}.source", f"the source is {size:,} bytes; at most {MAX_SOURCE_BYTES:,}")
+        try:
+            compile(grader.source, "grader.py", "exec")  # parsed, not run
+        except SyntaxError as e:
+            raise _invalid(f"{where}.source", f"not valid Python: {e.msg} (line {e.lineno})") from None
+        if "def grade" not in grader.source:
+            raise _invalid(f"{where}.source", "the source must define grade(sample, item) -> float")
+
+
+def message_texts(message: GraderMessage, where: str) -> list[str]:
+    """The text of a grader message's content; images and audio are refused (selftune's judges read text)."""
+    parts = message.content if isinstance(message.content, list) else [message.content]
+    texts = []
+    for part in parts:
+        if isinstance(part, str):
+            texts.append(part)
+        elif part.type in TEXT_PARTS and part.text is not None:
+            texts.append(part.text)
+        else:
+            raise _invalid(f"{where}.content", f"{part.type} content is not supported: selftune's judges read text")
+    return texts
+
+
+def _template(text: str, where: str) -> None:
+    try:
+        template.check(text)
+    except template.TemplateError as e:
+        raise _invalid(where, str(e)) from None
+
+
+def _invalid(param: str, message: str) -> InvalidRequest:
+    return InvalidRequest(f"Invalid grader: {param}: {message}", param=param, code="invalid_grader")

@@ -1,0 +1,91 @@
+"""``python`` graders: untrusted source run in a separate, isolated process (``graders.sandbox``).
+
+Isolation (Linux user namespaces, through util-linux's ``unshare``, no root needed):
+
+- **network**: a network namespace of its own, with no interface up (not even loopback): every
+  connection fails with "Network is unreachable", to the internet, this server and its database;
+- **files**: the selftune home (every owner's files, models, the database) is covered by an empty
+  tmpfs that the grader cannot unmount; its working directory, ``HOME`` and ``TMPDIR`` are a fresh
+  temporary folder, removed afterwards; the environment holds nothing of the server's (no keys);
+- **limits**: 2 GB of address space, 2 minutes of CPU, 1 GB per file written, no core files, and
+  ``SELFTUNE_PYTHON_GRADER_TIMEOUT`` seconds of wall time (default 120, OpenAI's limit), after which
+  its whole process group is killed.
+
+What it can still reach: files outside the selftune home that the server's user may read (the
+Python installation, system files) and write (with the per-file limit), and the CPU and memory of
+this machine within those limits. It runs as the server's user, mapped to root inside its own user
+namespace, which gives it no rights outside it. Where user namespaces are unavailable, python
+graders are refused (``python_grader_server_error``), never run unisolated.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+SANDBOX = Path(__file__).with_name("sandbox.py")
+MAX_SOURCE_BYTES = 256 * 1024
+"""OpenAI's limit on a python grader's source."""
+
+
+@dataclass
+class PythonOutcome:
+    reward: float = 0.0
+    runtime_error: str | None = None
+    """The grader's own failure (an exception, a non-number, past the time limit), with details."""
+    server_error: str | None = None
+    """Why the sandbox could not run it."""
+
+
+def run(
+    source: str, sample: dict[str, Any], item: dict[str, Any], *, timeout: float, hidden: list[Path]
+) -> PythonOutcome:
+    unshare = shutil.which("unshare")
+    if unshare is None:
+        return PythonOutcome(server_error="sandbox_unavailable: util-linux's unshare is not installed")
+    with tempfile.TemporaryDirectory(prefix="selftune-grader-") as work:
+        command = [unshare, "--user", "--map-root-user", "--net", "--mount", "--"]
+        command += [sys.executable, "-I", str(SANDBOX), work, *(str(h.resolve()) for h in hidden)]
+        env = {"PATH": os.defpath, "HOME": work, "TMPDIR": work, "LANG": "C.UTF-8"}
+        proc = subprocess.Popen(
+            command,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            cwd=work,
+            env=env,
+            start_new_session=True,
+        )
+        job = json.dumps({"source": source, "sample": sample, "item": item}).encode()
+        try:
+            _, err = proc.communicate(job, timeout=timeout)
+        except subprocess.TimeoutExpired:
+            return PythonOutcome(runtime_error=f"the grader was stopped after {timeout:g} s (the time limit)")
+        finally:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(proc.pid, signal.SIGKILL)  # and whatever it started
+            proc.wait()
+        result = Path(work) / "result.json"
+        if proc.returncode == 70 or (proc.returncode != 0 and not result.exists()):
+            reason = err.decode(errors="replace").strip()[-500:] or f"exit status {proc.returncode}"
+            if proc.returncode < 0:
+                return PythonOutcome(runtime_error=f"the grader was killed by signal {-proc.returncode}")
+            return PythonOutcome(server_error=f"sandbox_unavailable: {reason}")
+        try:
+            with result.open("rb") as f:
+                got = json.loads(f.read(1_000_000))
+        except (OSError, ValueError):
+            return PythonOutcome(runtime_error="the grader ended without a result (did it exit?)")
+    if isinstance(got, dict) and isinstance(got.get("reward"), float):
+        return PythonOutcome(reward=got["reward"])
+    error = got.get("error") if isinstance(got, dict) else None
+    return PythonOutcome(runtime_error=str(error or "the grader wrote no reward"))
