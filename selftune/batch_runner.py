@@ -1,8 +1,9 @@
 """Runs batches in the background of a server: validate, answer every line, write the files.
 
-Each server's runner claims one batch at a time, oldest first (``selftune.claims``: a lease on the
-database's clock that a thread renews), so N servers on one database answer each batch once, and a
-batch whose server died is taken over by another once its lease lapses. At most
+Each server's runner claims one batch at a time, oldest first (``background.ObjectRunner``, with
+``selftune.claims``: a lease on the database's clock that a thread renews), so N servers on one
+database answer each batch once, and a batch whose server died is taken over by another once its
+lease lapses. At most
 ``SELFTUNE_BATCH_CONCURRENCY`` of its lines are in the engine at once, so interactive requests
 always find room in the engine's batch beside them. Each line goes through the serving layer's
 function for its endpoint (``chat``, ``complete``, ``respond``), the routes' own, with the batch
@@ -37,10 +38,9 @@ from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
-from sqlalchemy.exc import DBAPIError
 
+from selftune.background import ObjectRunner
 from selftune.batch_files import append, check_line, encode, progress, read_lines, result_line
-from selftune.claims import LeaseKeeper, holder_id
 from selftune.errors import InvalidRequest, InvalidStatus, RateLimited, SelftuneError, internal_error
 from selftune.faults import crash_point
 from selftune.files import register_result
@@ -51,7 +51,6 @@ from selftune.schemas.common import invalid_request
 from selftune.schemas.completions import CompletionRequest
 from selftune.schemas.responses import ResponseCreateRequest, ResponseUsage
 from selftune.services import Services
-from selftune.serving.admission import BACKGROUND
 from selftune.serving.bridge import Stream
 from selftune.serving.chat import chat
 from selftune.serving.completions import complete
@@ -60,7 +59,6 @@ from selftune.statuses import BATCHES, BatchAction, BatchStatus
 
 log = logging.getLogger("selftune.batches")
 
-POLL_S = 0.5
 SHARE_S = 5.0
 """With a remote store: how often a batch's progress files go there, so that a server taking the
 batch over (its holder died) asks again only the lines answered in the last few seconds."""
@@ -69,16 +67,16 @@ RETRY_S = 1.0
 MAX_REPORTED_ERRORS = 100
 
 
-class BatchRunner:
+class BatchRunner(ObjectRunner):
+    kind = "batch"
+    machine = BATCHES
+    log = log
+
     def __init__(self, services: Services) -> None:
-        self.services = services
+        super().__init__(services)
         self.batches = services.batches
         self.root = services.settings.home / "batches"
         self.concurrency = services.settings.batch_concurrency
-        self.holder = holder_id()
-        self.lease_seconds = services.settings.lease_seconds
-        self.leases = LeaseKeeper(services.store.claims, "objects", self.holder, self.lease_seconds)
-        self.task: asyncio.Task[None] | None = None
         self._shared: dict[str, float] = {}
         """When each batch's progress last went to the store."""
 
@@ -104,49 +102,8 @@ class BatchRunner:
             if path.exists():
                 storage.put(f"batches/{batch_id}/{path.name}", path)
 
-    def start(self) -> None:
-        self.leases.start()
-        self.task = asyncio.get_running_loop().create_task(self._loop())
-
-    async def stop(self) -> None:
-        """Answers in flight are dropped unwritten; whoever takes the batch next asks them again."""
-        if self.task is not None:
-            self.task.cancel()
-            with suppress(asyncio.CancelledError):
-                await self.task
-        self.leases.stop()
-
-    async def _loop(self) -> None:
-        BACKGROUND.set(True)  # this task's lines (and the tasks it starts) yield to interactive requests
-        claims = self.services.store.claims
-        while True:
-            claimed = None
-            try:
-                await asyncio.to_thread(claims.release_dead, "batch", BATCHES.claimed, self.holder)
-                claimed = await asyncio.to_thread(
-                    claims.claim_object, "batch", BATCHES.claimed, self.holder, self.lease_seconds
-                )
-                if claimed is not None:
-                    log.info("batch %s claimed by %s", claimed.id, self.holder)
-                    self.leases.hold(claimed.id)
-                    await self._advance(claimed.owner, Batch.model_validate(claimed.data))
-            except asyncio.CancelledError:
-                raise
-            except InvalidStatus as e:  # cancelled (say) while it was being validated: the next claim goes on
-                log.info("batch %s moved meanwhile: %s", claimed.id if claimed else "?", e.message)
-            except DBAPIError:  # the database is away for a moment: the batch is taken again next time
-                log.exception("batch runner: database error")
-            except Exception as e:  # this batch cannot be processed: it fails with the reason, the next one runs
-                if claimed is not None:
-                    await asyncio.to_thread(self._give_up, claimed.id, e)
-                else:
-                    log.exception("batch runner error")
-            finally:
-                if claimed is not None:  # finished (its last move let it go), or to be taken again
-                    self.leases.drop(claimed.id)
-                    await asyncio.to_thread(claims.release, "objects", self.holder, claimed.id)
-            if claimed is None:
-                await asyncio.sleep(POLL_S)
+    async def work(self, owner: str, data: dict[str, Any]) -> None:
+        await self._advance(owner, Batch.model_validate(data))
 
     async def _advance(self, owner: str, batch: Batch) -> None:
         """The batch's next steps from where it is; the file and database work runs off the event loop."""
@@ -159,7 +116,7 @@ class BatchRunner:
         elif batch.status == BatchStatus.CANCELLING:
             await asyncio.to_thread(self._finish, owner, batch, BatchAction.STOPPED)
 
-    def _give_up(self, batch_id: str, error: Exception) -> None:
+    def give_up(self, batch_id: str, error: Exception) -> None:
         """A batch that raised what the runner does not expect fails, naming the error (the log has it
         whole, under the same id), instead of being tried again forever before every later batch."""
         message = internal_error(error, log, f"batch {batch_id} failed").message

@@ -1,5 +1,5 @@
-"""The one pattern every long-running object follows: jobs, batches, uploads, exports (and, later,
-evaluation runs).
+"""The one pattern every long-running object follows: jobs, batches, uploads, exports and eval
+runs.
 
 Each kind of object has
 
@@ -187,8 +187,24 @@ class Objects(Generic[T]):
         rec = self.store.get(self.kind, None, object_id, self.what)
         return Owned(rec.owner, self._load(rec))
 
-    def page(self, owner: str, *, limit: int, after: str | None) -> tuple[list[T], bool]:
-        recs, more = self.store.page(self.kind, owner, limit=limit, after=after)
+    def page(self, owner: str, *, limit: int, after: str | None, oldest_first: bool = False) -> tuple[list[T], bool]:
+        recs, more = self.store.page(self.kind, owner, limit=limit, after=after, oldest_first=oldest_first)
+        return [self._load(r) for r in recs], more
+
+    def children(
+        self,
+        owner: str | None,
+        prefix: str,
+        *,
+        limit: int,
+        after: str | None,
+        newest_first: bool,
+        status: str | None = None,
+    ) -> tuple[list[T], bool]:
+        """One page of the objects whose ids start with ``prefix`` (``ObjectStore.children``)."""
+        recs, more = self.store.children(
+            self.kind, owner, prefix, limit=limit, after=after, newest_first=newest_first, status=status
+        )
         return [self._load(r) for r in recs], more
 
     def in_status(self, *statuses: StrEnum) -> list[Owned[T]]:

@@ -38,17 +38,46 @@ class ObjectStore:
         return record(ObjectRecord, row)
 
     def page(
-        self, kind: str, owner: str, *, limit: int = 20, after: str | None = None
+        self, kind: str, owner: str, *, limit: int = 20, after: str | None = None, oldest_first: bool = False
     ) -> tuple[list[ObjectRecord], bool]:
-        """One page of an owner's objects of a kind, newest first; ``after`` is an id cursor."""
+        """One page of an owner's objects of a kind, newest (or oldest) first; ``after`` is an id cursor."""
         with self.engine.begin() as c:
             q = select(objects).where(objects.c.kind == kind, objects.c.owner == owner, ~objects.c.deleted)
             if after:
                 seq = c.execute(select(objects.c.seq).where(objects.c.id == after, objects.c.owner == owner)).scalar()
                 if seq is None:
                     raise InvalidRequest(f"Unknown cursor: no {kind} {after!r} to list after", param="after")
-                q = q.where(objects.c.seq < seq)
-            rows = c.execute(q.order_by(objects.c.seq.desc()).limit(limit + 1)).all()
+                q = q.where(objects.c.seq > seq if oldest_first else objects.c.seq < seq)
+            order = objects.c.seq if oldest_first else objects.c.seq.desc()
+            rows = c.execute(q.order_by(order).limit(limit + 1)).all()
+        return [record(ObjectRecord, r) for r in rows[:limit]], len(rows) > limit
+
+    def children(
+        self,
+        kind: str,
+        owner: str | None,
+        prefix: str,
+        *,
+        limit: int,
+        after: str | None,
+        newest_first: bool,
+        status: str | None = None,
+    ) -> tuple[list[ObjectRecord], bool]:
+        """One page of the objects of a kind whose ids start with ``prefix`` (an eval's runs, a run's
+        output items: their ids hold their parent's, then their order), in id order, optionally in
+        one status; ``after`` is an id cursor."""
+        with self.engine.begin() as c:
+            q = select(objects).where(
+                objects.c.kind == kind, objects.c.id.startswith(prefix, autoescape=True), ~objects.c.deleted
+            )
+            if owner is not None:
+                q = q.where(objects.c.owner == owner)
+            if status is not None:
+                q = q.where(objects.c.status == status)
+            if after:
+                q = q.where(objects.c.id < after if newest_first else objects.c.id > after)
+            order = objects.c.id.desc() if newest_first else objects.c.id
+            rows = c.execute(q.order_by(order).limit(limit + 1)).all()
         return [record(ObjectRecord, r) for r in rows[:limit]], len(rows) > limit
 
     def in_status(self, kind: str, *statuses: str) -> list[ObjectRecord]:

@@ -27,6 +27,7 @@ from selftune.storage import Storage, open_storage
 from selftune.store import Store
 
 if TYPE_CHECKING:
+    from selftune.evals.service import Evals
     from selftune.export.service import Exports
     from selftune.inference.engine import Engine
     from selftune.serving.admission import Admission
@@ -79,6 +80,12 @@ class Services(Core):
     engine: Engine
     exports: Exports
     admission: Admission
+
+    @cached_property
+    def evals(self) -> Evals:
+        from selftune.evals.service import Evals
+
+        return Evals(self.store, self.blobs, self.catalog)
 
     def close(self) -> None:
         self.exports.close()

@@ -202,6 +202,41 @@ EXPORTS: Machine[ExportStatus, ExportAction] = Machine(
 )
 
 
+class EvalRunStatus(StrEnum):
+    QUEUED = "queued"
+    IN_PROGRESS = "in_progress"
+    COMPLETED = "completed"
+    CANCELED = "canceled"
+    FAILED = "failed"
+
+
+class EvalRunAction(StrEnum):
+    START = "start"  # runner: claimed, items being sampled and graded
+    COMPLETE = "complete"  # runner: every item has its output item
+    CANCEL = "cancel"  # client: POST /evals/{eval_id}/runs/{run_id}
+    FAIL = "fail"  # runner: the data cannot be read, or what nothing expects
+
+
+EVAL_RUNS: Machine[EvalRunStatus, EvalRunAction] = Machine(
+    "run",
+    "runs",
+    "run_id",
+    EvalRunStatus,
+    EvalRunAction,
+    (
+        Transition(EvalRunStatus.QUEUED, EvalRunAction.START, EvalRunStatus.IN_PROGRESS),
+        Transition(EvalRunStatus.IN_PROGRESS, EvalRunAction.COMPLETE, EvalRunStatus.COMPLETED),
+        Transition(EvalRunStatus.QUEUED, EvalRunAction.CANCEL, EvalRunStatus.CANCELED),
+        Transition(EvalRunStatus.IN_PROGRESS, EvalRunAction.CANCEL, EvalRunStatus.CANCELED),
+        Transition(EvalRunStatus.QUEUED, EvalRunAction.FAIL, EvalRunStatus.FAILED),
+        Transition(EvalRunStatus.IN_PROGRESS, EvalRunAction.FAIL, EvalRunStatus.FAILED),
+    ),
+    terminal=(EvalRunStatus.COMPLETED, EvalRunStatus.CANCELED, EvalRunStatus.FAILED),
+    claimed=(EvalRunStatus.QUEUED, EvalRunStatus.IN_PROGRESS),
+    past={EvalRunAction.CANCEL: "canceled"},
+)
+
+
 class ResponseStatus(StrEnum):
     """A response's status (a response has no background life: it is stored finished)."""
 
@@ -219,5 +254,5 @@ class ItemStatus(StrEnum):
     INCOMPLETE = "incomplete"
 
 
-MACHINES: dict[str, Machine[Any, Any]] = {m.name: m for m in (JOBS, BATCHES, UPLOADS, EXPORTS)}
+MACHINES: dict[str, Machine[Any, Any]] = {m.name: m for m in (JOBS, BATCHES, UPLOADS, EXPORTS, EVAL_RUNS)}
 """By object name: what ``/statuses.js`` serves the dashboard."""

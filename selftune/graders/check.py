@@ -8,12 +8,15 @@ hold the passing labels, a judge model that does not exist.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from selftune.errors import InvalidRequest
+from selftune.errors import InvalidRequest, NotFound
 from selftune.graders import formula, template
 from selftune.graders.python_grader import MAX_SOURCE_BYTES
 from selftune.schemas.graders import GraderMessage, LabelModelGrader, MultiGrader, PythonGrader, ScoreModelGrader
+
+if TYPE_CHECKING:
+    from selftune.catalog import Catalog
 
 TEXT_PARTS = ("input_text", "output_text")
 
@@ -54,6 +57,19 @@ def check(grader: Any, model_exists: Callable[[str], bool], where: str = "grader
             raise _invalid(f"{where}.source", f"not valid Python: {e.msg} (line {e.lineno})") from None
         if "def grade" not in grader.source:
             raise _invalid(f"{where}.source", "the source must define grade(sample, item) -> float")
+
+
+def served(catalog: Catalog, owner: str) -> Callable[[str], bool]:
+    """Whether ``owner`` can call a model (a judge, an eval run's model), by the catalog's resolution."""
+
+    def exists(model: str) -> bool:
+        try:
+            catalog.resolve(model, owner, fetch=False)
+        except NotFound:
+            return False
+        return True
+
+    return exists
 
 
 def message_texts(message: GraderMessage, where: str) -> list[str]:

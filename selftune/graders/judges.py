@@ -57,16 +57,3 @@ def context(services: Services, owner: str) -> Context:
     if (settings.storage_url or "").startswith("file:"):  # a shared folder: every owner's files
         hidden.append(Path(urlparse(settings.storage_url or "").path))
     return Context(judge_for(services, owner), settings.python_grader_timeout, hidden)
-
-
-def model_exists(services: Services, owner: str) -> Any:
-    from selftune.errors import NotFound
-
-    def exists(model: str) -> bool:
-        try:
-            services.catalog.resolve(model, owner, fetch=False)
-        except NotFound:
-            return False
-        return True
-
-    return exists

@@ -31,6 +31,7 @@ from selftune import __version__
 from selftune.batch_runner import BatchRunner
 from selftune.config import Settings
 from selftune.errors import InvalidRequest, NotFound, SelftuneError, internal_error
+from selftune.evals.runner import EvalRunner
 from selftune.export.runner import ExportRunner
 from selftune.ids import random_id
 from selftune.schemas.common import ERROR_RESPONSES, invalid_request
@@ -38,6 +39,7 @@ from selftune.server import (
     batches,
     chat,
     completions,
+    evals,
     exports,
     files,
     fine_tuning,
@@ -65,6 +67,7 @@ def create_app(settings: Settings) -> FastAPI:
         app.state.services = services
         worker = Worker(services) if settings.worker else None
         runner = BatchRunner(services)
+        eval_runner = EvalRunner(services)
         export_runner = ExportRunner(services.exports)
         sweeper: asyncio.Task[None] | None = None
         try:
@@ -75,6 +78,7 @@ def create_app(settings: Settings) -> FastAPI:
             if worker is not None:
                 worker.start()
             runner.start()
+            eval_runner.start()
             export_runner.start()
             sweeper = asyncio.get_running_loop().create_task(_sweep(Sweeper(services), settings.sweep_seconds))
             yield
@@ -82,6 +86,7 @@ def create_app(settings: Settings) -> FastAPI:
             if sweeper is not None:
                 sweeper.cancel()
             await runner.stop()
+            await eval_runner.stop()
             await asyncio.to_thread(export_runner.stop)
             if worker is not None:
                 # Lets running jobs save their state (up to SHUTDOWN_GRACE_SECONDS) and requeues them.
@@ -93,8 +98,8 @@ def create_app(settings: Settings) -> FastAPI:
     app.add_middleware(_PathAndRequestId)
 
     api = APIRouter(prefix="/v1", dependencies=[Depends(get_owner)], responses=ERROR_RESPONSES)
-    routes = (files, uploads, models, chat, completions, responses, batches, fine_tuning, graders, exports, workers)
-    for module in routes:
+    resources = [files, uploads, models, chat, completions, responses, batches, fine_tuning, graders, evals, exports]
+    for module in [*resources, workers]:
         api.include_router(module.router)
     app.include_router(api)
 
