@@ -18,7 +18,7 @@ from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
-from bench import cluster, distributed, dpo_quality, hostile
+from bench import cluster, distributed, dpo_quality, graders, hostile
 from bench.inference import transformers_loop
 from bench.serving import latency_while_training, llamacpp_alone, through_server
 from selftune.catalog import default_spec
@@ -398,6 +398,8 @@ def run(work: Path, quick: bool = False) -> dict[str, Any]:
     r["dpo"] = dpo_quality.run(work / "dpo", base_dir)
     log("one job on two processes against one (torchrun, gloo)")
     r["distributed"] = distributed.run(work / "distributed", base_dir, data["train"])
+    log("graders: what one sample costs, for each type")
+    r["graders"] = graders.run(home)
     log("many machines: two workers against one, a fresh server's first answer, the S3 store's cost")
     r["cluster"] = cluster.run(work / "cluster")
     log("a hostile client: a 300 MB body, chat during a 100 MB batch, fuzzing")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import statistics
 from typing import Any
 
-from bench import cluster, distributed, dpo_quality, hostile, met
+from bench import cluster, distributed, dpo_quality, graders, hostile, met
 from bench.measure import (
     BATCH_SIZE,
     DEFAULTS_EXAMPLES,
@@ -186,6 +186,7 @@ def report(r: dict[str, Any], command: str) -> str:
         *(["## DPO: the form learned, the content kept", "", *dpo_rows, ""] if dpo_rows else []),
         *(["## Many machines", "", *cluster_rows, ""] if cluster_rows else []),
         *(["## One job on many processes", "", *distributed_rows, ""] if distributed_rows else []),
+        *(["## Graders", "", *graders.rows(r["graders"]), ""] if "graders" in r else []),
         "## Scaling",
         "",
         "| examples | tokens | training loop | seconds per 1,000 tokens | job wall time |",

@@ -142,8 +142,12 @@ class EvalRunner(ObjectRunner):
         criteria: dict[str, CriterionResult] = {}
         usage: dict[str, ModelUsage] = {}
         for item in items:
-            key = {"pass": "passed", "fail": "failed", "error": "errored"}[item.status]
-            setattr(counts, key, getattr(counts, key) + 1)
+            if item.status == ItemStatus.PASS:
+                counts.passed += 1
+            elif item.status == ItemStatus.FAIL:
+                counts.failed += 1
+            else:
+                counts.errored += 1
             for r in item.results:
                 c = criteria.setdefault(r.name, CriterionResult(testing_criteria=r.name))
                 c.passed += r.passed
