@@ -30,7 +30,7 @@ from selftune.errors import SelftuneError, internal_error
 from selftune.evals.service import Evals, item_prefix
 from selftune.graders import template
 from selftune.graders.judges import context
-from selftune.graders.run import Context, Graded, grade
+from selftune.graders.run import Context, Graded, grade, render_messages
 from selftune.ids import now
 from selftune.schemas.chat import ChatCompletion, ChatCompletionRequest
 from selftune.schemas.evals import (
@@ -232,9 +232,7 @@ class EvalRunner(ObjectRunner):
             if isinstance(messages, str):
                 messages = [{"role": "user", "content": messages}]
         else:
-            messages = [
-                {"role": m.role, "content": _render_content(m.content, ns)} for m in source.input_messages.template
-            ]
+            messages = render_messages(source.input_messages.template, ns)
         p = source.sampling_params
         max_tokens = (p.max_completion_tokens or p.max_completions_tokens) if p else None
         fields = {
@@ -288,16 +286,6 @@ def _wire_sample(**values: Any) -> dict[str, Any]:
         "seed": 0,
         **values,
     }
-
-
-def _render_content(content: Any, ns: dict[str, Any]) -> Any:
-    if isinstance(content, str):
-        return template.render(content, ns)
-    if isinstance(content, dict) and isinstance(content.get("text"), str):
-        return template.render(content["text"], ns)
-    if isinstance(content, list):
-        return "\n".join(str(_render_content(part, ns)) for part in content)
-    raise template.TemplateError(f"message content {content!r} is not text")
 
 
 def _threshold(grader: Any) -> float:

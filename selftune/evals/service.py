@@ -14,7 +14,7 @@ import jsonschema
 from selftune import safejson
 from selftune.errors import InvalidRequest
 from selftune.graders import template
-from selftune.graders.check import check, served
+from selftune.graders.check import check, check_messages, served
 from selftune.ids import now, random_id
 from selftune.lifecycle import Objects
 from selftune.schemas.evals import (
@@ -25,6 +25,7 @@ from selftune.schemas.evals import (
     EvalRun,
     FileContentSource,
     OutputItem,
+    TemplateInput,
 )
 from selftune.statuses import EVAL_RUNS, EvalRunStatus
 
@@ -97,15 +98,9 @@ class Evals:
                     f"The model {source.model!r} does not exist here (see GET /v1/models)", param="data_source.model"
                 )
             model = source.model
-            for i, message in enumerate(
-                source.input_messages.template
-                if source.input_messages and source.input_messages.type == "template"
-                else []
-            ):
-                try:
-                    template.check(message.content if isinstance(message.content, str) else str(message.content))
-                except template.TemplateError as e:
-                    raise InvalidRequest(str(e), param=f"data_source.input_messages.template.{i}.content") from None
+            if isinstance(source.input_messages, TemplateInput):
+                where = "data_source.input_messages.template"
+                check_messages(source.input_messages.template, where, "invalid_request")
         item_schema = ev.data_source_config["schema"]["properties"]["item"]
         validator = jsonschema.Draft202012Validator(item_schema)
         count = 0

@@ -7,7 +7,7 @@ hold the passing labels, a judge model that does not exist.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from selftune.errors import InvalidRequest, NotFound
@@ -37,9 +37,7 @@ def check(grader: Any, model_exists: Callable[[str], bool], where: str = "grader
         if isinstance(getattr(grader, field, None), str):
             _template(getattr(grader, field), f"{where}.{field}")
     if isinstance(grader, ScoreModelGrader | LabelModelGrader):
-        for i, message in enumerate(grader.input):
-            for text in message_texts(message, f"{where}.input.{i}"):
-                _template(text, f"{where}.input.{i}.content")
+        check_messages(grader.input, f"{where}.input")
         if not model_exists(grader.model):
             raise _invalid(f"{where}.model", f"the model {grader.model!r} does not exist here (see GET /v1/models)")
     if isinstance(grader, ScoreModelGrader) and grader.range and not grader.range[0] < grader.range[1]:
@@ -72,7 +70,14 @@ def served(catalog: Catalog, owner: str) -> Callable[[str], bool]:
     return exists
 
 
-def message_texts(message: GraderMessage, where: str) -> list[str]:
+def check_messages(messages: Sequence[GraderMessage], where: str, code: str = "invalid_grader") -> None:
+    """Every message is text (images and audio are refused) whose templates name only item and sample."""
+    for i, message in enumerate(messages):
+        for text in message_texts(message, f"{where}.{i}", code):
+            _template(text, f"{where}.{i}.content", code)
+
+
+def message_texts(message: GraderMessage, where: str, code: str = "invalid_grader") -> list[str]:
     """The text of a grader message's content; images and audio are refused (selftune's judges read text)."""
     parts = message.content if isinstance(message.content, list) else [message.content]
     texts = []
@@ -82,16 +87,18 @@ def message_texts(message: GraderMessage, where: str) -> list[str]:
         elif part.type in TEXT_PARTS and part.text is not None:
             texts.append(part.text)
         else:
-            raise _invalid(f"{where}.content", f"{part.type} content is not supported: selftune's judges read text")
+            raise _invalid(
+                f"{where}.content", f"{part.type} content is not supported: selftune's models read text", code
+            )
     return texts
 
 
-def _template(text: str, where: str) -> None:
+def _template(text: str, where: str, code: str = "invalid_grader") -> None:
     try:
         template.check(text)
     except template.TemplateError as e:
-        raise _invalid(where, str(e)) from None
+        raise _invalid(where, str(e), code) from None
 
 
-def _invalid(param: str, message: str) -> InvalidRequest:
-    return InvalidRequest(f"Invalid grader: {param}: {message}", param=param, code="invalid_grader")
+def _invalid(param: str, message: str, code: str = "invalid_grader") -> InvalidRequest:
+    return InvalidRequest(f"Invalid {param}: {message}", param=param, code=code)

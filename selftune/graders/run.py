@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,6 +23,7 @@ from selftune.graders.check import message_texts
 from selftune.graders.similarity import METRICS, MetricUnavailable
 from selftune.schemas.graders import (
     GraderErrors,
+    GraderMessage,
     LabelModelGrader,
     MultiGrader,
     PythonGrader,
@@ -147,10 +148,7 @@ async def _score(grader: Any, ns: dict[str, Any], ctx: Context, out: Graded) -> 
 
 
 async def _judge(grader: ScoreModelGrader | LabelModelGrader, ns: dict[str, Any], ctx: Context, out: Graded) -> float:
-    messages = [
-        {"role": m.role, "content": "\n".join(template.render(t, ns) for t in message_texts(m, "input"))}
-        for m in grader.input
-    ]
+    messages = render_messages(grader.input, ns)
     if isinstance(grader, LabelModelGrader):
         schema: dict[str, Any] = {
             "type": "object",
@@ -187,6 +185,14 @@ async def _judge(grader: ScoreModelGrader | LabelModelGrader, ns: dict[str, Any]
         out.errors.model_grader_parse_error = True
         return 0.0
     return float(result)
+
+
+def render_messages(messages: Sequence[GraderMessage], ns: dict[str, Any]) -> list[dict[str, str]]:
+    """Messages with their templates filled in, each content one text (its parts a line each)."""
+    return [
+        {"role": m.role, "content": "\n".join(template.render(t, ns) for t in message_texts(m, "input"))}
+        for m in messages
+    ]
 
 
 async def _multi(grader: MultiGrader, ns: dict[str, Any], ctx: Context, out: Graded) -> float:

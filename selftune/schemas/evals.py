@@ -11,7 +11,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from selftune.schemas.common import Request, Response
-from selftune.schemas.graders import Grader
+from selftune.schemas.graders import Grader, GraderMessage
 from selftune.statuses import EvalRunStatus
 
 
@@ -86,16 +86,10 @@ class FileIdSource(BaseModel):
 Source = Annotated[FileContentSource | FileIdSource, Field(discriminator="type")]
 
 
-class TemplateMessage(BaseModel):
-    model_config = ConfigDict(extra="allow")
-    role: Literal["user", "assistant", "system", "developer"]
-    content: Any
-    type: Literal["message"] | None = None
-
-
 class TemplateInput(BaseModel):
     type: Literal["template"]
-    template: Annotated[list[TemplateMessage], Field(min_length=1)]
+    template: Annotated[list[GraderMessage], Field(min_length=1)]
+    """Messages as graders' judges take them (``EvalItem``): text, with templates over ``item``."""
 
 
 class ItemReferenceInput(BaseModel):
