@@ -2,7 +2,8 @@
 
 Covers the whole lifecycle (events, metrics, checkpoints, result file, the ``ft:`` model served at
 once), data problems failing the job rather than the request, cancel, pause/resume parity with an
-uninterrupted run, a SIGKILLed server resuming from its last checkpoint, and owner isolation.
+uninterrupted run, a SIGKILLed server resuming from its last checkpoint, owner isolation and models
+shared with another owner (checkpoint permissions).
 """
 
 from __future__ import annotations
@@ -396,7 +397,9 @@ def test_sigkilled_server_resumes_from_the_last_checkpoint(tmp_path: Path, tiny_
         srv.stop()
 
 
-def test_jobs_are_private_to_their_owner(keyed_server: LiveServer) -> None:
+def test_jobs_are_private_to_their_owner_until_a_model_is_shared(
+    keyed_server: LiveServer, conformance: Conformance
+) -> None:
     alice, bob = keyed_server.client(ALICE), keyed_server.client(BOB)
     job = alice.fine_tuning.jobs.create(
         model="tiny", training_file=upload(alice, chat_lines(10)), hyperparameters={"n_epochs": 1}
@@ -418,6 +421,59 @@ def test_jobs_are_private_to_their_owner(keyed_server: LiveServer) -> None:
         bob.chat.completions.create(model=done.fine_tuned_model, messages=[{"role": "user", "content": "hi"}])
     with pytest.raises(openai.NotFoundError):
         bob.fine_tuning.jobs.create(model=done.fine_tuned_model, training_file=upload(bob, chat_lines(10)))
+    share_then_revoke(keyed_server, done, conformance)
+
+
+def share_then_revoke(keyed_server: LiveServer, done: Any, conformance: Conformance) -> None:
+    """Alice shares her model with bob (checkpoint permissions): he can call it, and do nothing else."""
+    alice, bob = keyed_server.client(ALICE), keyed_server.client(BOB)
+    model, perms = done.fine_tuned_model, alice.fine_tuning.checkpoints.permissions
+    with pytest.raises(openai.BadRequestError, match="no owner 'carol'"):
+        perms.create(model, project_ids=["carol"])
+    with pytest.raises(openai.BadRequestError, match="always yours"):
+        perms.create(model, project_ids=["alice"])
+    with pytest.raises(openai.NotFoundError):  # only the model's owner shares it
+        bob.fine_tuning.checkpoints.permissions.create(model, project_ids=["bob"])
+    created = perms.create(model, project_ids=["bob"])
+    (grant,) = created.data
+    assert (grant.object, grant.project_id) == ("checkpoint.permission", "bob") and grant.id.startswith("cp_")
+    assert [p.id for p in perms.create(model, project_ids=["bob", "bob"]).data] == [grant.id]  # once
+    checkpoint = alice.fine_tuning.jobs.checkpoints.list(done.id).data[0].fine_tuned_model_checkpoint
+    other = perms.create(checkpoint, project_ids=["bob"]).data[0]
+    raw = httpx.get(
+        f"{keyed_server.base_url}/fine_tuning/checkpoints/{model}/permissions",
+        headers={"Authorization": f"Bearer {ALICE}"},
+    ).json()
+    conformance.check("ListFineTuningCheckpointPermissionResponse", raw)
+    assert [p.id for p in perms.list(model)] == [grant.id] and [p.id for p in perms.list(checkpoint)] == [other.id]
+    assert perms.list(model, project_id="nobody").data == []
+    with pytest.raises(openai.NotFoundError):
+        bob.fine_tuning.checkpoints.permissions.list(model)
+
+    listed = {m.id: m.owned_by for m in bob.models.list()}
+    assert listed[model] == listed[checkpoint] == "alice" and bob.models.retrieve(model).owned_by == "alice"
+    answer = bob.chat.completions.create(model=model, messages=[{"role": "user", "content": "hi"}], max_tokens=4)
+    assert answer.model == model and answer.usage.completion_tokens > 0
+    assert bob.completions.create(model=checkpoint, prompt="hi", max_tokens=2).model == checkpoint
+    with pytest.raises(openai.NotFoundError):  # calling is all: no training on it, no deleting it, no job
+        bob.fine_tuning.jobs.create(model=model, training_file=upload(bob, chat_lines(10)))
+    with pytest.raises(openai.NotFoundError):
+        bob.models.delete(model)
+    with pytest.raises(openai.NotFoundError):
+        bob.fine_tuning.jobs.retrieve(done.id)
+
+    deleted = perms.delete(grant.id, fine_tuned_model_checkpoint=model)
+    conformance.check("DeleteFineTuningCheckpointPermissionResponse", deleted.model_dump())
+    assert (deleted.id, deleted.deleted) == (grant.id, True)
+    with pytest.raises(openai.NotFoundError):
+        perms.delete(grant.id, fine_tuned_model_checkpoint=model)
+    with pytest.raises(openai.NotFoundError):
+        bob.chat.completions.create(model=model, messages=[{"role": "user", "content": "hi"}])
+    assert model not in [m.id for m in bob.models.list()] and checkpoint in [m.id for m in bob.models.list()]
+    alice.models.delete(checkpoint)  # a deleted model ends its grants
+    assert checkpoint not in [m.id for m in bob.models.list()]
+    with pytest.raises(openai.NotFoundError):
+        bob.completions.create(model=checkpoint, prompt="hi", max_tokens=2)
 
 
 def test_legacy_sdk_seed_003_flow(server: LiveServer, tmp_path: Path) -> None:

@@ -58,11 +58,13 @@ def check(grader: Any, model_exists: Callable[[str], bool], where: str = "grader
 
 
 def served(catalog: Catalog, owner: str) -> Callable[[str], bool]:
-    """Whether ``owner`` can call a model (a judge, an eval run's model), by the catalog's resolution."""
+    """Whether ``owner`` can call a model (a judge, an eval run's model: its own, a base model or one
+    shared with it)."""
+    from selftune.permissions import resolve_callable  # the catalog's world, only when asked
 
     def exists(model: str) -> bool:
         try:
-            catalog.resolve(model, owner, fetch=False)
+            resolve_callable(catalog, model, owner, fetch=False)
         except NotFound:
             return False
         return True

@@ -172,3 +172,31 @@ class CursorPage(Response, Generic[T]):
     has_more: bool
     first_id: str | None = Field(default=None, exclude_if=is_none)
     last_id: str | None = Field(default=None, exclude_if=is_none)
+
+
+class CheckpointPermission(Response):
+    """A fine-tuned model shared with another owner (``project_id``: an owner here; ``selftune.permissions``)."""
+
+    id: str
+    object: Literal["checkpoint.permission"] = "checkpoint.permission"
+    created_at: int
+    project_id: str
+
+
+class CheckpointPermissionList(Response):
+    object: Literal["list"] = "list"
+    data: list[CheckpointPermission]
+    first_id: str | None = None
+    last_id: str | None = None
+    has_more: bool = False
+
+
+class CheckpointPermissionDeleted(Response):
+    id: str
+    object: Literal["checkpoint.permission"] = "checkpoint.permission"
+    deleted: bool = True
+
+
+class CreateCheckpointPermissionRequest(Request):
+    project_ids: list[str]
+    """Owners (names after a key in ``SELFTUNE_API_KEYS``) to share the model with."""

@@ -38,6 +38,7 @@ from selftune.schemas.common import ERROR_RESPONSES, invalid_request
 from selftune.server import (
     batches,
     chat,
+    checkpoint_permissions,
     completions,
     evals,
     exports,
@@ -98,7 +99,20 @@ def create_app(settings: Settings) -> FastAPI:
     app.add_middleware(_PathAndRequestId)
 
     api = APIRouter(prefix="/v1", dependencies=[Depends(get_owner)], responses=ERROR_RESPONSES)
-    resources = [files, uploads, models, chat, completions, responses, batches, fine_tuning, graders, evals, exports]
+    resources = [
+        files,
+        uploads,
+        models,
+        chat,
+        completions,
+        responses,
+        batches,
+        fine_tuning,
+        checkpoint_permissions,
+        graders,
+        evals,
+        exports,
+    ]
     for module in [*resources, workers]:
         api.include_router(module.router)
     app.include_router(api)

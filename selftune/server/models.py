@@ -13,6 +13,7 @@ from fastapi import APIRouter
 
 from selftune.atomic import remove_tree
 from selftune.errors import PermissionDenied
+from selftune.permissions import Permissions, resolve_callable
 from selftune.schemas.models import Model, ModelDeleted, ModelList
 from selftune.server.deps import OwnerDep, ServicesDep
 from selftune.server.edge import Route
@@ -28,15 +29,19 @@ def list_models(services: ServicesDep, owner: OwnerDep) -> ModelList:
     specs = sorted(services.catalog.base_models(), key=lambda s: s.name != services.settings.default_model)
     base = [Model(id=s.name, created=s.created, owned_by=BASE_OWNER) for s in specs]
     tuned = [Model(id=m.id, created=m.created, owned_by=m.owner) for m in services.store.list_models(owner)]
-    return ModelList(data=base + tuned)
+    shared = [
+        Model(id=m.id, created=m.created, owned_by=m.owner) for m in Permissions(services.store).shared_with(owner)
+    ]
+    return ModelList(data=base + tuned + shared)
 
 
 @router.get("/models/{model:path}")
 def retrieve_model(model: str, services: ServicesDep, owner: OwnerDep) -> Model:
-    resolved = services.catalog.resolve(model, owner, fetch=False)
+    resolved = resolve_callable(services.catalog, model, owner, fetch=False)
     if resolved.adapter is None:
         return Model(id=resolved.id, created=resolved.base.created, owned_by=BASE_OWNER)
-    rec = services.store.find_model(owner, resolved.id)
+    sharer = Permissions(services.store).sharer(resolved.id, owner)
+    rec = services.store.find_model(owner, resolved.id) or services.store.find_model(sharer or owner, resolved.id)
     assert rec is not None
     return Model(id=rec.id, created=rec.created, owned_by=rec.owner)
 

@@ -23,6 +23,7 @@ from selftune.ids import now, random_id
 from selftune.inference.generation import Event, SamplingParams
 from selftune.inference.tools import ParsedCall, ToolPlan, ToolStream, parse_calls
 from selftune.inference.tools import plan as tools_plan
+from selftune.permissions import resolve_callable
 from selftune.schemas.chat import (
     ChatCompletion,
     ChatCompletionChunk,
@@ -70,7 +71,7 @@ def _prepare(body: ChatCompletionRequest, services: Services, owner: str) -> tup
         body.response_format,
         legacy,
     )
-    resolved = services.catalog.resolve(body.model, owner)
+    resolved = resolve_callable(services.catalog, body.model, owner)
     params = SamplingParams.requested(
         body.max_completion_tokens or body.max_tokens,
         services.settings.default_max_tokens,

@@ -16,6 +16,7 @@ from typing import Any
 from selftune.errors import InvalidRequest
 from selftune.ids import now, random_id
 from selftune.inference.generation import Event, SamplingParams
+from selftune.permissions import resolve_callable
 from selftune.schemas.completions import Completion, CompletionChoice, CompletionRequest
 from selftune.services import Services
 from selftune.serving.bridge import Bridge, Disconnected, Stream, collect, events, sse_error, start, usage
@@ -30,7 +31,7 @@ def _prepare(body: CompletionRequest, services: Services, owner: str) -> list[di
         raise InvalidRequest("prompt must not be empty: send the text (or token ids) to continue.", param="prompt")
     if body.echo and not all(isinstance(p, str) for p in prompts):
         raise InvalidRequest("echo works with text prompts; send the prompt as text", param="echo")
-    resolved = services.catalog.resolve(body.model, owner)
+    resolved = resolve_callable(services.catalog, body.model, owner)
     params = SamplingParams.requested(
         body.max_tokens, services.settings.default_max_tokens, body.temperature, body.top_p, body.stop_list, body.seed
     )

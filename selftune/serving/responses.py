@@ -26,6 +26,7 @@ from selftune.ids import now, random_id
 from selftune.inference.generation import Event, SamplingParams
 from selftune.inference.tools import ParsedCall, ToolPlan, ToolStream, parse_calls
 from selftune.inference.tools import plan as tools_plan
+from selftune.permissions import resolve_callable
 from selftune.schemas.responses import (
     FunctionCallItem,
     InputItem,
@@ -111,7 +112,7 @@ def _prepare(body: ResponseCreateRequest, services: Services, owner: str) -> _Tu
     if isinstance(choice, dict) and choice.get("type") == "function":
         choice = {"type": "function", "function": {"name": choice.get("name")}}
     plan = tools_plan(normalize_tools(chat_tools), choice, body.parallel_tool_calls, response_format(body))
-    resolved = services.catalog.resolve(body.model, owner)
+    resolved = resolve_callable(services.catalog, body.model, owner)
     params = SamplingParams.requested(
         body.max_output_tokens, services.settings.default_max_tokens, body.temperature, body.top_p
     )
