@@ -148,6 +148,14 @@ class Settings(BaseSettings):
     python_grader_timeout: float = Field(default=120.0, gt=0)
     """Wall-clock seconds a python grader may run (OpenAI's limit: 2 minutes)."""
 
+    judge_base_url: str = ""
+    """An OpenAI-compatible API (``https://api.openai.com/v1``, a vLLM server, another selftune) that
+    judges ``score_model`` and ``label_model`` graders whose ``model`` this server does not serve.
+    Empty: only this server's models judge, and any other model is a 400."""
+
+    judge_api_key: str = ""
+    """The key sent to ``judge_base_url``."""
+
     sweep_seconds: float = Field(default=60.0, gt=0)
     """How often a server deletes what has outlived its time (``selftune.sweeper``)."""
 

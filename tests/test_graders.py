@@ -8,12 +8,14 @@ field, and a missing item field at run time flagged, not a 500.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import httpx
 import openai
 import pytest
 
+from selftune.live import serve_model
 from tests.conftest import Conformance, LiveServer
 
 
@@ -146,6 +148,43 @@ def test_multi_grader_formula(server: LiveServer) -> None:
     with pytest.raises(openai.BadRequestError) as e:
         client.fine_tuning.alpha.graders.validate(grader={**grader, "calculate_output": "__import__('os')"})  # type: ignore[arg-type]
     assert e.value.body["param"] == "grader.calculate_output"  # type: ignore[index]
+
+
+def test_a_model_this_server_lacks_is_judged_by_the_operators_judge_api(
+    server: LiveServer, tmp_path: Path, tiny_model_dir: Path
+) -> None:
+    """SELFTUNE_JUDGE_BASE_URL: a grader's model this server does not serve goes to that API (here
+    the session's server, which serves ``tiny``; this one serves its model as ``own-tiny``)."""
+    judged = serve_model(
+        tmp_path, "own-tiny", tiny_model_dir, SELFTUNE_ENGINE="torch", SELFTUNE_JUDGE_BASE_URL=server.base_url
+    )
+    try:
+        client = judged.client()
+        label = {
+            "type": "label_model",
+            "name": "mood",
+            "model": "tiny",  # not here: the judge API's
+            "input": [{"role": "user", "content": "Mood of: {{sample.output_text}}"}],
+            "labels": ["happy", "sad"],
+            "passing_labels": ["happy"],
+        }
+        r = run(client, label, "What a day!")
+        assert not any(r.metadata.errors.model_dump().values()) and r.reward in (0.0, 1.0)
+        assert r.model_grader_token_usage_per_model["tiny"]["prompt_tokens"] > 0
+        assert run(client, {**label, "model": "own-tiny"}, "x").model_grader_token_usage_per_model.keys() == {
+            "own-tiny"
+        }
+        # A model neither has: accepted here (the judge API decides), and its refusal is a flagged grade.
+        client.fine_tuning.alpha.graders.validate(grader={**label, "model": "no-such-judge"})  # type: ignore[arg-type]
+        r = run(client, {**label, "model": "no-such-judge"}, "x")
+        errors = r.metadata.errors
+        assert (
+            r.reward == 0
+            and errors.model_grader_server_error
+            and "no-such-judge" in errors.model_grader_server_error_details
+        )
+    finally:
+        judged.stop()
 
 
 def test_model_judges_on_a_served_model(server: LiveServer) -> None:

@@ -6,7 +6,8 @@ defaults before issue 29 the job succeeded and the model answered every question
 Capital: Capital: ..." (form 100%, content 0%, ended 0%, measured with ``python -m bench.dpo_quality``).
 
 - **Healthy**: a DPO job with every hyperparameter ``auto`` on 120 pairs. Asked every held-out
-  country through the SDK, the fine-tuned model answers in the new form (at least 90%), names the
+  country through the Evals API (one eval, a completions run for the base and one for the
+  fine-tuned model, graded by ``string_check`` graders), the fine-tuned model answers in the new form (at least 90%), names the
   capital at least as often as the base model does on the same questions, and ends its answers
   (``finish_reason == "stop"``, at least 90%). The quality guard says ``ok``.
 - **Broken**: the same pairs at 100 times the ``auto`` learning rate, without the anchor
@@ -20,14 +21,13 @@ Capital: Capital: ..." (form 100%, content 0%, ended 0%, measured with ``python 
 from __future__ import annotations
 
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import openai
 import pytest
 
-from bench.dpo_quality import MAX_TOKENS, Question, score, split, write_pairs
+from bench.dpo_quality import FORM, MAX_TOKENS, Question, score, split, write_pairs
 from selftune.methods import DPO_LEARNING_RATE_MULTIPLIER
 from tests.conftest import LiveServer, run_cli
 from tests.test_dashboard import CHROMIUM, CLOSED_NETWORK_FLAGS
@@ -52,18 +52,63 @@ def train(client: openai.OpenAI, file_id: str, hyperparameters: dict[str, Any], 
     return job
 
 
-def answers(client: openai.OpenAI, model: str, held: list[Question]) -> list[tuple[str, bool]]:
-    def ask(q: Question) -> tuple[str, bool]:
-        r = client.chat.completions.create(
-            model=model,
-            messages=[{"role": "user", "content": q.prompt}],
-            max_tokens=MAX_TOKENS,
-            temperature=0,
-        )
-        return r.choices[0].message.content or "", r.choices[0].finish_reason == "stop"
+CRITERIA = [  # the bench's form and ended, as OpenAI's graders
+    {"type": "string_check", "name": "form", "input": "{{sample.output_text}}", "reference": FORM, "operation": "like"},
+    {
+        "type": "string_check",
+        "name": "ended",
+        "input": "{{sample.choices.0.finish_reason}}",
+        "reference": "stop",
+        "operation": "eq",
+    },
+]
 
-    with ThreadPoolExecutor(8) as pool:
-        return list(pool.map(ask, held))
+
+def compare(client: openai.OpenAI, models: list[str], held: list[Question]) -> dict[str, tuple[Any, list[Any]]]:
+    """Base against fine-tuned through the Evals API: one eval over the held-out questions, a
+    completions run per model (both at once, greedy), each run with its answers as
+    ``(text, ended)`` in question order."""
+    ev = client.evals.create(
+        name="capitals, held out",
+        data_source_config={
+            "type": "custom",
+            "item_schema": {"type": "object", "properties": {"prompt": {"type": "string"}}, "required": ["prompt"]},
+            "include_sample_schema": True,
+        },
+        testing_criteria=CRITERIA,  # type: ignore[arg-type]
+    )
+    content = [{"item": {"prompt": q.prompt, "capital": q.capital}} for q in held]
+    runs: dict[str, Any] = {
+        model: client.evals.runs.create(
+            ev.id,
+            name=model,
+            data_source={  # type: ignore[arg-type]
+                "type": "completions",
+                "model": model,
+                "source": {"type": "file_content", "content": content},
+                "input_messages": {"type": "template", "template": [{"role": "user", "content": "{{item.prompt}}"}]},
+                "sampling_params": {"temperature": 0, "max_completion_tokens": MAX_TOKENS, "seed": 1},
+            },
+        )
+        for model in models
+    }
+    out = {}
+    for model, run in runs.items():
+        while run.status not in ("completed", "failed", "canceled"):
+            time.sleep(1)
+            run = client.evals.runs.retrieve(run.id, eval_id=ev.id)
+        assert run.status == "completed" and run.result_counts.errored == 0, run
+        items = sorted(
+            client.evals.runs.output_items.list(run.id, eval_id=ev.id, limit=100), key=lambda i: i.datasource_item_id
+        )
+        answers = [(i.sample.output[0].content or "", i.sample.finish_reason == "stop") for i in items]
+        out[model] = (run, answers)
+    return out
+
+
+def passed(run: Any, criterion: str) -> int:
+    (result,) = [r for r in run.per_testing_criteria_results if r.testing_criteria == criterion]
+    return int(result.passed)
 
 
 @pytest.fixture(scope="module")
@@ -85,8 +130,9 @@ def test_dpo_with_auto_settings_learns_the_form_and_keeps_the_content(
     quality = (job.model_extra or {})["quality"]
     assert quality["verdict"] == "ok", quality["message"]
 
-    base = score(held, answers(client, BASE, held))
-    tuned = score(held, answers(client, job.fine_tuned_model, held))
+    compared = compare(client, [BASE, job.fine_tuned_model], held)
+    (base_run, base_answers), (tuned_run, tuned_answers) = compared[BASE], compared[job.fine_tuned_model]
+    base, tuned = score(held, base_answers), score(held, tuned_answers)
     hp = job.method.dpo.hyperparameters
     print(
         f"\nDPO, auto settings ({hp.model_dump()}), {seconds:.0f} s; {len(held)} held-out countries:\n"
@@ -97,6 +143,12 @@ def test_dpo_with_auto_settings_learns_the_form_and_keeps_the_content(
     assert tuned.form >= 0.9
     assert tuned.content >= base.content
     assert tuned.ended >= 0.9
+    # The runs' own graders agree with the answers they returned.
+    n = len(held)
+    for run, scores in ((base_run, base), (tuned_run, tuned)):
+        assert run.result_counts.total == n and passed(run, "ended") == round(scores.ended * n)
+        assert passed(run, "form") >= round(scores.form * n)  # "like": anywhere, not only at the start
+    assert passed(tuned_run, "form") > passed(base_run, "form")
 
 
 def test_a_broken_job_says_so_in_events_job_cli_and_dashboard(

@@ -14,7 +14,7 @@ import jsonschema
 from selftune import safejson
 from selftune.errors import InvalidRequest
 from selftune.graders import template
-from selftune.graders.check import check, check_messages, served
+from selftune.graders.check import check, check_messages, judges, served
 from selftune.ids import now, random_id
 from selftune.lifecycle import Objects
 from selftune.schemas.evals import (
@@ -68,7 +68,7 @@ class Evals:
             ) from None
         fields = set(config.item_schema.get("properties", {}))
 
-        exists = served(self.catalog, owner)
+        exists = judges(self.catalog, owner)
         for i, criterion in enumerate(body.testing_criteria):
             check(criterion, exists, f"testing_criteria.{i}")
             _check_item_fields(criterion.model_dump(exclude_none=True), fields, f"testing_criteria.{i}")

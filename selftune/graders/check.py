@@ -72,6 +72,13 @@ def served(catalog: Catalog, owner: str) -> Callable[[str], bool]:
     return exists
 
 
+def judges(catalog: Catalog, owner: str) -> Callable[[str], bool]:
+    """Whether a model can judge ``owner``'s graders: one it can call here, or any model at all when
+    the operator named a judge API (``SELFTUNE_JUDGE_BASE_URL``, which then answers for it)."""
+    local = served(catalog, owner)
+    return lambda model: bool(catalog.settings.judge_base_url) or local(model)
+
+
 def check_messages(messages: Sequence[GraderMessage], where: str, code: str = "invalid_grader") -> None:
     """Every message is text (images and audio are refused) whose templates name only item and sample."""
     for i, message in enumerate(messages):

@@ -1,7 +1,12 @@
-"""The judges of ``score_model`` and ``label_model`` graders: models this server serves, called
-in-process through the same code as ``/v1/chat/completions`` (so a grader's ``model`` resolves
-through the alias table: ``gpt-4o`` can name a local judge), their answers constrained to the
-grader's JSON schema."""
+"""The judges of ``score_model`` and ``label_model`` graders, their answers constrained to the
+grader's JSON schema.
+
+A model this server serves (a base model, an alias, an owner's own or shared ``ft:`` model) is
+called in-process through the same code as ``/v1/chat/completions``, so a grader's ``model``
+resolves through the alias table: ``gpt-4o`` can name a local judge. Any other model goes to the
+OpenAI-compatible API the operator named in ``SELFTUNE_JUDGE_BASE_URL`` (OpenAI itself, vLLM, another
+selftune), when there is one; its failures are the grade's ``model_grader_server_error``.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +14,11 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
+import openai
+
+from selftune.config import Settings
+from selftune.errors import Unavailable
+from selftune.graders.check import served
 from selftune.graders.run import Context, Judge, JudgeAnswer
 from selftune.schemas.chat import ChatCompletion, ChatCompletionRequest
 from selftune.schemas.graders import SamplingParams
@@ -20,34 +30,58 @@ JUDGE_MAX_TOKENS = 256
 
 
 def judge_for(services: Services, owner: str) -> Judge:
+    local = served(services.catalog, owner)
+    remote = remote_judge(services.settings)
+
     async def judge(
         model: str, messages: list[dict[str, str]], schema: dict[str, Any], sampling: SamplingParams | None
     ) -> JudgeAnswer:
         s = sampling or SamplingParams()
-        body = ChatCompletionRequest.model_validate(
-            {
-                "model": model,
-                "messages": messages,
-                "response_format": {"type": "json_schema", "json_schema": {"name": "grade", "schema": schema}},
-                "temperature": 0.0 if s.temperature is None else s.temperature,
-                "top_p": s.top_p or None,
-                "seed": s.seed,
-                "max_completion_tokens": s.max_completions_tokens or JUDGE_MAX_TOKENS,
-            }
-        )
-        answer = await chat(body, services, owner, None)
+        request = {
+            "model": model,
+            "messages": messages,
+            "response_format": {"type": "json_schema", "json_schema": {"name": "grade", "schema": schema}},
+            "temperature": 0.0 if s.temperature is None else s.temperature,
+            "top_p": s.top_p or None,
+            "seed": s.seed,
+            "max_completion_tokens": s.max_completions_tokens or JUDGE_MAX_TOKENS,
+        }
+        if remote is not None and not local(model):
+            return await _remote_call(remote, request)
+        answer = await chat(ChatCompletionRequest.model_validate(request), services, owner, None)
         assert isinstance(answer, ChatCompletion)  # not streamed
-        choice = answer.choices[0]
-        usage = answer.usage
-        return JudgeAnswer(
-            text=choice.message.content or "",
-            model=answer.model,
-            prompt_tokens=usage.prompt_tokens if usage else 0,
-            completion_tokens=usage.completion_tokens if usage else 0,
-            finish_reason=choice.finish_reason or "stop",
-        )
+        return _answer(answer)
 
     return judge
+
+
+def remote_judge(settings: Settings) -> openai.AsyncOpenAI | None:
+    """The operator's judge API, if one is configured (no retries: a failed call is a flagged grade)."""
+    if not settings.judge_base_url:
+        return None
+    return openai.AsyncOpenAI(
+        base_url=settings.judge_base_url, api_key=settings.judge_api_key or "none", max_retries=0, timeout=120
+    )
+
+
+async def _remote_call(client: openai.AsyncOpenAI, request: dict[str, Any]) -> JudgeAnswer:
+    body = {k: v for k, v in request.items() if v is not None}
+    try:
+        return _answer(await client.chat.completions.create(**body))
+    except openai.OpenAIError as e:
+        raise Unavailable(f"the judge at {client.base_url} failed: {e}") from None
+
+
+def _answer(completion: Any) -> JudgeAnswer:
+    """A judge's answer from a chat completion, ours or the openai SDK's (the same fields)."""
+    choice, usage = completion.choices[0], completion.usage
+    return JudgeAnswer(
+        text=choice.message.content or "",
+        model=completion.model,
+        prompt_tokens=usage.prompt_tokens if usage else 0,
+        completion_tokens=usage.completion_tokens if usage else 0,
+        finish_reason=choice.finish_reason or "stop",
+    )
 
 
 def context(services: Services, owner: str) -> Context:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from selftune.graders import template
-from selftune.graders.check import check, served
+from selftune.graders.check import check, judges
 from selftune.graders.judges import context
 from selftune.graders.run import grade
 from selftune.schemas.graders import RunGraderRequest, RunGraderResponse, ValidateGraderRequest, ValidateGraderResponse
@@ -21,13 +21,13 @@ router = APIRouter(tags=["graders"], route_class=Route)
 
 @router.post("/fine_tuning/alpha/graders/validate")
 def validate_grader(body: ValidateGraderRequest, services: ServicesDep, owner: OwnerDep) -> ValidateGraderResponse:
-    check(body.grader, served(services.catalog, owner))
+    check(body.grader, judges(services.catalog, owner))
     return ValidateGraderResponse(grader=body.grader.model_dump(exclude_none=True))
 
 
 @router.post("/fine_tuning/alpha/graders/run")
 async def run_grader(body: RunGraderRequest, services: ServicesDep, owner: OwnerDep) -> RunGraderResponse:
-    check(body.grader, served(services.catalog, owner))
+    check(body.grader, judges(services.catalog, owner))
     sample = template.sample_namespace(body.model_sample)
     graded = await grade(body.grader, sample, body.item or {}, context(services, owner))
     return graded.response()
