@@ -270,3 +270,57 @@ def test_a_batch_runs_from_the_dashboard(page: Any, server: LiveServer, tmp_path
     pg.set_viewport_size({"width": 390, "height": 844})
     pg.wait_for_timeout(800)
     assert pg.evaluate("document.documentElement.scrollWidth") <= 390
+
+
+def test_an_evals_runs_side_by_side_and_their_output_items(page: Any, server: LiveServer) -> None:
+    """Two runs of one eval (given samples: a "base" and a "tuned" set) compared on the eval's page,
+    and a run's report_url opening its output items."""
+    client = server.client()
+    criteria = [
+        {
+            "type": "string_check",
+            "name": "exact",
+            "input": "{{sample.output_text}}",
+            "reference": "{{item.answer}}",
+            "operation": "eq",
+        },
+        {
+            "type": "string_check",
+            "name": "capital",
+            "input": "{{sample.output_text}}",
+            "reference": "Capital:",
+            "operation": "like",
+        },
+    ]
+    ev = client.evals.create(
+        name=f"dashboard capitals {secrets.token_hex(3)}",
+        data_source_config={
+            "type": "custom",
+            "item_schema": {"type": "object", "properties": {"answer": {"type": "string"}}},
+            "include_sample_schema": True,
+        },
+        testing_criteria=criteria,  # type: ignore[arg-type]
+    )
+    answers = ["Capital: Paris", "Capital: Rome", "Capital: Oslo"]
+    samples = {"base": ["Paris", "It is Rome.", "Oslo"], "tuned": ["Capital: Paris", "Capital: Rome", "Capital: Bern"]}
+    runs = {}
+    for name, outputs in samples.items():
+        content = [{"item": {"answer": a}, "sample": {"output_text": o}} for a, o in zip(answers, outputs, strict=True)]
+        runs[name] = client.evals.runs.create(
+            ev.id, name=name, data_source={"type": "jsonl", "source": {"type": "file_content", "content": content}}
+        )
+    pg = page
+    pg.goto(server.url + "/#/evals")
+    pg.click(f"#evals tr[data-eval='{ev.id}'] a")
+    pg.wait_for_selector(f"#runs [data-run='{runs['tuned'].id}'] [data-status=completed]", timeout=60_000)
+    pg.wait_for_selector(f"#runs [data-run='{runs['base'].id}'] [data-status=completed]")
+    passed = pg.inner_text("#runs tr[data-row='items passed']")
+    assert "0 / 3 (0%)" in passed and "2 / 3 (67%)" in passed, passed
+    assert pg.inner_text("#runs tr[data-row='passed: exact']").split("\t")[1:] == ["0 / 3 (0%)", "2 / 3 (67%)"]
+    shot(pg, "10-evals")
+
+    pg.goto(server.url + runs["tuned"].report_url)
+    pg.wait_for_selector("#output-items tr[data-item='2'] [data-status=fail]")
+    assert pg.inner_text("#run-counts") == "2 passed, 1 failed, 0 errored of 3"
+    assert "Capital: Bern" in pg.inner_text("#output-items tr[data-item='2']")
+    assert "exact: 0.00" in pg.inner_text("#output-items tr[data-item='2']")

@@ -125,7 +125,7 @@ class Evals:
             model=model,
             name=body.name or f"run-{run_id[-6:]}",
             created_at=now(),
-            report_url=f"/#evals/{ev.id}/runs/{run_id}",  # the dashboard
+            report_url=f"/#/evals/{ev.id}/runs/{run_id}",  # the dashboard's page of the run
             data_source=body.data_source.model_dump(exclude_none=True),
             metadata=body.metadata,
         )

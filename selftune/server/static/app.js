@@ -110,6 +110,9 @@ const routes = [
   [/^#\/files$/, filesPage],
   [/^#\/batches$/, batchesPage],
   [/^#\/models$/, modelsPage],
+  [/^#\/evals\/([^/?]+)\/runs\/([^/?]+)$/, runPage],
+  [/^#\/evals\/([^/?]+)$/, evalPage],
+  [/^#\/evals$/, evalsPage],
   [/^#\/playground(\?.*)?$/, playgroundPage],
 ];
 
@@ -521,6 +524,85 @@ async function batchesPage() {
   await files();
   await refresh();
   every(guard(refresh));
+}
+
+// --- evals: OpenAI's Evals API, its runs side by side and each output item ---------------------------
+
+const pct = (n, total) => (total ? `${Math.round((100 * n) / total)}%` : "");
+const criteriaNames = (ev) => ev.testing_criteria.map((c) => c.name);
+
+async function evalsPage() {
+  const evals = await all("/evals");
+  view().replaceChildren(
+    h("h1", {}, "Evals"),
+    h("p", { class: "muted" }, "Created through the API (client.evals.create, then client.evals.runs.create per model); each eval's runs are compared on its page."),
+    h("div", { class: "card scroll" }, h("table", { id: "evals" },
+      h("thead", {}, h("tr", {}, ["name", "id", "testing criteria", "created"].map((c) => h("th", {}, c)))),
+      h("tbody", {}, evals.map((ev) => h("tr", { "data-eval": ev.id },
+        h("td", {}, h("a", { href: `#/evals/${ev.id}` }, ev.name)),
+        h("td", { class: "mono" }, ev.id),
+        h("td", {}, criteriaNames(ev).join(", ")),
+        h("td", { class: "num" }, when(ev.created_at))))))),
+  );
+}
+
+// One column per run (oldest first), so a base model's run sits beside the fine-tuned one's.
+async function evalPage(evalId) {
+  const ev = await api(`/evals/${evalId}`);
+  const table = h("table", { id: "runs", class: "compare" });
+  async function refresh() {
+    const runs = await all(`/evals/${evalId}/runs?order=asc`);
+    const cell = (fn) => runs.map((r) => h("td", { class: "num", "data-run": r.id }, fn(r)));
+    const criterion = (name) => (r) => {
+      const c = (r.per_testing_criteria_results || []).find((x) => x.testing_criteria === name);
+      return c ? `${num(c.passed)} / ${num(c.passed + c.failed)} (${pct(c.passed, c.passed + c.failed)})` : "";
+    };
+    const tokens = (r) => num((r.per_model_usage || []).reduce((t, u) => t + u.total_tokens, 0));
+    const rows = [
+      ["model", (r) => r.model || "(given samples)"],
+      ["status", (r) => badge(r.status)],
+      ["items passed", (r) => `${num(r.result_counts.passed)} / ${num(r.result_counts.total)} (${pct(r.result_counts.passed, r.result_counts.total)})`],
+      ["failed", (r) => num(r.result_counts.failed)],
+      ["errored", (r) => num(r.result_counts.errored)],
+      ...criteriaNames(ev).map((name) => [`passed: ${name}`, criterion(name)]),
+      ["tokens", tokens],
+      ["created", (r) => when(r.created_at)],
+    ];
+    table.replaceChildren(
+      h("thead", {}, h("tr", {}, h("th", {}, "run"), runs.map((r) => h("th", {}, h("a", { href: `#/evals/${evalId}/runs/${r.id}` }, r.name))))),
+      h("tbody", {}, rows.map(([label, fn]) => h("tr", { "data-row": label }, h("th", {}, label), cell(fn)))),
+    );
+    return runs.some((r) => !isFinal("run", r.status));
+  }
+  view().replaceChildren(
+    h("h1", {}, ev.name),
+    h("p", { class: "muted mono" }, ev.id),
+    h("div", { class: "card scroll" }, runsNote(), table),
+  );
+  if (await refresh()) every(guard(refresh));
+}
+const runsNote = () => h("p", { class: "muted" }, "Each run's items pass when every testing criterion passes; the percentages compare the runs on the same items.");
+
+async function runPage(evalId, runId) {
+  const run = await api(`/evals/${evalId}/runs/${runId}`);
+  const items = (await all(`/evals/${evalId}/runs/${runId}/output_items`)).sort((a, b) => a.datasource_item_id - b.datasource_item_id);
+  const answer = (it) => ((it.sample && it.sample.output) || []).map((m) => m.content || "").join("\n");
+  const counts = run.result_counts;
+  view().replaceChildren(
+    h("h1", {}, run.name),
+    h("p", {}, h("a", { href: `#/evals/${evalId}` }, "all runs of this eval"), " ", badge(run.status), " ",
+      h("span", { id: "run-counts" }, `${num(counts.passed)} passed, ${num(counts.failed)} failed, ${num(counts.errored)} errored of ${num(counts.total)}`)),
+    run.error && run.error.message ? h("p", { class: "error" }, run.error.message) : null,
+    h("div", { class: "card scroll" }, h("table", { id: "output-items" },
+      h("thead", {}, h("tr", {}, ["#", "item", "answer", "status", "graders"].map((c) => h("th", {}, c)))),
+      h("tbody", {}, items.map((it) => h("tr", { "data-item": it.datasource_item_id },
+        h("td", { class: "num" }, it.datasource_item_id),
+        h("td", { class: "mono" }, JSON.stringify(it.datasource_item)),
+        h("td", {}, h("pre", {}, answer(it) || (it.sample && it.sample.error && it.sample.error.message) || "")),
+        h("td", {}, h("span", { class: `badge ${it.status}`, "data-status": it.status }, it.status)),
+        h("td", {}, it.results.map((r) => h("div", { class: r.passed ? "ok" : "error" }, `${r.name}: ${fixed(r.score, 2)}`))))))),
+    ),
+  );
 }
 
 // --- models -------------------------------------------------------------------------------------------
