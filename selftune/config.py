@@ -148,6 +148,14 @@ class Settings(BaseSettings):
     python_grader_timeout: float = Field(default=120.0, gt=0)
     """Wall-clock seconds a python grader may run (OpenAI's limit: 2 minutes)."""
 
+    max_python_graders: int = Field(default=4, ge=1)
+    """Python graders a server runs at once (each a sandboxed process, up to its time limit). Past
+    it, ``/graders/run`` answers 429 and eval runs wait for a slot."""
+
+    max_python_graders_per_owner: int = Field(default=2, ge=1)
+    """With API keys: python graders one owner runs at once, so one owner's endless loops leave the
+    others their share."""
+
     judge_base_url: str = ""
     """An OpenAI-compatible API (``https://api.openai.com/v1``, a vLLM server, another selftune) that
     judges ``score_model`` and ``label_model`` graders whose ``model`` this server does not serve.

@@ -29,6 +29,7 @@ from selftune.store import Store
 if TYPE_CHECKING:
     from selftune.evals.service import Evals
     from selftune.export.service import Exports
+    from selftune.graders.python_grader import Slots
     from selftune.inference.engine import Engine
     from selftune.serving.admission import Admission
 
@@ -82,12 +83,22 @@ class Services(Core):
     admission: Admission
 
     @cached_property
+    def python_graders(self) -> Slots:
+        """Python graders at once on this server: in all, and per owner (with API keys)."""
+        from selftune.graders.python_grader import Slots
+
+        s = self.settings
+        return Slots(s.max_python_graders, s.max_python_graders_per_owner if self.keys else s.max_python_graders)
+
+    @cached_property
     def evals(self) -> Evals:
         from selftune.evals.service import Evals
 
         return Evals(self.store, self.blobs, self.catalog)
 
     def close(self) -> None:
+        if "python_graders" in self.__dict__:
+            self.python_graders.close()
         self.exports.close()
         self.engine.close()
         super().close()

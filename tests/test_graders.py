@@ -8,6 +8,8 @@ field, and a missing item field at run time flagged, not a 500.
 
 from __future__ import annotations
 
+import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +18,7 @@ import openai
 import pytest
 
 from selftune.live import serve_model
-from tests.conftest import Conformance, LiveServer
+from tests.conftest import ALICE, BOB, Conformance, LiveServer
 
 
 def run(client: openai.OpenAI, grader: dict[str, Any], sample: str, item: dict[str, Any] | None = None) -> Any:
@@ -104,6 +106,31 @@ def grade(sample, item):
 
 def python(source: str) -> dict[str, Any]:
     return {"type": "python", "name": "py", "source": source}
+
+
+def test_python_graders_at_once_are_bounded_per_owner(keyed_server: LiveServer) -> None:
+    """Two at once per owner (SELFTUNE_MAX_PYTHON_GRADERS_PER_OWNER): alice's third is a 429 while
+    her two run, and bob's runs beside them."""
+    slow = {
+        "type": "python",
+        "name": "slow",
+        "source": "def grade(sample, item):\n    import time\n    time.sleep(4)\n    return 1.0",
+    }
+    alice, bob = keyed_server.client(ALICE), keyed_server.client(BOB)
+
+    def call(client: openai.OpenAI) -> float | str:
+        try:
+            return float(run(client, slow, "x").reward)
+        except openai.RateLimitError as e:
+            return str(e.response.headers.get("retry-after")) + " " + e.message
+
+    with ThreadPoolExecutor(4) as pool:
+        first = [pool.submit(call, alice) for _ in range(2)]
+        time.sleep(1.5)  # both are running (each sleeps 4 s in its sandbox)
+        third, other = pool.submit(call, alice), pool.submit(call, bob)
+        results = [f.result() for f in (*first, third, other)]
+    assert results[:2] == [1.0, 1.0] and results[3] == 1.0, results
+    assert isinstance(results[2], str) and results[2].startswith("1 ") and "2 of yours are running" in results[2]
 
 
 def test_python_grader_scores_and_is_isolated(server: LiveServer) -> None:

@@ -23,6 +23,7 @@ from selftune.graders.run import Context, Judge, JudgeAnswer
 from selftune.schemas.chat import ChatCompletion, ChatCompletionRequest
 from selftune.schemas.graders import SamplingParams
 from selftune.services import Services
+from selftune.serving.admission import BACKGROUND
 from selftune.serving.chat import chat
 
 JUDGE_MAX_TOKENS = 256
@@ -90,4 +91,5 @@ def context(services: Services, owner: str) -> Context:
     hidden = [settings.home]
     if (settings.storage_url or "").startswith("file:"):  # a shared folder: every owner's files
         hidden.append(Path(urlparse(settings.storage_url or "").path))
-    return Context(judge_for(services, owner), settings.python_grader_timeout, hidden)
+    slots, background = services.python_graders, BACKGROUND.get()
+    return Context(judge_for(services, owner), settings.python_grader_timeout, hidden, slots, owner, background)

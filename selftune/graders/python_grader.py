@@ -20,6 +20,7 @@ graders are refused (``python_grader_server_error``), never run unisolated.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
@@ -28,9 +29,15 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
+from collections import Counter
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from selftune.errors import RateLimited
 
 SANDBOX = Path(__file__).with_name("sandbox.py")
 MAX_SOURCE_BYTES = 256 * 1024
@@ -44,6 +51,45 @@ class PythonOutcome:
     """The grader's own failure (an exception, a non-number, past the time limit), with details."""
     server_error: str | None = None
     """Why the sandbox could not run it."""
+
+
+class Slots:
+    """How many python graders a server runs at once, in all and per owner, each in a thread of a
+    pool of their own (so that graders that loop until their time limit leave the rest of the server
+    its threads). Past a bound, a request someone waits on (``/graders/run``) is a 429 and
+    background work (an eval run's items) waits for a slot."""
+
+    WAIT_S = 0.2
+
+    def __init__(self, total: int, per_owner: int) -> None:
+        self.total, self.per_owner = total, min(per_owner, total)
+        self.pool = ThreadPoolExecutor(total, thread_name_prefix="python-grader")
+        self.running: Counter[str] = Counter()
+        self.lock = threading.Lock()
+
+    def _take(self, owner: str) -> str | None:
+        """Take a slot for ``owner``; or, when none is free, say why not."""
+        with self.lock:
+            if self.running.total() >= self.total:
+                return f"{self.total} python graders are running on this server (SELFTUNE_MAX_PYTHON_GRADERS)"
+            if self.running[owner] >= self.per_owner:
+                return f"{self.per_owner} of yours are running (SELFTUNE_MAX_PYTHON_GRADERS_PER_OWNER)"
+            self.running[owner] += 1
+            return None
+
+    async def run(self, owner: str, wait: bool, grader: Callable[[], PythonOutcome]) -> PythonOutcome:
+        while (why := self._take(owner)) is not None:
+            if not wait:
+                raise RateLimited(f"Too many python graders at once: {why}.", retry_after=1, param="grader")
+            await asyncio.sleep(self.WAIT_S)
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self.pool, grader)
+        finally:
+            with self.lock:
+                self.running[owner] -= 1
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=False, cancel_futures=True)
 
 
 def run(

@@ -55,6 +55,11 @@ class Context:
     python_timeout: float = 120.0
     hidden: list[Path] = field(default_factory=list)
     """Folders a python grader must not see (the selftune home)."""
+    python_slots: python_grader.Slots | None = None
+    """The server's bound on python graders at once (None: no bound, one thread each)."""
+    owner: str = ""
+    background: bool = False
+    """Work nobody waits on as it runs (an eval run): it waits for a python grader's slot, not a 429."""
 
 
 @dataclass
@@ -131,9 +136,14 @@ async def _score(grader: Any, ns: dict[str, Any], ctx: Context, out: Graded) -> 
             out.errors.model_grader_server_error_details = str(e)
             return 0.0
     if isinstance(grader, PythonGrader):
-        got = await asyncio.to_thread(
-            python_grader.run, grader.source, ns["sample"], ns["item"], timeout=ctx.python_timeout, hidden=ctx.hidden
-        )
+
+        def run() -> python_grader.PythonOutcome:
+            return python_grader.run(
+                grader.source, ns["sample"], ns["item"], timeout=ctx.python_timeout, hidden=ctx.hidden
+            )
+
+        slots = ctx.python_slots
+        got = await (slots.run(ctx.owner, ctx.background, run) if slots else asyncio.to_thread(run))
         if got.server_error:
             out.errors.python_grader_server_error = True
             out.errors.python_grader_server_error_type = got.server_error
