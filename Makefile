@@ -73,8 +73,11 @@ docs: install
 docs-serve: install
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs serve
 
+# Two workers (pytest-xdist): while one trains a model, the other's servers start and answer. Tests
+# that share a fixture run on one worker (tests/conftest.py); TEST_WORKERS=0 runs them all in this process.
+TEST_WORKERS ?= 2
 pytest: install test-data models
-	$(BIN)/pytest $(PYTEST_ARGS)
+	$(BIN)/pytest -n $(TEST_WORKERS) --dist loadgroup --no-loadscope-reorder $(PYTEST_ARGS)
 
 test: lint typecheck docs pytest
 

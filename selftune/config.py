@@ -105,6 +105,10 @@ class Settings(BaseSettings):
     batch_concurrency: int = Field(default=2, ge=1)
     """Lines of a batch in the engine at once: the rest of its batch is left to interactive requests."""
 
+    eval_concurrency: int = Field(default=4, ge=1)
+    """Items of an eval run sampled and graded at once (``selftune eval`` asks 4 at once too): the
+    engine decodes them together, and they give way to interactive requests as a batch's lines do."""
+
     batch_yield_seconds: float = Field(default=5.0, ge=0)
     """How long a batch line waits, at most, for interactive requests to stop generating before it
     starts (``serving.admission``): chat goes first, and a batch still moves under steady chat."""

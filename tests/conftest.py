@@ -51,6 +51,31 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     return report
 
 
+# --- two workers (make test runs pytest-xdist: -n 2 --dist loadgroup --no-loadscope-reorder) --------
+
+SMOL_FIXTURES = ("smol_server", "trivia_job")
+"""The real SmolLM2 served, and a model trained on it: every test using one runs on one worker, so
+that each is built once."""
+LONGEST_FIRST = ("smollm2",)
+"""Units of work that take longest, scheduled first so that the two workers finish together."""
+
+
+def work_unit(item: pytest.Item) -> str:
+    if any(name in getattr(item, "fixturenames", ()) for name in SMOL_FIXTURES):
+        return "smollm2"
+    return item.path.stem
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Under pytest-xdist each test file is one unit of work, run on one worker (its module fixtures
+    are built once), except that every test on SmolLM2 is in one unit; the longest go first. Without
+    xdist the marks do nothing and the order only moves the SmolLM2 tests to the front."""
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    for item in items:
+        item.add_marker(pytest.mark.xdist_group(work_unit(item)))
+    items.sort(key=lambda item: rank.get(work_unit(item), len(rank)))
+
+
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_tiny_model(tmp_path_factory.mktemp("tiny-model"))

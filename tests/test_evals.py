@@ -221,7 +221,7 @@ def test_a_run_whose_server_is_killed_resumes_without_grading_items_twice(tmp_pa
         "    return float(sample['output_text'] == item['answer'])\n"
     )
     rows = [({"question": f"q{i}", "answer": str(i % 3)}, "0") for i in range(30)]
-    srv = start_server(tmp_path / "home", tiny_model_dir)
+    srv = start_server(tmp_path / "home", tiny_model_dir, SELFTUNE_EVAL_CONCURRENCY="2")
     try:
         client = srv.client()
         ev = create_eval(client, testing_criteria=[{"type": "python", "name": "zero", "source": source}])
@@ -247,7 +247,7 @@ def test_a_run_whose_server_is_killed_resumes_without_grading_items_twice(tmp_pa
         items = client_items(srv, ev.id, run.id)
         assert sorted(i.datasource_item_id for i in items) == list(range(30))
         graded = calls.read_text().splitlines()
-        # Every item graded once, but for those in flight when the server died (at most 2 at once).
+        # Every item graded once, but for those in flight when the server died (at most 2 at once: SELFTUNE_EVAL_CONCURRENCY).
         assert set(graded) == {f"q{i}" for i in range(30)} and len(graded) <= 30 + 2
     finally:
         srv.stop()

@@ -67,7 +67,7 @@ class EvalRunner(ObjectRunner):
     def __init__(self, services: Services) -> None:
         super().__init__(services)
         self.evals: Evals = services.evals
-        self.concurrency = services.settings.batch_concurrency
+        self.concurrency = services.settings.eval_concurrency
 
     async def work(self, owner: str, data: dict[str, Any]) -> None:
         await self._run(owner, EvalRun.model_validate(data))
