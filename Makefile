@@ -77,7 +77,7 @@ docs-serve: install
 # that share a fixture run on one worker (tests/conftest.py); TEST_WORKERS=0 runs them all in this process.
 TEST_WORKERS ?= 2
 pytest: install test-data models
-	$(BIN)/pytest -n $(TEST_WORKERS) --dist loadgroup --no-loadscope-reorder $(PYTEST_ARGS)
+	$(BIN)/pytest -n $(TEST_WORKERS) --dist loadscope --no-loadscope-reorder $(PYTEST_ARGS)
 
 test: lint typecheck docs pytest
 

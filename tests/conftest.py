@@ -51,29 +51,51 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     return report
 
 
-# --- two workers (make test runs pytest-xdist: -n 2 --dist loadgroup --no-loadscope-reorder) --------
+# --- two workers (make test runs pytest-xdist: -n 2 --dist loadscope --no-loadscope-reorder) -------
 
 SMOL_FIXTURES = ("smol_server", "trivia_job")
-"""The real SmolLM2 served, and a model trained on it: every test using one runs on one worker, so
-that each is built once."""
-LONGEST_FIRST = ("smollm2",)
-"""Units of work that take longest, scheduled first so that the two workers finish together."""
+"""The real SmolLM2 served, and a model trained on it (session fixtures)."""
+SMOL_FILES = (
+    "test_quality_smol",
+    "test_function_calling",
+    "test_dpo_smol",
+    "test_export",
+    "test_seeds",
+    "test_llamacpp",
+)
+"""The files whose tests use them: one unit of work, on one worker, so that each is built once. It
+is the longest unit, so it goes first and the other worker takes the rest meanwhile."""
 
 
-def work_unit(item: pytest.Item) -> str:
-    if any(name in getattr(item, "fixturenames", ()) for name in SMOL_FIXTURES):
-        return "smollm2"
-    return item.path.stem
+def work_unit(file_stem: str) -> str:
+    """Each test file is a unit of work (its module fixtures are built once), but the SmolLM2 files
+    are one together."""
+    return "smollm2" if file_stem in SMOL_FILES else file_stem
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Under pytest-xdist each test file is one unit of work, run on one worker (its module fixtures
-    are built once), except that every test on SmolLM2 is in one unit; the longest go first. Without
-    xdist the marks do nothing and the order only moves the SmolLM2 tests to the front."""
-    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
-    for item in items:
-        item.add_marker(pytest.mark.xdist_group(work_unit(item)))
-    items.sort(key=lambda item: rank.get(work_unit(item), len(rank)))
+    """The SmolLM2 files first (for the two workers: the longest unit first), and a test elsewhere
+    that uses a SmolLM2 fixture is an error (it would start a second server on the other worker)."""
+    strays = [
+        i.nodeid
+        for i in items
+        if set(SMOL_FIXTURES) & set(getattr(i, "fixturenames", ())) and i.path.stem not in SMOL_FILES
+    ]
+    if strays:
+        raise pytest.UsageError(f"add their files to SMOL_FILES in tests/conftest.py: {strays}")
+    items.sort(key=lambda i: work_unit(i.path.stem) != "smollm2")
+
+
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """pytest-xdist's scheduler by scope, with our units (``work_unit``) as the scopes. (Its own
+    ``xdist_group`` marks do not group under pytest 9.2, which ignores the node id it rewrites.)"""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ByWorkUnit(LoadScopeScheduling):  # type: ignore[misc]
+        def _split_scope(self, nodeid: str) -> str:
+            return work_unit(Path(nodeid.split("::", 1)[0]).stem)
+
+    return ByWorkUnit(config, log)
 
 
 @pytest.fixture(scope="session")
