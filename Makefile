@@ -73,9 +73,10 @@ docs: install
 docs-serve: install
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs serve
 
-# Two workers (pytest-xdist): while one trains a model, the other's servers start and answer. Tests
-# that share a fixture run on one worker (tests/conftest.py); TEST_WORKERS=0 runs them all in this process.
-TEST_WORKERS ?= 2
+# TEST_WORKERS=N runs the suite on N pytest-xdist workers, tests that share a fixture on one worker
+# (tests/conftest.py). On 2 cores two workers took as long as one process (the tests that train use
+# both cores), so the default is one process; on a machine with more cores, give it more.
+TEST_WORKERS ?= 0
 pytest: install test-data models
 	$(BIN)/pytest -n $(TEST_WORKERS) --dist loadscope --no-loadscope-reorder $(PYTEST_ARGS)
 

@@ -51,7 +51,7 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     return report
 
 
-# --- two workers (make test runs pytest-xdist: -n 2 --dist loadscope --no-loadscope-reorder) -------
+# --- workers (make test TEST_WORKERS=N: pytest-xdist, -n N --dist loadscope --no-loadscope-reorder) ---
 
 SMOL_FIXTURES = ("smol_server", "trivia_job")
 """The real SmolLM2 served, and a model trained on it (session fixtures)."""
@@ -74,8 +74,8 @@ def work_unit(file_stem: str) -> str:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """The SmolLM2 files first (for the two workers: the longest unit first), and a test elsewhere
-    that uses a SmolLM2 fixture is an error (it would start a second server on the other worker)."""
+    """On workers, the SmolLM2 files first (the longest unit first); and a test elsewhere that uses
+    a SmolLM2 fixture is an error (on workers it would start a second server on another one)."""
     strays = [
         i.nodeid
         for i in items
@@ -83,7 +83,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     ]
     if strays:
         raise pytest.UsageError(f"add their files to SMOL_FILES in tests/conftest.py: {strays}")
-    items.sort(key=lambda i: work_unit(i.path.stem) != "smollm2")
+    if hasattr(config, "workerinput"):  # collected in a pytest-xdist worker
+        items.sort(key=lambda i: work_unit(i.path.stem) != "smollm2")
 
 
 def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
