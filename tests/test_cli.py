@@ -115,7 +115,8 @@ def test_render_marks_the_trained_tokens(home: dict[str, str], tmp_path: Path) -
         }
     ]
     data.write_text(json.dumps(rows[0]) + "\n" + chat_lines(2))
-    out = run_cli("render", str(data), "--model", "tiny", "-n", "2", env=home).stdout
+    wide = {**home, "COLUMNS": "400"}  # the header names the file in full, however deep tmp_path is
+    out = run_cli("render", str(data), "--model", "tiny", "-n", "2", env=wide).stdout
     assert f"{data}:1" in out and f"{data}:2" in out and f"{data}:3" not in out
     assert "[[learn this<|im_end|>]]" in out and "[[skip" not in out and "skip<|im_end|>" in out
     assert "<|im_start|>user\nhi<|im_end|>" in out
