@@ -40,8 +40,9 @@ def retrieve_model(model: str, services: ServicesDep, owner: OwnerDep) -> Model:
     resolved = resolve_callable(services.catalog, model, owner, fetch=False)
     if resolved.adapter is None:
         return Model(id=resolved.id, created=resolved.base.created, owned_by=BASE_OWNER)
-    sharer = Permissions(services.store).sharer(resolved.id, owner)
-    rec = services.store.find_model(owner, resolved.id) or services.store.find_model(sharer or owner, resolved.id)
+    rec = services.store.find_model(owner, resolved.id)
+    if rec is None:  # shared with this owner: reported as the sharer's
+        rec = services.store.find_model(Permissions(services.store).sharer(resolved.id, owner) or owner, resolved.id)
     assert rec is not None
     return Model(id=rec.id, created=rec.created, owned_by=rec.owner)
 
