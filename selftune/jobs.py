@@ -14,10 +14,12 @@ The worker (``selftune.worker``) only supervises training processes and calls th
 
 from __future__ import annotations
 
+import json
+import logging
 import secrets
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from selftune import integrations
 from selftune.blobs import Blobs
@@ -36,6 +38,11 @@ from selftune.tables import UNCLAIMED
 from selftune.train.estimate import estimate as estimate_job
 from selftune.train.estimate import load_throughput, record_throughput
 from selftune.train.protocol import Done, JobDir
+
+if TYPE_CHECKING:
+    from selftune.evals.service import Evals
+
+log = logging.getLogger(__name__)
 
 MIN_EXAMPLES = 10
 """OpenAI's minimum; fewer fails the job with ``invalid_n_examples``."""
@@ -295,6 +302,25 @@ def _format_mismatch(filename: str, fmt: str, method: MethodType) -> str | None:
     return None
 
 
+def _publish_evaluation(evals: Evals, job: JobRecord, files: JobDir, events: list[tuple[str, str]]) -> str | None:
+    """The job's evaluation report (when it has one) as an eval with a run per model, named in an
+    event; a failure here is a warning, never the job's: the report stays a result file either way."""
+    if not files.eval_json.is_file():
+        return None
+    from selftune.eval.on_evals import publish_report
+
+    try:
+        report = json.loads(files.eval_json.read_text(encoding="utf-8"))
+        name = f"{job.id}: {job.model_name} against {job.base_model}"
+        eval_id = publish_report(evals, job.owner, report, name, {"fine_tuning_job_id": job.id})
+    except Exception as e:  # the evaluation is extra; the trained model is what the job owes
+        log.warning("publishing the evaluation of %s failed", job.id, exc_info=True)
+        events.append(("warn", f"The evaluation was not added to the Evals API: {type(e).__name__}: {e}"))
+        return None
+    events.append(("info", f"Evaluation: eval {eval_id}, base and fine-tuned side by side at /#/evals/{eval_id}"))
+    return eval_id
+
+
 def fail(store: Store, job: JobRecord, code: str, message: str, param: str | None = None) -> JobRecord:
     error = {"code": code, "message": message, "param": param}
     return apply(store, job, JobAction.FAIL, {"error": error}, [("error", message)])
@@ -306,9 +332,12 @@ def record_checkpoint(
     store.put_checkpoint(CheckpointRecord(random_id("ftckpt_"), job.id, now(), step, metrics, path), keep=kept)
 
 
-def succeed(store: Store, blobs: Blobs, home: Path, job: JobRecord, files: JobDir, done: Done) -> JobRecord:
+def succeed(
+    store: Store, blobs: Blobs, home: Path, job: JobRecord, files: JobDir, done: Done, evals: Evals | None = None
+) -> JobRecord:
     """Upload the result files, register the model and its checkpoints, and finish the job, in one
-    move; if the job was cancelled in the last moment, nothing is registered and the results go."""
+    move; if the job was cancelled in the last moment, nothing is registered and the results go.
+    With ``evals``, the end-of-job evaluation also becomes an eval of the Evals API."""
     results = [register_result(store, blobs, job.owner, files.metrics, "step_metrics.csv", job.id)]
     # The end-of-job evaluation (when the job had a validation file) rides along as result files.
     for path, target in ((files.eval_html, "eval_report.html"), (files.eval_json, "eval_report.json")):
@@ -331,7 +360,9 @@ def succeed(store: Store, blobs: Blobs, home: Path, job: JobRecord, files: JobDi
         "result_files": [r.id for r in results],
         "quality": done.quality,
     }
-    events = [
+    events: list[tuple[str, str]] = []  # OpenAI's last two events stay last
+    published = _publish_evaluation(evals, job, files, events) if evals is not None else None
+    events += [
         ("info", f"New fine-tuned model created: {job.model_name}"),
         ("info", "The job has successfully completed"),
     ]
@@ -341,6 +372,8 @@ def succeed(store: Store, blobs: Blobs, home: Path, job: JobRecord, files: JobDi
         for r in results:
             store.delete_file(job.owner, r.id)
             blobs.delete(r.id)
+        if evals is not None and published is not None:
+            evals.evals.delete(job.owner, published)
         raise
     finally:
         files.state.unlink(missing_ok=True)  # only needed to continue; the adapters stay

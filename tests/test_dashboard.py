@@ -121,6 +121,11 @@ def test_upload_train_watch_reload_and_compare(page: Any, server: LiveServer, tm
     assert pg.locator("#checkpoints tbody tr").count() == 3
     assert "Eval:" in pg.inner_text("#events")
     shot(pg, "4-job-succeeded")
+    # The link to the same answers on the Evals API: the eval's runs, base and fine-tuned side by side.
+    pg.click("#job-eval")
+    pg.wait_for_selector("#runs tr[data-row='items passed']")
+    assert pg.locator("#runs tr[data-row='items passed'] [data-run]").count() == 2
+    pg.go_back()
     model = pg.inner_text("#checkpoints tbody tr:first-child td:nth-child(2)").rsplit(":ckpt-step-", 1)[0]
     assert model.startswith("ft:tiny:local:ui:")
 

@@ -7,6 +7,7 @@ import json
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -156,6 +157,29 @@ def test_a_job_with_a_validation_file_attaches_its_evaluation(server: LiveServer
     assert report["summary"] == summary[0] and report["examples"][0]["reference"] == "answer 100"
     page = client.files.content(job.result_files[1]).text  # type: ignore[attr-defined]
     assert page.startswith("<!doctype html>") and "answer 104" in page
+    # The same answers are an eval of the Evals API: a run per model, graded by the server.
+    named = [e for e in events if e.startswith("Evaluation: eval ")]
+    assert len(named) == 1, events
+    eval_id = named[0].split()[2].rstrip(",")
+    ev = client.evals.retrieve(eval_id)
+    assert ev.metadata == {"fine_tuning_job_id": job.id} and job.id in ev.name  # type: ignore[attr-defined]
+    _same_answers(client, eval_id, report)
+
+
+def _same_answers(client: Any, eval_id: str, report: dict[str, Any]) -> None:
+    """The eval's runs (one per model, named after it, oldest first) hold the report's answers,
+    every item graded."""
+    deadline = time.monotonic() + 60
+    runs = client.evals.runs.list(eval_id, order="asc").data
+    while any(r.status in ("queued", "in_progress") for r in runs) and time.monotonic() < deadline:
+        time.sleep(0.2)
+        runs = client.evals.runs.list(eval_id, order="asc").data
+    assert [r.name for r in runs] == report["models"] and {r.status for r in runs} == {"completed"}
+    for run, model in zip(runs, report["models"], strict=True):
+        assert run.result_counts.total == report["n"] and run.result_counts.errored == 0
+        items = sorted(client.evals.runs.output_items.list(run.id, eval_id=eval_id), key=lambda o: o.datasource_item_id)
+        assert [o.sample.output[0].content for o in items] == [ex["outputs"][model] for ex in report["examples"]]
+        assert [o.datasource_item["reference"] for o in items] == [ex["reference"] for ex in report["examples"]]
 
 
 def test_eval_cli_compares_models_with_a_judge(server: LiveServer, tmp_path: Path) -> None:
@@ -202,6 +226,9 @@ def test_eval_cli_compares_models_with_a_judge(server: LiveServer, tmp_path: Pat
         for answer in ex["outputs"].values():
             assert _html(answer) in page
     assert "answer 55" in out["md"].read_text()
+    # The answers came from an eval of the server's Evals API, a completions run per model.
+    note = next(n for n in report["notes"] if n.startswith("answers sampled by the Evals API"))
+    _same_answers(client, note.split()[7], report)
     # The same comparison sent as one Batch per model (the judge's too) gives the same answers.
     batched = tmp_path / "batched.json"
     args = ["--models", "tiny", tuned, "--data", str(held), "--judge", "tiny", "--max-tokens", "6"]
@@ -210,6 +237,13 @@ def test_eval_cli_compares_models_with_a_judge(server: LiveServer, tmp_path: Pat
     assert [ex["outputs"] for ex in again["examples"]] == [ex["outputs"] for ex in report["examples"]]
     assert again["judge"]["results"][tuned]["verdicts"] == verdicts["verdicts"]
     assert client.batches.list().data[0].endpoint == "/v1/chat/completions"
+    assert not any("Evals API" in n for n in again["notes"])
+    # ... and asked one by one through chat completions (what `selftune eval` does against other APIs).
+    direct = tmp_path / "direct.json"
+    run_cli("eval", *args, "--direct", "--json", str(direct), env=env)
+    assert [ex["outputs"] for ex in json.loads(direct.read_text())["examples"]] == [
+        ex["outputs"] for ex in report["examples"]
+    ]
     missing = run_cli("eval", "--models", "tiny", "--data", str(tmp_path / "nope.jsonl"), env=env, check=False)
     assert missing.returncode == 2 and "does not exist" in missing.stderr
     unknown = run_cli("eval", "-m", "no-such-model", "--data", str(held), env=env, check=False)

@@ -26,6 +26,11 @@ from selftune.cli.common import api_errors, client_options, console, friendly_er
 @click.option(
     "--batch", "use_batch", is_flag=True, help="Send each model's prompts as one Batch (/v1/batches) instead."
 )
+@click.option(
+    "--direct",
+    is_flag=True,
+    help="Ask the models through chat completions even where the server has the Evals API.",
+)
 @click.option("--max-tokens", type=int, default=None, help="Answer length limit [default: about 2x the reference].")
 @click.option("--temperature", type=float, default=0.0, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True, help="For sampling, bootstrap and the judge's order.")
@@ -47,6 +52,7 @@ def eval_(
     judge: str | None,
     concurrency: int,
     use_batch: bool,
+    direct: bool,
     max_tokens: int | None,
     temperature: float,
     seed: int,
@@ -66,12 +72,15 @@ def eval_(
 
     Each example's conversation, without its last assistant message, is sent to every model through
     the OpenAI API (selftune or any compatible server); the answers are scored against that message.
+    On a selftune server the answers come from runs of one eval of its Evals API (one run per model,
+    shown side by side on the dashboard's Evals page); elsewhere, from chat completions.
     """
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     from selftune.atomic import write_atomic
     from selftune.eval import evaluate, load_examples
     from selftune.eval.core import default_max_tokens
+    from selftune.eval.on_evals import EvalsAnswerers, has_evals_api
     from selftune.eval.remote import api_answerer, batch_answerer
     from selftune.eval.report import print_report, to_html, to_json, to_markdown
 
@@ -90,7 +99,22 @@ def eval_(
             return batch_answerer(client, name, max_tokens=limit, temperature=temperature, seed=seed)
         return api_answerer(client, name, max_tokens=limit, concurrency=concurrency, temperature=temperature, seed=seed)
 
-    answerers = {name: answerer(name, limits, temperature) for name in names}
+    chat = all(not isinstance(ex.prompt, str) for ex in examples)  # Evals runs ask chat models
+    on_evals = None
+    if chat and not use_batch and not direct and has_evals_api(client):
+        for name in names:  # an unknown model is the models endpoint's 404, before anything is created
+            client.models.retrieve(name)
+        on_evals = EvalsAnswerers(
+            client,
+            examples,
+            f"selftune eval: {', '.join(names)} on {data.name}",
+            max_tokens=max(limits),
+            temperature=temperature,
+            seed=seed,
+        )
+        answerers = {name: on_evals(name) for name in names}
+    else:
+        answerers = {name: answerer(name, limits, temperature) for name in names}
     judge_with = (judge, answerer(judge, 16)) if judge else None
     total = len(examples) * (len(names) + (len(names) - 1 if judge else 0))
     with Progress(
@@ -106,6 +130,8 @@ def eval_(
             seed=seed,
             tick=lambda: progress.advance(task),
         )
+    if on_evals is not None:
+        report.notes.append(on_evals.note())
     print_report(report, Console(soft_wrap=False), show=show)
     for path, text in ((html_out, to_html), (md_out, to_markdown), (json_out, to_json)):
         if path is not None:

@@ -2,8 +2,9 @@
 
 Normalisation follows SQuAD's evaluation script (lower case, no punctuation, no articles ``a``,
 ``an``, ``the``, whitespace collapsed), so "The Knee cap." and "knee cap" are the same answer.
-ROUGE-L is the LCS F-measure over those normalised tokens; token F1 is SQuAD's. Both are a few
-lines here rather than a dependency: ``rouge-score`` would pull in nltk and absl for one function.
+ROUGE-L is the LCS F-measure over those normalised tokens, computed by ``rouge-score``, the library
+the ``text_similarity`` grader uses (one implementation: only the tokens differ, SQuAD's here, so
+accented words stay whole); token F1 is SQuAD's, which no OpenAI grader has.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ import re
 import string
 from collections import Counter
 from collections.abc import Sequence
+from functools import cache
+from typing import Any
 
 import numpy as np
 
@@ -48,25 +51,25 @@ def token_f1(prediction: str, reference: str) -> float:
     return 2 * precision * recall / (precision + recall)
 
 
-def _lcs(a: Sequence[str], b: Sequence[str]) -> int:
-    prev = [0] * (len(b) + 1)
-    for x in a:
-        cur = [0]
-        for j, y in enumerate(b):
-            cur.append(prev[j] + 1 if x == y else max(prev[j + 1], cur[j]))
-        prev = cur
-    return prev[-1]
+class _SquadTokens:
+    """``rouge-score``'s tokenizer interface over SQuAD-normalised words."""
+
+    def tokenize(self, text: str) -> list[str]:
+        return normalize(text).split()
+
+
+@cache
+def _rouge_l() -> Any:
+    from rouge_score import rouge_scorer
+
+    return rouge_scorer.RougeScorer(["rougeL"], tokenizer=_SquadTokens())
 
 
 def rouge_l(prediction: str, reference: str) -> float:
-    pred, ref = normalize(prediction).split(), normalize(reference).split()
-    if not pred or not ref:
+    pred, ref = normalize(prediction), normalize(reference)
+    if not pred or not ref:  # rouge-score gives 0 for two empty answers; an empty reference matched is a match
         return float(pred == ref)
-    lcs = _lcs(pred, ref)
-    if lcs == 0:
-        return 0.0
-    precision, recall = lcs / len(pred), lcs / len(ref)
-    return 2 * precision * recall / (precision + recall)
+    return float(_rouge_l().score(reference, prediction)["rougeL"].fmeasure)
 
 
 def parse_json(text: str) -> object | None:

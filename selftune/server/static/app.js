@@ -292,7 +292,11 @@ async function jobPage(id) {
       if (f.filename !== "eval_report.html") continue;
       const html = await api(`/files/${fid}/content`);
       // A sandboxed frame with no scripts: the report is our own page (no scripts), but it shows model output.
-      evalBox.replaceChildren(h("h2", {}, "Evaluation: base vs fine-tuned"), h("iframe", { class: "report", sandbox: "allow-same-origin", srcdoc: html, title: "evaluation report" }));
+      // The same answers are an eval of the Evals API (its id in an event): link its side-by-side page.
+      const events = await api(`/fine_tuning/jobs/${id}/events?limit=20`);
+      const named = events.data.map((e) => /^Evaluation: eval (eval_\w+)/.exec(e.message)).find((m) => m);
+      const link = named ? h("p", {}, h("a", { id: "job-eval", href: `#/evals/${named[1]}` }, "Each answer, graded, on the Evals page")) : "";
+      evalBox.replaceChildren(h("h2", {}, "Evaluation: base vs fine-tuned"), link, h("iframe", { class: "report", sandbox: "allow-same-origin", srcdoc: html, title: "evaluation report" }));
       return;
     }
   }
