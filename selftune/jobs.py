@@ -19,7 +19,7 @@ import logging
 import secrets
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from selftune import integrations
 from selftune.blobs import Blobs
@@ -27,6 +27,7 @@ from selftune.catalog import Catalog
 from selftune.claims import lease
 from selftune.data.render import render_file
 from selftune.errors import InvalidRequest, InvalidStatus, NotFound
+from selftune.evals.service import Evals
 from selftune.faults import crash_point
 from selftune.files import ensure_validated, register_result
 from selftune.ids import now, random_id
@@ -38,9 +39,6 @@ from selftune.tables import UNCLAIMED
 from selftune.train.estimate import estimate as estimate_job
 from selftune.train.estimate import load_throughput, record_throughput
 from selftune.train.protocol import Done, JobDir
-
-if TYPE_CHECKING:
-    from selftune.evals.service import Evals
 
 log = logging.getLogger(__name__)
 
@@ -333,11 +331,11 @@ def record_checkpoint(
 
 
 def succeed(
-    store: Store, blobs: Blobs, home: Path, job: JobRecord, files: JobDir, done: Done, evals: Evals | None = None
+    store: Store, blobs: Blobs, home: Path, job: JobRecord, files: JobDir, done: Done, catalog: Catalog | None = None
 ) -> JobRecord:
     """Upload the result files, register the model and its checkpoints, and finish the job, in one
     move; if the job was cancelled in the last moment, nothing is registered and the results go.
-    With ``evals``, the end-of-job evaluation also becomes an eval of the Evals API."""
+    With the ``catalog``, the end-of-job evaluation also becomes an eval of the Evals API."""
     results = [register_result(store, blobs, job.owner, files.metrics, "step_metrics.csv", job.id)]
     # The end-of-job evaluation (when the job had a validation file) rides along as result files.
     for path, target in ((files.eval_html, "eval_report.html"), (files.eval_json, "eval_report.json")):
@@ -361,6 +359,7 @@ def succeed(
         "quality": done.quality,
     }
     events: list[tuple[str, str]] = []  # OpenAI's last two events stay last
+    evals = Evals(store, blobs, catalog) if catalog is not None else None
     published = _publish_evaluation(evals, job, files, events) if evals is not None else None
     events += [
         ("info", f"New fine-tuned model created: {job.model_name}"),

@@ -34,7 +34,6 @@ from selftune import jobs
 from selftune.atomic import remove_tree
 from selftune.claims import LeaseKeeper, dead_here, holder_id
 from selftune.errors import InvalidStatus, internal_error
-from selftune.evals.service import Evals
 from selftune.faults import crash_point
 from selftune.groups import Groups, Rendezvous, role
 from selftune.job_launch import CannotStart, log_tail, spawn, train_config
@@ -87,7 +86,6 @@ class Worker:
         self.store = core.store
         self.blobs, self.catalog, self.storage = core.blobs, core.catalog, core.storage
         self.objects = JobObjects(core.storage, core.store, settings.home)
-        self.evals = Evals(core.store, core.blobs, core.catalog)  # a job's evaluation becomes an eval
         self.offer = offer(settings)
         self.slots = self.offer.slots
         self.poll_seconds = poll_seconds
@@ -323,7 +321,7 @@ class Worker:
         if rc == Exit.DONE and a.done is not None:
             crash_point("job.finished")
             self.objects.put(a.files.adapter)  # any server serves the model from the store
-            if self._try(jobs.succeed, self.store, self.blobs, self.settings.home, job, a.files, a.done, self.evals):
+            if self._try(jobs.succeed, self.store, self.blobs, self.settings.home, job, a.files, a.done, self.catalog):
                 self.objects.delete(a.files.state)  # only needed to continue
         elif rc == Exit.PAUSED:
             self.objects.put(a.files.state)  # resumed, it may continue on any worker
