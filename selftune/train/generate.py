@@ -32,20 +32,34 @@ def greedy_tokens(
     ids = [render_prompt(tokenizer, p) for p in prompts]
     order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
     rows: list[list[int]] = [[] for _ in ids]
-    for start in range(0, len(order), batch_size):
-        chunk = order[start : start + batch_size]
-        width = max(len(ids[i]) for i in chunk)
-        input_ids = torch.tensor([[pad_id] * (width - len(ids[i])) + ids[i] for i in chunk], device=device)
-        mask = torch.tensor([[0] * (width - len(ids[i])) + [1] * len(ids[i]) for i in chunk], device=device)
-        with torch.no_grad(), autocast(), nullcontext() if adapter else model.disable_adapter():
-            generated = model.generate(
-                input_ids=input_ids,
-                attention_mask=mask,
-                max_new_tokens=max(limits[i] for i in chunk),
-                do_sample=False,
-                eos_token_id=sorted(stops),
-                pad_token_id=pad_id,
-            )[:, width:]
-        for i, row in zip(chunk, generated.tolist(), strict=True):
-            rows[i] = row[: limits[i]]
+    head = model.get_output_embeddings()
+    hook = head.register_forward_pre_hook(_contiguous) if head is not None else None
+    try:
+        for start in range(0, len(order), batch_size):
+            chunk = order[start : start + batch_size]
+            width = max(len(ids[i]) for i in chunk)
+            input_ids = torch.tensor([[pad_id] * (width - len(ids[i])) + ids[i] for i in chunk], device=device)
+            mask = torch.tensor([[0] * (width - len(ids[i])) + [1] * len(ids[i]) for i in chunk], device=device)
+            with torch.no_grad(), autocast(), nullcontext() if adapter else model.disable_adapter():
+                generated = model.generate(
+                    input_ids=input_ids,
+                    attention_mask=mask,
+                    max_new_tokens=max(limits[i] for i in chunk),
+                    do_sample=False,
+                    eos_token_id=sorted(stops),
+                    pad_token_id=pad_id,
+                )[:, width:]
+            for i, row in zip(chunk, generated.tolist(), strict=True):
+                rows[i] = row[: limits[i]]
+    finally:
+        if hook is not None:
+            hook.remove()
     return rows
+
+
+def _contiguous(module: Any, args: tuple[Any, ...]) -> tuple[Any, ...]:
+    """The output layer's input made contiguous. Generation hands it the prompt's last position, a
+    strided view; ``matmul`` cannot fold a strided 3-D input into one matrix product, so it expands
+    the weight to every row and copies it: 16 x 640 x 262,144 values for Gemma 3's vocabulary, 11 s
+    of the guard's 16 s in bf16 on 2 cores, where this copy of the input costs microseconds."""
+    return (args[0].contiguous(), *args[1:])
