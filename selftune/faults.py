@@ -10,6 +10,7 @@ kill a real server at exactly that step and check that nothing is lost, half-wri
 - ``upload.registered``: a completed upload's file is registered, the upload not yet ``completed``;
 - ``job.finished``: the training process ended with its model, the job not yet concluded;
 - ``job.results``: the job's result files are registered, the job not yet ``succeeded``;
+- ``job.evaluated``: the job's evaluation is an eval of the Evals API, the job not yet ``succeeded``;
 - ``export.built``: the export is built and verified, not yet ``succeeded``;
 - ``batch.output``: a batch's output and error files are registered, the batch not yet ended.
 """
@@ -26,6 +27,7 @@ POINTS = frozenset(
         "upload.registered",
         "job.finished",
         "job.results",
+        "job.evaluated",
         "export.built",
         "batch.output",
     }

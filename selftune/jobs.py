@@ -310,7 +310,8 @@ def _publish_evaluation(evals: Evals, job: JobRecord, files: JobDir, events: lis
     try:
         report = json.loads(files.eval_json.read_text(encoding="utf-8"))
         name = f"{job.id}: {job.model_name} against {job.base_model}"
-        eval_id = publish_report(evals, job.owner, report, name, {"fine_tuning_job_id": job.id})
+        metadata = {"fine_tuning_job_id": job.id}
+        eval_id = publish_report(evals, job.owner, report, name, metadata, f"eval_{job.id.removeprefix('ftjob-')}")
     except Exception as e:  # the evaluation is extra; the trained model is what the job owes
         log.warning("publishing the evaluation of %s failed", job.id, exc_info=True)
         events.append(("warn", f"The evaluation was not added to the Evals API: {type(e).__name__}: {e}"))
@@ -361,6 +362,7 @@ def succeed(
     events: list[tuple[str, str]] = []  # OpenAI's last two events stay last
     evals = Evals(store, blobs, catalog) if catalog is not None else None
     published = _publish_evaluation(evals, job, files, events) if evals is not None else None
+    crash_point("job.evaluated")
     events += [
         ("info", f"New fine-tuned model created: {job.model_name}"),
         ("info", "The job has successfully completed"),

@@ -148,13 +148,18 @@ def test_bytes_a_crash_left_without_a_file_are_swept(crashable: LiveServer) -> N
 # --- a job's end ----------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("point", ["job.finished", "job.results"])
+@pytest.mark.parametrize("point", ["job.finished", "job.results", "job.evaluated"])
 def test_a_job_killed_as_it_ends_ends_once(crashable: LiveServer, point: str) -> None:
     client = restart(crashable, point)
     metrics_before = len(files_named(client, "step_metrics.csv"))
     train = client.files.create(file=(f"{point}.jsonl", chat_lines(10).encode()), purpose="fine-tune")
+    valid = client.files.create(file=(f"{point}-valid.jsonl", chat_lines(3, offset=50).encode()), purpose="fine-tune")
     job = client.fine_tuning.jobs.create(
-        model="tiny", training_file=train.id, hyperparameters={"n_epochs": 2}, suffix=point.replace(".", "-")
+        model="tiny",
+        training_file=train.id,
+        validation_file=valid.id,
+        hyperparameters={"n_epochs": 2},
+        suffix=point.replace(".", "-"),
     )
     killed(crashable, timeout=300)
 
@@ -176,6 +181,9 @@ def test_a_job_killed_as_it_ends_ends_once(crashable: LiveServer, point: str) ->
     r = client.chat.completions.create(model=job.fine_tuned_model, messages=[{"role": "user", "content": "q"}])
     assert r.model == job.fine_tuned_model
     assert not unregistered(crashable, client)
+    # Its evaluation is one eval of the Evals API, however often the job was finished.
+    evals = [e for e in client.evals.list(limit=100) if (e.metadata or {}).get("fine_tuning_job_id") == job.id]
+    assert len(evals) == 1 and sum(m.startswith("Evaluation: eval ") for m in events) == 1
 
 
 # --- an export's end, a batch's end ------------------------------------------------------------------

@@ -80,13 +80,21 @@ def completions_run(
     return {"name": model, "data_source": source}
 
 
-def publish_report(evals: Evals, owner: str, report: dict[str, Any], name: str, metadata: dict[str, str]) -> str:
-    """A finished report (``EvalReport.to_dict``) as an eval with one run per model over the answers
-    it holds; the server's eval runner grades them. Returns the eval's id."""
+def publish_report(
+    evals: Evals, owner: str, report: dict[str, Any], name: str, metadata: dict[str, str], eval_id: str
+) -> str:
+    """A finished report (``EvalReport.to_dict``) as the eval ``eval_id`` with one run per model over
+    the answers it holds; the server's eval runner grades them. Publishing again (a job finished a
+    second time after its worker died) finds the eval there and adds nothing. Returns the eval's id."""
+    from selftune.errors import NotFound
     from selftune.schemas.evals import CreateEvalRequest, CreateEvalRunRequest
 
+    try:
+        return evals.evals.get(owner, eval_id).id
+    except NotFound:
+        pass
     body = CreateEvalRequest.model_validate(eval_request(name, given_samples=True, metadata=metadata))
-    ev = evals.create(owner, body)
+    ev = evals.create(owner, body, eval_id)
     for model in report["models"]:
         rows = [
             {

@@ -57,7 +57,8 @@ class Evals:
 
     # --- evals ------------------------------------------------------------------------------------
 
-    def create(self, owner: str, body: CreateEvalRequest) -> Eval:
+    def create(self, owner: str, body: CreateEvalRequest, eval_id: str | None = None) -> Eval:
+        """``eval_id``: an id chosen by the caller (a job's evaluation: one per job), else a random one."""
         config = body.data_source_config
         try:
             jsonschema.Draft202012Validator.check_schema(config.item_schema)
@@ -77,7 +78,7 @@ class Evals:
             schema["properties"]["sample"] = SAMPLE_SCHEMA
             schema["required"].append("sample")
         ev = Eval(
-            id=random_id("eval_"),
+            id=eval_id or random_id("eval_"),
             name=body.name or "eval",
             data_source_config={"type": "custom", "schema": schema},
             testing_criteria=[c.model_dump(exclude_none=True) for c in body.testing_criteria],
