@@ -24,7 +24,7 @@ from selftune.faults import crash_point
 from selftune.ids import derived_id, now, random_id
 from selftune.store import FileRecord, Store
 
-VALIDATOR_VERSION = 1
+VALIDATOR_VERSION = 2
 """Bumped when the validator's rules change, so that older verdicts are taken again."""
 
 PROCESSED = "processed"

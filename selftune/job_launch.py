@@ -17,6 +17,8 @@ from typing import IO
 from selftune import integrations
 from selftune.children import lower_priority
 from selftune.errors import SelftuneError
+from selftune.graders.judges import hidden_folders
+from selftune.methods import MethodType
 from selftune.services import Core
 from selftune.store import JobRecord
 from selftune.train.protocol import JobDir, Launch, TrainConfig, recipe_command, save_config
@@ -46,6 +48,7 @@ def train_config(core: Core, job: JobRecord, files: JobDir) -> TrainConfig:
         valid = store.get_file(job.owner, job.validation_file) if job.validation_file else None
     except SelftuneError as e:  # deleted after validation
         raise CannotStart("file_not_found", f"A file of this job was deleted before it started: {e.message}") from e
+    rft = job.method.get(MethodType.REINFORCEMENT.value) or {}
     cfg = TrainConfig(
         base_model_dir=str(base_dir),
         train_file=str(blobs.path(train.id)),
@@ -63,6 +66,9 @@ def train_config(core: Core, job: JobRecord, files: JobDir) -> TrainConfig:
         train_name=train.filename,
         valid_name=valid.filename if valid else None,
         wandb=integrations.wandb_run(job.integrations, job.id),
+        grader=rft.get("grader"),
+        response_format=rft.get("response_format"),
+        hidden_dirs=[str(p) for p in hidden_folders(core.settings)],
     )
     save_config(cfg)
     return cfg

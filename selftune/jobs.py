@@ -30,6 +30,7 @@ from selftune.errors import InvalidRequest, InvalidStatus, NotFound
 from selftune.evals.service import Evals
 from selftune.faults import crash_point
 from selftune.files import ensure_validated, register_result
+from selftune.graders.check import reinforcement_settings
 from selftune.ids import now, random_id
 from selftune.methods import TRAINED, Hyperparameters, MethodType
 from selftune.schemas.fine_tuning import CreateJobRequest
@@ -118,6 +119,14 @@ def create(
     as on OpenAI, so that every client sees them the same way (as the job's ``error``).
     """
     method_type = method_of(req)
+    rft = method_type == MethodType.REINFORCEMENT
+    settings = reinforcement_settings(req.method.reinforcement if req.method else None) if rft else None
+    if settings and not req.validation_file:
+        raise InvalidRequest(
+            "a reinforcement job needs a validation_file (as on OpenAI): its prompts are answered and graded "
+            "every eval_interval steps (valid_reward_mean), which chooses the checkpoints kept",
+            param="validation_file",
+        )
     integrations.check(req.integrations, wandb_projects)
     requested = hyperparameters(req, method_type)
     resolved = catalog.resolve(req.model, owner, fetch=False)  # trained on, perhaps, another machine
@@ -137,7 +146,7 @@ def create(
         training_file=training.id,
         validation_file=validation.id if validation else None,
         hyperparameters=hyper,
-        method={"type": method_type.value},
+        method={"type": method_type.value, **({method_type.value: settings} if settings else {})},
         suffix=req.suffix,
         seed=req.seed if req.seed is not None else secrets.randbelow(SEED_MAX),
         metadata=req.metadata,
@@ -184,13 +193,8 @@ def method_of(req: CreateJobRequest) -> MethodType:
     if req.method is None:
         return MethodType.SUPERVISED
     kind = req.method.type
-    if kind not in TRAINED:
-        raise InvalidRequest(
-            f"method.type {kind.value!r} is not supported: selftune trains 'supervised' (SFT) and 'dpo' "
-            "(preference) jobs. Reinforcement fine-tuning needs graders and sampled answers, which a LoRA "
-            "trainer does not run.",
-            param="method.type",
-        )
+    if kind not in TRAINED:  # every type OpenAI has is trained; a newer one would land here
+        raise InvalidRequest(f"method.type {kind.value!r} is not supported", param="method.type")
     for other in MethodType:
         if other != kind and getattr(req.method, other.value) is not None:
             raise InvalidRequest(
@@ -284,6 +288,18 @@ def validate_files(store: Store, blobs: Blobs, job: JobRecord) -> JobRecord:
 
 def _format_mismatch(filename: str, fmt: str, method: MethodType) -> str | None:
     """Why a file of format ``fmt`` cannot train a ``method`` job, or None when it can."""
+    if (method == MethodType.REINFORCEMENT) != (fmt == "prompts"):
+        if fmt == "prompts":
+            return (
+                f"{filename} holds prompts without answers (each line's last message is the user's), which "
+                f"train reinforcement jobs; this is a {method} job. Create it with method "
+                "{'type': 'reinforcement', 'reinforcement': {'grader': ...}}, or add the answers."
+            )
+        return (
+            f"{filename} holds {fmt} examples, but this is a reinforcement job, which samples its own answers: "
+            'each line is {"messages": [...]} ending with the user\'s message, plus any keys the grader '
+            "reads as {{item.key}}."
+        )
     if method == MethodType.DPO and fmt != "preference":
         return (
             f"{filename} holds chat examples, but this is a DPO job, which trains on preference pairs: "
@@ -305,13 +321,11 @@ def _publish_evaluation(evals: Evals, job: JobRecord, files: JobDir, events: lis
     event; a failure here is a warning, never the job's: the report stays a result file either way."""
     if not files.eval_json.is_file():
         return None
-    from selftune.eval.on_evals import publish_report
+    from selftune.eval.on_evals import publish_job_report
 
     try:
         report = json.loads(files.eval_json.read_text(encoding="utf-8"))
-        name = f"{job.id}: {job.model_name} against {job.base_model}"
-        metadata = {"fine_tuning_job_id": job.id}
-        eval_id = publish_report(evals, job.owner, report, name, metadata, f"eval_{job.id.removeprefix('ftjob-')}")
+        eval_id = publish_job_report(evals, job.owner, job.id, job.model_name, job.base_model, report)
     except Exception as e:  # the evaluation is extra; the trained model is what the job owes
         log.warning("publishing the evaluation of %s failed", job.id, exc_info=True)
         events.append(("warn", f"The evaluation was not added to the Evals API: {type(e).__name__}: {e}"))

@@ -17,6 +17,13 @@ Resolution of ``"auto"`` (documented in docs/training.md):
   model much further per step than next-token steps do).
 - ``beta`` (DPO only): ``DPO_BETA``, the value of the DPO paper and of TRL's default.
 - ``rpo_alpha`` (DPO only, a selftune extension): ``DPO_RPO_ALPHA``.
+- Reinforcement (GRPO, ``train.grpo``): ``batch_size`` ``RFT_BATCH_SIZE`` prompts (each answered
+  ``group_size`` times, so a step grades a few dozen answers); ``learning_rate_multiplier``
+  ``RFT_LEARNING_RATE_MULTIPLIER``; ``compute_multiplier`` 1.0, the group size (``group_size``: 4
+  answers per prompt at 1.0, scaled and rounded, at least 2); ``eval_interval`` about five
+  evaluations per run; ``eval_samples`` ``RFT_EVAL_SAMPLES`` validation prompts (or all there are);
+  ``reasoning_effort`` ``medium``. The models selftune trains do not reason before answering, so
+  the effort is the room an answer gets (``answer_tokens``): low 128 tokens, medium 256, high 512.
 
 The DPO defaults were chosen by measurement (``bench/dpo_quality.py``; docs/training.md has the
 table): on pairs that differ only in form, DPO alone at the former default (a LoRA rate of 5e-4)
@@ -28,7 +35,7 @@ default because it leaves more room before a model breaks.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from enum import StrEnum
 from typing import Any
 
@@ -41,8 +48,8 @@ class MethodType(StrEnum):
     REINFORCEMENT = "reinforcement"
 
 
-TRAINED: tuple[MethodType, ...] = (MethodType.SUPERVISED, MethodType.DPO)
-"""The methods selftune trains (``reinforcement`` needs graders and sampled answers)."""
+TRAINED: tuple[MethodType, ...] = (MethodType.SUPERVISED, MethodType.DPO, MethodType.REINFORCEMENT)
+"""The methods selftune trains."""
 
 TARGET_EPOCHS = 3
 MIN_TARGET_EXAMPLES = 100
@@ -64,7 +71,30 @@ DPO_RPO_ALPHA = 1.0
 output that DPO's loss is anchored with (RPO, Pang et al., 2024; TRL's ``rpo_alpha``)."""
 
 
-METHOD_SPECIFIC = ("beta", "rpo_alpha")
+RFT_BATCH_SIZE = 4
+RFT_LEARNING_RATE_MULTIPLIER = 0.2
+"""``learning_rate_multiplier: "auto"`` on reinforcement jobs: a LoRA rate of 2e-4."""
+RFT_EVAL_SAMPLES = 32
+RFT_EVALUATIONS = 5
+"""``eval_interval: "auto"``: the validation reward about this many times per run."""
+RFT_GROUP = 4
+"""Answers sampled per prompt at ``compute_multiplier`` 1."""
+RFT_KL_BETA = 0.04
+"""The weight of the KL anchor to the starting model in the GRPO loss (the GRPO paper's and TRL's
+former default): it keeps the model's answers ended and on topic while the reward pulls."""
+RFT_BEST_CHECKPOINTS = 3
+"""Reinforcement jobs keep this many checkpoints with the best validation reward (as OpenAI's do)."""
+ANSWER_TOKENS = {"low": 128, "medium": 256, "high": 512}
+"""``reasoning_effort`` -> the most tokens a sampled answer may have."""
+
+METHOD_SPECIFIC = (
+    "beta",
+    "rpo_alpha",
+    "eval_interval",
+    "eval_samples",
+    "compute_multiplier",
+    "reasoning_effort",
+)
 """Hyperparameters that only ``method.<type>.hyperparameters`` shows."""
 
 
@@ -82,6 +112,15 @@ def auto_batch_size(n_examples: int) -> int:
     return max(1, min(8, n_examples // 32))
 
 
+def group_size(compute_multiplier: float) -> int:
+    """Answers sampled per prompt in a reinforcement step: more compute, larger groups."""
+    return max(2, round(RFT_GROUP * compute_multiplier))
+
+
+def answer_tokens(reasoning_effort: str | None) -> int:
+    return ANSWER_TOKENS.get(reasoning_effort or "medium", ANSWER_TOKENS["medium"])
+
+
 @dataclass(frozen=True)
 class Hyperparameters:
     """The resolved numbers a job trains with: what the API reports and what ``TrainConfig`` carries."""
@@ -94,6 +133,11 @@ class Hyperparameters:
     rpo_alpha: float | None = None
     """DPO only (an extension of OpenAI's hyperparameters): the anchor's weight; ``None`` on jobs
     stored before it existed, which trained without one."""
+    eval_interval: int | None = None
+    """Reinforcement only, like the three below: the validation reward every this many steps."""
+    eval_samples: int | None = None
+    compute_multiplier: float | None = None
+    reasoning_effort: str | None = None
 
     @classmethod
     def resolve(
@@ -106,15 +150,29 @@ class Hyperparameters:
             value = req.get(key)
             return auto if value in (None, "auto") else value
 
-        dpo = method == MethodType.DPO
-        return cls(
-            n_epochs=int(pick("n_epochs", auto_epochs(n_examples))),
-            batch_size=int(pick("batch_size", auto_batch_size(n_examples))),
-            learning_rate_multiplier=float(
-                pick("learning_rate_multiplier", DPO_LEARNING_RATE_MULTIPLIER if dpo else 1.0)
-            ),
+        dpo, rft = method == MethodType.DPO, method == MethodType.REINFORCEMENT
+        n_epochs = int(pick("n_epochs", auto_epochs(n_examples)))
+        batch_size = int(
+            pick("batch_size", max(1, min(RFT_BATCH_SIZE, n_examples)) if rft else auto_batch_size(n_examples))
+        )
+        rate = RFT_LEARNING_RATE_MULTIPLIER if rft else DPO_LEARNING_RATE_MULTIPLIER if dpo else 1.0
+        resolved = cls(
+            n_epochs=n_epochs,
+            batch_size=batch_size,
+            learning_rate_multiplier=float(pick("learning_rate_multiplier", rate)),
             beta=float(pick("beta", DPO_BETA)) if dpo else None,
             rpo_alpha=float(pick("rpo_alpha", DPO_RPO_ALPHA)) if dpo else None,
+        )
+        if not rft:
+            return resolved
+        steps = -(-max(1, n_examples) // batch_size) * n_epochs
+        effort = req.get("reasoning_effort")
+        return replace(
+            resolved,
+            eval_interval=int(pick("eval_interval", max(1, steps // RFT_EVALUATIONS))),
+            eval_samples=int(pick("eval_samples", RFT_EVAL_SAMPLES)),
+            compute_multiplier=float(pick("compute_multiplier", 1.0)),
+            reasoning_effort="medium" if effort in (None, "auto", "default") else str(effort),
         )
 
     @classmethod
@@ -126,6 +184,10 @@ class Hyperparameters:
             learning_rate_multiplier=float(stored["learning_rate_multiplier"]),
             beta=float(stored["beta"]) if stored.get("beta") is not None else None,
             rpo_alpha=float(stored["rpo_alpha"]) if stored.get("rpo_alpha") is not None else None,
+            eval_interval=_maybe(int, stored.get("eval_interval")),
+            eval_samples=_maybe(int, stored.get("eval_samples")),
+            compute_multiplier=_maybe(float, stored.get("compute_multiplier")),
+            reasoning_effort=stored.get("reasoning_effort"),
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -139,3 +201,7 @@ class Hyperparameters:
     @property
     def learning_rate(self) -> float:
         return BASE_LEARNING_RATE * self.learning_rate_multiplier
+
+
+def _maybe(kind: Any, value: Any) -> Any:
+    return None if value is None else kind(value)

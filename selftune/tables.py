@@ -240,7 +240,8 @@ class JobRecord:
     def method_with_hyperparameters(self) -> dict[str, Any]:
         """``method`` as OpenAI shows it: ``{"type": T, T: {"hyperparameters": {...}}}``."""
         kind = self.method_type.value
-        return {**self.method, kind: {"hyperparameters": self.hyperparameters.to_dict()}}
+        settings = self.method.get(kind) or {}  # a reinforcement job's grader and response format
+        return {**self.method, kind: {**settings, "hyperparameters": self.hyperparameters.to_dict()}}
 
 
 @dataclass(frozen=True)

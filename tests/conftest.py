@@ -62,6 +62,7 @@ SMOL_FILES = (
     "test_export",
     "test_seeds",
     "test_llamacpp",
+    "test_rft_smol",
 )
 """The files whose tests use them: one unit of work, on one worker, so that each is built once. It
 is the longest unit, so it goes first and the other worker takes the rest meanwhile."""

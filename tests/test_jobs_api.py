@@ -57,6 +57,20 @@ def wait_for_step(client: openai.OpenAI, job_id: str, step: int, timeout: float 
     raise AssertionError(f"job {job_id} did not reach step {step}")
 
 
+def straight_and_paused(client: openai.OpenAI, spec: dict[str, Any], step: int) -> tuple[str, str]:
+    """Two jobs of ``spec``: one trained straight through, one paused at ``step`` (after the trainer
+    is gone) and resumed; both succeeded. Their ids, for comparing their metrics."""
+    straight = wait(client, client.fine_tuning.jobs.create(**spec).id)
+    assert straight.status == "succeeded", straight.error
+    job = client.fine_tuning.jobs.create(**spec)
+    wait_for_step(client, job.id, step)
+    client.fine_tuning.jobs.pause(job.id)
+    assert wait(client, job.id, until=("paused", *FINAL)).status == "paused" and not trainer_pids(job.id)
+    client.fine_tuning.jobs.resume(job.id)
+    assert wait(client, job.id).status == "succeeded"
+    return straight.id, job.id
+
+
 def trainer_pids(job_id: str) -> list[int]:
     """Training processes of this job, found by their command line."""
     pids = []
@@ -242,7 +256,7 @@ def test_data_problems_fail_the_job_not_the_request(client: openai.OpenAI) -> No
             },
             "hyperparameters",
         ),
-        ({"method": {"type": "reinforcement", "reinforcement": {"grader": {}}}}, "method.type"),
+        ({"method": {"type": "reinforcement", "reinforcement": {"grader": {}}}}, "method.reinforcement.grader"),
         ({"method": {"type": "dpo", "supervised": {"hyperparameters": {"n_epochs": 1}}}}, "method.supervised"),
         ({"method": {"type": "dpo", "dpo": {"hyperparameters": {"beta": 3}}}}, "method.dpo.hyperparameters.beta"),
         ({"hyperparameters": {"learning_rate_multiplier": 0}}, "hyperparameters.learning_rate_multiplier"),

@@ -3,7 +3,6 @@ models (``models add`` and ``--local`` act on this machine's catalog instead).""
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 from importlib import resources
@@ -21,9 +20,11 @@ from selftune.cli.common import (
     friendly_errors,
     group_with_client,
     home_option,
+    job_method,
     new_table,
     open_catalog,
     print_table,
+    reinforcement_options,
     sdk_client,
     upload_file,
 )
@@ -77,7 +78,7 @@ def files_rm(ctx: click.Context, file_id: str) -> None:
 @click.option("--lr-multiplier", type=float, default=None, help="learning_rate_multiplier.")
 @click.option(
     "--method",
-    type=click.Choice(TRAINED),
+    type=click.Choice([m.value for m in TRAINED]),
     default=None,
     help="[default: dpo for a local file of preference pairs, else supervised]",
 )
@@ -88,6 +89,7 @@ def files_rm(ctx: click.Context, file_id: str) -> None:
     default=None,
     help="DPO's anchor: weight of the next-token loss on the preferred output, 0 for none [default: auto].",
 )
+@reinforcement_options
 @click.option("--suffix", default=None, help="Up to 64 characters in the model name.")
 @click.option("--seed", type=int, default=None)
 @click.option("--follow", is_flag=True, help="Then follow it to the end (as `jobs follow`).")
@@ -104,6 +106,11 @@ def jobs_create(
     method: str | None,
     beta: float | None,
     rpo_alpha: float | None,
+    grader: Path | None,
+    compute_multiplier: float | None,
+    eval_interval: int | None,
+    eval_samples: int | None,
+    reasoning_effort: str | None,
     suffix: str | None,
     seed: int | None,
     follow: bool,
@@ -121,17 +128,20 @@ def jobs_create(
         hp["batch_size"] = auto_or_int(batch_size, "--batch-size")
     if lr_multiplier is not None:
         hp["learning_rate_multiplier"] = lr_multiplier
-    method = method or ("dpo" if Path(training).is_file() and _holds_pairs(Path(training)) else "supervised")
-    for flag, key, value in (("--beta", "beta", beta), ("--rpo-alpha", "rpo_alpha", rpo_alpha)):
-        if value is not None:
-            if method != "dpo":
-                raise click.UsageError(f"{flag} is a DPO hyperparameter; pass --method dpo with it")
-            hp[key] = value
+    specific = {
+        "beta": beta,
+        "rpo_alpha": rpo_alpha,
+        "compute_multiplier": compute_multiplier,
+        "eval_interval": eval_interval,
+        "eval_samples": eval_samples,
+        "reasoning_effort": reasoning_effort,
+    }
+    method, settings = job_method(method, Path(training), grader, hp, specific)
     kwargs: dict[str, Any] = {"model": model, "training_file": file_id(training)}
     if validation:
         kwargs["validation_file"] = file_id(validation)
     if hp or method != "supervised":
-        kwargs["method"] = {"type": method, method: {"hyperparameters": hp}}
+        kwargs["method"] = {"type": method, method: settings}
     if suffix:
         kwargs["suffix"] = suffix
     if seed is not None:
@@ -140,16 +150,6 @@ def jobs_create(
     click.echo(job.id)
     if follow:
         _follow(client, job.id)
-
-
-def _holds_pairs(path: Path) -> bool:
-    """Whether a (validated) JSONL file is in the preference format: its first example says."""
-    with path.open(encoding="utf-8-sig") as f:
-        first = next((line for line in f if line.strip()), "{}")
-    try:
-        return "preferred_output" in json.loads(first)
-    except ValueError:
-        return False
 
 
 @jobs.command("list")

@@ -6,6 +6,7 @@ selftune's own, ``api_errors`` for the SDK's).
 
 from __future__ import annotations
 
+import json
 import sys
 from collections.abc import Callable
 from functools import wraps
@@ -177,3 +178,77 @@ def upload_file(client: Any, path: Path) -> str:
     checked(path)
     with path.open("rb") as f:
         return str(client.files.create(file=(path.name, f), purpose="fine-tune").id)
+
+
+SPECIFIC = {
+    "beta": "dpo",
+    "rpo_alpha": "dpo",
+    "compute_multiplier": "reinforcement",
+    "eval_interval": "reinforcement",
+    "eval_samples": "reinforcement",
+    "reasoning_effort": "reinforcement",
+}
+"""The method-specific hyperparameters ``selftune jobs create`` takes, and their method."""
+
+
+def job_method(
+    method: str | None, training: Path, grader: Path | None, hp: dict[str, Any], specific: dict[str, Any]
+) -> tuple[str, dict[str, Any]]:
+    """``jobs create``'s method and its ``method.<type>`` settings: the method named, else
+    ``reinforcement`` with a grader, ``dpo`` for a local file of preference pairs, else ``supervised``;
+    a method's own flags refused on another method."""
+    if method is None and grader is not None:
+        method = "reinforcement"
+    method = method or ("dpo" if training.is_file() and _holds_pairs(training) else "supervised")
+    for key, value in specific.items():
+        if value is not None:
+            owner = SPECIFIC[key]
+            if method != owner:
+                flag = "--" + key.replace("_", "-")
+                raise click.UsageError(f"{flag} is a {owner} hyperparameter; pass --method {owner} with it")
+            hp[key] = value
+    settings: dict[str, Any] = {"hyperparameters": hp}
+    if method == "reinforcement":
+        if grader is None:
+            raise click.UsageError("a reinforcement job needs --grader FILE: a JSON file holding the grader")
+        try:
+            settings["grader"] = json.loads(grader.read_text(encoding="utf-8"))
+        except ValueError as e:
+            raise click.UsageError(f"--grader {grader}: not JSON ({e})") from None
+    elif grader is not None:
+        raise click.UsageError("--grader is for reinforcement jobs (--method reinforcement)")
+    return method, settings
+
+
+def _holds_pairs(path: Path) -> bool:
+    """Whether a (validated) JSONL file is in the preference format: its first example says."""
+    with path.open(encoding="utf-8-sig") as f:
+        first = next((line for line in f if line.strip()), "{}")
+    try:
+        return "preferred_output" in json.loads(first)
+    except ValueError:
+        return False
+
+
+def reinforcement_options(f: F) -> F:
+    """``jobs create``'s options for a reinforcement job: the grader and its hyperparameters."""
+    options = [
+        click.option(
+            "--grader",
+            type=click.Path(exists=True, dir_okay=False, path_type=Path),
+            default=None,
+            help="Reinforcement: a JSON file holding the grader (implies --method reinforcement).",
+        ),
+        click.option("--compute-multiplier", type=float, default=None, help="Reinforcement: answers per prompt, x4."),
+        click.option("--eval-interval", type=int, default=None, help="Reinforcement: validation reward every N steps."),
+        click.option("--eval-samples", type=int, default=None, help="Reinforcement: validation prompts graded."),
+        click.option(
+            "--reasoning-effort",
+            type=click.Choice(["low", "medium", "high"]),
+            default=None,
+            help="Reinforcement: an answer's room, 128, 256 or 512 tokens [default: medium].",
+        ),
+    ]
+    for option in reversed(options):
+        f = option(f)
+    return f

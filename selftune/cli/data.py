@@ -143,7 +143,7 @@ def validate(file: Path, model: str | None, max_seq_len: int | None, as_json: bo
         "errors": [p.to_dict() for p in report.errors],
         "warnings": [p.to_dict() for p in report.warnings],
     }
-    if model is not None and report.ok and report.format == "chat":
+    if model is not None and report.ok and report.format in ("chat", "prompts"):
         out["model"], _, tok, limit = load_tokenizer(model, home, max_seq_len)
         out["max_seq_len"] = limit
         rendered = render_file(tok, file, limit)
@@ -222,6 +222,11 @@ def estimate(
     rendered = render_file(tok, file, limit)
     settings = settings_from(home=home)
     qlora = open_catalog(home, None).get_base(name).qlora
+    if probe and rendered.format == "prompts":
+        raise click.UsageError(
+            "--probe measures supervised and DPO training; a reinforcement job's speed depends on its answers "
+            "and its grader, and is recorded when one finishes here"
+        )
     if probe:
         method = MethodType.DPO if rendered.format == "preference" else MethodType.SUPERVISED
         _probe(name, folder, file, settings.home, auto_or_int(batch_size, "--batch-size"), qlora, method)
@@ -232,6 +237,11 @@ def estimate(
         return
     click.echo(f"{file}: {est.examples} example(s), {est.tokens_per_epoch:,} tokens per epoch under {name}")
     click.echo(f"n_epochs {est.n_epochs}, batch_size {est.batch_size}: {est.steps:,} steps")
+    if est.group_size is not None:
+        click.echo(
+            f"reinforcement: {est.group_size} answers per prompt of up to {est.answer_tokens} tokens; the token "
+            "counts below assume every answer takes its whole room (an upper bound)"
+        )
     click.echo(f"billed tokens: {est.tokens_per_epoch:,} x {est.n_epochs} = {est.billed_tokens:,}")
     click.echo(f"cost at {price_per_1k:g} per 1K tokens: {est.cost:.4f}")
     if est.fits_memory is not None:

@@ -285,7 +285,10 @@ class RenderedFile:
     rows: list[tuple[list[int], list[int]]] = field(default_factory=list)
     """(ids, labels) of every example that has something to train, truncated to the limit."""
     format: str = "chat"
-    """``chat``, ``preference`` or ``completion`` (one per file, as validation requires)."""
+    """``chat``, ``prompts``, ``preference`` or ``completion`` (one per file, as validation requires)."""
+    items: list[dict[str, Any]] = field(default_factory=list)
+    """Of a prompts file (reinforcement), each row's whole line: what its grader reads as ``item``.
+    A prompt's row is its tokens up to the assistant's turn, nothing trained: the answers are sampled."""
     lines: list[int] = field(default_factory=list)
     """The line number of each row."""
     lengths: list[int] = field(default_factory=list)
@@ -320,6 +323,11 @@ def renders_names(tokenizer: Any) -> bool:
     return probe in tokenizer.decode(ids)
 
 
+def _ends_with_user(example: dict[str, Any]) -> bool:
+    messages = example["messages"]
+    return bool(messages) and messages[-1].get("role") == "user"
+
+
 def render_file(tokenizer: Any, path: str | Path, max_tokens: int) -> RenderedFile:
     """Render every example of a (valid) chat or preference JSONL file for training, truncating to
     ``max_tokens``.
@@ -330,13 +338,20 @@ def render_file(tokenizer: Any, path: str | Path, max_tokens: int) -> RenderedFi
     """
     out = RenderedFile()
     shows_names = renders_names(tokenizer)
+    first = True  # the first line decides a file's format, as validation does
     with open(path, encoding="utf-8") as f:
         for lineno, line in enumerate(f, start=1):
             if not line.strip():
                 continue
             try:
                 example = json.loads(line)
-                if "messages" in example:
+                starts, first = first, False
+                if "messages" in example and (out.format == "prompts" or (starts and _ends_with_user(example))):
+                    out.format, messages = "prompts", example["messages"]
+                    tools = normalize_tools(example.get("tools"), example.get("functions"))
+                    ids = render_prompt(tokenizer, messages, tools)
+                    rows = [(ids, [IGNORE] * len(ids))]
+                elif "messages" in example:
                     messages = example["messages"]
                     tools = normalize_tools(example.get("tools"), example.get("functions"))
                     rows = [render_training(tokenizer, messages, tools=tools)]
@@ -352,10 +367,15 @@ def render_file(tokenizer: Any, path: str | Path, max_tokens: int) -> RenderedFi
             out.lengths.append(max(len(ids) for ids, _ in rows))
             if not shows_names and any(isinstance(m, dict) and m.get("name") for m in messages):
                 out.unshown_names.append(lineno)
-            if any(len(ids) > max_tokens for ids, _ in rows):
+            if out.format == "prompts":  # a prompt cut short would lose the turn the model answers
+                if len(rows[0][0]) >= max_tokens:
+                    out.empty.append(lineno)
+                    continue
+                out.items.append(example)
+            elif any(len(ids) > max_tokens for ids, _ in rows):
                 out.truncated.append(lineno)
                 rows = [(ids[:max_tokens], labels[:max_tokens]) for ids, labels in rows]
-            if any(all(label == IGNORE for label in labels[1:]) for _, labels in rows):
+            if out.format != "prompts" and any(all(label == IGNORE for label in labels[1:]) for _, labels in rows):
                 out.empty.append(lineno)
                 continue
             out.rows.extend(rows)

@@ -9,9 +9,11 @@ It implements the checks of OpenAI's cookbook data-prep notebook, with the same 
 invalid JSON or encoding, the preference (DPO) format, ``weight`` values, mixed formats, duplicates,
 and function calling (``tools`` and ``functions``, call ids, names and JSON arguments).
 
-Three line formats are accepted (one per file):
+Four line formats are accepted (one per file; the first line decides):
 
 - chat: ``{"messages": [...], "tools"?: [...], "parallel_tool_calls"?: bool}``
+- prompts: chat lines whose last message is the user's, for reinforcement jobs, which sample the
+  answers themselves; every other key of a line is the grader's (``{{item.key}}``)
 - preference: ``{"input": {"messages": [...]}, "preferred_output": [assistant message],
   "non_preferred_output": [assistant message]}``
 - completion: ``{"prompt": "...", "completion": "..."}``, the legacy format OpenAI trained
@@ -36,7 +38,7 @@ from selftune.data.tool_checks import check_tools
 from selftune.errors import InvalidJSON
 
 Level = Literal["error", "warning"]
-Format = Literal["chat", "preference", "completion"]
+Format = Literal["chat", "prompts", "preference", "completion"]
 
 ROLES = ("system", "developer", "user", "assistant", "tool", "function")
 MESSAGE_KEYS = ("role", "content", "name", "function_call", "weight", "tool_calls", "tool_call_id")
@@ -96,6 +98,10 @@ class Report:
             return
         self.problems.append(Problem(line, level, key, message))
 
+    @property
+    def _noun(self) -> str:
+        return "prompt(s) for a reinforcement job" if self.format == "prompts" else "example(s)"
+
     def summary(self, *, max_lines: int | None = None) -> str:
         """Human-readable text: a headline, then one ``file:line: level: message`` row per problem."""
         errs, warns = self.errors, self.warnings
@@ -103,7 +109,7 @@ class Report:
             f"{self.filename} has {len(errs)} error(s) and {len(warns)} warning(s) "
             f"in {self.n_lines} line(s); fix every error below and upload it again."
             if errs
-            else f"{self.filename}: {self.n_examples} example(s), no errors, {len(warns)} warning(s)."
+            else f"{self.filename}: {self.n_examples} {self._noun}, no errors, {len(warns)} warning(s)."
         )
         rows = [p.format(self.filename) for p in errs + warns]
         if max_lines is not None and len(rows) > max_lines:
@@ -196,7 +202,8 @@ def _check_example(obj: Any, line: int, report: Report) -> None:
         report.add(line, "error", "data_type", f"each line must be a JSON object, not {type(obj).__name__}{hint}")
         return
     if "messages" in obj:
-        fmt: Format = "chat"
+        prompts = report.format == "prompts" or (report.format is None and _ends_with_user(obj))
+        fmt: Format = "prompts" if prompts else "chat"
     elif any(k in obj for k in PREFERENCE_KEYS):
         fmt = "preference"
     elif any(k in obj for k in COMPLETION_KEYS):
@@ -217,6 +224,8 @@ def _check_example(obj: Any, line: int, report: Report) -> None:
         return
     if fmt == "chat":
         _check_chat(obj, line, report)
+    elif fmt == "prompts":
+        _check_prompts(obj, line, report)
     elif fmt == "completion":
         _check_completion(obj, line, report)
     else:
@@ -227,12 +236,9 @@ def _check_chat(obj: dict[str, Any], line: int, report: Report) -> None:
     for k in obj:
         if k not in CHAT_KEYS:
             report.add(line, "warning", "unrecognized_key", f'unknown key "{k}" is ignored')
-    messages = obj.get("messages")
-    if not messages or not isinstance(messages, list):
-        report.add(line, "error", "missing_messages_list", '"messages" must be a non-empty list of messages')
+    messages = _conversation(obj, line, report)
+    if messages is None:
         return
-    _check_messages(messages, line, report, where="")
-    check_tools(obj, messages, line, report, where="")
     roles = [m.get("role") for m in messages if isinstance(m, dict)]
     if "system" not in roles and "developer" not in roles:
         report.n_missing_system += 1
@@ -240,7 +246,13 @@ def _check_chat(obj: dict[str, Any], line: int, report: Report) -> None:
         report.n_missing_user += 1
     assistants = [m for m in messages if isinstance(m, dict) and m.get("role") == "assistant"]
     if not assistants:
-        report.add(line, "error", "example_missing_assistant_message", "no assistant message to learn from")
+        report.add(
+            line,
+            "error",
+            "example_missing_assistant_message",
+            "no assistant message to learn from (a file whose first line ends with the user's message "
+            "holds prompts for a reinforcement job instead)",
+        )
     elif all(m.get("weight") == 0 for m in assistants):
         report.add(
             line,
@@ -250,6 +262,43 @@ def _check_chat(obj: dict[str, Any], line: int, report: Report) -> None:
         )
     elif roles and roles[-1] != "assistant":
         report.add(line, "warning", "trailing_messages", "messages after the last assistant turn are not trained")
+
+
+def _conversation(obj: dict[str, Any], line: int, report: Report) -> list[Any] | None:
+    """A chat or prompts line's messages and tools, checked; None when there is no list of messages."""
+    messages = obj.get("messages")
+    if not messages or not isinstance(messages, list):
+        report.add(line, "error", "missing_messages_list", '"messages" must be a non-empty list of messages')
+        return None
+    _check_messages(messages, line, report, where="")
+    check_tools(obj, messages, line, report, where="")
+    return messages
+
+
+def _ends_with_user(obj: dict[str, Any]) -> bool:
+    messages = obj.get("messages")
+    return (
+        isinstance(messages, list)
+        and bool(messages)
+        and isinstance(messages[-1], dict)
+        and messages[-1].get("role") == "user"
+    )
+
+
+def _check_prompts(obj: dict[str, Any], line: int, report: Report) -> None:
+    """A reinforcement job's line: the conversation up to the user's last message (the model
+    samples the answer); keys besides the chat ones are the grader's, so none is unknown."""
+    if _conversation(obj, line, report) is None:
+        return
+    if not _ends_with_user(obj):
+        report.add(
+            line,
+            "error",
+            "invalid_last_message",
+            "the last message must be the user's: a reinforcement job samples the answer itself (earlier "
+            "lines of this file end with the user's message; a file of whole conversations trains a "
+            "supervised job)",
+        )
 
 
 def _check_completion(obj: dict[str, Any], line: int, report: Report) -> None:

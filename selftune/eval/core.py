@@ -176,20 +176,23 @@ def load_examples(path: str | Path, *, limit: int | None = None, filename: str |
         for line_no, raw in enumerate(f, 1):
             if not raw.strip():
                 continue
-            examples.append(example_from(json.loads(raw), line_no, name))
+            examples.append(example_from(json.loads(raw), line_no, name, report.format == "prompts"))
             if limit is not None and len(examples) >= limit:
                 break
     return examples
 
 
-def example_from(obj: dict[str, Any], line_no: int, name: str) -> Example:
+def example_from(obj: dict[str, Any], line_no: int, name: str, prompts: bool = False) -> Example:
     """One validated training-format line as an example: chat (the conversation before its last
     assistant message, and that message), preference (the input, and the preferred output; the
-    other is kept as ``rejected``) or legacy prompt/completion (plain text)."""
+    other is kept as ``rejected``), legacy prompt/completion (plain text), or a reinforcement
+    job's prompt (``prompts``: all its messages, no reference)."""
     if "completion" in obj and "messages" not in obj:
         return Example(line_no, obj.get("prompt", ""), obj["completion"])
     rejected: str | None = None
-    if "messages" in obj:
+    if prompts:  # a reinforcement job's prompt: the whole conversation, and no reference
+        prompt, answer = obj["messages"], {"content": ""}
+    elif "messages" in obj:
         messages = obj["messages"]
         last = max(i for i, msg in enumerate(messages) if msg.get("role") == "assistant")
         prompt, answer = messages[:last], messages[last]

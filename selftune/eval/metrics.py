@@ -51,25 +51,26 @@ def token_f1(prediction: str, reference: str) -> float:
     return 2 * precision * recall / (precision + recall)
 
 
-class _SquadTokens:
-    """``rouge-score``'s tokenizer interface over SQuAD-normalised words."""
+class _Words:
+    """``rouge-score``'s tokenizer interface over words of text ``rouge_l`` has already normalised
+    (rouge-score's own tokenizer would split accented words)."""
 
     def tokenize(self, text: str) -> list[str]:
-        return normalize(text).split()
+        return text.split()
 
 
 @cache
 def _rouge_l() -> Any:
     from rouge_score import rouge_scorer
 
-    return rouge_scorer.RougeScorer(["rougeL"], tokenizer=_SquadTokens())
+    return rouge_scorer.RougeScorer(["rougeL"], tokenizer=_Words())
 
 
 def rouge_l(prediction: str, reference: str) -> float:
     pred, ref = normalize(prediction), normalize(reference)
     if not pred or not ref:  # rouge-score gives 0 for two empty answers; an empty reference matched is a match
         return float(pred == ref)
-    return float(_rouge_l().score(reference, prediction)["rougeL"].fmeasure)
+    return float(_rouge_l().score(ref, pred)["rougeL"].fmeasure)
 
 
 def parse_json(text: str) -> object | None:

@@ -11,6 +11,7 @@ are computed once, in ``selftune.eval.core.score``, from the answers the runs ho
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -80,6 +81,14 @@ def completions_run(
     return {"name": model, "data_source": source}
 
 
+def publish_job_report(evals: Evals, owner: str, job_id: str, model: str, base: str, report: dict[str, Any]) -> str:
+    """A fine-tuning job's evaluation as its eval: named after the job and its two models, its id made
+    from the job's (so a job finished again after its worker died publishes nothing twice)."""
+    name = f"{job_id}: {model} against {base}"
+    eval_id = f"eval_{job_id.removeprefix('ftjob-')}"
+    return publish_report(evals, owner, report, name, {"fine_tuning_job_id": job_id}, eval_id)
+
+
 def publish_report(
     evals: Evals, owner: str, report: dict[str, Any], name: str, metadata: dict[str, str], eval_id: str
 ) -> str:
@@ -147,8 +156,6 @@ class EvalsAnswerers:
         return answer
 
     def answers(self, model: str, tick: Tick) -> list[str]:
-        import time
-
         from selftune.statuses import EVAL_RUNS, EvalRunStatus
 
         client, eval_id = self.client, self.eval_id

@@ -1,5 +1,6 @@
 """Validation of a grader before it runs: what ``/graders/validate`` answers, and what eval creation
-and reinforcement jobs check. Each problem is an ``InvalidRequest`` naming the field, e.g.
+and reinforcement jobs check (``reinforcement_settings``, with their response format). Each problem
+is an ``InvalidRequest`` naming the field, e.g.
 ``grader.graders.exact.reference``: a template naming a field outside ``item``/``sample``, a formula
 that does not parse or names an unknown grader, source that is not valid Python, labels that do not
 hold the passing labels, a judge model that does not exist.
@@ -17,6 +18,7 @@ from selftune.schemas.graders import GraderMessage, LabelModelGrader, MultiGrade
 
 if TYPE_CHECKING:
     from selftune.catalog import Catalog
+    from selftune.schemas.fine_tuning import ReinforcementMethod
 
 TEXT_PARTS = ("input_text", "output_text")
 
@@ -111,3 +113,34 @@ def _template(text: str, where: str, code: str = "invalid_grader") -> None:
 
 def _invalid(param: str, message: str, code: str = "invalid_grader") -> InvalidRequest:
     return InvalidRequest(f"Invalid {param}: {message}", param=param, code=code)
+
+
+def reinforcement_settings(rft: ReinforcementMethod | None) -> dict[str, Any]:
+    """A reinforcement job's grader and response format, checked (a 400 naming the field), as stored
+    with the job and handed to the recipe. Judges are refused: the trainer has none beside its model."""
+    where = "method.reinforcement"
+    if rft is None:
+        raise _invalid(
+            f"{where}.grader",
+            "is required: the grader that scores the model's answers (try one with POST "
+            "/v1/fine_tuning/alpha/graders/validate)",
+        )
+    check(rft.grader, _no_judges, f"{where}.grader")
+    fmt = rft.response_format
+    if fmt is not None and fmt.get("type") not in ("text", "json_object", "json_schema"):
+        raise _invalid(
+            f"{where}.response_format", f"type {fmt.get('type')!r}: use 'json_schema', 'json_object' or 'text'"
+        )
+    settings: dict[str, Any] = {"grader": rft.grader.model_dump(exclude_none=True)}
+    if fmt is not None:
+        settings["response_format"] = fmt
+    return settings
+
+
+def _no_judges(model: str) -> bool:
+    raise _invalid(
+        "method.reinforcement.grader",
+        f"a score_model or label_model grader ({model!r} as the judge) cannot train a reinforcement job on "
+        "selftune yet: its trainer has no judge model beside the one it trains. Use string_check, "
+        "text_similarity, python or a multi grader of those.",
+    )

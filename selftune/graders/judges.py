@@ -85,11 +85,18 @@ def _answer(completion: Any) -> JudgeAnswer:
     )
 
 
+def hidden_folders(settings: Settings) -> list[Path]:
+    """What a python grader must not see: the home, and a shared folder holding every owner's files."""
+    hidden = [settings.home]
+    if (settings.storage_url or "").startswith("file:"):
+        hidden.append(Path(urlparse(settings.storage_url or "").path))
+    return hidden
+
+
 def context(services: Services, owner: str) -> Context:
     """How graders run for ``owner`` on this server."""
     settings = services.settings
-    hidden = [settings.home]
-    if (settings.storage_url or "").startswith("file:"):  # a shared folder: every owner's files
-        hidden.append(Path(urlparse(settings.storage_url or "").path))
     slots, background = services.python_graders, BACKGROUND.get()
-    return Context(judge_for(services, owner), settings.python_grader_timeout, hidden, slots, owner, background)
+    return Context(
+        judge_for(services, owner), settings.python_grader_timeout, hidden_folders(settings), slots, owner, background
+    )

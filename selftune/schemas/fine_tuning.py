@@ -8,6 +8,7 @@ from pydantic import Field, field_validator
 
 from selftune.methods import MethodType
 from selftune.schemas.common import Request, Response, is_none
+from selftune.schemas.graders import Grader
 from selftune.statuses import JobStatus
 
 Auto = Literal["auto"]
@@ -45,11 +46,32 @@ class DpoMethod(Request):
     hyperparameters: DpoHyperparameters | None = None
 
 
+ComputeMultiplier = Annotated[float, Field(gt=0, le=10)]
+EvalInterval = Annotated[int, Field(ge=1)]
+EvalSamples = Annotated[int, Field(ge=1)]
+
+
+class ReinforcementHyperparameters(Hyperparameters):
+    """OpenAI's reinforcement hyperparameters; what each maps to is ``selftune.methods``'."""
+
+    eval_interval: Auto | EvalInterval | None = Field(default=None, union_mode="left_to_right")
+    eval_samples: Auto | EvalSamples | None = Field(default=None, union_mode="left_to_right")
+    compute_multiplier: Auto | ComputeMultiplier | None = Field(default=None, union_mode="left_to_right")
+    reasoning_effort: Literal["auto", "default", "low", "medium", "high"] | None = None
+
+
+class ReinforcementMethod(Request):
+    grader: Grader
+    response_format: dict[str, Any] | None = None
+    """``{"type": "json_schema", "json_schema": {...}}`` (answers then read as ``{{sample.output_json}}``)."""
+    hyperparameters: ReinforcementHyperparameters | None = None
+
+
 class Method(Request):
     type: MethodType
     supervised: SupervisedMethod | None = None
     dpo: DpoMethod | None = None
-    reinforcement: dict[str, Any] | None = None
+    reinforcement: ReinforcementMethod | None = None
 
 
 class CreateJobRequest(Request):

@@ -24,6 +24,7 @@ from selftune.atomic import write_atomic
 from selftune.data.render import stop_token_ids
 from selftune.eval.core import Example, Tick, example_from, load_examples
 from selftune.eval.quality import Answer, Quality, assess
+from selftune.methods import MethodType, answer_tokens
 from selftune.train.generate import greedy_tokens
 from selftune.train.protocol import Message, TrainConfig
 
@@ -106,10 +107,12 @@ def check_job(
     if not examples:
         return [], None
     model.eval()
-    limits = [answer_limit(tokenizer, ex.reference) for ex in examples]
+    rft = cfg.method == MethodType.REINFORCEMENT  # its prompts have no reference: the grader was the judge
+    room = answer_tokens(cfg.hyperparameters.reasoning_effort)
+    limits = [room if rft else answer_limit(tokenizer, ex.reference) for ex in examples]
     base = Answers(model, tokenizer, device, autocast, limits, adapter=False)
     tuned = Answers(model, tokenizer, device, autocast, limits, adapter=True)
-    if cfg.valid_file and cfg.eval_examples > 0:
+    if cfg.valid_file and cfg.eval_examples > 0 and not rft:
         events += _evaluate(examples, base, tuned, cfg)
     if not tuned.answers:  # no evaluation, or it failed before the fine-tuned model answered
         prompts = [ex.prompt for ex in examples]

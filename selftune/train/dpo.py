@@ -48,6 +48,7 @@ class Preference:
 
     columns: tuple[str, ...] = ("loss", "mean_token_accuracy", "reward_accuracy", "reward_margin")
     """``mean_token_accuracy`` is that of the preferred outputs: how well the model predicts them."""
+    headline = ("loss", "loss")
 
     def __init__(self, train: Rows, valid: Rows, beta: float, rpo_alpha: float, *, new_adapter: bool) -> None:
         self.data = {"train": train, "valid": valid}

@@ -17,7 +17,7 @@ from typing import Any
 
 from selftune.atomic import write_atomic
 from selftune.data.render import RenderedFile
-from selftune.methods import Hyperparameters, MethodType
+from selftune.methods import Hyperparameters, MethodType, answer_tokens, group_size
 
 
 @dataclass
@@ -42,6 +42,10 @@ class Estimate:
     method: MethodType = MethodType.SUPERVISED
     beta: float | None = None
     """DPO's beta, resolved."""
+    group_size: int | None = None
+    """Reinforcement: answers sampled per prompt. Its token counts assume every answer takes its whole
+    budget (``answer_tokens``), so they are an upper bound; most answers end sooner."""
+    answer_tokens: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -57,19 +61,26 @@ def estimate(
     qlora: bool = False,
     method: MethodType | None = None,
 ) -> Estimate:
-    """``method`` defaults to the file's: ``dpo`` for preference pairs, else ``supervised``."""
-    method = method or (MethodType.DPO if rendered.format == "preference" else MethodType.SUPERVISED)
+    """``method`` defaults to the file's: ``dpo`` for preference pairs, ``reinforcement`` for prompts,
+    else ``supervised``."""
+    formats = {"preference": MethodType.DPO, "prompts": MethodType.REINFORCEMENT}
+    method = method or formats.get(rendered.format, MethodType.SUPERVISED)
     hp = Hyperparameters.resolve(hyperparameters, len(rendered.lengths), method)
+    group = room = None
+    tokens = rendered.tokens
+    if method == MethodType.REINFORCEMENT and hp.compute_multiplier is not None:
+        group, room = group_size(hp.compute_multiplier), answer_tokens(hp.reasoning_effort)
+        tokens = sum(group * (len(ids) + room) for ids, _ in rendered.rows)
     memory = plan_memory(model_dir, rendered, hp.batch_size, qlora) if model_dir and rendered.rows else {}
     steps = math.ceil(rendered.examples / hp.batch_size) * hp.n_epochs
-    billed = rendered.tokens * hp.n_epochs
+    billed = tokens * hp.n_epochs
     tps = float(throughput["tokens_per_second"]) if throughput else None
     return Estimate(
         examples=rendered.examples,
         n_epochs=hp.n_epochs,
         batch_size=hp.batch_size,
         steps=steps,
-        tokens_per_epoch=rendered.tokens,
+        tokens_per_epoch=tokens,
         billed_tokens=billed,
         cost=billed / 1000 * price_per_1k,
         tokens_per_second=tps,
@@ -77,6 +88,8 @@ def estimate(
         throughput_source=throughput.get("source") if throughput else None,
         method=method,
         beta=hp.beta,
+        group_size=group,
+        answer_tokens=room,
         **memory,
     )
 

@@ -1,7 +1,9 @@
-"""Greedy generation inside the training process, for the end-of-job quality guard and evaluation.
+"""Generation inside the training process: greedy for the end-of-job quality guard and evaluation,
+sampled for reinforcement steps (``train.grpo``).
 
-Both need the model that was just trained, with and without its adapter, so they run here rather
-than through the inference engine, on batches of prompts grouped by length with left padding.
+All need the model being trained, with or without its adapter, as it is at that moment, so they run
+here rather than through the inference engine, on batches of prompts grouped by length with left
+padding.
 """
 
 from __future__ import annotations
@@ -27,16 +29,40 @@ def greedy_tokens(
 ) -> list[list[int]]:
     """Greedy continuations (up to each prompt's limit, stop tokens kept), batched by prompt length with
     left padding; ``adapter=False`` runs the base model (the adapter switched off)."""
+    ids = [render_prompt(tokenizer, p) for p in prompts]
+    return generate_tokens(model, tokenizer, device, autocast, ids, limits, adapter=adapter, batch_size=batch_size)
+
+
+def generate_tokens(
+    model: Any,
+    tokenizer: Any,
+    device: torch.device,
+    autocast: Any,
+    ids: Sequence[list[int]],
+    limits: Sequence[int],
+    *,
+    adapter: bool = True,
+    batch_size: int = 16,
+    samples: int = 1,
+    temperature: float = 0.0,
+) -> list[list[int]]:
+    """Continuations of rendered prompts: greedy (``temperature`` 0), or ``samples`` answers to each
+    prompt drawn from the model's own distribution at ``temperature`` (no top-k or top-p: a
+    reinforcement step needs answers the policy itself would give), ``samples`` rows per prompt in
+    prompt order. Prompts go in batches grouped by length, left-padded."""
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     stops = stop_token_ids(tokenizer, model.generation_config)
-    ids = [render_prompt(tokenizer, p) for p in prompts]
     order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
-    rows: list[list[int]] = [[] for _ in ids]
+    rows: list[list[int]] = [[] for _ in range(len(ids) * samples)]
+    sampling: dict[str, Any] = {"do_sample": False}
+    if temperature > 0:
+        sampling = {"do_sample": True, "temperature": temperature, "top_k": 0, "top_p": 1.0}
     head = model.get_output_embeddings()
     hook = head.register_forward_pre_hook(_contiguous) if head is not None else None
+    per_batch = max(1, batch_size // samples)
     try:
-        for start in range(0, len(order), batch_size):
-            chunk = order[start : start + batch_size]
+        for start in range(0, len(order), per_batch):
+            chunk = order[start : start + per_batch]
             width = max(len(ids[i]) for i in chunk)
             input_ids = torch.tensor([[pad_id] * (width - len(ids[i])) + ids[i] for i in chunk], device=device)
             mask = torch.tensor([[0] * (width - len(ids[i])) + [1] * len(ids[i]) for i in chunk], device=device)
@@ -45,12 +71,15 @@ def greedy_tokens(
                     input_ids=input_ids,
                     attention_mask=mask,
                     max_new_tokens=max(limits[i] for i in chunk),
-                    do_sample=False,
                     eos_token_id=sorted(stops),
                     pad_token_id=pad_id,
+                    num_return_sequences=samples,
+                    **sampling,
                 )[:, width:]
-            for i, row in zip(chunk, generated.tolist(), strict=True):
-                rows[i] = row[: limits[i]]
+            out = generated.tolist()
+            for k, i in enumerate(chunk):
+                for j in range(samples):
+                    rows[i * samples + j] = out[k * samples + j][: limits[i]]
     finally:
         if hook is not None:
             hook.remove()

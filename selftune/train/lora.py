@@ -43,11 +43,12 @@ from selftune.children import exit_with_parent, orphaned
 from selftune.convert.lora import convert_if_supported
 from selftune.data.render import RenderedFile, render_file
 from selftune.errors import InvalidRequest, SelftuneError
-from selftune.methods import MethodType
+from selftune.methods import RFT_BEST_CHECKPOINTS, RFT_KL_BETA, MethodType, answer_tokens, group_size
 from selftune.train import memory
 from selftune.train.checks import check_job
 from selftune.train.distributed import CONTINUE, PAUSE, STOP, World
 from selftune.train.dpo import Preference
+from selftune.train.grpo import Reinforcement
 from selftune.train.protocol import (
     Checkpoint,
     Done,
@@ -151,7 +152,7 @@ def main(cfg: TrainConfig, world: World) -> int:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     files, hp = cfg.job_dir, cfg.hyperparameters
-    dpo = cfg.method == MethodType.DPO
+    dpo, rft = cfg.method == MethodType.DPO, cfg.method == MethodType.REINFORCEMENT
     files.root.mkdir(parents=True, exist_ok=True)
     events = open_events(cfg, world.main)  # also logs to W&B when the job has that integration
     # Under torchrun the parent is its agent, which the worker started (``train.launch``).
@@ -176,7 +177,8 @@ def main(cfg: TrainConfig, world: World) -> int:
     if not rendered.rows:
         raise InvalidRequest(
             f"{train_name}:{rendered.empty[0] if rendered.empty else 1}: no training example has a trainable "
-            "token; every example needs an assistant message to learn from",
+            "token; every example needs an assistant message to learn from"
+            + (f" (and a reinforcement prompt fewer than {cfg.max_seq_len} tokens)" if rft else ""),
             code="invalid_file_format",
         )
     valid = RenderedFile()
@@ -184,12 +186,29 @@ def main(cfg: TrainConfig, world: World) -> int:
         valid_name = cfg.valid_name or os.path.basename(cfg.valid_file)
         valid = load_examples(cfg.valid_file, tokenizer, cfg.max_seq_len, events, valid_name, "validation")
     for name, data in ((train_name, rendered), (cfg.valid_name, valid)):
-        if data.rows and data.per_example != (2 if dpo else 1):  # the worker checked; a hand-written job.json may not
+        if data.rows and (data.per_example != (2 if dpo else 1) or (data.format == "prompts") != rft):
+            # the worker checked; a hand-written job.json may not have been
             raise InvalidRequest(
                 f"{name}: {data.format} examples cannot train a {cfg.method} job", code="invalid_file_format"
             )
     objective: Objective
-    if dpo:
+    if rft:
+        assert cfg.grader is not None and hp.compute_multiplier is not None
+        fmt = (cfg.response_format or {}).get("type")
+        objective = Reinforcement(
+            rendered,
+            valid,
+            tokenizer,
+            grader=cfg.grader,
+            json_answers=fmt in ("json_object", "json_schema"),
+            group=group_size(hp.compute_multiplier),
+            answer_tokens=answer_tokens(hp.reasoning_effort),
+            max_len=cfg.max_seq_len,
+            kl_beta=RFT_KL_BETA,
+            new_adapter=not cfg.init_adapter,
+            hidden=cfg.hidden_dirs,
+        )
+    elif dpo:
         assert hp.beta is not None
         objective = Preference(
             rendered.rows, valid.rows, hp.beta, hp.rpo_alpha or 0.0, new_adapter=not cfg.init_adapter
@@ -202,14 +221,14 @@ def main(cfg: TrainConfig, world: World) -> int:
     schedule = plan_epochs(objective.lengths(), hp.n_epochs, hp.batch_size, cfg.seed)
     total_steps = len(schedule)
     steps_per_epoch = total_steps // hp.n_epochs
-    eval_every = cfg.eval_every or max(1, total_steps // 10)
+    eval_every = hp.eval_interval or cfg.eval_every or max(1, total_steps // 10)
 
     # --- model ------------------------------------------------------------------------------------
     # The frozen base weights are stored in bf16 when autocast computes in bf16 anyway: the matmuls
     # see the same values, without re-casting 135M+ weights every step. LoRA weights stay fp32.
     base_dtype = torch.bfloat16 if use_bf16 else torch.float32
     # The plan picks the attention (eager where it is faster and fits), checkpointing and a 4-bit base.
-    longest = max(len(ids) for ids, _ in rendered.rows + valid.rows)
+    longest = max(objective.lengths() + [len(ids) for ids, _ in valid.rows])
     width = max(
         max(len(ids) for ids, _ in rows) * len(rows) for rows in (objective.rows("train", i) for _, i in schedule)
     )
@@ -307,9 +326,10 @@ def main(cfg: TrainConfig, world: World) -> int:
     else:
         events.emit(
             Message(
-                f"Fine-tuning job started: {n_train} {'preference pairs' if dpo else 'examples'}, "
+                f"Fine-tuning job started: {n_train} {_what(cfg.method)}, "
                 f"{hp.n_epochs} epoch(s), batch size {hp.batch_size}, learning rate {hp.learning_rate:g}"
-                f"{f', beta {hp.beta:g}' if dpo else ''}, {'bf16' if use_bf16 else 'fp32'} on "
+                f"{f', beta {hp.beta:g}' if dpo else ''}{_sampling(objective) if rft else ''}, "
+                f"{'bf16' if use_bf16 else 'fp32'} on "
                 f"{device.type}{f', {world.strategy}' if world.distributed else ''}",
                 extra={
                     "total_steps": total_steps,
@@ -387,21 +407,28 @@ def main(cfg: TrainConfig, world: World) -> int:
         # Like OpenAI's billing: every token of every example seen, not only the trained ones.
         trained_tokens += tokens
         row: dict[str, Any] = {"step": step, **_prefixed("train_", values)}
-        message = f"Step {step}/{total_steps}: training loss={row['train_loss']:.2f}"
-        if n_valid and together and (step % eval_every == 0 or step == total_steps):
+        key, label = objective.headline
+        message = f"Step {step}/{total_steps}: training {label}={row['train_' + key]:.2f}"
+        evaluating = bool(n_valid) and (step % eval_every == 0 or step == total_steps)
+        if evaluating and together:
             # Like OpenAI: valid_loss on one small batch of the validation data (the next one in turn),
             # full_valid_loss on all of it at each epoch end. A full pass every few steps would cost
-            # more than the training itself once the validation file is large.
+            # more than the training itself once the validation file is large. Reinforcement jobs
+            # (like OpenAI's) score the same first eval_samples prompts each time.
             start = (step // eval_every - 1) * hp.batch_size
             v_idx = [(start + k) % n_valid for k in range(min(hp.batch_size, n_valid))]
+            if rft:
+                v_idx = list(range(min(hp.eval_samples or n_valid, n_valid)))
             row.update(_prefixed("valid_", objective.evaluate(model, "valid", v_idx, ctx)))
-            message += f", validation loss={row['valid_loss']:.2f}"
+            message += f", validation {label}={row['valid_' + key]:.2f}"
         metrics_rows.append(row)
         if speed_from is None:  # model loading and the first step's warm-up are not training speed
             speed_from = (time.perf_counter(), trained_tokens)
         events.emit(Metrics(message, total_steps=total_steps, trained_tokens=trained_tokens, **row))
 
-        if step % steps_per_epoch == 0 and together:
+        # Reinforcement jobs checkpoint where they are evaluated, as OpenAI's do.
+        checkpointed = step % steps_per_epoch == 0 if not rft else evaluating
+        if checkpointed and together:
             # End of epoch: a checkpoint, callable as ft:...:ckpt-step-N; keep the last few. The
             # resumable state is saved with it, so a crash loses at most one epoch.
             ckpt = files.checkpoint(step)
@@ -409,17 +436,22 @@ def main(cfg: TrainConfig, world: World) -> int:
             checkpoints.append(str(ckpt))
             ckpt_metrics = dict(row)
             overfitting = None
-            if n_valid:
+            if rft:  # ranked by validation reward: the watch keeps what is lowest
+                watch.add(step, -row["valid_reward_mean"], cfg)
+            elif n_valid:
                 full = objective.evaluate(model, "valid", range(n_valid), ctx)
                 ckpt_metrics.update(_prefixed("full_valid_", full))
                 overfitting = watch.add(step, full["loss"], cfg)
-            # Keep the last few, and always the best by validation loss (the one to use if the end overfits).
-            for old in watch.prune(checkpoints, cfg.keep_checkpoints, files.checkpoint):
+            # Keep the last few, and always the best by validation loss (the one to use if the end
+            # overfits); of a reinforcement job, the last and the three best by validation reward.
+            kept = (1, RFT_BEST_CHECKPOINTS) if rft else (cfg.keep_checkpoints, 1)
+            for old in watch.prune(checkpoints, kept[0], files.checkpoint, best=kept[1]):
                 checkpoints.remove(old)
                 if world.main:
                     shutil.rmtree(old, ignore_errors=True)
             save_state()
-            best_note = " (the lowest validation loss so far)" if watch.best_step == step else ""
+            best_note = f" (the {'highest validation reward' if rft else 'lowest validation loss'} so far)"
+            best_note = best_note if watch.best_step == step else ""
             checkpoint = Checkpoint(
                 f"Checkpoint created at step {step}{best_note}",
                 step=step,
@@ -431,7 +463,7 @@ def main(cfg: TrainConfig, world: World) -> int:
             events.emit(checkpoint)
             if overfitting:
                 events.emit(overfitting)
-        if step % steps_per_epoch == 0:
+        if checkpointed:
             world.wait()  # while the main rank saves and evaluates the checkpoint
 
     loop_seconds = time.perf_counter() - loop_start
@@ -476,6 +508,14 @@ def main(cfg: TrainConfig, world: World) -> int:
     events.emit(done)
     world.wait()
     return Exit.DONE
+
+
+def _what(method: MethodType) -> str:
+    return {MethodType.DPO: "preference pairs", MethodType.REINFORCEMENT: "prompts"}.get(method, "examples")
+
+
+def _sampling(objective: Any) -> str:
+    return f", {objective.group} answers per prompt of up to {objective.answer_tokens} tokens"
 
 
 def _prefixed(prefix: str, values: dict[str, float]) -> dict[str, float]:

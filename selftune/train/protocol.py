@@ -45,8 +45,7 @@ from selftune.methods import TRAINED, Hyperparameters, MethodType
 
 Level = Literal["info", "warn", "error"]
 
-RECIPES: dict[MethodType, str] = dict.fromkeys(TRAINED, "selftune.train.lora")
-"""``method.type`` -> the recipe module that trains it."""
+RECIPES: dict[MethodType, str] = dict.fromkeys(TRAINED, "selftune.train.lora")  # method.type -> its recipe
 
 
 class Exit(IntEnum):
@@ -167,6 +166,11 @@ class TrainConfig:
     """The files' names as uploaded, for messages (the paths above are storage paths)."""
     wandb: dict[str, Any] | None = None
     """The W&B run to log to (``selftune.integrations.wandb_run``: project, name, entity, tags, id)."""
+    # Reinforcement only: the grader as the API checked it, and the response format (JSON: graders
+    # read answers as {{sample.output_json}}); python graders never see the worker's home and store.
+    grader: dict[str, Any] | None = None
+    response_format: dict[str, Any] | None = None
+    hidden_dirs: list[str] = field(default_factory=list)
 
     @property
     def job_dir(self) -> JobDir:
@@ -273,7 +277,7 @@ class Metrics(RecipeEvent):
     total_steps: int = 0
     trained_tokens: int = 0
     train_loss: float = 0.0
-    train_mean_token_accuracy: float = 0.0
+    train_mean_token_accuracy: float | None = None
     valid_loss: float | None = None
     valid_mean_token_accuracy: float | None = None
     train_reward_accuracy: float | None = None
@@ -282,6 +286,20 @@ class Metrics(RecipeEvent):
     """DPO: the mean of preferred minus non-preferred reward, in units of beta times log-probability."""
     valid_reward_accuracy: float | None = None
     valid_reward_margin: float | None = None
+    # Reinforcement (``train.grpo`` and docs/reinforcement.md say what each is), as OpenAI's RFT names them.
+    train_reward_mean: float | None = None
+    valid_reward_mean: float | None = None
+    train_reward_std: float | None = None
+    train_kl: float | None = None
+    train_answer_tokens: float | None = None
+    valid_answer_tokens: float | None = None
+    train_ended: float | None = None
+    valid_ended: float | None = None
+    train_grader_error_rate: float | None = None
+    valid_grader_error_rate: float | None = None
+    train_sampling_seconds: float | None = None
+    train_grading_seconds: float | None = None
+    train_training_seconds: float | None = None
 
     def data(self) -> dict[str, Any]:
         return {k: v for k, v in super().data().items() if v is not None}

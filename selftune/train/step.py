@@ -51,6 +51,8 @@ class Objective(Protocol):
 
     columns: tuple[str, ...]
     """The metrics this objective reports, in the result CSV's column order."""
+    headline: tuple[str, str]
+    """The metric each step's message shows, and its name there."""
 
     def lengths(self) -> list[int]:
         """Each training example's length, for batching."""
@@ -84,6 +86,7 @@ class NextToken:
     """Supervised fine-tuning: the mean cross-entropy of the trained tokens of every example."""
 
     columns: tuple[str, ...] = ("loss", "mean_token_accuracy")
+    headline = ("loss", "loss")
 
     def __init__(self, train: Rows, valid: Rows) -> None:
         self.data = {"train": train, "valid": valid}

@@ -64,10 +64,10 @@ class ValidationWatch:
         best = self.best_step
         return checkpoint_name(cfg, best) if best is not None else None
 
-    def prune(self, checkpoints: list[str], keep: int, path_of: Callable[[int], Any]) -> list[str]:
-        """The checkpoint folders to delete: all but the newest ``keep`` and the best one."""
-        best = self.best_step
-        protected = set(checkpoints[-max(1, keep) :]) | ({str(path_of(best))} if best is not None else set())
+    def prune(self, checkpoints: list[str], keep: int, path_of: Callable[[int], Any], best: int = 1) -> list[str]:
+        """The checkpoint folders to delete: all but the newest ``keep`` and the ``best`` best."""
+        ranked = [str(path_of(s)) for s, _ in sorted(self.history, key=lambda h: h[1])[:best]]
+        protected = set(checkpoints[-max(1, keep) :]) | set(ranked)
         return [c for c in checkpoints if c not in protected]
 
     def to_state(self) -> dict[str, Any]:

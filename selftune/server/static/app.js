@@ -182,6 +182,7 @@ async function jobPage(id) {
   const accEl = h("div", { class: "chart", id: "accuracy-chart" });
   const marginEl = h("div", { class: "chart", id: "margin-chart" });
   const dpo = (job.method || {}).type === "dpo";
+  const rft = (job.method || {}).type === "reinforcement";
   const ckptBody = h("tbody");
   const log = h("div", { class: "events", id: "events" });
   const evalBox = h("div", { id: "eval" });
@@ -194,18 +195,22 @@ async function jobPage(id) {
     dpo ? h("div", { class: "two" }, h("div", { class: "card" }, marginEl)) : null,
     h("h2", {}, "Checkpoints"),
     h("div", { class: "card scroll" }, h("table", { id: "checkpoints" }, h("thead", {}, h("tr", {},
-      ["step", "model", "train loss", "valid loss", "full valid loss", dpo ? "valid reward accuracy" : "valid accuracy", ""].map((c) => h("th", {}, c)))), ckptBody)),
+      ["step", "model", "train loss", "valid loss", "full valid loss", dpo ? "valid reward accuracy" : rft ? "valid reward" : "valid accuracy", ""].map((c) => h("th", {}, c)))), ckptBody)),
     evalBox,
     h("h2", {}, "Events"),
     h("div", { class: "card" }, log),
   ].filter(Boolean));
   const loss = lossChart(lossEl, "Loss", [["train loss", "#2f6fdb"], ["validation loss", "#d9822b"]]);
   // DPO jobs chart what preference training moves: how often the preferred output wins, and by how much.
+  // Reinforcement jobs chart the grader's reward: the mean over each step's sampled answers, and over
+  // the validation prompts' answers every eval_interval steps.
   const acc = dpo
     ? lossChart(accEl, "Reward accuracy", [["train reward accuracy", "#1f8a4c"], ["validation reward accuracy", "#8e44ad"]])
+    : rft ? lossChart(accEl, "Reward", [["train reward", "#1f8a4c"], ["validation reward", "#8e44ad"]])
     : lossChart(accEl, "Token accuracy", [["train accuracy", "#1f8a4c"], ["validation accuracy", "#8e44ad"]]);
   const margin = dpo ? lossChart(marginEl, "Reward margin", [["train margin", "#2f6fdb"], ["validation margin", "#d9822b"]]) : null;
-  const accKeys = dpo ? ["train_reward_accuracy", "valid_reward_accuracy"] : ["train_mean_token_accuracy", "valid_mean_token_accuracy"];
+  const accKeys = dpo ? ["train_reward_accuracy", "valid_reward_accuracy"]
+    : rft ? ["train_reward_mean", "valid_reward_mean"] : ["train_mean_token_accuracy", "valid_mean_token_accuracy"];
 
   const action = (verb) => guard(async () => {
     job = await api(`/fine_tuning/jobs/${id}/${verb}`, { method: "POST", body: {} });
@@ -230,14 +235,14 @@ async function jobPage(id) {
       item("fine-tuned model", job.fine_tuned_model),
       item("training file", job.training_file),
       item("validation file", job.validation_file),
-      item("method", method.type === "dpo" ? `dpo (beta ${beta})` : method.type),
+      item("method", method.type === "dpo" ? `dpo (beta ${beta})` : rft ? `reinforcement (grader ${((method.reinforcement || {}).grader || {}).type})` : method.type),
       item("epochs · batch size · LR multiplier", `${hp.n_epochs} · ${hp.batch_size} · ${hp.learning_rate_multiplier}`),
       item("trained tokens", num(job.trained_tokens)),
       item("created", when(job.created_at)),
       item(job.finished_at ? "finished" : "estimated finish", job.finished_at ? `${when(job.finished_at)} (${duration(job.finished_at - job.created_at)})` : when(job.estimated_finish)),
       item("seed", job.seed),
       job.error && job.error.message ? item("error", `${job.error.code}: ${job.error.message}`) : null,
-      job.quality && job.quality.best_checkpoint ? item("best checkpoint (validation loss)", job.quality.best_checkpoint) : null,
+      job.quality && job.quality.best_checkpoint ? item(rft ? "best checkpoint (validation reward)" : "best checkpoint (validation loss)", job.quality.best_checkpoint) : null,
     ].filter(Boolean));
     // The quality guard's finding: a warning when the model came out worse than its base.
     const q = job.quality;
@@ -281,7 +286,7 @@ async function jobPage(id) {
       h("td", { class: "num" }, fixed(c.metrics.valid_loss)),
       h("td", { class: "num" }, fixed(c.metrics.full_valid_loss)),
       h("td", { class: "num" }, fixed(dpo ? c.metrics.full_valid_reward_accuracy ?? c.metrics.valid_reward_accuracy
-        : c.metrics.full_valid_mean_token_accuracy ?? c.metrics.valid_mean_token_accuracy)),
+        : rft ? c.metrics.valid_reward_mean : c.metrics.full_valid_mean_token_accuracy ?? c.metrics.valid_mean_token_accuracy)),
       h("td", {}, reached("job", "succeed", job.status) ? h("a", { href: `#/playground?a=${encodeURIComponent(job.model)}&b=${encodeURIComponent(c.fine_tuned_model_checkpoint)}` }, "try") : ""),
     )));
   }
