@@ -46,6 +46,7 @@ CHAT_KEYS = ("messages", "tools", "parallel_tool_calls", "functions")
 PREFERENCE_KEYS = ("input", "preferred_output", "non_preferred_output")
 COMPLETION_KEYS = ("prompt", "completion")
 MIN_EXAMPLES = 10
+_NOUNS: dict[str | None, str] = {"prompts": "prompt(s) for a reinforcement job"}
 MAX_RECORDED_PROBLEMS = 10_000
 
 
@@ -98,18 +99,14 @@ class Report:
             return
         self.problems.append(Problem(line, level, key, message))
 
-    @property
-    def _noun(self) -> str:
-        return "prompt(s) for a reinforcement job" if self.format == "prompts" else "example(s)"
-
     def summary(self, *, max_lines: int | None = None) -> str:
         """Human-readable text: a headline, then one ``file:line: level: message`` row per problem."""
-        errs, warns = self.errors, self.warnings
+        errs, warns, noun = self.errors, self.warnings, _NOUNS.get(self.format, "example(s)")
         head = (
             f"{self.filename} has {len(errs)} error(s) and {len(warns)} warning(s) "
             f"in {self.n_lines} line(s); fix every error below and upload it again."
             if errs
-            else f"{self.filename}: {self.n_examples} {self._noun}, no errors, {len(warns)} warning(s)."
+            else f"{self.filename}: {self.n_examples} {noun}, no errors, {len(warns)} warning(s)."
         )
         rows = [p.format(self.filename) for p in errs + warns]
         if max_lines is not None and len(rows) > max_lines:
