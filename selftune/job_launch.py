@@ -17,7 +17,7 @@ from typing import IO
 from selftune import integrations
 from selftune.children import lower_priority
 from selftune.errors import SelftuneError
-from selftune.graders.judges import hidden_folders
+from selftune.graders.python_grader import hidden_folders
 from selftune.methods import MethodType
 from selftune.services import Core
 from selftune.store import JobRecord

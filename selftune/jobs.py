@@ -32,7 +32,7 @@ from selftune.faults import crash_point
 from selftune.files import ensure_validated, register_result
 from selftune.graders.check import reinforcement_settings
 from selftune.ids import now, random_id
-from selftune.methods import TRAINED, Hyperparameters, MethodType
+from selftune.methods import TRAINED, Hyperparameters, MethodType, format_mismatch
 from selftune.schemas.fine_tuning import CreateJobRequest
 from selftune.statuses import JOBS, JobAction, JobStatus
 from selftune.store import CheckpointRecord, FileRecord, JobRecord, ModelRecord, Store
@@ -276,7 +276,7 @@ def validate_files(store: Store, blobs: Blobs, job: JobRecord) -> JobRecord:
             return fail(store, job, "invalid_file_format", message, param)
         if not verdict.get("ok"):
             return fail(store, job, "invalid_file_format", str(verdict.get("summary", "invalid file")), param)
-        wrong = _format_mismatch(rec.filename, str(verdict.get("format")), job.method_type)
+        wrong = format_mismatch(rec.filename, str(verdict.get("format")), job.method_type)
         if wrong:
             return fail(store, job, "invalid_file_format", wrong, param)
         n = int(verdict.get("n_examples", 0))
@@ -284,36 +284,6 @@ def validate_files(store: Store, blobs: Blobs, job: JobRecord) -> JobRecord:
             message = f"Training file has {n} example(s), but must have at least {MIN_EXAMPLES} examples"
             return fail(store, job, "invalid_n_examples", message, param)
     return apply(store, job, JobAction.VALIDATED)
-
-
-def _format_mismatch(filename: str, fmt: str, method: MethodType) -> str | None:
-    """Why a file of format ``fmt`` cannot train a ``method`` job, or None when it can."""
-    if (method == MethodType.REINFORCEMENT) != (fmt == "prompts"):
-        if fmt == "prompts":
-            return (
-                f"{filename} holds prompts without answers (each line's last message is the user's), which "
-                f"train reinforcement jobs; this is a {method} job. Create it with method "
-                "{'type': 'reinforcement', 'reinforcement': {'grader': ...}}, or add the answers."
-            )
-        return (
-            f"{filename} holds {fmt} examples, but this is a reinforcement job, which samples its own answers: "
-            'each line is {"messages": [...]} ending with the user\'s message, plus any keys the grader '
-            "reads as {{item.key}}."
-        )
-    if method == MethodType.DPO and fmt != "preference":
-        return (
-            f"{filename} holds chat examples, but this is a DPO job, which trains on preference pairs: "
-            '{"input": {"messages": [...]}, "preferred_output": [assistant message], "non_preferred_output": '
-            "[assistant message]} (build them with `selftune prepare --chosen COL --rejected COL`), or create "
-            "a supervised job for this file."
-        )
-    if method != MethodType.DPO and fmt == "preference":
-        return (
-            f"{filename} holds preference pairs (DPO format), but this is a supervised job; "
-            "upload chat examples ({'messages': [...]}) instead, or create the job with method "
-            "{'type': 'dpo'}."
-        )
-    return None
 
 
 def _publish_evaluation(evals: Evals, job: JobRecord, files: JobDir, events: list[tuple[str, str]]) -> str | None:

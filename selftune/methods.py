@@ -205,3 +205,35 @@ class Hyperparameters:
 
 def _maybe(kind: Any, value: Any) -> Any:
     return None if value is None else kind(value)
+
+
+def format_mismatch(filename: str, fmt: str, method: MethodType) -> str | None:
+    """Why a file of format ``fmt`` cannot train a ``method`` job, or None when it can. The first line
+    decides a file's format (as validation does), so the message points there. Shared by the worker,
+    which fails the job before it starts, and the recipe, which may be handed a job.json by hand."""
+    if (method == MethodType.REINFORCEMENT) != (fmt == "prompts"):
+        if fmt == "prompts":
+            return (
+                f"{filename}:1: the file holds prompts without answers (each line's last message is the user's), which "
+                f"train reinforcement jobs; this is a {method} job. Create it with method "
+                "{'type': 'reinforcement', 'reinforcement': {'grader': ...}}, or add the answers."
+            )
+        return (
+            f"{filename}:1: the file holds {fmt} examples, but this is a reinforcement job, which samples its "
+            'own answers: each line is {"messages": [...]} ending with the user\'s message, plus any keys the grader '
+            "reads as {{item.key}}."
+        )
+    if method == MethodType.DPO and fmt != "preference":
+        return (
+            f"{filename}:1: the file holds {fmt} examples, but this is a DPO job, which trains on preference pairs: "
+            '{"input": {"messages": [...]}, "preferred_output": [assistant message], "non_preferred_output": '
+            "[assistant message]} (build them with `selftune prepare --chosen COL --rejected COL`), or create "
+            "a supervised job for this file."
+        )
+    if method != MethodType.DPO and fmt == "preference":
+        return (
+            f"{filename}:1: the file holds preference pairs (DPO format), but this is a supervised job; "
+            "upload chat examples ({'messages': [...]}) instead, or create the job with method "
+            "{'type': 'dpo'}."
+        )
+    return None

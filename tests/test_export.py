@@ -413,6 +413,7 @@ def test_a_wrong_merge_or_a_missing_permutation_fails_verification(
     wrong = verify.with_transformers(tmp_path / "merged-doubled", ref)
     print(f"\n{right.summary()}\n{wrong.summary()}")
     assert right.passed and not wrong.passed
+    assert "worst miss: " not in right.summary() and "reference " in wrong.summary().split("worst miss: ")[1]
     # The GGUF LoRA without llama.cpp's q/k row permutation, and at twice its scale, beside an f16 base.
     base = convert_model(src.base_folder, tmp_path / "base-f16.gguf", "f16")
     lora = convert_adapter(src.adapter, src.base_folder, tmp_path / "lora.gguf")

@@ -158,6 +158,11 @@ def test_a_reinforcement_job_samples_grades_and_trains(
     best = sorted(validated, key=lambda m: (-m["valid_reward_mean"], m["step"]))[:3]
     assert {m["step"] for m in best} <= set(steps)
     assert all("valid_reward_mean" in c.metrics.to_dict() for c in checkpoints)
+    # The job's own comparison: the starting model graded on the same four prompts at the end.
+    compared = (done.model_extra or {})["quality"]["validation_reward"]
+    assert compared["prompts"] == 4 and compared["fine_tuned"] == validated[-1]["valid_reward_mean"]
+    assert 0 <= compared["base"] <= 0.75  # one in four fails the grader, for either model
+    assert any(e.message.startswith("Validation reward on 4 prompt(s): starting model") for e in events)
     r = client.chat.completions.create(
         model=done.fine_tuned_model, messages=[{"role": "user", "content": "question 1: which colour?"}], max_tokens=3
     )

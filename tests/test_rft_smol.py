@@ -42,6 +42,9 @@ def test_rft_raises_the_reward_on_held_out_questions(smol_server: LiveServer) ->
     training reward's first four steps averaged 0.12 and its last four 0.22; the validation reward
     went 0.263, 0.270, 0.285 at steps 4, 8, 12; on 48 other held-out questions the base scored
     0.222 and the fine-tuned model 0.248 (at learning-rate multipliers 0.5 and 1: 0.247 and 0.233).
+    On a 2-core AMD EPYC with avx512_bf16 the same but for the training reward's steps 4, 7 and 11
+    (first four 0.12, last four 0.22), the validation reward 0.263, 0.280, 0.282, and the job's own
+    comparison on the 32 validation prompts: starting model 0.215, fine-tuned 0.282.
     The margins asserted are about half of those."""
     client = smol_server.client()
     train_q, held_out = split(seed=1)
@@ -72,7 +75,12 @@ def test_rft_raises_the_reward_on_held_out_questions(smol_server: LiveServer) ->
     assert valid_reward[-1] >= valid_reward[0]
     assert all(m["train_grader_error_rate"] == 0 for m in metrics)
     # The quality guard: the fine-tuned model's answers to the validation prompts ended and varied.
-    assert (done.model_extra or {})["quality"]["verdict"] == "ok", done.model_extra
+    quality = (done.model_extra or {})["quality"]
+    assert quality["verdict"] == "ok", quality
+    compared = quality["validation_reward"]  # the job's own comparison on the validation prompts
+    print("validation reward, starting model against fine-tuned:", compared)
+    assert compared["prompts"] == 32 and compared["fine_tuned"] == valid_reward[-1]
+    assert compared["fine_tuned"] >= compared["base"] + 0.03
 
     def grade(model: str) -> list[float]:
         rewards = []

@@ -98,6 +98,8 @@ class Verification:
     """Per prompt: the reference's answer and the reader's, as text (for the report)."""
     twin: dict[str, Any] | None = None
     """A quantised GGUF's float16 twin's verification (``formats._gguf_check``)."""
+    worst_miss: str = ""
+    """Where the largest miss happened (prompt, position, both tokens), so that a failure says where to look."""
 
     def summary(self) -> str:
         verdict = "passed" if self.passed else "FAILED"
@@ -106,6 +108,7 @@ class Verification:
             f"{self.reader}: {verdict}: {self.equal_answers}/{self.prompts} answers equal, next-token agreement "
             f"{self.agreement:.1%} over {self.positions} positions (needs {self.min_agreement:.0%}), "
             f"largest lead among misses {self.largest_miss_lead:.2f} nats{bar}"
+            + (f"; {self.worst_miss}" if self.worst_miss and not self.passed else "")
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -211,16 +214,21 @@ def verdict(
     """Compare a reader's greedy answers and teacher-forced top tokens with the reference."""
     min_agreement, decided = CRITERIA[precision]
     equal = agree = total = 0
-    largest = 0.0
+    largest, worst = 0.0, ""
     samples = []
     for answer, got, top in zip(ref.answers, greedy, forced, strict=True):
         equal += _same_answer(answer.tokens, got, ref.stop_ids)
-        for want, have, lead in zip(answer.choices, top, answer.leads, strict=True):
+        for k, (want, have, lead) in enumerate(zip(answer.choices, top, answer.leads, strict=True)):
             total += 1
             if want == have or (want in ref.stop_ids and have in ref.stop_ids):
                 agree += 1
-            else:
-                largest = max(largest, lead)
+            elif lead >= largest:
+                largest = lead
+                worst = (
+                    f"worst miss: {answer.text!r}, answer token {k + 1}, after "
+                    f"{ref.tokenizer.decode(answer.tokens[:k])!r}: reference {ref.tokenizer.decode([want])!r}, "
+                    f"{reader} {ref.tokenizer.decode([have]) if have >= 0 else '(nothing)'!r}"
+                )
         samples.append(
             {
                 "reference": ref.tokenizer.decode(answer.tokens, skip_special_tokens=True),
@@ -230,7 +238,18 @@ def verdict(
     agreement = agree / max(total, 1)
     passed = equal == len(ref.answers) or (agreement >= min_agreement and (decided is None or largest < decided))
     return Verification(
-        reader, precision, len(ref.answers), equal, agreement, total, largest, min_agreement, decided, passed, samples
+        reader,
+        precision,
+        len(ref.answers),
+        equal,
+        agreement,
+        total,
+        largest,
+        min_agreement,
+        decided,
+        passed,
+        samples,
+        worst_miss=worst,
     )
 
 

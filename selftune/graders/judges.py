@@ -10,15 +10,14 @@ selftune), when there is one; its failures are the grade's ``model_grader_server
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
 
 import openai
 
 from selftune.config import Settings
 from selftune.errors import Unavailable
 from selftune.graders.check import served
+from selftune.graders.python_grader import hidden_folders
 from selftune.graders.run import Context, Judge, JudgeAnswer
 from selftune.schemas.chat import ChatCompletion, ChatCompletionRequest
 from selftune.schemas.graders import SamplingParams
@@ -83,14 +82,6 @@ def _answer(completion: Any) -> JudgeAnswer:
         completion_tokens=usage.completion_tokens if usage else 0,
         finish_reason=choice.finish_reason or "stop",
     )
-
-
-def hidden_folders(settings: Settings) -> list[Path]:
-    """What a python grader must not see: the home, and a shared folder holding every owner's files."""
-    hidden = [settings.home]
-    if (settings.storage_url or "").startswith("file:"):
-        hidden.append(Path(urlparse(settings.storage_url or "").path))
-    return hidden
 
 
 def context(services: Services, owner: str) -> Context:

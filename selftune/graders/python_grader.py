@@ -35,9 +35,13 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlparse
 
 from selftune.errors import RateLimited
+
+if TYPE_CHECKING:
+    from selftune.config import Settings
 
 SANDBOX = Path(__file__).with_name("sandbox.py")
 MAX_SOURCE_BYTES = 256 * 1024
@@ -135,3 +139,12 @@ def run(
         return PythonOutcome(reward=got["reward"])
     error = got.get("error") if isinstance(got, dict) else None
     return PythonOutcome(runtime_error=str(error or "the grader wrote no reward"))
+
+
+def hidden_folders(settings: Settings) -> list[Path]:
+    """What a python grader must not see: the home, and a shared folder holding every owner's files
+    (the server's graders and a reinforcement job's, whose worker must not import the server's modules)."""
+    hidden = [settings.home]
+    if (settings.storage_url or "").startswith("file:"):
+        hidden.append(Path(urlparse(settings.storage_url or "").path))
+    return hidden

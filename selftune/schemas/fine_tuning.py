@@ -119,6 +119,15 @@ class QualityProfile(Response):
     collapsed: bool
 
 
+class ValidationReward(Response):
+    """A reinforcement job's own comparison: both models' mean reward on its grader, greedy answers to
+    the validation prompts every evaluation scored."""
+
+    prompts: int
+    base: float
+    fine_tuned: float
+
+
 class JobQuality(Response):
     """The quality guard's finding: did the fine-tuned model come out worse than its base?"""
 
@@ -129,6 +138,8 @@ class JobQuality(Response):
     base: QualityProfile
     fine_tuned: QualityProfile
     best_checkpoint: str | None = None
+    validation_reward: ValidationReward | None = None
+    """Reinforcement jobs with a validation file only."""
 
 
 class ResolvedHyperparameters(Response):

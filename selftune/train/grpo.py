@@ -29,7 +29,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -201,9 +201,13 @@ class Reinforcement:
             kl_sum += float(_per_answer(kl.detach(), row_of, len(chunk)).sum())
         return loss_sum, kl_sum, sum(len(ids) for ids, _ in rows)
 
-    def evaluate(self, model: Any, split: str, idx: Sequence[int], ctx: StepContext) -> dict[str, float]:
-        """Greedy answers to ``idx`` and their mean reward (the job's ``valid_reward_mean``)."""
-        answers = self._sample(model, [self._prompt(split, i) for i in idx], ctx, samples=1)
+    def evaluate(
+        self, model: Any, split: str, idx: Sequence[int], ctx: StepContext, *, starting: bool = False
+    ) -> dict[str, float]:
+        """Greedy answers to ``idx`` and their mean reward (the job's ``valid_reward_mean``); of the
+        starting model with ``starting`` (the job's own base-versus-fine-tuned comparison)."""
+        with self._starting_model(model) if starting else nullcontext():
+            answers = self._sample(model, [self._prompt(split, i) for i in idx], ctx, samples=1)
         graded = self._grade(split, list(idx), [self._text(a) for a in answers])
         n = max(1, len(idx))
         return {

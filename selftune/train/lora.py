@@ -43,7 +43,7 @@ from selftune.children import exit_with_parent, orphaned
 from selftune.convert.lora import convert_if_supported
 from selftune.data.render import RenderedFile, render_file
 from selftune.errors import InvalidRequest, SelftuneError
-from selftune.methods import RFT_BEST_CHECKPOINTS, RFT_KL_BETA, MethodType, answer_tokens, group_size
+from selftune.methods import RFT_BEST_CHECKPOINTS, RFT_KL_BETA, MethodType, answer_tokens, format_mismatch, group_size
 from selftune.train import memory
 from selftune.train.checks import check_job
 from selftune.train.distributed import CONTINUE, PAUSE, STOP, World
@@ -181,16 +181,14 @@ def main(cfg: TrainConfig, world: World) -> int:
             + (f" (and a reinforcement prompt fewer than {cfg.max_seq_len} tokens)" if rft else ""),
             code="invalid_file_format",
         )
-    valid = RenderedFile()
+    valid, valid_name = RenderedFile(), cfg.valid_name or os.path.basename(cfg.valid_file or "")
     if cfg.valid_file:
-        valid_name = cfg.valid_name or os.path.basename(cfg.valid_file)
         valid = load_examples(cfg.valid_file, tokenizer, cfg.max_seq_len, events, valid_name, "validation")
-    for name, data in ((train_name, rendered), (cfg.valid_name, valid)):
-        if data.rows and (data.per_example != (2 if dpo else 1) or (data.format == "prompts") != rft):
-            # the worker checked; a hand-written job.json may not have been
-            raise InvalidRequest(
-                f"{name}: {data.format} examples cannot train a {cfg.method} job", code="invalid_file_format"
-            )
+    for name, data in ((train_name, rendered), (valid_name, valid)):
+        # the worker checked; a hand-written job.json may not have been
+        wrong = format_mismatch(name, data.format, MethodType(cfg.method)) if data.rows else None
+        if wrong:
+            raise InvalidRequest(wrong, code="invalid_file_format")
     objective: Objective
     if rft:
         assert cfg.grader is not None and hp.compute_multiplier is not None
@@ -216,6 +214,7 @@ def main(cfg: TrainConfig, world: World) -> int:
     else:
         objective = NextToken(rendered.rows, valid.rows)
     n_train, n_valid = objective.size("train"), objective.size("valid")
+    rft_valid = list(range(min(hp.eval_samples or n_valid, n_valid)))  # what a reinforcement job scores
     # The whole run's batch order is fixed by the seed up front, so a resumed run takes exactly the
     # batches an uninterrupted one would have: the data position is just the step number.
     schedule = plan_epochs(objective.lengths(), hp.n_epochs, hp.batch_size, cfg.seed)
@@ -418,7 +417,7 @@ def main(cfg: TrainConfig, world: World) -> int:
             start = (step // eval_every - 1) * hp.batch_size
             v_idx = [(start + k) % n_valid for k in range(min(hp.batch_size, n_valid))]
             if rft:
-                v_idx = list(range(min(hp.eval_samples or n_valid, n_valid)))
+                v_idx = rft_valid
             row.update(_prefixed("valid_", objective.evaluate(model, "valid", v_idx, ctx)))
             message += f", validation {label}={row['valid_' + key]:.2f}"
         metrics_rows.append(row)
@@ -478,6 +477,22 @@ def main(cfg: TrainConfig, world: World) -> int:
     # gather, which takes the parameters that require gradients, found none.
     save_adapter(files.adapter)
     checked = cfg if world.main else replace(cfg, output_dir=tempfile.mkdtemp(prefix="selftune-rank-"))
+    rewards = None
+    if rft and n_valid:
+        # The job's own comparison on its grader: the starting model's greedy answers to the prompts
+        # every evaluation scored, against the final evaluation's (made at the last step).
+        assert isinstance(objective, Reinforcement)
+        base_reward = objective.evaluate(model, "valid", rft_valid, ctx, starting=True)["reward_mean"]
+        final = next((r["valid_reward_mean"] for r in reversed(metrics_rows) if "valid_reward_mean" in r), None)
+        if final is None:  # resumed after the last evaluation
+            final = objective.evaluate(model, "valid", rft_valid, ctx)["reward_mean"]
+        rewards = {"prompts": len(rft_valid), "base": base_reward, "fine_tuned": final}
+        events.emit(
+            Message(
+                f"Validation reward on {len(rft_valid)} prompt(s): starting model {base_reward:.3f}, "
+                f"fine-tuned {final:.3f} ({final - base_reward:+.3f})"
+            )
+        )
     reports, quality = check_job(
         model, tokenizer, device, autocast, checked, watch.best_checkpoint(cfg), watch.best_step == step
     )
@@ -503,7 +518,7 @@ def main(cfg: TrainConfig, world: World) -> int:
         loop_tokens=trained_tokens - loop_tokens,
         peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         world_size=world.size,
-        quality=quality.to_dict() if quality else None,
+        quality={**quality.to_dict(), **({"validation_reward": rewards} if rewards else {})} if quality else None,
     )
     events.emit(done)
     world.wait()
