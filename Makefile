@@ -82,7 +82,7 @@ pytest: install test-data models
 
 test: lint typecheck docs pytest
 
-# Not part of `make test`: about 30 minutes on a 2-core avx512_bf16 CPU, longer on a 2-core CPU
+# Not part of `make test`: about 45 minutes on a 2-core avx512_bf16 CPU, longer on a 2-core CPU
 # without bf16 (everything then runs fp32); writes BENCHMARKS.md. The peers (TRL and
 # its datasets/accelerate) are installed here only. llama.cpp is measured when llama-cpp-python is
 # installed (`.venv/bin/pip install llama-cpp-python` compiles it: about half an hour on 2 cores).

@@ -21,15 +21,13 @@ import argparse
 import importlib.util
 import json
 import random
-import subprocess
-import sys
 import unicodedata
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from bench import met
+from bench import met, peer_run, recipe_run
 
 N_TRAIN = 120
 MAX_TOKENS = 48
@@ -113,7 +111,9 @@ def score(held: Sequence[Question], answers: Sequence[tuple[str, bool]]) -> Scor
 # --- make bench: every variant trained and scored on this machine ----------------------------------
 
 
-def answer_all(base_dir: Path, adapter: str | None, held: Sequence[Question]) -> list[tuple[str, bool]]:
+def answer_all(
+    base_dir: Path, adapter: str | None, held: Sequence[Question], max_tokens: int = MAX_TOKENS
+) -> list[tuple[str, bool]]:
     """Greedy answers of the base (``adapter`` None) or base + adapter, generated as the recipe's guard does."""
     import torch
     from peft import PeftModel
@@ -133,7 +133,7 @@ def answer_all(base_dir: Path, adapter: str | None, held: Sequence[Question]) ->
         return torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16)
 
     # The quality guard's own answerer: the same generation, cut at the same stop tokens.
-    answers = Answers(model, tokenizer, torch.device("cpu"), autocast, [MAX_TOKENS] * len(held), adapter=True)
+    answers = Answers(model, tokenizer, torch.device("cpu"), autocast, [max_tokens] * len(held), adapter=True)
     answers([[{"role": "user", "content": q.prompt}] for q in held], lambda: None)
     return [(a.text, a.ended) for a in answers.answers]
 
@@ -141,20 +141,11 @@ def answer_all(base_dir: Path, adapter: str | None, held: Sequence[Question]) ->
 def selftune_run(base_dir: Path, train: Path, out: Path, requested: dict[str, Any], seed: int) -> dict[str, Any]:
     """The recipe itself (``python -m selftune.train.lora``) on a job.json, as a worker runs it."""
     from selftune.methods import Hyperparameters, MethodType
-    from selftune.train.protocol import Done, TrainConfig, read_events, recipe_command, save_config
+    from selftune.train.protocol import Done
 
     hp = Hyperparameters.resolve(requested, N_TRAIN, MethodType.DPO)
-    cfg = TrainConfig(
-        base_model_dir=str(base_dir),
-        train_file=str(train),
-        output_dir=str(out),
-        method=MethodType.DPO,
-        hyperparameters=hp,
-        seed=seed,
-        model_name="ft:bench",
-    )
-    subprocess.run(recipe_command(save_config(cfg)), check=True, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
-    done = next(e for e in read_events(cfg.job_dir.events) if isinstance(e, Done))
+    cfg, events = recipe_run(base_dir, train, out, method=MethodType.DPO, hyperparameters=hp, seed=seed)
+    done = next(e for e in events if isinstance(e, Done))
     return {
         "seconds": done.loop_seconds,  # the training loop, as TRL's trainer.train() is timed
         "adapter": str(cfg.job_dir.adapter),
@@ -166,28 +157,7 @@ def selftune_run(base_dir: Path, train: Path, out: Path, requested: dict[str, An
 def trl_run(
     base_dir: Path, train: Path, out: Path, variant: str, settings: dict[str, Any], seed: int
 ) -> dict[str, Any]:
-    from bench.measure import LORA, native_bf16
-
-    out.mkdir(parents=True, exist_ok=True)
-    cfg = {
-        "base_model_dir": str(base_dir),
-        "train_file": str(train),
-        "output_dir": str(out),
-        "variant": variant,
-        "settings": settings,
-        "lora": LORA,
-        "seed": seed,
-        "bf16": native_bf16(),
-    }
-    (out / "config.json").write_text(json.dumps(cfg))
-    subprocess.run(
-        [sys.executable, "-m", "bench.trl_dpo", str(out / "config.json"), str(out / "result.json")],
-        check=True,
-        stdout=(out / "log").open("w"),
-        stderr=subprocess.STDOUT,
-    )
-    result: dict[str, Any] = json.loads((out / "result.json").read_text())
-    return result
+    return peer_run("bench.trl_dpo", base_dir, train, out, seed, variant=variant, settings=settings)
 
 
 def run(work: Path, base_dir: Path, seed: int = 1) -> dict[str, Any]:

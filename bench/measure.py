@@ -18,7 +18,7 @@ from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
-from bench import cluster, distributed, dpo_quality, graders, hostile
+from bench import cluster, distributed, dpo_quality, graders, hostile, rft_quality
 from bench.inference import transformers_loop
 from bench.serving import latency_while_training, llamacpp_alone, through_server
 from selftune.catalog import default_spec
@@ -396,6 +396,8 @@ def run(work: Path, quick: bool = False) -> dict[str, Any]:
     r["transformers"] = transformers_loop(base_dir, prompts, max_tokens)
     log("DPO quality: form, content and ends, selftune against TRL DPOTrainer")
     r["dpo"] = dpo_quality.run(work / "dpo", base_dir)
+    log("reinforcement fine-tuning: held-out reward and reward per minute, selftune against TRL GRPOTrainer")
+    r["rft"] = rft_quality.run(work / "rft", base_dir, 16 if quick else 48)
     log("one job on two processes against one (torchrun, gloo)")
     r["distributed"] = distributed.run(work / "distributed", base_dir, data["train"])
     log("graders: what one sample costs, for each type")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import statistics
 from typing import Any
 
-from bench import cluster, distributed, dpo_quality, graders, hostile, met
+from bench import cluster, distributed, dpo_quality, graders, hostile, met, rft_quality
 from bench.measure import (
     BATCH_SIZE,
     DEFAULTS_EXAMPLES,
@@ -37,6 +37,7 @@ def report(r: dict[str, Any], command: str) -> str:
     memory_targets, memory_rows = _memory(r)
     hostile_targets, hostile_rows = hostile.rows(r["hostile"]) if "hostile" in r else ([], [])
     dpo_targets, dpo_rows = dpo_quality.rows(r["dpo"]) if "dpo" in r else ([], [])
+    rft_targets, rft_rows = rft_quality.rows(r["rft"]) if "rft" in r else ([], [])
     cluster_targets, cluster_rows = cluster.rows(r["cluster"]) if "cluster" in r else ([], [])
     distributed_targets, distributed_rows = distributed.rows(r["distributed"]) if "distributed" in r else ([], [])
     L = [
@@ -65,6 +66,7 @@ def report(r: dict[str, Any], command: str) -> str:
         *memory_targets,
         *hostile_targets,
         *dpo_targets,
+        *rft_targets,
         *cluster_targets,
         *distributed_targets,
         "",
@@ -184,6 +186,7 @@ def report(r: dict[str, Any], command: str) -> str:
         *_qwen(r),
         *(["## A hostile client", "", *hostile_rows, ""] if hostile_rows else []),
         *(["## DPO: the form learned, the content kept", "", *dpo_rows, ""] if dpo_rows else []),
+        *(["## Reinforcement fine-tuning against TRL GRPOTrainer", "", *rft_rows, ""] if rft_rows else []),
         *(["## Many machines", "", *cluster_rows, ""] if cluster_rows else []),
         *(["## One job on many processes", "", *distributed_rows, ""] if distributed_rows else []),
         *(["## Graders", "", *graders.rows(r["graders"]), ""] if "graders" in r else []),

@@ -21,6 +21,8 @@ linear layers), the same sequence limit, batch size, epochs and learning rate:
 8. DPO quality (``bench.dpo_quality``): form learned, content kept and answers ended on form-only
    pairs, selftune's DPO defaults (before and now) against TRL ``DPOTrainer`` (its defaults, and
    selftune's settings).
+9. reinforcement fine-tuning (``bench.rft_quality``): held-out reward on a grader and reward gained
+   per minute, selftune's GRPO against TRL ``GRPOTrainer`` with the same settings and grader.
 
 Ratios, not absolute times, are the point: the machine is shared and its speed drifts.
 """

@@ -17,11 +17,10 @@ from __future__ import annotations
 
 import json
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
-from bench.trl_sft import peft_lora
+from bench.trl_sft import peft_lora, train_and_save
 
 
 def main(cfg: dict[str, Any]) -> dict[str, Any]:
@@ -76,11 +75,7 @@ def main(cfg: dict[str, Any]) -> dict[str, Any]:
         processing_class=tokenizer,
         peft_config=peft_lora(cfg["lora"]),
     )
-    t0 = time.perf_counter()
-    trainer.train()
-    seconds = time.perf_counter() - t0
-    adapter = Path(cfg["output_dir"]) / "adapter"
-    trainer.model.save_pretrained(adapter)
+    seconds, adapter = train_and_save(trainer, cfg["output_dir"])
     return {
         "variant": cfg["variant"],
         "seconds": seconds,

@@ -30,6 +30,16 @@ def peft_lora(lora: dict[str, Any]) -> Any:
     )
 
 
+def train_and_save(trainer: Any, output_dir: str) -> tuple[float, Path]:
+    """``trainer.train()``'s seconds (the training loop, as selftune's ``loop_seconds``) and the adapter saved."""
+    t0 = time.perf_counter()
+    trainer.train()
+    seconds = time.perf_counter() - t0
+    adapter = Path(output_dir) / "adapter"
+    trainer.model.save_pretrained(adapter)
+    return seconds, adapter
+
+
 def main(cfg: dict[str, Any]) -> dict[str, Any]:
     import torch
     from datasets import Dataset
@@ -86,10 +96,7 @@ def main(cfg: dict[str, Any]) -> dict[str, Any]:
     )
     # Real tokens: every token of every example TRL feeds (no padding), as selftune counts them.
     tokens = sum(len(ids) for ids in trainer.train_dataset["input_ids"]) * cfg["epochs"]
-    t0 = time.perf_counter()
-    trainer.train()
-    seconds = time.perf_counter() - t0
-    trainer.model.save_pretrained(Path(cfg["output_dir"]) / "adapter")
+    seconds, _ = train_and_save(trainer, cfg["output_dir"])
     losses = [e["loss"] for e in trainer.state.log_history if "loss" in e]
     return {
         "variant": cfg["variant"],

@@ -11,30 +11,15 @@ and varied."""
 
 from __future__ import annotations
 
-import json
 from statistics import mean
 from typing import Any
 
 from bench.dpo_quality import split
+from bench.rft_quality import GRADER, prompt_lines
 from tests.conftest import LiveServer
 from tests.test_jobs_api import all_events, wait
 
 BASE = "SmolLM2-135M-Instruct"
-
-GRADER = {
-    "type": "text_similarity",
-    "name": "the capital",
-    "input": "{{sample.output_text}}",
-    "reference": "{{item.capital}}",
-    "evaluation_metric": "fuzzy_match",
-}
-
-
-def lines(questions: list[Any]) -> str:
-    return "".join(
-        json.dumps({"messages": [{"role": "user", "content": q.prompt}], "capital": q.capital}) + "\n"
-        for q in questions
-    )
 
 
 def test_rft_raises_the_reward_on_held_out_questions(smol_server: LiveServer) -> None:
@@ -48,8 +33,8 @@ def test_rft_raises_the_reward_on_held_out_questions(smol_server: LiveServer) ->
     The margins asserted are about half of those."""
     client = smol_server.client()
     train_q, held_out = split(seed=1)
-    train = client.files.create(file=("capitals.jsonl", lines(train_q[:48]).encode()), purpose="fine-tune")
-    valid = client.files.create(file=("held-out.jsonl", lines(held_out[:32]).encode()), purpose="fine-tune")
+    train = client.files.create(file=("capitals.jsonl", prompt_lines(train_q[:48]).encode()), purpose="fine-tune")
+    valid = client.files.create(file=("held-out.jsonl", prompt_lines(held_out[:32]).encode()), purpose="fine-tune")
     method: Any = {
         "type": "reinforcement",
         "reinforcement": {

@@ -1,0 +1,217 @@
+"""Reinforcement fine-tuning side by side: selftune's GRPO (``method: reinforcement``) against TRL's
+``GRPOTrainer``, on the same model, prompts, grader, group size and steps.
+
+    python -m bench.rft_quality [--work DIR] [--prompts N]     (also part of ``make bench``)
+
+The task is ``tests/test_rft_smol.py``'s: "What is the capital of X?" for countries from the
+``countryinfo`` package, graded by ``text_similarity`` ``fuzzy_match`` against the capital (the
+base model knows many capitals but wraps them in sentences, which the grader scores low). ``N``
+training prompts (48 by default), one epoch, selftune's defaults for a reinforcement job: 4 prompts
+a step, 4 answers each, up to 128 tokens (``reasoning_effort: low``), a LoRA rate of 2e-4, the KL
+anchor at 0.04. TRL gets the same settings (``bench.trl_grpo``) and the grader as its reward function.
+
+selftune's job is evaluated once, at its last step (a larger ``eval_interval`` than the default, since
+TRL evaluates nothing); its 32 validation prompts are held out from training. Then one function
+answers 48 other held-out questions greedily (128 tokens) with the base and both adapters and grades
+the answers with the same grader:
+
+- **held-out reward**: the mean reward, against the base's;
+- **reward gained per minute**: (held-out reward - the base's) / the training loop's minutes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from statistics import mean
+from typing import Any
+
+from bench import met, peer_run, recipe_run
+from bench.dpo_quality import Question, answer_all, split
+
+GRADER = {
+    "type": "text_similarity",
+    "name": "the capital",
+    "input": "{{sample.output_text}}",
+    "reference": "{{item.capital}}",
+    "evaluation_metric": "fuzzy_match",
+}
+N_VALID = 32
+N_HELD = 48
+SEED = 7
+REQUESTED = {"n_epochs": 1, "reasoning_effort": "low", "eval_samples": N_VALID}
+GAIN_TARGET = 0.15
+SPEED_TARGET = 2.0
+
+
+def prompt_lines(questions: Sequence[Question]) -> str:
+    """A prompts file's text: each question as the user's message, its capital as the grader's item."""
+    return "".join(
+        json.dumps({"messages": [{"role": "user", "content": q.prompt}], "capital": q.capital}) + "\n"
+        for q in questions
+    )
+
+
+def prompts_file(path: Path, questions: Sequence[Question]) -> Path:
+    path.write_text(prompt_lines(questions), encoding="utf-8")
+    return path
+
+
+def held_out(base_dir: Path, adapter: str | None, held: Sequence[Question], tokens: int) -> dict[str, float]:
+    """Greedy answers (the quality guard's answerer) graded by ``GRADER``, as selftune grades."""
+    from bench.trl_grpo import grader_reward
+
+    answers = answer_all(base_dir, adapter, held, tokens)
+    rewards = grader_reward(GRADER, ["capital"])([a for a, _ in answers], capital=[q.capital for q in held])
+    return {"reward": mean(rewards), "ended": mean(float(e) for _, e in answers)}
+
+
+def selftune_run(base_dir: Path, train: Path, valid: Path, out: Path, n_train: int) -> dict[str, Any]:
+    """The recipe itself (``python -m selftune.train.lora``) on a job.json, as a worker runs it."""
+    from selftune.methods import MethodType
+    from selftune.train.protocol import Done, Metrics
+
+    hp = _hyperparameters(n_train)
+    cfg, events = recipe_run(
+        base_dir,
+        train,
+        out,
+        valid_file=str(valid),
+        method=MethodType.REINFORCEMENT,
+        hyperparameters=hp,
+        seed=SEED,
+        grader=GRADER,
+    )
+    done = next(e for e in events if isinstance(e, Done))
+    metrics = [e for e in events if isinstance(e, Metrics)]
+    return {
+        "seconds": done.loop_seconds,  # the training loop, as TRL's trainer.train() is timed
+        "adapter": str(cfg.job_dir.adapter),
+        "train_reward": [m.train_reward_mean for m in metrics],
+        "step_seconds": {
+            part: sum(getattr(m, f"train_{part}_seconds") or 0.0 for m in metrics)
+            for part in ("sampling", "grading", "training")
+        },
+        "quality": done.quality,
+    }
+
+
+def _hyperparameters(n_train: int) -> Any:
+    from selftune.methods import Hyperparameters, MethodType
+
+    hp = Hyperparameters.resolve(REQUESTED, n_train, MethodType.REINFORCEMENT)
+    steps = -(-n_train // hp.batch_size) * hp.n_epochs
+    return Hyperparameters.resolve({**REQUESTED, "eval_interval": steps}, n_train, MethodType.REINFORCEMENT)
+
+
+def trl_run(base_dir: Path, train: Path, out: Path, n_train: int) -> dict[str, Any]:
+    from selftune.methods import RFT_KL_BETA, answer_tokens, group_size
+
+    hp = _hyperparameters(n_train)
+    settings = {
+        "learning_rate": hp.learning_rate,
+        "epochs": hp.n_epochs,
+        "batch_size": hp.batch_size,
+        "group": group_size(hp.compute_multiplier),
+        "answer_tokens": answer_tokens(hp.reasoning_effort),
+        "beta": RFT_KL_BETA,
+    }
+    return peer_run("bench.trl_grpo", base_dir, train, out, SEED, grader=GRADER, settings=settings)
+
+
+def run(work: Path, base_dir: Path, n_train: int = 48) -> dict[str, Any]:
+    """Both trainers on the same prompts; the base and both adapters graded on the same held-out questions."""
+    from bench.measure import log
+    from selftune.methods import answer_tokens
+
+    work.mkdir(parents=True, exist_ok=True)
+    train_q, rest = split(seed=1)
+    train = prompts_file(work / "capitals.jsonl", train_q[:n_train])
+    valid = prompts_file(work / "validation.jsonl", rest[:N_VALID])
+    held = rest[N_VALID : N_VALID + N_HELD]
+    tokens = answer_tokens(REQUESTED["reasoning_effort"])
+    r: dict[str, Any] = {"train": n_train, "held": len(held), "tokens": tokens, "variants": {}}
+    log("RFT: the base model on the held-out questions")
+    r["variants"]["base model"] = {"held_out": held_out(base_dir, None, held, tokens)}
+    for name, go in (
+        ("selftune", lambda: selftune_run(base_dir, train, valid, work / "selftune", n_train)),
+        ("TRL GRPOTrainer", lambda: trl_run(base_dir, train, work / "trl", n_train)),
+    ):
+        log(f"RFT: {name}")
+        info = go()
+        info["held_out"] = held_out(base_dir, info["adapter"], held, tokens)
+        r["variants"][name] = info
+        log(f"  held-out reward {info['held_out']['reward']:.3f} after {info['seconds']:.0f} s")
+    return r
+
+
+def rows(r: dict[str, Any]) -> tuple[list[str], list[str]]:
+    """The headline's targets (issue 33's) and the section's table, for ``BENCHMARKS.md``."""
+    v = r["variants"]
+    base = v["base model"]["held_out"]["reward"]
+    ours, trl = v["selftune"], v["TRL GRPOTrainer"]
+    gain = {name: v[name]["held_out"]["reward"] - base for name in ("selftune", "TRL GRPOTrainer")}
+    per_minute = {name: gain[name] / (v[name]["seconds"] / 60) for name in gain}
+    no_worse = ours["held_out"]["reward"] >= trl["held_out"]["reward"]
+    if per_minute["TRL GRPOTrainer"] > 0:
+        ratio = per_minute["selftune"] / per_minute["TRL GRPOTrainer"]
+        speed, verdict = f"**{ratio:.2f}×**", met(ratio >= SPEED_TARGET and no_worse)
+    else:  # TRL gained nothing: no ratio to state
+        speed = f"**{per_minute['selftune']:+.4f}/min** (TRL gained {gain['TRL GRPOTrainer']:+.3f})"
+        verdict = "not comparable"
+    targets = [
+        f"| RFT: held-out reward ≥ base + {GAIN_TARGET} | **{gain['selftune']:+.3f}** | "
+        f"{met(gain['selftune'] >= GAIN_TARGET)} |",
+        f"| RFT: reward gained per minute ≥ {SPEED_TARGET:g}× TRL GRPOTrainer, held-out reward no worse | "
+        f"{speed} | {verdict} |",
+    ]
+    table = [
+        f'{r["train"]} prompts "What is the capital of X?" (`countryinfo`), one epoch, 4 prompts a step, 4 answers '
+        f"each of up to {r['tokens']} tokens at temperature 1, a LoRA rate of 2e-4, KL weight 0.04, graded by "
+        "`text_similarity` `fuzzy_match` against the capital (`python -m bench.rft_quality`). TRL's "
+        '`GRPOTrainer` with the same settings (`loss_type="grpo"`) and the grader as its reward function. '
+        f"Held-out: {r['held']} other questions, greedy, graded the same way.",
+        "",
+        "| model | held-out reward | gained | ended | training loop seconds | gained per minute | training reward, "
+        "first four steps → last four |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name, x in v.items():
+        h = x["held_out"]
+        if name == "base model":
+            table.append(f"| {name} | {h['reward']:.3f} | | {h['ended']:.0%} | | | |")
+            continue
+        rewards = x["train_reward"]
+        curve = f"{mean(rewards[:4]):.3f} → {mean(rewards[-4:]):.3f}" if rewards else ""
+        table.append(
+            f"| {name} | {h['reward']:.3f} | {gain[name]:+.3f} | {h['ended']:.0%} | {x['seconds']:.0f} | "
+            f"{per_minute[name]:+.4f} | {curve} |"
+        )
+    parts = ours.get("step_seconds") or {}
+    if parts:
+        table += [
+            "",
+            "selftune's steps, summed: "
+            + ", ".join(f"{part} {seconds:.0f} s" for part, seconds in parts.items())
+            + " (the rest of the loop: its one evaluation and checkpoint).",
+        ]
+    return targets, table
+
+
+def main() -> None:
+    from bench.measure import REPO, base_model_dir
+
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    p.add_argument("--work", type=Path, default=REPO / ".bench" / "rft")
+    p.add_argument("--prompts", type=int, default=48)
+    args = p.parse_args()
+    r = run(args.work, base_model_dir(args.work), args.prompts)
+    (args.work / "results.json").write_text(json.dumps(r, indent=2, default=str))
+    targets, table = rows(r)
+    print("\n".join([*targets, "", *table]))
+
+
+if __name__ == "__main__":
+    main()
