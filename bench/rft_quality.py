@@ -68,12 +68,11 @@ def held_out(base_dir: Path, adapter: str | None, held: Sequence[Question], toke
     return {"reward": mean(rewards), "ended": mean(float(e) for _, e in answers)}
 
 
-def selftune_run(base_dir: Path, train: Path, valid: Path, out: Path, n_train: int) -> dict[str, Any]:
+def selftune_run(base_dir: Path, train: Path, valid: Path, out: Path, hp: Any) -> dict[str, Any]:
     """The recipe itself (``python -m selftune.train.lora``) on a job.json, as a worker runs it."""
     from selftune.methods import MethodType
     from selftune.train.protocol import Done, Metrics
 
-    hp = _hyperparameters(n_train)
     cfg, events = recipe_run(
         base_dir,
         train,
@@ -98,18 +97,19 @@ def selftune_run(base_dir: Path, train: Path, valid: Path, out: Path, n_train: i
     }
 
 
-def _hyperparameters(n_train: int) -> Any:
+def hyperparameters(n_train: int) -> Any:
+    """selftune's resolved settings for the run (which TRL gets too), evaluated once, at the last step."""
+    from dataclasses import replace
+
     from selftune.methods import Hyperparameters, MethodType
 
     hp = Hyperparameters.resolve(REQUESTED, n_train, MethodType.REINFORCEMENT)
-    steps = -(-n_train // hp.batch_size) * hp.n_epochs
-    return Hyperparameters.resolve({**REQUESTED, "eval_interval": steps}, n_train, MethodType.REINFORCEMENT)
+    return replace(hp, eval_interval=-(-n_train // hp.batch_size) * hp.n_epochs)
 
 
-def trl_run(base_dir: Path, train: Path, out: Path, n_train: int) -> dict[str, Any]:
+def trl_run(base_dir: Path, train: Path, out: Path, hp: Any) -> dict[str, Any]:
     from selftune.methods import RFT_KL_BETA, answer_tokens, group_size
 
-    hp = _hyperparameters(n_train)
     settings = {
         "learning_rate": hp.learning_rate,
         "epochs": hp.n_epochs,
@@ -131,13 +131,14 @@ def run(work: Path, base_dir: Path, n_train: int = 48) -> dict[str, Any]:
     train = prompts_file(work / "capitals.jsonl", train_q[:n_train])
     valid = prompts_file(work / "validation.jsonl", rest[:N_VALID])
     held = rest[N_VALID : N_VALID + N_HELD]
-    tokens = answer_tokens(REQUESTED["reasoning_effort"])
+    hp = hyperparameters(n_train)
+    tokens = answer_tokens(hp.reasoning_effort)
     r: dict[str, Any] = {"train": n_train, "held": len(held), "tokens": tokens, "variants": {}}
     log("RFT: the base model on the held-out questions")
     r["variants"]["base model"] = {"held_out": held_out(base_dir, None, held, tokens)}
     for name, go in (
-        ("selftune", lambda: selftune_run(base_dir, train, valid, work / "selftune", n_train)),
-        ("TRL GRPOTrainer", lambda: trl_run(base_dir, train, work / "trl", n_train)),
+        ("selftune", lambda: selftune_run(base_dir, train, valid, work / "selftune", hp)),
+        ("TRL GRPOTrainer", lambda: trl_run(base_dir, train, work / "trl", hp)),
     ):
         log(f"RFT: {name}")
         info = go()

@@ -56,6 +56,7 @@ def _model(base_dir: Path, bf16: bool) -> tuple[Any, Any]:
 def in_process(model: Any, tokenizer: Any, prompts: list[list[int]], bf16: bool) -> dict[str, Any]:
     import torch
 
+    from selftune.data.render import stop_token_ids
     from selftune.train.generate import generate_tokens
 
     def autocast() -> Any:
@@ -73,7 +74,7 @@ def in_process(model: Any, tokenizer: Any, prompts: list[list[int]], bf16: bool)
         samples=GROUP,
         temperature=1.0,
     )
-    stops = set(tokenizer.convert_tokens_to_ids(["<|im_end|>", "<|endoftext|>"]))
+    stops = stop_token_ids(tokenizer, model.generation_config)
     lengths = [next((k + 1 for k, t in enumerate(r) if t in stops), len(r)) for r in rows]
     return {"seconds": time.perf_counter() - t0, "answer_tokens": mean(lengths)}
 
@@ -142,7 +143,7 @@ def with_llamacpp(model: Any, base_dir: Path, gguf: Path, prompts: list[list[int
     }
 
 
-def run(work: Path, base_dir: Path, gguf: Path, steps: int = 3) -> dict[str, Any]:
+def run(base_dir: Path, gguf: Path, steps: int = 3) -> dict[str, Any]:
     from bench.measure import log, native_bf16
     from selftune.data.render import render_prompt
 
@@ -174,7 +175,7 @@ def main() -> None:
     p.add_argument("--work", type=Path, default=REPO / ".bench" / "rft-sampling")
     p.add_argument("--steps", type=int, default=3)
     args = p.parse_args()
-    r = run(args.work, base_model_dir(args.work), _default_gguf(), args.steps)
+    r = run(base_model_dir(args.work), _default_gguf(), args.steps)
     print(json.dumps(r["summary"], indent=2))
 
 

@@ -17,7 +17,6 @@ so both trainers chase the same number.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import sys
 from pathlib import Path
@@ -28,30 +27,19 @@ from bench.trl_sft import peft_lora, train_and_save
 
 def grader_reward(grader: dict[str, Any], item_keys: list[str]) -> Any:
     """The grader as a TRL reward function: ``(completions, **columns) -> rewards``, each answer's
-    ``item`` being its line's ``item_keys`` (TRL passes its own keyword arguments beside them)."""
+    ``item`` being its line's ``item_keys`` (TRL passes its own keyword arguments beside them), graded
+    by the code a reinforcement step grades with."""
     from pydantic import TypeAdapter
 
-    from selftune.graders import template
-    from selftune.graders.run import Context, grade
+    from selftune.graders.run import Context, grade_answers, no_judge
     from selftune.schemas.graders import Grader
 
-    parsed = TypeAdapter(Grader).validate_python(grader)
-
-    async def no_judge(*_: Any) -> Any:
-        raise RuntimeError("no model graders in this bench")
-
-    context = Context(no_judge, 120.0, [])
+    parsed, context = TypeAdapter(Grader).validate_python(grader), Context(no_judge, 120.0, [])
 
     def reward(completions: list[Any], **columns: Any) -> list[float]:
         texts = [c[-1]["content"] if isinstance(c, list) else str(c) for c in completions]
         items = [{k: columns[k][i] for k in item_keys} for i in range(len(texts))]
-
-        async def all_of() -> list[float]:
-            pairs = zip(texts, items, strict=True)
-            graded = await asyncio.gather(*(grade(parsed, template.sample_namespace(t), i, context) for t, i in pairs))
-            return [g.reward for g in graded]
-
-        return asyncio.run(all_of())
+        return [g.reward for g in grade_answers(parsed, texts, items, context)]
 
     reward.__name__ = "grader"
     return reward

@@ -214,7 +214,7 @@ def verdict(
     """Compare a reader's greedy answers and teacher-forced top tokens with the reference."""
     min_agreement, decided = CRITERIA[precision]
     equal = agree = total = 0
-    largest, worst = 0.0, ""
+    largest, worst = 0.0, None
     samples = []
     for answer, got, top in zip(ref.answers, greedy, forced, strict=True):
         equal += _same_answer(answer.tokens, got, ref.stop_ids)
@@ -223,12 +223,7 @@ def verdict(
             if want == have or (want in ref.stop_ids and have in ref.stop_ids):
                 agree += 1
             elif lead >= largest:
-                largest = lead
-                worst = (
-                    f"worst miss: {answer.text!r}, answer token {k + 1}, after "
-                    f"{ref.tokenizer.decode(answer.tokens[:k])!r}: reference {ref.tokenizer.decode([want])!r}, "
-                    f"{reader} {ref.tokenizer.decode([have]) if have >= 0 else '(nothing)'!r}"
-                )
+                largest, worst = lead, (answer, k, have)
         samples.append(
             {
                 "reference": ref.tokenizer.decode(answer.tokens, skip_special_tokens=True),
@@ -236,6 +231,14 @@ def verdict(
             }
         )
     agreement = agree / max(total, 1)
+    where = ""
+    if worst is not None:
+        answer, k, have = worst
+        decode = ref.tokenizer.decode
+        where = (
+            f"worst miss: {answer.text!r}, answer token {k + 1}, after {decode(answer.tokens[:k])!r}: "
+            f"reference {decode([answer.choices[k]])!r}, {reader} {decode([have]) if have >= 0 else '(nothing)'!r}"
+        )
     passed = equal == len(ref.answers) or (agreement >= min_agreement and (decided is None or largest < decided))
     return Verification(
         reader,
@@ -249,7 +252,7 @@ def verdict(
         decided,
         passed,
         samples,
-        worst_miss=worst,
+        worst_miss=where,
     )
 
 

@@ -97,6 +97,26 @@ class Graded:
         )
 
 
+def grade_answers(
+    grader: Any, texts: Sequence[str], items: Sequence[dict[str, Any]], ctx: Context, *, json_expected: bool = False
+) -> list[Graded]:
+    """Model answers graded all at once, from outside an event loop (a training step, a bench's reward
+    function); python graders run in threads, each in its sandbox."""
+
+    async def all_of() -> list[Graded]:
+        namespaces = (template.sample_namespace(t, json_expected=json_expected) for t in texts)
+        return list(
+            await asyncio.gather(*(grade(grader, ns, item, ctx) for ns, item in zip(namespaces, items, strict=True)))
+        )
+
+    return asyncio.run(all_of())
+
+
+async def no_judge(*_: Any) -> JudgeAnswer:
+    """The judge where there is none (a training job, a bench): model graders are refused before they get here."""
+    raise RuntimeError("model graders do not run here: there is no judge model")
+
+
 SCORE_SCHEMA = {
     "type": "object",
     "properties": {"result": {"type": "number"}, "steps": {"type": "array", "items": {"type": "string"}}},

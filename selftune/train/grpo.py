@@ -26,7 +26,6 @@ gradient is taken, so the clipping bounds nothing yet; it is kept so the loss is
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, nullcontext
@@ -37,8 +36,7 @@ import torch
 from pydantic import TypeAdapter
 
 from selftune.data.render import IGNORE, RenderedFile, stop_token_ids
-from selftune.graders import template
-from selftune.graders.run import Context, Graded, JudgeAnswer, grade
+from selftune.graders.run import Context, Graded, grade_answers, no_judge
 from selftune.schemas.graders import Grader
 from selftune.train.generate import generate_tokens
 from selftune.train.step import Rows, StepContext, collate, micro_batches, token_losses
@@ -89,7 +87,7 @@ class Reinforcement:
         self.max_len = max_len
         self.kl_beta = kl_beta
         self.new_adapter = new_adapter
-        self.grading = Context(_no_judge, python_timeout, [Path(h) for h in hidden])
+        self.grading = Context(no_judge, python_timeout, [Path(h) for h in hidden])
         self.stops: set[int] = set()
         self.start: list[torch.Tensor] | None = None
         """Continuing an ``ft:`` model: its adapter's weights before the first step."""
@@ -247,25 +245,10 @@ class Reinforcement:
         return str(self.tokenizer.decode(answer, skip_special_tokens=True)).strip()
 
     def _grade(self, split: str, items: list[int], texts: list[str]) -> list[Graded]:
-        """Every answer graded at once (python graders run in threads, each in its sandbox)."""
         lines = self.data[split].items
-
-        async def all_of() -> list[Graded]:
-            return list(
-                await asyncio.gather(
-                    *(
-                        grade(
-                            self.grader,
-                            template.sample_namespace(t, json_expected=self.json_answers),
-                            lines[i],
-                            self.grading,
-                        )
-                        for i, t in zip(items, texts, strict=True)
-                    )
-                )
-            )
-
-        return asyncio.run(all_of())
+        return grade_answers(
+            self.grader, texts, [lines[i] for i in items], self.grading, json_expected=self.json_answers
+        )
 
     def _reference(self, model: Any, batch: dict[str, torch.Tensor], ctx: StepContext) -> torch.Tensor:
         """Per trained token, its log-probability under the starting model."""
@@ -298,7 +281,3 @@ def _per_answer(values: torch.Tensor, row_of: torch.Tensor, rows: int) -> torch.
     """The mean of each answer's per-token ``values`` (positions come row by row)."""
     zeros = torch.zeros(rows, device=values.device, dtype=values.dtype)
     return zeros.index_add(0, row_of, values) / zeros.index_add(0, row_of, torch.ones_like(values))
-
-
-async def _no_judge(*_: Any) -> JudgeAnswer:
-    raise RuntimeError("model graders do not run inside a training job")  # refused when the job is created

@@ -483,9 +483,7 @@ def main(cfg: TrainConfig, world: World) -> int:
         # every evaluation scored, against the final evaluation's (made at the last step).
         assert isinstance(objective, Reinforcement)
         base_reward = objective.evaluate(model, "valid", rft_valid, ctx, starting=True)["reward_mean"]
-        final = next((r["valid_reward_mean"] for r in reversed(metrics_rows) if "valid_reward_mean" in r), None)
-        if final is None:  # resumed after the last evaluation
-            final = objective.evaluate(model, "valid", rft_valid, ctx)["reward_mean"]
+        final = metrics_rows[-1]["valid_reward_mean"]  # the last step is always evaluated (rows resume with the state)
         rewards = {"prompts": len(rft_valid), "base": base_reward, "fine_tuned": final}
         events.emit(
             Message(
@@ -518,7 +516,7 @@ def main(cfg: TrainConfig, world: World) -> int:
         loop_tokens=trained_tokens - loop_tokens,
         peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         world_size=world.size,
-        quality={**quality.to_dict(), **({"validation_reward": rewards} if rewards else {})} if quality else None,
+        quality=quality.to_dict() | {"validation_reward": rewards} if quality else None,
     )
     events.emit(done)
     world.wait()
