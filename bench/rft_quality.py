@@ -70,6 +70,7 @@ def held_out(base_dir: Path, adapter: str | None, held: Sequence[Question], toke
 
 def selftune_run(base_dir: Path, train: Path, valid: Path, out: Path, hp: Any) -> dict[str, Any]:
     """The recipe itself (``python -m selftune.train.lora``) on a job.json, as a worker runs it."""
+    from bench.measure import _default_gguf
     from selftune.methods import MethodType
     from selftune.train.protocol import Done, Metrics
 
@@ -82,6 +83,7 @@ def selftune_run(base_dir: Path, train: Path, valid: Path, out: Path, hp: Any) -
         hyperparameters=hp,
         seed=SEED,
         grader=GRADER,
+        sampling_gguf=str(_default_gguf()),  # as a worker on a CPU sets it: llama.cpp samples the answers
     )
     done = next(e for e in events if isinstance(e, Done))
     metrics = [e for e in events if isinstance(e, Metrics)]

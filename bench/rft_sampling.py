@@ -1,6 +1,7 @@
 """Which engine should sample a reinforcement step's answers: the training process itself
-(``train.generate``, transformers' ``generate`` on the model being trained, as ``train.grpo`` does),
-or llama.cpp with the step's adapter converted to GGUF and a server built on it?
+(``train.generate``, transformers' ``generate`` on the model being trained), or llama.cpp with the
+step's adapter converted to GGUF and a server built on it (``train.sampling``, what the recipe uses on
+a CPU since these numbers)?
 
     python -m bench.rft_sampling [--work DIR] [--steps N]
 
@@ -9,11 +10,13 @@ step: 4 "What is the capital of X?" prompts, 4 answers each, up to 128 tokens, t
 top-k or top-p. Each engine answers ``N`` steps' prompts; per step:
 
 - **in-process**: ``generate_tokens`` in bf16 where the CPU has it (the recipe's precision), the
-  adapter unmerged, the 16 answers in one batch (the batch decodes until its longest answer ends);
-- **llama.cpp**: the adapter saved and converted (``convert.lora.convert_adapter``), a server built
-  on the served Q4_1 base (whose weights are exactly the de-quantised ones the recipe trains) with
-  that adapter, and the 16 answers requested at once (continuous batching: a slot frees when its
-  answer ends). The conversion and the build are part of every step: the adapter changes each step.
+  adapter unmerged, the 16 answers in one batch (the batch decodes until its longest answer ends):
+  how a job samples on a GPU or sharded;
+- **llama.cpp**: ``train.sampling.LlamaCppSampler``, how a job samples on a CPU: the adapter saved
+  and converted, a server built on the served Q4_1 base (whose weights are exactly the de-quantised
+  ones the recipe trains) with that adapter, and the 16 answers requested at once (continuous
+  batching: a slot frees when its answer ends). The conversion and the build are part of every
+  step: the adapter changes each step.
 
 Printed: each engine's median step seconds, its parts, and the mean answer length.
 """
@@ -22,8 +25,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import tempfile
-import threading
 import time
 from pathlib import Path
 from statistics import mean, median
@@ -79,68 +80,19 @@ def in_process(model: Any, tokenizer: Any, prompts: list[list[int]], bf16: bool)
     return {"seconds": time.perf_counter() - t0, "answer_tokens": mean(lengths)}
 
 
-def with_llamacpp(model: Any, base_dir: Path, gguf: Path, prompts: list[list[int]], seed: int) -> dict[str, Any]:
-    import xllamacpp as x
+def with_llamacpp(
+    model: Any, tokenizer: Any, base_dir: Path, gguf: Path, prompts: list[list[int]], seed: int
+) -> dict[str, Any]:
+    import torch
 
-    from selftune.convert.lora import convert_adapter
+    from selftune.data.render import stop_token_ids
+    from selftune.train.sampling import LlamaCppSampler
 
     t0 = time.perf_counter()
-    folder = Path(tempfile.mkdtemp(prefix="rft-sampling-"))
-    model.save_pretrained(folder)
-    lora = convert_adapter(folder, base_dir)
-    t1 = time.perf_counter()
-    p = x.CommonParams()
-    p.model.path = str(gguf)
-    p.n_parallel = GROUP * PROMPTS
-    p.n_ctx = GROUP * PROMPTS * (max(len(q) for q in prompts) + TOKENS + 8)
-    p.kv_unified = True
-    p.warmup = False
-    p.verbosity = -1
-    p.lora_adapters = [x.CommonAdapterLoraInfo(str(lora), 1.0)]
-    server = x.Server(p)
-    complete = server.handle_completions
-    t2 = time.perf_counter()
-    lengths: list[int] = []
-    lock = threading.Lock()
-
-    def answer(prompt: list[int], k: int) -> None:
-        tokens: list[int] = []
-
-        def on_chunk(chunk: dict[str, Any]) -> bool:
-            for choice in chunk.get("choices") or []:
-                tokens.extend(int(e["id"]) for e in (choice.get("logprobs") or {}).get("content") or [])
-            return False
-
-        request = {
-            "prompt": prompt,
-            "max_tokens": TOKENS,
-            "temperature": 1.0,
-            "top_k": 0,
-            "top_p": 1.0,
-            "min_p": 0.0,
-            "seed": seed * 1000 + k,
-            "stream": True,
-            "logprobs": 1,
-        }
-        complete(request, on_chunk)
-        with lock:
-            lengths.append(len(tokens))
-
-    threads = [
-        threading.Thread(target=answer, args=(q, i * GROUP + g)) for i, q in enumerate(prompts) for g in range(GROUP)
-    ]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    t3 = time.perf_counter()
-    return {
-        "seconds": t3 - t0,
-        "convert_seconds": t1 - t0,
-        "build_seconds": t2 - t1,
-        "sampling_seconds": t3 - t2,
-        "answer_tokens": mean(lengths),
-    }
+    stops = stop_token_ids(tokenizer, model.generation_config)
+    sampler = LlamaCppSampler(gguf, base_dir, torch.get_num_threads(), stops)
+    rows = sampler.sample(model, prompts, [TOKENS] * len(prompts), GROUP, seed * 1000)
+    return {"seconds": time.perf_counter() - t0, **sampler.timings, "answer_tokens": mean(len(r) for r in rows)}
 
 
 def run(base_dir: Path, gguf: Path, steps: int = 3) -> dict[str, Any]:
@@ -156,7 +108,7 @@ def run(base_dir: Path, gguf: Path, steps: int = 3) -> dict[str, Any]:
         batch = questions[step * PROMPTS : (step + 1) * PROMPTS]
         prompts = [render_prompt(tokenizer, [{"role": "user", "content": q.prompt}]) for q in batch]
         r["in-process"].append(in_process(model, tokenizer, prompts, bf16))
-        r["llama.cpp"].append(with_llamacpp(model, base_dir, gguf, prompts, step))
+        r["llama.cpp"].append(with_llamacpp(model, tokenizer, base_dir, gguf, prompts, step))
         log(f"  step {step + 1}: " + ", ".join(f"{e} {r[e][-1]['seconds']:.1f} s" for e in ("in-process", "llama.cpp")))
     r["summary"] = {
         engine: {

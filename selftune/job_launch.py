@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import IO
 
 from selftune import integrations
+from selftune.catalog import BaseModelSpec, Catalog
 from selftune.children import lower_priority
 from selftune.errors import SelftuneError
 from selftune.graders.python_grader import hidden_folders
@@ -69,6 +70,7 @@ def train_config(core: Core, job: JobRecord, files: JobDir) -> TrainConfig:
         grader=rft.get("grader"),
         response_format=rft.get("response_format"),
         hidden_dirs=[str(p) for p in hidden_folders(core.settings)],
+        sampling_gguf=_sampling_gguf(catalog, base) if job.method_type == MethodType.REINFORCEMENT else None,
     )
     save_config(cfg)
     return cfg
@@ -101,3 +103,9 @@ def log_tail(path: Path, lines: int = 15) -> str:
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
     except OSError:
         return "(no log)"
+
+
+def _sampling_gguf(catalog: Catalog, base: BaseModelSpec) -> str | None:
+    """The GGUF a reinforcement job's answers are sampled from by llama.cpp (None: the recipe samples)."""
+    gguf = catalog.gguf(base)
+    return str(gguf) if gguf else None

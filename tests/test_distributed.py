@@ -3,7 +3,8 @@
 - The arithmetic: each process's share of a batch adds up to the batch (gradients and metrics).
 - The recipe on 2 processes trains like on 1: the same per-step losses (fp32, within 1e-4) and the
   same adapter, for SFT and DPO; with a memory budget the whole base does not fit, the plan shards
-  it over the processes (FSDP2) and it still trains like one process, and resumes exactly.
+  it over the processes (FSDP2) and it still trains like one process, and resumes exactly. A
+  reinforcement job on 2 processes: each samples (llama.cpp) and grades its share, the metrics add up.
 - A worker with ``SELFTUNE_WORKER_NPROC_PER_NODE=2``, through the SDK: pause and resume (the same
   losses as an uninterrupted run), cancel, and one rank SIGKILLed: the job fails, no process is left.
 - Two workers with homes of their own (``--nnodes 2 --group``), sharing PostgreSQL and a real S3
@@ -179,6 +180,48 @@ def test_two_processes_train_like_one(tmp_path: Path, tiny_model_dir: Path, meth
     assert wa.keys() == wb.keys()
     for k in wa:
         torch.testing.assert_close(wb[k], wa[k], rtol=1e-4, atol=1e-5)
+
+
+def test_a_reinforcement_job_trains_on_two_processes(tmp_path: Path, tiny_model_dir: Path) -> None:
+    """Each rank samples its share of the prompts with llama.cpp (its own server, from the base's GGUF)
+    and grades it; the ranks' rewards and counts add up in the main rank's metrics, which report the
+    whole batch: every answer graded (the python grader fails one item in three), every step there."""
+    from selftune.convert.model import convert_model
+    from tests.test_rft import FLAKY, prompt_lines
+
+    (tmp_path / "prompts.jsonl").write_text(prompt_lines(12))
+    requested = {"n_epochs": 1, "batch_size": 4, "eval_interval": 3, "eval_samples": 4, "reasoning_effort": "low"}
+    cfg = TrainConfig(
+        base_model_dir=str(tiny_model_dir),
+        train_file=str(tmp_path / "prompts.jsonl"),
+        valid_file=str(tmp_path / "prompts.jsonl"),
+        output_dir=str(tmp_path / "rft-2"),
+        method=MethodType.REINFORCEMENT,
+        hyperparameters=Hyperparameters.resolve(requested, 12, MethodType.REINFORCEMENT),
+        seed=5,
+        grader=FLAKY,
+        sampling_gguf=str(convert_model(tiny_model_dir, tmp_path / "tiny.gguf")),
+    )
+    log = tmp_path / "rft-2.log"
+    with log.open("wb") as out:
+        rc = subprocess.run(
+            recipe_command(save_config(cfg), cfg.method, Launch(2)),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "OMP_NUM_THREADS": "1"},
+            timeout=600,
+        ).returncode
+    assert rc == 0, log.read_text()[-3000:]
+    got = events(Path(cfg.output_dir))
+    started = next(e for e in got if e["message"].startswith("Fine-tuning job started"))
+    assert started["data"]["world_size"] == 2 and "sampled by llama.cpp on tiny.gguf" in started["message"]
+    metrics = [e["data"] for e in got if e["type"] == "metrics"]
+    assert [m["step"] for m in metrics] == [1, 2, 3]
+    # Items 0, 3, 6, 9 fail the python grader: a third of the epoch's answers, whichever rank graded them.
+    assert sum(m["train_grader_error_rate"] for m in metrics) / 3 == pytest.approx(1 / 3, abs=1e-6)
+    assert all(0 < m["train_answer_tokens"] <= 128 and 0 <= m["train_reward_mean"] <= 1 for m in metrics)
+    assert [e["type"] for e in got].count("done") == 1
+    assert (Path(cfg.output_dir) / "adapter" / "adapter_model.safetensors").is_file()
 
 
 def test_a_base_too_large_for_each_process_is_sharded_and_trains_like_one_process(tmp_path: Path) -> None:

@@ -109,6 +109,49 @@ def test_the_step_is_grpo_on_the_answers_alone(tiny_model_dir: Path, micro_token
     assert tokens == sum(len(ids) for ids, _ in rows)
 
 
+def test_llamacpp_samples_the_adapter_as_it_is_at_each_step(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """The sampler converts the adapter at every call: greedy, its answers are the training process's
+    token for token (the tiny model's f16 GGUF), before and after the adapter changes; sampled, the
+    answers of a group differ, stay within their budget, and come again with the same seed."""
+    from transformers import AutoTokenizer
+
+    from selftune.convert.model import convert_model
+    from selftune.data.render import render_prompt, stop_token_ids
+    from selftune.train.generate import generate_tokens
+    from selftune.train.sampling import llamacpp_sampler
+
+    model = lora_model(tiny_model_dir)  # random LoRA weights, on
+    model.eval()
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    stops = stop_token_ids(tok, model.generation_config)
+    gguf = convert_model(tiny_model_dir, tmp_path / "tiny.gguf")
+    sampler = llamacpp_sampler(str(gguf), str(tiny_model_dir), "cpu", False, stops)
+    assert sampler is not None
+    assert llamacpp_sampler(str(gguf), str(tiny_model_dir), "cuda", False, stops) is None  # a GPU samples itself
+    assert llamacpp_sampler(str(gguf), str(tiny_model_dir), "cpu", True, stops) is None  # sharded
+    prompts = [render_prompt(tok, [{"role": "user", "content": f"question {i}: which colour?"}]) for i in range(4)]
+    limits = [12, 5, 12, 9]
+
+    def in_process() -> list[list[int]]:
+        rows = generate_tokens(model, tok, torch.device("cpu"), nullcontext, prompts, limits)
+        return [r[: next((k + 1 for k, t in enumerate(r) if t in stops), len(r))] for r in rows]
+
+    before = in_process()
+    assert sampler.sample(model, prompts, limits, samples=1, seed=0, temperature=0.0) == before
+    with torch.no_grad():  # a step later: other adapter weights
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.mul_(-4.0)
+    after = in_process()
+    assert after != before
+    assert sampler.sample(model, prompts, limits, samples=1, seed=0, temperature=0.0) == after
+
+    group = sampler.sample(model, prompts[:2], limits[:2], samples=4, seed=7)
+    assert len(group) == 8 and all(len(a) <= n for a, n in zip(group, [12] * 4 + [5] * 4, strict=True))
+    assert len({tuple(a) for a in group[:4]}) > 1
+    assert sampler.sample(model, prompts[:2], limits[:2], samples=4, seed=7) == group
+
+
 def rft(grader: dict[str, Any], **hyperparameters: Any) -> dict[str, Any]:
     return {"type": "reinforcement", "reinforcement": {"grader": grader, "hyperparameters": hyperparameters}}
 
@@ -137,6 +180,7 @@ def test_a_reinforcement_job_samples_grades_and_trains(
     events = all_events(client, job.id)
     started = next(e for e in events if e.message.startswith("Fine-tuning job started"))
     assert "12 prompts" in started.message and "4 answers per prompt of up to 128 tokens" in started.message
+    assert "sampled by llama.cpp on " in started.message  # on a CPU, from the tiny model's GGUF
     metrics = [e.data for e in events if e.type == "metrics"]
     assert [m["step"] for m in metrics] == list(range(1, 9)) and all(m["total_steps"] == 8 for m in metrics)
     for m in metrics:

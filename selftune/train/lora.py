@@ -41,7 +41,7 @@ import torch
 from selftune.atomic import staged, write_atomic
 from selftune.children import exit_with_parent, orphaned
 from selftune.convert.lora import convert_if_supported
-from selftune.data.render import RenderedFile, render_file
+from selftune.data.render import RenderedFile, render_file, stop_token_ids
 from selftune.errors import InvalidRequest, SelftuneError
 from selftune.methods import RFT_BEST_CHECKPOINTS, RFT_KL_BETA, MethodType, answer_tokens, format_mismatch, group_size
 from selftune.train import memory
@@ -61,6 +61,7 @@ from selftune.train.protocol import (
     TrainConfig,
     load_config,
 )
+from selftune.train.sampling import llamacpp_sampler
 from selftune.train.step import NextToken, Objective, StepContext, plan_epochs
 from selftune.train.tracking import open_events
 from selftune.train.watch import ValidationWatch
@@ -282,6 +283,9 @@ def main(cfg: TrainConfig, world: World) -> int:
         model = build(device)
         world.share_parameters([p for p in model.parameters() if p.requires_grad])  # the main rank's initialisation
     params = [p for p in model.parameters() if p.requires_grad]
+    if isinstance(objective, Reinforcement):  # on a CPU llama.cpp samples the answers (train.sampling)
+        stops = stop_token_ids(tokenizer, model.generation_config)
+        objective.sampler = llamacpp_sampler(cfg.sampling_gguf, cfg.base_model_dir, device.type, world.sharded, stops)
     # Every rank takes part in what needs the whole model: with a sharded one, all of them.
     together = world.main or world.sharded
     optimizer = torch.optim.AdamW(params, lr=hp.learning_rate, weight_decay=0.0)
@@ -528,7 +532,8 @@ def _what(method: MethodType) -> str:
 
 
 def _sampling(objective: Any) -> str:
-    return f", {objective.group} answers per prompt of up to {objective.answer_tokens} tokens"
+    engine = objective.sampler.describe() if objective.sampler else "the training process"
+    return f", {objective.group} answers per prompt of up to {objective.answer_tokens} tokens sampled by {engine}"
 
 
 def _prefixed(prefix: str, values: dict[str, float]) -> dict[str, float]:

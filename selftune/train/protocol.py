@@ -166,11 +166,12 @@ class TrainConfig:
     """The files' names as uploaded, for messages (the paths above are storage paths)."""
     wandb: dict[str, Any] | None = None
     """The W&B run to log to (``selftune.integrations.wandb_run``: project, name, entity, tags, id)."""
-    # Reinforcement only: the grader as the API checked it, and the response format (JSON: graders
-    # read answers as {{sample.output_json}}); python graders never see the worker's home and store.
+    # Reinforcement only: the grader as the API checked it, the response format (JSON: {{sample.output_json}}),
+    # folders python graders never see, the base's GGUF llama.cpp samples from on a CPU (None: in-process).
     grader: dict[str, Any] | None = None
     response_format: dict[str, Any] | None = None
     hidden_dirs: list[str] = field(default_factory=list)
+    sampling_gguf: str | None = None
 
     @property
     def job_dir(self) -> JobDir:
@@ -204,8 +205,7 @@ def load_config(path: str | Path) -> TrainConfig:
 @dataclass(frozen=True)
 class Launch:
     """The processes a job trains on: ``nproc_per_node`` on each of ``nnodes`` machines, which meet
-    at ``rdzv_endpoint`` (hosted by the head, the worker that claimed the job; the others are
-    members)."""
+    at ``rdzv_endpoint`` (hosted by the head, the worker that claimed the job; the rest: members)."""
 
     nproc_per_node: int = 1
     nnodes: int = 1
