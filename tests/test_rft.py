@@ -151,6 +151,17 @@ def test_llamacpp_samples_the_adapter_as_it_is_at_each_step(tiny_model_dir: Path
     assert len({tuple(a) for a in group[:4]}) > 1
     assert sampler.sample(model, prompts[:2], limits[:2], samples=4, seed=7) == group
 
+    # A process whose share of a batch is nothing (2 processes, a batch of 1) takes part with no answers.
+    grpo = Reinforcement(
+        RenderedFile(), RenderedFile(), tok, grader=CONTAINS, json_answers=False, group=4,
+        answer_tokens=8, max_len=64, kl_beta=0.04, new_adapter=True,
+    )  # fmt: skip
+    ctx = StepContext(0, torch.device("cpu"), nullcontext, 10_000, 7, 2)
+    grpo.prepare(model, ctx, None)
+    grpo.sampler = sampler
+    values, tokens = grpo.step(model, [0], ctx, [])
+    assert tokens == 0 and values["reward_mean"] == 0 and values["answer_tokens"] == 0
+
 
 def rft(grader: dict[str, Any], **hyperparameters: Any) -> dict[str, Any]:
     return {"type": "reinforcement", "reinforcement": {"grader": grader, "hyperparameters": hyperparameters}}

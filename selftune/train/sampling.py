@@ -67,6 +67,8 @@ class LlamaCppSampler:
         (kept), drawn at ``temperature`` with no top-k, top-p or min-p (the policy's own distribution;
         0 is greedy); answer ``j`` of prompt ``k`` uses the seed ``seed + k * samples + j``."""
         pairs = list(zip(prompts, limits, strict=True))
+        if not pairs:  # a process whose share of a small batch is nothing
+            return []
         t0 = time.perf_counter()
         # Built per call, since the adapter changes every step; llama.cpp reads the converted
         # adapter while building, so its folder goes at once.
