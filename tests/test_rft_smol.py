@@ -26,8 +26,8 @@ def test_rft_raises_the_reward_on_held_out_questions(smol_server: LiveServer) ->
     """llama.cpp samples the answers (on a CPU, as every job does), and its answers are not repeatable
     to the token (``train.sampling``), so the margins are set on the spread of three runs on a 2-core
     Intel Xeon with avx512_bf16 and avx512_fp16 (seed 7, the default learning rate; a fourth run
-    failed, its output lost): the training reward's first four steps averaged 0.099, 0.114, 0.123
-    and its last four 0.204, 0.188, 0.181; the validation reward at step 12 was 0.262, 0.276, 0.263,
+    failed with the earlier margins, which assertion lost with its output): the training reward's
+    first four steps averaged 0.099, 0.114, 0.123 and its last four 0.204, 0.188, 0.181; the validation reward at step 12 was 0.262, 0.276, 0.263,
     against the starting model's 0.218 on the same 32 prompts; on 48 other held-out questions through
     the server the base scored 0.222 and the fine-tuned model 0.245, 0.243, 0.237. The margins
     asserted are about half the smallest of those gains."""
