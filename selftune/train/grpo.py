@@ -6,7 +6,7 @@ last message, and the whole line as the grader's ``item``) and
 
 1. **samples** a group of answers to each prompt from the model as it is now (adapter on, the
    model's own distribution at temperature 1, up to ``reasoning_effort``'s token budget): on a
-   CPU by llama.cpp with the adapter converted each step (``train.sampling``: a quarter to a third
+   CPU by llama.cpp with the adapter converted each step (``train.sampling``: a fifth to a third
    faster), else in this process, batched (``train.generate``);
 2. **grades** every answer with the job's grader (``selftune.graders.run``, the implementation
    behind ``/graders/run`` and eval runs), all at once; a grader that fails scores 0 and is counted
