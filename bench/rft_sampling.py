@@ -90,8 +90,8 @@ def with_llamacpp(
 
     t0 = time.perf_counter()
     stops = stop_token_ids(tokenizer, model.generation_config)
-    sampler = LlamaCppSampler(gguf, base_dir, torch.get_num_threads(), stops)
-    rows = sampler.sample(model, prompts, [TOKENS] * len(prompts), GROUP, seed * 1000)
+    sampler = LlamaCppSampler(gguf, base_dir, torch.get_num_threads())
+    rows = sampler.sample(model, prompts, [TOKENS] * len(prompts), GROUP, seed * 1000, stops)
     return {"seconds": time.perf_counter() - t0, **sampler.timings, "answer_tokens": mean(len(r) for r in rows)}
 
 

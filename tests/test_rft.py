@@ -125,10 +125,10 @@ def test_llamacpp_samples_the_adapter_as_it_is_at_each_step(tiny_model_dir: Path
     tok = AutoTokenizer.from_pretrained(tiny_model_dir)
     stops = stop_token_ids(tok, model.generation_config)
     gguf = convert_model(tiny_model_dir, tmp_path / "tiny.gguf")
-    sampler = llamacpp_sampler(str(gguf), str(tiny_model_dir), "cpu", False, stops)
+    sampler = llamacpp_sampler(str(gguf), str(tiny_model_dir), "cpu", False)
     assert sampler is not None
-    assert llamacpp_sampler(str(gguf), str(tiny_model_dir), "cuda", False, stops) is None  # a GPU samples itself
-    assert llamacpp_sampler(str(gguf), str(tiny_model_dir), "cpu", True, stops) is None  # sharded
+    assert llamacpp_sampler(str(gguf), str(tiny_model_dir), "cuda", False) is None  # a GPU samples itself
+    assert llamacpp_sampler(str(gguf), str(tiny_model_dir), "cpu", True) is None  # sharded
     prompts = [render_prompt(tok, [{"role": "user", "content": f"question {i}: which colour?"}]) for i in range(4)]
     limits = [12, 5, 12, 9]
 
@@ -137,19 +137,19 @@ def test_llamacpp_samples_the_adapter_as_it_is_at_each_step(tiny_model_dir: Path
         return [r[: next((k + 1 for k, t in enumerate(r) if t in stops), len(r))] for r in rows]
 
     before = in_process()
-    assert sampler.sample(model, prompts, limits, samples=1, seed=0, temperature=0.0) == before
+    assert sampler.sample(model, prompts, limits, samples=1, seed=0, stops=stops, temperature=0.0) == before
     with torch.no_grad():  # a step later: other adapter weights
         for name, p in model.named_parameters():
             if "lora_B" in name:
                 p.mul_(-4.0)
     after = in_process()
     assert after != before
-    assert sampler.sample(model, prompts, limits, samples=1, seed=0, temperature=0.0) == after
+    assert sampler.sample(model, prompts, limits, samples=1, seed=0, stops=stops, temperature=0.0) == after
 
-    group = sampler.sample(model, prompts[:2], limits[:2], samples=4, seed=7)
+    group = sampler.sample(model, prompts[:2], limits[:2], samples=4, seed=7, stops=stops)
     assert len(group) == 8 and all(len(a) <= n for a, n in zip(group, [12] * 4 + [5] * 4, strict=True))
     assert len({tuple(a) for a in group[:4]}) > 1
-    assert sampler.sample(model, prompts[:2], limits[:2], samples=4, seed=7) == group
+    assert sampler.sample(model, prompts[:2], limits[:2], samples=4, seed=7, stops=stops) == group
 
     # A process whose share of a batch is nothing (2 processes, a batch of 1) takes part with no answers.
     grpo = Reinforcement(

@@ -141,7 +141,8 @@ class Reinforcement:
         prompts = [self._prompt("train", i) for i in part]
         if self.sampler is not None:  # the seeds come from torch's generator, which a resumed job restores
             seed = int(torch.randint(0, 2**30, ()))
-            answers = self.sampler.sample(model, prompts, [self._room(p) for p in prompts], self.group, seed)
+            limits = [self._room(p) for p in prompts]
+            answers = self.sampler.sample(model, prompts, limits, self.group, seed, self.stops)
         else:
             answers = self._sample(model, prompts, ctx, samples=self.group)
         sampled = time.perf_counter()

@@ -41,7 +41,7 @@ import torch
 from selftune.atomic import staged, write_atomic
 from selftune.children import exit_with_parent, orphaned
 from selftune.convert.lora import convert_if_supported
-from selftune.data.render import RenderedFile, render_file, stop_token_ids
+from selftune.data.render import RenderedFile, render_file
 from selftune.errors import InvalidRequest, SelftuneError
 from selftune.methods import RFT_BEST_CHECKPOINTS, RFT_KL_BETA, MethodType, answer_tokens, format_mismatch, group_size
 from selftune.train import memory
@@ -284,8 +284,7 @@ def main(cfg: TrainConfig, world: World) -> int:
         world.share_parameters([p for p in model.parameters() if p.requires_grad])  # the main rank's initialisation
     params = [p for p in model.parameters() if p.requires_grad]
     if isinstance(objective, Reinforcement):  # on a CPU llama.cpp samples the answers (train.sampling)
-        stops = stop_token_ids(tokenizer, model.generation_config)
-        objective.sampler = llamacpp_sampler(cfg.sampling_gguf, cfg.base_model_dir, device.type, world.sharded, stops)
+        objective.sampler = llamacpp_sampler(cfg.sampling_gguf, cfg.base_model_dir, device.type, world.sharded)
     # Every rank takes part in what needs the whole model: with a sharded one, all of them.
     together = world.main or world.sharded
     optimizer = torch.optim.AdamW(params, lr=hp.learning_rate, weight_decay=0.0)

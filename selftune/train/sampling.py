@@ -41,13 +41,12 @@ SLACK = 8
 class LlamaCppSampler:
     """Answers from llama.cpp on ``gguf`` with the model's adapter as it is at each call."""
 
-    def __init__(self, gguf: Path, base_dir: Path, threads: int, stops: set[int]) -> None:
+    def __init__(self, gguf: Path, base_dir: Path, threads: int) -> None:
         import xllamacpp
 
         self._x = xllamacpp
         self.gguf, self.base_dir = gguf, base_dir
         self.threads = threads
-        self.stops = stops
         self.timings: dict[str, float] = {}
         """The last call's seconds: saving and converting the adapter, building the server, sampling."""
 
@@ -61,6 +60,7 @@ class LlamaCppSampler:
         limits: Sequence[int],
         samples: int,
         seed: int,
+        stops: set[int],
         temperature: float = 1.0,
     ) -> list[list[int]]:
         """``samples`` answers to each prompt, in prompt order, each cut after its first stop token
@@ -81,7 +81,7 @@ class LlamaCppSampler:
         t2 = time.perf_counter()
         jobs = [(p, n, seed + k * samples + j) for k, (p, n) in enumerate(pairs) for j in range(samples)]
         with ThreadPoolExecutor(len(jobs)) as pool:  # llama.cpp batches what arrives together
-            answers = list(pool.map(lambda job: self._answer(server, job[0], job[1], job[2], temperature), jobs))
+            answers = list(pool.map(lambda job: self._answer(server, job[0], job[1], job[2], stops, temperature), jobs))
         self.timings = {
             "convert_seconds": t1 - t0,
             "build_seconds": t2 - t1,
@@ -103,7 +103,9 @@ class LlamaCppSampler:
         p.lora_adapters = [x.CommonAdapterLoraInfo(str(lora), 1.0)]
         return p
 
-    def _answer(self, server: Any, prompt: list[int], limit: int, seed: int, temperature: float) -> list[int]:
+    def _answer(
+        self, server: Any, prompt: list[int], limit: int, seed: int, stops: set[int], temperature: float
+    ) -> list[int]:
         tokens: list[int] = []
         failure: list[str] = []
 
@@ -114,7 +116,7 @@ class LlamaCppSampler:
             for choice in chunk["choices"]:
                 for entry in (choice.get("logprobs") or {}).get("content") or []:
                     tokens.append(int(entry["id"]))
-                    if tokens[-1] in self.stops or len(tokens) >= limit:
+                    if tokens[-1] in stops or len(tokens) >= limit:
                         return True
             return False
 
@@ -138,13 +140,11 @@ class LlamaCppSampler:
         return tokens
 
 
-def llamacpp_sampler(
-    gguf: str | None, base_dir: str, device: str, sharded: bool, stops: set[int]
-) -> LlamaCppSampler | None:
+def llamacpp_sampler(gguf: str | None, base_dir: str, device: str, sharded: bool) -> LlamaCppSampler | None:
     """The sampler for a reinforcement job where llama.cpp can and should sample (see above), else None."""
     config = json.loads((Path(base_dir) / "config.json").read_text(encoding="utf-8"))
     if gguf is None or device != "cpu" or sharded or not supported(config):
         return None
     import torch
 
-    return LlamaCppSampler(Path(gguf), Path(base_dir), torch.get_num_threads(), stops)
+    return LlamaCppSampler(Path(gguf), Path(base_dir), torch.get_num_threads())
