@@ -115,6 +115,13 @@ def answer_all(
     base_dir: Path, adapter: str | None, held: Sequence[Question], max_tokens: int = MAX_TOKENS
 ) -> list[tuple[str, bool]]:
     """Greedy answers of the base (``adapter`` None) or base + adapter, generated as the recipe's guard does."""
+    return answer_conversations(base_dir, adapter, [[{"role": "user", "content": q.prompt}] for q in held], max_tokens)
+
+
+def answer_conversations(
+    base_dir: Path, adapter: str | None, conversations: Sequence[list[dict[str, str]]], max_tokens: int = MAX_TOKENS
+) -> list[tuple[str, bool]]:
+    """``answer_all`` for conversations (a system message, say): (text, ended) of each, in order."""
     import torch
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -133,8 +140,8 @@ def answer_all(
         return torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16)
 
     # The quality guard's own answerer: the same generation, cut at the same stop tokens.
-    answers = Answers(model, tokenizer, torch.device("cpu"), autocast, [max_tokens] * len(held), adapter=True)
-    answers([[{"role": "user", "content": q.prompt}] for q in held], lambda: None)
+    answers = Answers(model, tokenizer, torch.device("cpu"), autocast, [max_tokens] * len(conversations), adapter=True)
+    answers(list(conversations), lambda: None)
     return [(a.text, a.ended) for a in answers.answers]
 
 

@@ -3,16 +3,23 @@
 
     python -m bench.rft_quality [--work DIR] [--prompts N]     (also part of ``make bench``)
 
-The task is ``tests/test_rft_smol.py``'s: "What is the capital of X?" for countries from the
-``countryinfo`` package, graded by ``text_similarity`` ``fuzzy_match`` against the capital (the
-base model knows many capitals but wraps them in sentences, which the grader scores low). ``N``
-training prompts (48 by default), one epoch, selftune's defaults for a reinforcement job: 4 prompts
-a step, 4 answers each, up to 128 tokens (``reasoning_effort: low``), a LoRA rate of 2e-4, the KL
-anchor at 0.04. TRL gets the same settings (``bench.trl_grpo``) and the grader as its reward function.
+The task: answer briefly, as asked. The prompts are the ``moodswapper`` package's open questions
+("What is the difference between a latte and a flat white?"), each after the system message
+"Answer in one sentence of at most 15 words."; a ``python`` grader gives 1 to an answer of 3 to
+15 words, 15/words to a longer one, 0 to one under 3. The base model half follows the instruction
+(greedy, about 0.65; at temperature 1 the answers to one prompt differ in length, so every group
+has something to learn from): a task a user checks but cannot write the answers for, which RFT
+teaches. (Until 2026-12-07 the bench asked for capitals with a ``fuzzy_match`` grader; SmolLM2-135M
+knows too few capitals for any trainer to gain much there: ``tests/test_rft_smol.py`` keeps it.)
+
+``N`` training prompts (48 by default), one epoch, selftune's defaults for a reinforcement job: 4
+prompts a step, 4 answers each, up to 128 tokens (``reasoning_effort: low``), a LoRA rate of 2e-4,
+the KL anchor at 0.04. TRL gets the same settings (``bench.trl_grpo``) and the grader as its reward
+function.
 
 selftune's job is evaluated once, at its last step (a larger ``eval_interval`` than the default, since
 TRL evaluates nothing); its 32 validation prompts are held out from training. Then one function
-answers 48 other held-out questions greedily (128 tokens) with the base and both adapters and grades
+answers 48 other held-out prompts greedily (128 tokens) with the base and both adapters and grades
 the answers with the same grader:
 
 - **held-out reward**: the mean reward, against the base's;
@@ -22,21 +29,26 @@ the answers with the same grader:
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
+import random
 from collections.abc import Sequence
 from pathlib import Path
 from statistics import mean
 from typing import Any
 
 from bench import met, peer_run, recipe_run
-from bench.dpo_quality import Question, answer_all, split
+from bench.dpo_quality import answer_conversations
 
+INSTRUCTION = "Answer in one sentence of at most 15 words."
 GRADER = {
-    "type": "text_similarity",
-    "name": "the capital",
-    "input": "{{sample.output_text}}",
-    "reference": "{{item.capital}}",
-    "evaluation_metric": "fuzzy_match",
+    "type": "python",
+    "name": "brief",
+    "source": "def grade(sample, item):\n"
+    "    words = len(sample['output_text'].split())\n"
+    "    if words < 3:\n"
+    "        return 0.0\n"
+    "    return 1.0 if words <= 15 else 15 / words\n",
 }
 N_VALID = 32
 N_HELD = 48
@@ -46,26 +58,38 @@ GAIN_TARGET = 0.15
 SPEED_TARGET = 2.0
 
 
-def prompt_lines(questions: Sequence[Question]) -> str:
-    """A prompts file's text: each question as the user's message, its capital as the grader's item."""
-    return "".join(
-        json.dumps({"messages": [{"role": "user", "content": q.prompt}], "capital": q.capital}) + "\n"
-        for q in questions
-    )
+def questions(seed: int = 1) -> list[str]:
+    """``moodswapper``'s open questions (its ``generation`` prompts: MIT; installed ``--no-deps`` by
+    ``make install``, never imported), shuffled by ``seed``."""
+    spec = importlib.util.find_spec("moodswapper")
+    assert spec is not None and spec.submodule_search_locations, "moodswapper is installed by make install"
+    data = Path(next(iter(spec.submodule_search_locations))) / "data" / "prompts.json"
+    prompts = [q["prompt"] for q in json.loads(data.read_text("utf-8"))["generation"]]
+    random.Random(seed).shuffle(prompts)
+    return prompts
 
 
-def prompts_file(path: Path, questions: Sequence[Question]) -> Path:
-    path.write_text(prompt_lines(questions), encoding="utf-8")
+def conversation(question: str) -> list[dict[str, str]]:
+    return [{"role": "system", "content": INSTRUCTION}, {"role": "user", "content": question}]
+
+
+def prompts_file(path: Path, qs: Sequence[str]) -> Path:
+    """A prompts file: each question after the instruction (the grader reads only the answer)."""
+    path.write_text("".join(json.dumps({"messages": conversation(q)}) + "\n" for q in qs), encoding="utf-8")
     return path
 
 
-def held_out(base_dir: Path, adapter: str | None, held: Sequence[Question], tokens: int) -> dict[str, float]:
+def held_out(base_dir: Path, adapter: str | None, held: Sequence[str], tokens: int) -> dict[str, float]:
     """Greedy answers (the quality guard's answerer) graded by ``GRADER``, as selftune grades."""
     from bench.trl_grpo import grader_reward
 
-    answers = answer_all(base_dir, adapter, held, tokens)
-    rewards = grader_reward(GRADER, ["capital"])([a for a, _ in answers], capital=[q.capital for q in held])
-    return {"reward": mean(rewards), "ended": mean(float(e) for _, e in answers)}
+    answers = answer_conversations(base_dir, adapter, [conversation(q) for q in held], tokens)
+    rewards = grader_reward(GRADER, [])([a for a, _ in answers])
+    return {
+        "reward": mean(rewards),
+        "ended": mean(float(e) for _, e in answers),
+        "words": mean(len(a.split()) for a, _ in answers),
+    }
 
 
 def selftune_run(base_dir: Path, train: Path, valid: Path, out: Path, hp: Any) -> dict[str, Any]:
@@ -129,10 +153,10 @@ def run(work: Path, base_dir: Path, n_train: int = 48) -> dict[str, Any]:
     from selftune.methods import answer_tokens
 
     work.mkdir(parents=True, exist_ok=True)
-    train_q, rest = split(seed=1)
-    train = prompts_file(work / "capitals.jsonl", train_q[:n_train])
-    valid = prompts_file(work / "validation.jsonl", rest[:N_VALID])
-    held = rest[N_VALID : N_VALID + N_HELD]
+    qs = questions()
+    train = prompts_file(work / "brief.jsonl", qs[:n_train])
+    valid = prompts_file(work / "validation.jsonl", qs[n_train : n_train + N_VALID])
+    held = qs[n_train + N_VALID : n_train + N_VALID + N_HELD]
     hp = hyperparameters(n_train)
     tokens = answer_tokens(hp.reasoning_effort)
     r: dict[str, Any] = {"train": n_train, "held": len(held), "tokens": tokens, "variants": {}}
@@ -171,26 +195,27 @@ def rows(r: dict[str, Any]) -> tuple[list[str], list[str]]:
         f"{speed} | {verdict} |",
     ]
     table = [
-        f'{r["train"]} prompts "What is the capital of X?" (`countryinfo`), one epoch, 4 prompts a step, 4 answers '
-        f"each of up to {r['tokens']} tokens at temperature 1, a LoRA rate of 2e-4, KL weight 0.04, graded by "
-        "`text_similarity` `fuzzy_match` against the capital (`python -m bench.rft_quality`). TRL's "
-        '`GRPOTrainer` with the same settings (`loss_type="grpo"`) and the grader as its reward function. '
+        f'{r["train"]} open questions (`moodswapper`) after the system message "{INSTRUCTION}", one epoch, '
+        f"4 prompts a step, 4 answers each of up to {r['tokens']} tokens at temperature 1, a LoRA rate of 2e-4, "
+        "KL weight 0.04, graded by a `python` grader: 1 for 3 to 15 words, 15/words above "
+        "(`python -m bench.rft_quality`). TRL's `GRPOTrainer` with the same settings "
+        '(`loss_type="grpo"`) and the grader as its reward function. '
         f"Held-out: {r['held']} other questions, greedy, graded the same way.",
         "",
-        "| model | held-out reward | gained | ended | training loop seconds | gained per minute | training reward, "
-        "first four steps → last four |",
-        "|---|---|---|---|---|---|---|",
+        "| model | held-out reward | gained | ended | words | training loop seconds | gained per minute | "
+        "training reward, first four steps → last four |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for name, x in v.items():
         h = x["held_out"]
         if name == "base model":
-            table.append(f"| {name} | {h['reward']:.3f} | | {h['ended']:.0%} | | | |")
+            table.append(f"| {name} | {h['reward']:.3f} | | {h['ended']:.0%} | {h['words']:.1f} | | | |")
             continue
         rewards = x["train_reward"]
         curve = f"{mean(rewards[:4]):.3f} → {mean(rewards[-4:]):.3f}" if rewards else ""
         table.append(
-            f"| {name} | {h['reward']:.3f} | {gain[name]:+.3f} | {h['ended']:.0%} | {x['seconds']:.0f} | "
-            f"{per_minute[name]:+.4f} | {curve} |"
+            f"| {name} | {h['reward']:.3f} | {gain[name]:+.3f} | {h['ended']:.0%} | {h['words']:.1f} | "
+            f"{x['seconds']:.0f} | {per_minute[name]:+.4f} | {curve} |"
         )
     parts = ours.get("step_seconds") or {}
     if parts:

@@ -11,17 +11,24 @@ from __future__ import annotations
 
 import os
 import subprocess
+from dataclasses import asdict
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
+
+from pydantic import TypeAdapter
 
 from selftune import integrations
 from selftune.catalog import BaseModelSpec, Catalog
 from selftune.children import lower_priority
-from selftune.errors import SelftuneError
+from selftune.errors import NotFound, SelftuneError
+from selftune.graders.check import judge_models
 from selftune.graders.python_grader import hidden_folders
 from selftune.methods import MethodType
+from selftune.permissions import resolve_callable
+from selftune.schemas.graders import Grader
 from selftune.services import Core
 from selftune.store import JobRecord
+from selftune.train.judging import API_KEY_ENV, JudgeModel
 from selftune.train.protocol import JobDir, Launch, TrainConfig, recipe_command, save_config
 from selftune.workers import Offer, cpu_threads
 
@@ -71,6 +78,7 @@ def train_config(core: Core, job: JobRecord, files: JobDir) -> TrainConfig:
         response_format=rft.get("response_format"),
         hidden_dirs=[str(p) for p in hidden_folders(core.settings)],
         sampling_gguf=_sampling_gguf(catalog, base) if job.method_type == MethodType.REINFORCEMENT else None,
+        judges=judges(core, job.owner, rft.get("grader")),
     )
     save_config(cfg)
     return cfg
@@ -85,6 +93,8 @@ def spawn(core: Core, cfg: TrainConfig, launch: Launch, offer: Offer) -> tuple[s
         env["OMP_NUM_THREADS"] = str(threads)
     if settings.worker_memory_bytes:  # the recipe plans within what this worker offers
         env["SELFTUNE_TRAIN_MEMORY"] = str(settings.worker_memory_bytes)
+    if settings.judge_api_key:  # for remote judges (train.judging); never written into job.json
+        env[API_KEY_ENV] = settings.judge_api_key
     files = cfg.job_dir
     train_log = files.log.open("ab")
     proc = subprocess.Popen(
@@ -103,6 +113,35 @@ def log_tail(path: Path, lines: int = 15) -> str:
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
     except OSError:
         return "(no log)"
+
+
+def judges(core: Core, owner: str, grader: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """The judge models ``grader`` names (``score_model``, ``label_model``), as the trainer loads them
+    (``train.judging.JudgeModel``): each resolved for ``owner`` as the server resolves a judge, with
+    this machine's GGUF and folder of its base and the ``ft:`` model's adapter (fetched from the store),
+    or the operator's judge API for a model this server does not have."""
+    if not grader:
+        return []
+    catalog, out = core.catalog, []
+    for model in judge_models(TypeAdapter(Grader).validate_python(grader)):
+        try:
+            resolved = resolve_callable(catalog, model, owner)
+        except NotFound:
+            if not core.settings.judge_base_url:
+                raise CannotStart(
+                    "model_not_available", f"The judge {model!r} of this job's grader no longer exists."
+                ) from None
+            out.append(asdict(JudgeModel(model, remote=core.settings.judge_base_url)))
+            continue
+        gguf = catalog.gguf(resolved.base)
+        if gguf is None:
+            raise CannotStart("model_not_available", f"The judge {model!r} has no GGUF file for llama.cpp here.")
+        adapter = str(resolved.adapter) if resolved.adapter else None
+        judge = JudgeModel(
+            model, resolved.id, resolved.base.name, str(gguf), str(catalog.materialize(resolved.base)), adapter
+        )
+        out.append(asdict(judge))
+    return out
 
 
 def _sampling_gguf(catalog: Catalog, base: BaseModelSpec) -> str | None:

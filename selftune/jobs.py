@@ -120,7 +120,7 @@ def create(
     """
     method_type = method_of(req)
     rft = method_type == MethodType.REINFORCEMENT
-    settings = reinforcement_settings(req.method.reinforcement if req.method else None) if rft else None
+    settings = reinforcement_settings(req.method.reinforcement if req.method else None, catalog, owner) if rft else None
     if settings and not req.validation_file:
         raise InvalidRequest(
             "a reinforcement job needs a validation_file (as on OpenAI): its prompts are answered and graded "

@@ -14,11 +14,15 @@ import httpx
 import openai
 import pytest
 import torch
+from pydantic import TypeAdapter
 
-from selftune.data.render import RenderedFile
+from selftune.data.render import RenderedFile, format_call
+from selftune.graders.run import Context, answer_sample, grade_answers, no_judge
+from selftune.live import serve_model
+from selftune.schemas.graders import Grader
 from selftune.train.grpo import CLIP, Reinforcement
 from selftune.train.step import StepContext, collate
-from tests.conftest import Conformance, LiveServer, chat_lines, run_cli
+from tests.conftest import ALICE, Conformance, LiveServer, chat_lines, run_cli
 from tests.test_jobs_api import all_events, straight_and_paused, upload, wait
 from tests.test_memory import grads, lora_model
 
@@ -163,6 +167,29 @@ def test_llamacpp_samples_the_adapter_as_it_is_at_each_step(tiny_model_dir: Path
     assert tokens == 0 and values["reward_mean"] == 0 and values["answer_tokens"] == 0
 
 
+def test_an_answers_tool_calls_are_its_output_tools() -> None:
+    """Where a prompt's line offers tools, the calls a sampled answer makes are graded as
+    ``{{sample.output_tools}}`` (OpenAI's ``tool_calls``), the rest as ``output_text``."""
+    tools = [{"type": "function", "function": {"name": "capital", "parameters": {"type": "object"}}}]
+    call = format_call("capital", {"country": "Peru"})
+    sample = answer_sample(f"Let me look.\n{call}", {"tools": tools, "capital": "Lima"})
+    assert sample["output_text"] == "Let me look."
+    (made,) = sample["output_tools"]
+    assert made["type"] == "function" and made["function"]["name"] == "capital"
+    assert json.loads(made["function"]["arguments"]) == {"country": "Peru"} and made["id"].startswith("call_")
+    # Without tools offered, the same text is only text; a line with tools whose answer calls none, too.
+    assert answer_sample(call, {"capital": "Lima"}) == {"output_text": call, "output_tools": [], "choices": []}
+    assert answer_sample("Lima.", {"tools": tools})["output_tools"] == []
+    by_name = {"type": "string_check", "name": "c", "input": "{{sample.output_tools.0.function.name}}"}
+    graded = grade_answers(
+        TypeAdapter(Grader).validate_python({**by_name, "reference": "capital", "operation": "eq"}),
+        [call, "Lima."],
+        [{"tools": tools}, {"tools": tools}],
+        Context(no_judge),
+    )
+    assert [g.reward for g in graded] == [1.0, 0.0] and graded[1].errors.sample_parse_error
+
+
 def rft(grader: dict[str, Any], **hyperparameters: Any) -> dict[str, Any]:
     return {"type": "reinforcement", "reinforcement": {"grader": grader, "hyperparameters": hyperparameters}}
 
@@ -231,6 +258,83 @@ def test_a_reinforcement_job_samples_grades_and_trains(
     assert est["method"] == "reinforcement" and est["group_size"] == 4 and est["answer_tokens"] == 128  # type: ignore[index]
 
 
+# A judge that reads the item alone (not the answer): /graders/run tells what the trainer's judge must
+# give every answer of each prompt. (The random tiny model says "yes" to each of these prompts.)
+LABEL = {
+    "type": "label_model",
+    "name": "judge",
+    "model": "tiny",
+    "input": [{"role": "user", "content": "Is {{item.colour}} the colour of question {{item.number}}?"}],
+    "labels": ["yes", "no"],
+    "passing_labels": ["yes"],
+}
+JUDGED = {"type": "multi", "name": "judged", "graders": {"judge": LABEL}, "calculate_output": "judge"}
+
+
+def test_a_model_grader_judges_in_the_trainer_as_graders_run_does(client: openai.OpenAI) -> None:
+    """A label_model grader's judge (the tiny model, greedy under the labels' grammar) runs in the
+    training process on llama.cpp: each step's rewards are the ones /graders/run gives, unflagged."""
+    items = [json.loads(line) for line in prompt_lines(12).splitlines()]
+    graded = [client.fine_tuning.alpha.graders.run(grader=JUDGED, model_sample="-", item=i) for i in items]  # type: ignore[arg-type]
+    assert all(g.metadata.sampled_model_name == "tiny" for g in graded)
+    expected = sum(g.reward for g in graded) / len(graded)
+    train, valid = upload(client, prompt_lines(12)), upload(client, prompt_lines(4, offset=100), "valid.jsonl")
+    method = rft(JUDGED, n_epochs=1, batch_size=3, eval_interval=4, eval_samples=2, reasoning_effort="low")
+    job = client.fine_tuning.jobs.create(
+        model="tiny", training_file=train, validation_file=valid, method=method, seed=5
+    )  # type: ignore[arg-type]
+    done = wait(client, job.id)
+    assert done.status == "succeeded", done.error
+    events = all_events(client, job.id)
+    started = next(e for e in events if e.message.startswith("Fine-tuning job started"))
+    assert "judged by tiny (llama.cpp)" in started.message, started.message
+    metrics = [e.data for e in events if e.type == "metrics"]
+    # A judge that failed or answered what does not parse would flag the grade and give 0.
+    assert len(metrics) == 4 and all(m["train_grader_error_rate"] == 0 for m in metrics)
+    # Every prompt once, each answer given its prompt's verdict: the steps' mean is the verdicts' mean.
+    assert sum(m["train_reward_mean"] for m in metrics) / 4 == pytest.approx(expected, abs=1e-6)
+    assert metrics[-1]["valid_grader_error_rate"] == 0 and metrics[-1]["valid_reward_mean"] == pytest.approx(expected)
+
+
+def test_a_judge_this_server_lacks_is_called_from_the_trainer(
+    keyed_server: LiveServer, tmp_path: Path, tiny_model_dir: Path
+) -> None:
+    """SELFTUNE_JUDGE_BASE_URL: a judge this server does not have (``tiny``: it serves ``own-tiny``)
+    is called by the trainer on the operator's judge API (here the keyed server, so the key must
+    reach the trainer: without it every grade would be a flagged 401)."""
+    judge_api = keyed_server.client(ALICE)
+    items = [json.loads(line) for line in prompt_lines(10).splitlines()]
+    graded = [judge_api.fine_tuning.alpha.graders.run(grader=JUDGED, model_sample="-", item=i) for i in items]  # type: ignore[arg-type]
+    expected = sum(g.reward for g in graded) / len(graded)
+    here = serve_model(
+        tmp_path,
+        "own-tiny",
+        tiny_model_dir,
+        SELFTUNE_ENGINE="torch",
+        SELFTUNE_JUDGE_BASE_URL=keyed_server.base_url,
+        SELFTUNE_JUDGE_API_KEY=ALICE,
+    )
+    try:
+        client = here.client()
+        train, valid = upload(client, prompt_lines(10)), upload(client, prompt_lines(2, offset=100), "valid.jsonl")
+        method = rft(JUDGED, n_epochs=1, batch_size=5, eval_interval=2, eval_samples=2, reasoning_effort="low")
+        job = client.fine_tuning.jobs.create(
+            model="own-tiny", training_file=train, validation_file=valid, method=method
+        )  # type: ignore[arg-type]
+        done = wait(client, job.id)
+        assert done.status == "succeeded", done.error
+        events = all_events(client, job.id)
+        started = next(e for e in events if e.message.startswith("Fine-tuning job started"))
+        assert f"judged by tiny ({keyed_server.base_url})" in started.message, started.message
+        metrics = [e.data for e in events if e.type == "metrics"]
+        assert len(metrics) == 2 and all(m["train_grader_error_rate"] == 0 for m in metrics)
+        assert sum(m["train_reward_mean"] for m in metrics) / 2 == pytest.approx(expected, abs=1e-6)
+        # The key went to the trainer's environment, never into the job's files.
+        assert ALICE not in (here.home / "jobs" / job.id / "job.json").read_text()
+    finally:
+        here.stop()
+
+
 @pytest.mark.parametrize(
     ("method", "param", "words"),
     [
@@ -242,10 +346,11 @@ def test_a_reinforcement_job_samples_grades_and_trains(
             "item.<key>",
         ),
         (
-            rft({"type": "score_model", "name": "j", "model": "tiny", "input": [{"role": "user", "content": "x"}]}),
-            "method.reinforcement.grader",
-            "score_model",
+            rft({"type": "score_model", "name": "j", "model": "no-such-judge", "input": LABEL["input"]}),
+            "method.reinforcement.grader.model",
+            "'no-such-judge' does not exist",
         ),
+        (rft(LABEL), "method.reinforcement.grader", "only inside a multi grader"),
         (rft(CONTAINS, compute_multiplier=11), None, "compute_multiplier"),
         (rft(CONTAINS, reasoning_effort="extreme"), None, "reasoning_effort"),
         (

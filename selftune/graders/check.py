@@ -115,9 +115,10 @@ def _invalid(param: str, message: str, code: str = "invalid_grader") -> InvalidR
     return InvalidRequest(f"Invalid {param}: {message}", param=param, code=code)
 
 
-def reinforcement_settings(rft: ReinforcementMethod | None) -> dict[str, Any]:
+def reinforcement_settings(rft: ReinforcementMethod | None, catalog: Catalog, owner: str) -> dict[str, Any]:
     """A reinforcement job's grader and response format, checked (a 400 naming the field), as stored
-    with the job and handed to the recipe. Judges are refused: the trainer has none beside its model."""
+    with the job and handed to the recipe. Its judges are the ones ``/graders/run`` may use, served
+    here by llama.cpp (the trainer runs them itself: ``train.judging``) or by the judge API."""
     where = "method.reinforcement"
     if rft is None:
         raise _invalid(
@@ -125,7 +126,13 @@ def reinforcement_settings(rft: ReinforcementMethod | None) -> dict[str, Any]:
             "is required: the grader that scores the model's answers (try one with POST "
             "/v1/fine_tuning/alpha/graders/validate)",
         )
-    check(rft.grader, _no_judges, f"{where}.grader")
+    if isinstance(rft.grader, LabelModelGrader):
+        raise _invalid(
+            f"{where}.grader",
+            "a label_model grader scores a reinforcement job only inside a multi grader, as on OpenAI: "
+            '{"type": "multi", "graders": {"judge": <this grader>}, "calculate_output": "judge"}',
+        )
+    check(rft.grader, _trainer_judges(catalog, owner), f"{where}.grader")
     fmt = rft.response_format
     if fmt is not None and fmt.get("type") not in ("text", "json_object", "json_schema"):
         raise _invalid(
@@ -137,10 +144,34 @@ def reinforcement_settings(rft: ReinforcementMethod | None) -> dict[str, Any]:
     return settings
 
 
-def _no_judges(model: str) -> bool:
-    raise _invalid(
-        "method.reinforcement.grader",
-        f"a score_model or label_model grader ({model!r} as the judge) cannot train a reinforcement job on "
-        "selftune yet: its trainer has no judge model beside the one it trains. Use string_check, "
-        "text_similarity, python or a multi grader of those.",
-    )
+def judge_models(grader: Any) -> list[str]:
+    """The judge models ``grader`` names (its ``multi`` graders' included), each once, in order."""
+    names: list[str] = []
+
+    def note(model: str) -> bool:
+        names.append(model)
+        return True
+
+    check(grader, note)
+    return list(dict.fromkeys(names))
+
+
+def _trainer_judges(catalog: Catalog, owner: str) -> Callable[[str], bool]:
+    """``judges``, and a judge served here must have a GGUF: a training process judges with llama.cpp."""
+    from selftune.permissions import resolve_callable
+
+    def exists(model: str) -> bool:
+        try:
+            resolved = resolve_callable(catalog, model, owner, fetch=False)
+        except NotFound:
+            return bool(catalog.settings.judge_base_url)
+        if catalog.gguf(resolved.base) is None:
+            raise _invalid(
+                "method.reinforcement.grader",
+                f"the judge {model!r} ({resolved.base.name}) has no GGUF file, and a reinforcement job's "
+                "trainer runs its judges with llama.cpp: choose a judge whose base llama.cpp serves "
+                "(GET /health names each model's engine), or set SELFTUNE_JUDGE_BASE_URL to judge elsewhere",
+            )
+        return True
+
+    return exists

@@ -14,7 +14,6 @@ from typing import Any
 
 import openai
 
-from selftune.config import Settings
 from selftune.errors import Unavailable
 from selftune.graders.check import served
 from selftune.graders.python_grader import hidden_folders
@@ -31,23 +30,14 @@ JUDGE_MAX_TOKENS = 256
 
 def judge_for(services: Services, owner: str) -> Judge:
     local = served(services.catalog, owner)
-    remote = remote_judge(services.settings)
+    remote = remote_judge(services.settings.judge_base_url, services.settings.judge_api_key)
 
     async def judge(
         model: str, messages: list[dict[str, str]], schema: dict[str, Any], sampling: SamplingParams | None
     ) -> JudgeAnswer:
-        s = sampling or SamplingParams()
-        request = {
-            "model": model,
-            "messages": messages,
-            "response_format": {"type": "json_schema", "json_schema": {"name": "grade", "schema": schema}},
-            "temperature": 0.0 if s.temperature is None else s.temperature,
-            "top_p": s.top_p or None,
-            "seed": s.seed,
-            "max_completion_tokens": s.max_completions_tokens or JUDGE_MAX_TOKENS,
-        }
+        request = judge_request(model, messages, schema, sampling)
         if remote is not None and not local(model):
-            return await _remote_call(remote, request)
+            return await remote_call(remote, request)
         answer = await chat(ChatCompletionRequest.model_validate(request), services, owner, None)
         assert isinstance(answer, ChatCompletion)  # not streamed
         return _answer(answer)
@@ -55,16 +45,31 @@ def judge_for(services: Services, owner: str) -> Judge:
     return judge
 
 
-def remote_judge(settings: Settings) -> openai.AsyncOpenAI | None:
+def judge_request(
+    model: str, messages: list[dict[str, str]], schema: dict[str, Any], sampling: SamplingParams | None
+) -> dict[str, Any]:
+    """The chat completion request a judge answers: greedy unless the grader says otherwise, its
+    answer constrained to ``schema``. The server's judges and a reinforcement job's trainer send the same."""
+    s = sampling or SamplingParams()
+    return {
+        "model": model,
+        "messages": messages,
+        "response_format": {"type": "json_schema", "json_schema": {"name": "grade", "schema": schema}},
+        "temperature": 0.0 if s.temperature is None else s.temperature,
+        "top_p": s.top_p or None,
+        "seed": s.seed,
+        "max_completion_tokens": s.max_completions_tokens or JUDGE_MAX_TOKENS,
+    }
+
+
+def remote_judge(base_url: str, api_key: str) -> openai.AsyncOpenAI | None:
     """The operator's judge API, if one is configured (no retries: a failed call is a flagged grade)."""
-    if not settings.judge_base_url:
+    if not base_url:
         return None
-    return openai.AsyncOpenAI(
-        base_url=settings.judge_base_url, api_key=settings.judge_api_key or "none", max_retries=0, timeout=120
-    )
+    return openai.AsyncOpenAI(base_url=base_url, api_key=api_key or "none", max_retries=0, timeout=120)
 
 
-async def _remote_call(client: openai.AsyncOpenAI, request: dict[str, Any]) -> JudgeAnswer:
+async def remote_call(client: openai.AsyncOpenAI, request: dict[str, Any]) -> JudgeAnswer:
     body = {k: v for k, v in request.items() if v is not None}
     try:
         return _answer(await client.chat.completions.create(**body))

@@ -104,12 +104,28 @@ def grade_answers(
     function); python graders run in threads, each in its sandbox."""
 
     async def all_of() -> list[Graded]:
-        namespaces = (template.sample_namespace(t, json_expected=json_expected) for t in texts)
+        samples = (answer_sample(t, item, json_expected=json_expected) for t, item in zip(texts, items, strict=True))
         return list(
-            await asyncio.gather(*(grade(grader, ns, item, ctx) for ns, item in zip(namespaces, items, strict=True)))
+            await asyncio.gather(*(grade(grader, s, item, ctx) for s, item in zip(samples, items, strict=True)))
         )
 
     return asyncio.run(all_of())
+
+
+def answer_sample(text: str, item: dict[str, Any], *, json_expected: bool = False) -> dict[str, Any]:
+    """``sample`` for a model's answer to a prompts line. Where the line offers ``tools`` (or
+    ``functions``), the calls the answer makes, in the form the model was shown them
+    (``inference.tools.parse_calls``), are ``output_tools`` as OpenAI's ``tool_calls`` are written,
+    and ``output_text`` is the text outside them, as a served answer's message would be."""
+    if not (item.get("tools") or item.get("functions")):
+        return template.sample_namespace(text, json_expected=json_expected)
+    from selftune.inference.tools import parse_calls  # the serving side's parser, only where tools are offered
+
+    content, calls = parse_calls(text)
+    if not calls:
+        return template.sample_namespace(text, json_expected=json_expected)
+    tools = [{"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}} for c in calls]
+    return template.sample_namespace(content or "", json_expected=json_expected, tools=tools)
 
 
 async def no_judge(*_: Any) -> JudgeAnswer:

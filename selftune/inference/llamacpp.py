@@ -31,12 +31,12 @@ from typing import Any
 
 import torch
 
-from selftune.catalog import BaseModelSpec, Catalog
+from selftune.catalog import BaseModelSpec
 from selftune.data.render import render_prompt
 from selftune.errors import InvalidRequest, SelftuneError
 from selftune.inference.constrain import RowConstraint, Vocabulary
 from selftune.inference.generation import Generation
-from selftune.inference.llamacpp_bases import Base, Bases, Server
+from selftune.inference.llamacpp_bases import Base, Bases, ModelFiles, Server
 from selftune.inference.output import ChoiceOutput, token_budget
 
 log = logging.getLogger("selftune.engine")
@@ -56,7 +56,7 @@ def eager_calls(lazy: str) -> str:
 
 class LlamaCppEngine:
     def __init__(
-        self, catalog: Catalog, *, max_batch: int = 8, max_adapters: int = 8, threads: int = 0, max_loaded: int = 2
+        self, catalog: ModelFiles, *, max_batch: int = 8, max_adapters: int = 8, threads: int = 0, max_loaded: int = 2
     ) -> None:
         self.catalog = catalog
         self.max_batch = max(1, max_batch)

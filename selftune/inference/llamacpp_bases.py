@@ -21,9 +21,9 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
-from selftune.catalog import BaseModelSpec, Catalog, Resolved
+from selftune.catalog import BaseModelSpec, Resolved
 from selftune.convert.lora import convert_adapter, gguf_path
 from selftune.data.render import generation_config, stop_token_ids
 from selftune.errors import NotFound, RateLimited
@@ -34,6 +34,17 @@ log = logging.getLogger("selftune.engine")
 
 MAX_RETIRED = 2
 """Replaced servers a base may have still finishing requests; another adapter switch waits (429)."""
+
+
+class ModelFiles(Protocol):
+    """Where a base model's files lie on this machine: the server's ``catalog.Catalog``, or the fixed
+    set of judge models a reinforcement job's trainer was given (``train.judging``)."""
+
+    def gguf(self, spec: BaseModelSpec) -> Path | None: ...
+
+    def materialize(self, spec: BaseModelSpec) -> Path: ...
+
+    def tokenizer(self, spec: BaseModelSpec) -> Any: ...
 
 
 @dataclass(eq=False)
@@ -68,7 +79,9 @@ class Base:
 
 
 class Bases:
-    def __init__(self, catalog: Catalog, *, max_batch: int, max_adapters: int, threads: int, max_loaded: int) -> None:
+    def __init__(
+        self, catalog: ModelFiles, *, max_batch: int, max_adapters: int, threads: int, max_loaded: int
+    ) -> None:
         import xllamacpp
 
         self._x = xllamacpp

@@ -45,7 +45,9 @@ def start(services: Services, owner: str, generations: Sequence[dict[str, Any]])
 class Bridge:
     """Runs one ``Generation`` on the engine and carries its events (or its exception) onto the loop."""
 
-    def __init__(self, engine: Engine, ticket: Ticket, **generation: Any) -> None:
+    def __init__(self, engine: Engine, ticket: Ticket | None, **generation: Any) -> None:
+        """``ticket``: what admission took on for it (None: work the server did not admit, a
+        reinforcement job's judge in its trainer)."""
         self.loop = asyncio.get_running_loop()
         self.queue: asyncio.Queue[Event | BaseException] = asyncio.Queue()
         self.ticket = ticket
@@ -59,7 +61,8 @@ class Bridge:
             self.gen.cancel.set()
 
     def _done(self, future: Future[None]) -> None:
-        self.ticket.done()  # its choices and tokens are free for others again
+        if self.ticket is not None:
+            self.ticket.done()  # its choices and tokens are free for others again
         if future.cancelled():
             self._emit(Unavailable("the server is shutting down; try again"))
         elif (exc := future.exception()) is not None:

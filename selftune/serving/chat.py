@@ -17,6 +17,7 @@ import asyncio
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
+from selftune.catalog import Resolved
 from selftune.data.render import normalize_tools
 from selftune.errors import InvalidRequest
 from selftune.ids import now, random_id
@@ -45,7 +46,12 @@ async def chat(
     body: ChatCompletionRequest, services: Services, owner: str, disconnected: Disconnected | None
 ) -> ChatCompletion | Stream:
     """A chat completion, or its stream; ``disconnected`` cancels a collected answer whose client left."""
-    plan, generation = await asyncio.to_thread(_prepare, body, services, owner)  # database, grammars: off the loop
+
+    def resolved() -> tuple[ToolPlan, dict[str, Any]]:
+        model = resolve_callable(services.catalog, body.model, owner)
+        return prepare(body, model, services.settings.default_max_tokens)
+
+    plan, generation = await asyncio.to_thread(resolved)  # database, grammars: off the loop
     (bridge,) = start(services, owner, [generation])
     first = await bridge.first()
     meta = {"id": random_id("chatcmpl-"), "created": now(), "model": bridge.gen.model.id}
@@ -58,8 +64,9 @@ async def chat(
     return ChatCompletion(choices=choices, usage=usage(got.prompt_tokens, got.completion_tokens), **meta)
 
 
-def _prepare(body: ChatCompletionRequest, services: Services, owner: str) -> tuple[ToolPlan, dict[str, Any]]:
-    """What the request asks for, checked: its tool plan and its generation's fields."""
+def prepare(body: ChatCompletionRequest, model: Resolved, default_max_tokens: int) -> tuple[ToolPlan, dict[str, Any]]:
+    """What the request asks for ``model`` (resolved), checked: its tool plan and its generation's
+    fields. Also how a reinforcement job's trainer asks its judges (``train.judging``)."""
     for param, why in body.unsupported():
         raise InvalidRequest(why, param=param, code="unsupported_parameter")
     legacy = bool(body.functions) and not body.tools
@@ -71,10 +78,9 @@ def _prepare(body: ChatCompletionRequest, services: Services, owner: str) -> tup
         body.response_format,
         legacy,
     )
-    resolved = resolve_callable(services.catalog, body.model, owner)
     params = SamplingParams.requested(
         body.max_completion_tokens or body.max_tokens,
-        services.settings.default_max_tokens,
+        default_max_tokens,
         body.temperature,
         body.top_p,
         body.stop_list,
@@ -82,7 +88,7 @@ def _prepare(body: ChatCompletionRequest, services: Services, owner: str) -> tup
     )
     messages = [m.model_dump(exclude_none=True) for m in body.messages]
     generation = {
-        "model": resolved,
+        "model": model,
         "messages": messages,
         "params": params,
         "n": body.n or 1,

@@ -40,6 +40,7 @@ from selftune.data.render import IGNORE, RenderedFile, stop_token_ids
 from selftune.graders.run import Context, Graded, grade_answers, no_judge
 from selftune.schemas.graders import Grader
 from selftune.train.generate import generate_tokens
+from selftune.train.judging import TrainingJudge
 from selftune.train.sampling import LlamaCppSampler
 from selftune.train.step import Rows, StepContext, collate, micro_batches, token_losses
 
@@ -95,6 +96,8 @@ class Reinforcement:
         """Continuing an ``ft:`` model: its adapter's weights before the first step."""
         self.sampler: LlamaCppSampler | None = None
         """Where llama.cpp samples the steps' answers (``train.sampling``); else this process does."""
+        self.judge: TrainingJudge | None = None
+        """The judges of ``score_model`` and ``label_model`` graders (``train.judging``)."""
 
     # --- the data, as the recipe plans and batches it ---------------------------------------------
 
@@ -255,6 +258,7 @@ class Reinforcement:
 
     def _grade(self, split: str, items: list[int], texts: list[str]) -> list[Graded]:
         lines = self.data[split].items
+        self.grading.judge = self.judge or no_judge
         return grade_answers(
             self.grader, texts, [lines[i] for i in items], self.grading, json_expected=self.json_answers
         )

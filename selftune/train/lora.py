@@ -49,6 +49,7 @@ from selftune.train.checks import check_job
 from selftune.train.distributed import CONTINUE, PAUSE, STOP, World
 from selftune.train.dpo import Preference
 from selftune.train.grpo import Reinforcement
+from selftune.train.judging import training_judge
 from selftune.train.protocol import (
     Checkpoint,
     Done,
@@ -285,6 +286,7 @@ def main(cfg: TrainConfig, world: World) -> int:
     params = [p for p in model.parameters() if p.requires_grad]
     if isinstance(objective, Reinforcement):  # on a CPU llama.cpp samples the answers (train.sampling)
         objective.sampler = llamacpp_sampler(cfg.sampling_gguf, cfg.base_model_dir, device.type, world.sharded)
+        objective.judge = training_judge(cfg.judges, torch.get_num_threads())  # model graders' judges
     # Every rank takes part in what needs the whole model: with a sharded one, all of them.
     together = world.main or world.sharded
     optimizer = torch.optim.AdamW(params, lr=hp.learning_rate, weight_decay=0.0)
@@ -532,7 +534,10 @@ def _what(method: MethodType) -> str:
 
 def _sampling(objective: Any) -> str:
     engine = objective.sampler.describe() if objective.sampler else "the training process"
-    return f", {objective.group} answers per prompt of up to {objective.answer_tokens} tokens sampled by {engine}"
+    judged = f", judged by {objective.judge.describe()}" if objective.judge else ""
+    return (
+        f", {objective.group} answers per prompt of up to {objective.answer_tokens} tokens sampled by {engine}{judged}"
+    )
 
 
 def _prefixed(prefix: str, values: dict[str, float]) -> dict[str, float]:

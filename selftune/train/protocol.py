@@ -141,8 +141,7 @@ class TrainConfig:
     """All linear layers of a Llama-style block."""
     warmup_ratio: float = 0.05
     eval_every: int = 0
-    """valid_loss on one validation batch every N steps (0: about 10 times per run); full_valid_loss on the
-    whole validation file at the end of each epoch."""
+    """valid_loss on one validation batch every N steps (0: about 10 per run); full_valid_loss each epoch."""
     keep_checkpoints: int = 3
     precision: str = "auto"
     """``auto`` (bf16 autocast where the CPU or GPU supports it), ``bf16`` or ``fp32``."""
@@ -166,12 +165,13 @@ class TrainConfig:
     """The files' names as uploaded, for messages (the paths above are storage paths)."""
     wandb: dict[str, Any] | None = None
     """The W&B run to log to (``selftune.integrations.wandb_run``: project, name, entity, tags, id)."""
-    # Reinforcement only: the grader as the API checked it, the response format (JSON: {{sample.output_json}}),
-    # folders python graders never see, the base's GGUF llama.cpp samples from on a CPU (None: in-process).
+    # Reinforcement only: the grader as checked, the response format, folders python graders never see, the base's
+    # GGUF llama.cpp samples from on a CPU (None: in-process), its judges as resolved (``train.judging.JudgeModel``).
     grader: dict[str, Any] | None = None
     response_format: dict[str, Any] | None = None
     hidden_dirs: list[str] = field(default_factory=list)
     sampling_gguf: str | None = None
+    judges: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def job_dir(self) -> JobDir:
