@@ -127,10 +127,6 @@ class TrainingJudge:
             raise Unavailable(f"the judge {model!r} failed: {e}") from None
         return JudgeAnswer(got.texts[0], resolved.id, got.prompt_tokens, got.completion_tokens, got.finish[0])
 
-    def close(self) -> None:
-        if self.engine is not None:
-            self.engine.close()
-
 
 def training_judge(judges: list[dict[str, Any]], threads: int) -> TrainingJudge | None:
     """The job's judge, or None where its grader names no judge model."""
