@@ -96,8 +96,17 @@ class Reinforcement:
         """Continuing an ``ft:`` model: its adapter's weights before the first step."""
         self.sampler: LlamaCppSampler | None = None
         """Where llama.cpp samples the steps' answers (``train.sampling``); else this process does."""
-        self.judge: TrainingJudge | None = None
+        self._judge: TrainingJudge | None = None
+
+    @property
+    def judge(self) -> TrainingJudge | None:
         """The judges of ``score_model`` and ``label_model`` graders (``train.judging``)."""
+        return self._judge
+
+    @judge.setter
+    def judge(self, judge: TrainingJudge | None) -> None:
+        self._judge = judge
+        self.grading.judge = judge or no_judge
 
     # --- the data, as the recipe plans and batches it ---------------------------------------------
 
@@ -258,7 +267,6 @@ class Reinforcement:
 
     def _grade(self, split: str, items: list[int], texts: list[str]) -> list[Graded]:
         lines = self.data[split].items
-        self.grading.judge = self.judge or no_judge
         return grade_answers(
             self.grader, texts, [lines[i] for i in items], self.grading, json_expected=self.json_answers
         )
